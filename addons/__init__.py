@@ -1,0 +1,27 @@
+"""
+mitmproxy addons that make up aibridge-proxy, one concern each, in the order a request meets
+them: CONNECT -> auth -> intercept or tunnel -> rewrite -> stream back -> log.
+"""
+
+from __future__ import annotations
+
+from addons.accesslog import AccessLog
+from addons.auth import ProxyAuth
+from addons.error_pages import UpstreamErrors
+from addons.gateway import GatewayRouter
+from addons.intercept import InterceptPolicy
+from addons.routing import Routing
+
+
+def make_addons(observer=None) -> list:
+    """The addon chain, wired together. Order matters: each hook runs in this order."""
+    routing = Routing()
+    auth = ProxyAuth(routing, observer)
+    return [
+        routing,
+        auth,
+        InterceptPolicy(routing, observer),
+        GatewayRouter(routing, auth),
+        UpstreamErrors(),
+        AccessLog(auth),
+    ]

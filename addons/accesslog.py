@@ -1,0 +1,66 @@
+"""
+One structured line per request, written when the request is over (answered or failed).
+
+The fields are plain values; the program's log formatter turns them into JSON or text. No
+header values are logged, so no token can end up here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import http
+
+from addons.auth import ProxyAuth
+from addons.gateway import route_info
+
+logger = logging.getLogger("aibridge.access")
+
+
+def access_fields(flow: http.HTTPFlow, auth: ProxyAuth | None) -> dict | None:
+    info = route_info(flow)
+    if info is None:
+        return None
+    identity = auth.identity(flow) if auth else None
+    now = time.monotonic()
+    peer = flow.client_conn.peername
+    return {
+        "connect_id": identity.connect_id if identity else None,
+        "request_id": info.request_id,
+        "client": f"{peer[0]}:{peer[1]}" if peer else None,
+        "user": identity.user if identity else None,
+        "provider": info.provider,
+        "routed": info.provider is not None,
+        "method": flow.request.method,
+        "host": info.original_host,
+        "path": info.original_path.split("?", 1)[0],
+        "upstream": info.upstream_url.split("?", 1)[0],
+        "status": flow.response.status_code if flow.response else None,
+        "error": flow.error.msg if flow.error and not flow.response else None,
+        "bytes_in": info.bytes_in,
+        "bytes_out": info.bytes_out,
+        "duration_ms": round((now - info.started) * 1000, 2),
+        "ttfb_ms": round((info.first_byte - info.started) * 1000, 2) if info.first_byte else None,
+    }
+
+
+class AccessLog:
+    """Emits `aibridge.access` records; the program decides the format and destination."""
+
+    def __init__(self, auth: ProxyAuth | None = None):
+        self.auth = auth
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._emit(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._emit(flow)
+
+    def _emit(self, flow: http.HTTPFlow) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields = access_fields(flow, self.auth)
+        if fields is None:
+            return
+        logger.info("request", extra={"fields": fields})

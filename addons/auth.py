@@ -1,0 +1,333 @@
+"""
+Proxy authentication: every CONNECT and every plain proxied request must carry a Coder token.
+
+The decision is made in `http_connect`, before any TLS is spoken, so clients that only send
+credentials after a challenge (Copilot in VS Code) get their `407` in time. A connection that
+passed is remembered, and every request inside its tunnel inherits the identity.
+
+mitmproxy swallows exceptions raised in hooks and carries on: every path here that cannot
+reach a verdict answers with an error status itself (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from dataclasses import dataclass
+from dataclasses import field
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+
+from addons.proxy_authorization import REALM
+from addons.proxy_authorization import ProxyAuthError
+from addons.proxy_authorization import parse_proxy_authorization
+from addons.routing import Routing
+from addons.token_validation import FailureLimiter
+from addons.token_validation import GatewayTokenValidator
+from addons.token_validation import TokenCache
+from addons.token_validation import ValidationUnavailable
+from addons.token_validation import Verdict
+from addons.token_validation import verifying_context
+
+logger = logging.getLogger(__name__)
+
+USERS_ME_PATH = "/api/v2/users/me"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is behind a connection. The token is kept out of repr() so it cannot leak into logs."""
+
+    connect_id: str
+    token: str | None = field(repr=False)
+    user: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.token is None
+
+
+class AuthRejected(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def plain_response(status: int, text: str, headers: dict[str, str] | None = None) -> http.Response:
+    """A short text/plain answer: what every error we generate looks like."""
+    reason = http.status_codes.RESPONSES.get(status, "Error")
+    body = f"{status} {reason}: {text}\n".encode()
+    hdrs = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
+    return http.Response.make(status, body, hdrs)
+
+
+def challenge_response(text: str) -> http.Response:
+    return plain_response(
+        407,
+        text,
+        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "Proxy-Connection": "close"},
+    )
+
+
+class ProxyAuth:
+    """Checks `Proxy-Authorization` on CONNECTs and plain proxied requests."""
+
+    def __init__(self, routing: Routing, observer=None):
+        self.routing = routing
+        self.observer = observer  # metrics sink; optional so the addon runs alone in mitmdump
+        self._by_client: weakref.WeakKeyDictionary[connection.Client, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._by_flow: weakref.WeakKeyDictionary[http.HTTPFlow, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.cache: TokenCache | None = None
+        self.limiter = FailureLimiter()
+        self._validator: GatewayTokenValidator | None = None
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_auth_mode",
+            str,
+            "validate",
+            "validate: check each new token against the gateway (GET /api/v2/users/me) before "
+            "accepting a CONNECT. presence: accept any non-empty token (the gateway still checks).",
+            choices=("validate", "presence"),
+        )
+        loader.add_option(
+            "aibridge_auth_url",
+            str | None,
+            None,
+            "URL that validates a token (default: <gateway>/api/v2/users/me).",
+        )
+        loader.add_option(
+            "aibridge_auth_header",
+            str,
+            "Coder-Session-Token",
+            "Header that carries the token to aibridge_auth_url.",
+        )
+        loader.add_option(
+            "aibridge_auth_fail_open",
+            bool,
+            False,
+            "Accept tokens when the validation service is unreachable or failing (default: refuse "
+            "with 503).",
+        )
+        loader.add_option(
+            "aibridge_auth_cache_ttl", int, 300, "Seconds a valid token is remembered."
+        )
+        loader.add_option(
+            "aibridge_auth_negative_ttl", int, 30, "Seconds an invalid token is remembered."
+        )
+        loader.add_option(
+            "aibridge_auth_cache_size", int, 10000, "Most tokens remembered at once (LRU)."
+        )
+        loader.add_option(
+            "aibridge_auth_max_failures",
+            int,
+            10,
+            "Failed authentications from one client address within aibridge_auth_lockout "
+            "seconds before it is refused with 429 (0 disables).",
+        )
+        loader.add_option(
+            "aibridge_auth_lockout", int, 60, "Window and lockout period, in seconds."
+        )
+        loader.add_option(
+            "aibridge_anonymous_tunnels",
+            bool,
+            False,
+            "Let clients without credentials open tunnels to hosts that are not routed. Off by "
+            "default: an unauthenticated tunnel makes the proxy an open relay.",
+        )
+
+    def configure(self, updated):
+        opts = ctx.options
+        for name in (
+            "aibridge_auth_cache_ttl",
+            "aibridge_auth_negative_ttl",
+            "aibridge_auth_cache_size",
+            "aibridge_auth_max_failures",
+            "aibridge_auth_lockout",
+        ):
+            if name in updated and getattr(opts, name) < 0:
+                raise exceptions.OptionsError(f"{name} must not be negative")
+        if "aibridge_auth_header" in updated and not _is_token_header(opts.aibridge_auth_header):
+            raise exceptions.OptionsError(
+                f"aibridge_auth_header {opts.aibridge_auth_header!r} is not a valid header name"
+            )
+        if {"aibridge_auth_max_failures", "aibridge_auth_lockout"} & set(updated):
+            self.limiter = FailureLimiter(opts.aibridge_auth_max_failures, opts.aibridge_auth_lockout)
+        relevant = {
+            "aibridge_auth_mode",
+            "aibridge_auth_url",
+            "aibridge_auth_header",
+            "aibridge_auth_cache_ttl",
+            "aibridge_auth_negative_ttl",
+            "aibridge_auth_cache_size",
+            "aibridge_gateway",
+            "aibridge_target",
+            "ssl_verify_upstream_trusted_ca",
+        }
+        if not relevant & set(updated):
+            return
+        if opts.aibridge_auth_mode == "presence":
+            self.cache = None
+            return
+        url = opts.aibridge_auth_url
+        if not url:
+            gw = self.routing.current.gateway
+            if gw is None:
+                raise exceptions.OptionsError(
+                    "aibridge_auth_mode=validate needs aibridge_gateway or aibridge_auth_url"
+                )
+            url = gw.origin + gw.path + USERS_ME_PATH
+        if not url.startswith(("http://", "https://")):
+            raise exceptions.OptionsError(f"aibridge_auth_url {url!r} must be an http(s) URL")
+        old = self._validator
+        self._validator = GatewayTokenValidator(
+            url,
+            opts.aibridge_auth_header,
+            verifying_context(opts.ssl_verify_upstream_trusted_ca),
+        )
+        self.cache = TokenCache(
+            self._validator,
+            positive_ttl=opts.aibridge_auth_cache_ttl,
+            negative_ttl=opts.aibridge_auth_negative_ttl,
+            max_entries=opts.aibridge_auth_cache_size,
+        )
+        if old is not None:
+            _close_later(old)
+
+    async def done(self):
+        if self._validator is not None:
+            await self._validator.close()
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # another addon already answered
+            return
+        try:
+            identity = await self._authenticate(flow, is_connect=True)
+        except AuthRejected as e:
+            self._reject(flow, e)
+            return
+        except Exception:  # fail closed
+            logger.exception("authentication failed unexpectedly")
+            self._reject(flow, AuthRejected(503, "internal_error", "authentication unavailable"))
+            return
+        self._by_client[flow.client_conn] = identity
+        self._by_flow[flow] = identity
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        identity = self._by_client.get(flow.client_conn)
+        if identity is None:
+            # A plain proxied request (no CONNECT): each one carries its own credentials.
+            try:
+                identity = await self._authenticate(flow, is_connect=False)
+            except AuthRejected as e:
+                self._reject(flow, e)
+                return
+            except Exception:
+                logger.exception("authentication failed unexpectedly")
+                self._reject(flow, AuthRejected(503, "internal_error", "authentication unavailable"))
+                return
+        flow.request.headers.pop("Proxy-Authorization", None)
+        self._by_flow[flow] = identity
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def identity(self, flow: http.HTTPFlow) -> Identity | None:
+        return self._by_flow.get(flow) or self._by_client.get(flow.client_conn)
+
+    async def _authenticate(self, flow: http.HTTPFlow, is_connect: bool) -> Identity:
+        connect_id = uuid.uuid4().hex
+        address = _client_address(flow)
+        header = flow.request.headers.get("Proxy-Authorization")
+        flow.request.headers.pop("Proxy-Authorization", None)
+        if (
+            header is None
+            and ctx.options.aibridge_anonymous_tunnels
+            and self.routing.current.table.lookup(flow.request.host) is None
+        ):
+            return Identity(connect_id, None, None)
+        if self.limiter.is_blocked(address):
+            raise AuthRejected(429, "rate_limited", "too many failed authentications; retry later")
+        try:
+            creds = parse_proxy_authorization(header)
+        except ProxyAuthError as e:
+            if e.reason != "missing":  # the first credential-less request is normal
+                self.limiter.record_failure(address)
+            raise AuthRejected(407, e.reason, str(e)) from None
+        if self.cache is None:  # presence mode
+            return Identity(connect_id, creds.token, None)
+        try:
+            verdict, cached = await self.cache.check(creds.token)
+        except ValidationUnavailable as e:
+            if ctx.options.aibridge_auth_fail_open:
+                logger.warning("token validation unavailable, accepting (fail open): %s", e)
+                return Identity(connect_id, creds.token, None)
+            raise AuthRejected(
+                503, "validation_unavailable", "token validation service unavailable"
+            ) from None
+        finally:
+            if self.observer is not None:
+                self.observer.token_cache(self.cache.hits, self.cache.misses)
+        if not verdict.valid:
+            self.limiter.record_failure(address)
+            raise AuthRejected(407, "invalid_token", "token rejected by the gateway")
+        self.limiter.record_success(address)
+        return Identity(connect_id, creds.token, verdict.user)
+
+    def _reject(self, flow: http.HTTPFlow, rejection: AuthRejected) -> None:
+        client = _client_address(flow)
+        logger.info(
+            "rejected %s from %s: %s (%s)",
+            "CONNECT" if flow.request.method == "CONNECT" else "request",
+            client,
+            rejection.reason,
+            rejection,
+        )
+        flow.metadata["aibridge.reject_reason"] = rejection.reason
+        if self.observer is not None:
+            self.observer.auth_failure(rejection.reason)
+        if rejection.status == 407:
+            flow.response = challenge_response(str(rejection))
+        elif rejection.status == 429:
+            flow.response = plain_response(
+                429, str(rejection), {"Retry-After": str(ctx.options.aibridge_auth_lockout)}
+            )
+        else:
+            flow.response = plain_response(rejection.status, str(rejection))
+
+
+def _client_address(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return peer[0] if peer else "unknown"
+
+
+def _is_token_header(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_" for c in name)
+
+
+def _close_later(validator: GatewayTokenValidator) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = loop.create_task(validator.close())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set = set()
+
+__all__ = ["Identity", "ProxyAuth", "Verdict", "challenge_response", "plain_response"]

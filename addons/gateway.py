@@ -1,0 +1,180 @@
+"""
+Rewrite: send each routed request to `<target>/<provider><original path>?<query>`, then stream
+the answer back.
+
+All rewriting happens in `requestheaders`: with request streaming on, mitmproxy opens the
+upstream connection right after that hook, so a rewrite any later would reach the original
+provider host instead of the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+
+from addons.auth import ProxyAuth
+from addons.auth import challenge_response
+from addons.auth import plain_response
+from addons.routing import Routing
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_HEADER = "X-Coder-AI-Governance-Token"
+DEFAULT_REQUEST_ID_HEADER = "X-Coder-AI-Governance-Request-Id"
+
+
+@dataclass
+class RouteInfo:
+    """What we did with one request; read by the access log, metrics and error pages."""
+
+    provider: str | None  # None: passed through to the original host
+    original_url: str
+    original_host: str
+    original_path: str
+    upstream_url: str
+    request_id: str
+    started: float
+    first_byte: float | None = None
+    timed_out: bool = False
+    bytes_in: int = 0  # request body bytes from the client
+    bytes_out: int = 0  # response body bytes to the client
+
+    def count_in(self, chunk: bytes) -> bytes:
+        self.bytes_in += len(chunk)
+        return chunk
+
+    def count_out(self, chunk: bytes) -> bytes:
+        self.bytes_out += len(chunk)
+        return chunk
+
+
+# Kept beside the flow rather than in flow.metadata, which mitmproxy serialises when flows are
+# saved (`mitmdump -w`) and which must therefore hold plain data only.
+_ROUTES: weakref.WeakKeyDictionary[http.HTTPFlow, RouteInfo] = weakref.WeakKeyDictionary()
+
+
+def route_info(flow: http.HTTPFlow) -> RouteInfo | None:
+    return _ROUTES.get(flow)
+
+
+def carries_token(request: http.Request, token: str) -> bool:
+    """True if the client already sends the Coder token as its provider key."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip() == token:
+        return True
+    return request.headers.get("x-api-key", "").strip() == token
+
+
+class GatewayRouter:
+    """Rewrites routed requests to the gateway and turns on streaming both ways."""
+
+    def __init__(self, routing: Routing, auth: ProxyAuth):
+        self.routing = routing
+        self.auth = auth
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_token_header",
+            str,
+            DEFAULT_TOKEN_HEADER,
+            "Header that carries the Coder token to the gateway when the client's own "
+            "Authorization or x-api-key holds a different key (e.g. Copilot's GitHub token).",
+        )
+        loader.add_option(
+            "aibridge_request_id_header",
+            str,
+            DEFAULT_REQUEST_ID_HEADER,
+            "Header with a fresh request id added to every routed request.",
+        )
+        loader.add_option(
+            "aibridge_gateway_timeout",
+            float,
+            300.0,
+            "Seconds to wait for the gateway's response headers before answering 504. A "
+            "response that has started is never cut by this timer.",
+        )
+
+    def configure(self, updated):
+        for name in ("aibridge_token_header", "aibridge_request_id_header"):
+            if name in updated:
+                value = getattr(ctx.options, name)
+                if not value or not all(c.isalnum() or c in "-_" for c in value):
+                    raise exceptions.OptionsError(f"{name} {value!r} is not a valid header name")
+        if "aibridge_gateway_timeout" in updated and ctx.options.aibridge_gateway_timeout <= 0:
+            raise exceptions.OptionsError("aibridge_gateway_timeout must be a positive number")
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        try:
+            self._route(flow)
+        except Exception:  # fail closed: never let a half-rewritten request out
+            logger.exception("could not route %s", flow.request.pretty_url)
+            flow.response = plain_response(500, "the proxy could not route this request")
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        snapshot = self.routing.current
+        request = flow.request
+        host = request.host
+        original_url = request.pretty_url
+        route = snapshot.table.route(host, request.path)
+        info = RouteInfo(
+            provider=route.provider if route else None,
+            original_url=original_url,
+            original_host=host,
+            original_path=request.path,
+            upstream_url=original_url,
+            request_id=uuid.uuid4().hex if route is None else str(uuid.uuid4()),
+            started=time.monotonic(),
+        )
+        _ROUTES[flow] = info
+        flow.metadata["aibridge.request_id"] = info.request_id
+        request.stream = info.count_in
+        if route is None:
+            return
+
+        identity = self.auth.identity(flow)
+        if identity is None or identity.token is None:
+            flow.response = challenge_response("routed requests need a Coder token")
+            return
+        target = snapshot.target
+        if target is None:
+            flow.response = plain_response(502, "no gateway is configured (aibridge_gateway)")
+            return
+
+        new_path = target.url_for(route.provider, request.path)[len(target.origin) :]
+        request.scheme = target.scheme
+        request.host = target.host
+        request.port = target.port
+        request.path = new_path
+        # The host setter only rewrites an existing Host header; make sure there is one.
+        default_port = 443 if target.scheme == "https" else 80
+        request.headers["Host"] = (
+            target.host if target.port == default_port else f"{target.host}:{target.port}"
+        )
+        request.headers.pop("Proxy-Authorization", None)
+        request.headers.pop("Proxy-Connection", None)
+        request.headers[ctx.options.aibridge_request_id_header] = info.request_id
+        token_header = ctx.options.aibridge_token_header
+        if token_header not in request.headers and not carries_token(request, identity.token):
+            request.headers[token_header] = identity.token
+        info.upstream_url = target.origin + new_path
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Stream every response: SSE events must not wait for the end of the stream, and a
+        # large download must not sit in memory.
+        assert flow.response is not None
+        info = route_info(flow)
+        if info is None:
+            flow.response.stream = True
+            return
+        info.first_byte = time.monotonic()
+        flow.response.stream = info.count_out

@@ -1,0 +1,198 @@
+"""
+The provider table: which hosts we decrypt, and which provider name each request is routed to.
+
+Everything here is pure (no mitmproxy imports) so it can be property-tested and shared with the
+settings loader, the PAC file and the CA name constraints.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+
+# Built-in routes: host -> provider. Every path on these hosts goes to the gateway, as with
+# Coder's own proxy; the gateway passes through what it does not govern.
+DEFAULT_PROVIDERS: Mapping[str, str] = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "api.githubcopilot.com": "copilot",
+    "api.individual.githubcopilot.com": "copilot",
+    "api.business.githubcopilot.com": "copilot-business",
+    "api.enterprise.githubcopilot.com": "copilot-enterprise",
+}
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class ProviderSpecError(ValueError):
+    """A provider entry that cannot be used; the message says what is wrong."""
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case, strip one trailing dot and IPv6 brackets: the form every lookup uses."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.endswith("."):
+        host = host[:-1]
+    return host
+
+
+def validate_host_pattern(pattern: str) -> str:
+    """Return the normalised pattern, or raise ProviderSpecError.
+
+    A pattern is a DNS name whose labels may each be `*` (exactly one label), e.g.
+    `*.openai.azure.com` or `bedrock-runtime.*.amazonaws.com`. IP addresses are refused:
+    the CA never signs them.
+    """
+    host = normalize_host(pattern)
+    if not host:
+        raise ProviderSpecError("empty host")
+    labels = host.split(".")
+    if len(labels) < 2:
+        raise ProviderSpecError(f"host {pattern!r} must be a domain name with at least two labels")
+    if all(label.isdigit() for label in labels) or ":" in host:
+        raise ProviderSpecError(f"host {pattern!r} is an IP address; only DNS names can be routed")
+    for label in labels:
+        if label == "*":
+            continue
+        if not _LABEL.match(label):
+            raise ProviderSpecError(f"host {pattern!r} has an invalid label {label!r}")
+    if labels[-1] == "*" or labels[-2] == "*":
+        raise ProviderSpecError(f"host {pattern!r}: a wildcard cannot stand for the top two labels")
+    return host
+
+
+def validate_provider_name(name: str) -> str:
+    if not _PROVIDER_NAME.match(name or ""):
+        raise ProviderSpecError(
+            f"provider name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def validate_path_prefix(prefix: str) -> str:
+    if not prefix.startswith("/") or any(c in prefix for c in "?#\r\n\t "):
+        raise ProviderSpecError(f"path prefix {prefix!r} must start with '/' and hold no query")
+    return prefix
+
+
+@dataclass(frozen=True)
+class ProviderRoute:
+    """One entry: requests on `host` (and, if given, under one of `paths`) go to `provider`."""
+
+    host: str
+    provider: str
+    paths: tuple[str, ...] = ()
+
+    @property
+    def is_wildcard(self) -> bool:
+        return "*" in self.host
+
+    def covers_path(self, path: str) -> bool:
+        """True if a request for `path` (raw, may carry a query) is routed to the gateway."""
+        if not self.paths:
+            return True
+        path = path.split("?", 1)[0]
+        return any(path.startswith(p) for p in self.paths)
+
+    def to_spec(self) -> str:
+        spec = f"{self.host}={self.provider}"
+        if self.paths:
+            spec += "@" + ",".join(self.paths)
+        return spec
+
+
+def parse_route_spec(spec: str) -> ProviderRoute:
+    """Parse `host=provider[@/prefix1,/prefix2]`, the flat form used by options and env vars."""
+    host, sep, rest = spec.strip().partition("=")
+    if not sep:
+        raise ProviderSpecError(f"provider entry {spec!r} must look like host=provider[@/path,...]")
+    provider, _, paths = rest.partition("@")
+    return make_route(host, provider, [p for p in paths.split(",") if p] if paths else ())
+
+
+def make_route(host: str, provider: str, paths: Iterable[str] = ()) -> ProviderRoute:
+    return ProviderRoute(
+        host=validate_host_pattern(host),
+        provider=validate_provider_name(provider.strip()),
+        paths=tuple(validate_path_prefix(p.strip()) for p in paths),
+    )
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(
+        "^" + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in pattern.split("."))
+        + "$"
+    )
+
+
+@dataclass(frozen=True)
+class ProviderTable:
+    """An immutable host -> route lookup. Exact hosts win over wildcards; among wildcards, the
+    one with more literal labels wins (then the earlier entry)."""
+
+    routes: tuple[ProviderRoute, ...]
+    _exact: Mapping[str, ProviderRoute] = field(init=False, repr=False, compare=False)
+    _wildcards: tuple[tuple[re.Pattern[str], ProviderRoute], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        exact: dict[str, ProviderRoute] = {}
+        wild: list[tuple[int, int, re.Pattern[str], ProviderRoute]] = []
+        for i, route in enumerate(self.routes):
+            if route.is_wildcard:
+                literal = sum(1 for lbl in route.host.split(".") if lbl != "*")
+                wild.append((-literal, i, _wildcard_regex(route.host), route))
+            else:
+                exact.setdefault(route.host, route)
+        wild.sort(key=lambda t: (t[0], t[1]))
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_wildcards", tuple((rx, r) for _, _, rx, r in wild))
+
+    @classmethod
+    def from_specs(cls, specs: Iterable[str]) -> ProviderTable:
+        return cls(tuple(parse_route_spec(s) for s in specs if s.strip()))
+
+    @classmethod
+    def defaults(cls) -> ProviderTable:
+        return cls(tuple(make_route(h, p) for h, p in DEFAULT_PROVIDERS.items()))
+
+    def lookup(self, host: str) -> ProviderRoute | None:
+        """The route for a host, whatever the path; None means: not ours, tunnel it."""
+        host = normalize_host(host)
+        if route := self._exact.get(host):
+            return route
+        for rx, route in self._wildcards:
+            if rx.match(host):
+                return route
+        return None
+
+    def route(self, host: str, path: str) -> ProviderRoute | None:
+        """The route for one request, or None if it should go to the original host."""
+        route = self.lookup(host)
+        if route is not None and route.covers_path(path):
+            return route
+        return None
+
+    def to_specs(self) -> list[str]:
+        return [r.to_spec() for r in self.routes]
+
+    def hosts(self) -> list[str]:
+        return [r.host for r in self.routes]
+
+
+def gateway_path(target_path: str, provider: str, original_path: str) -> str:
+    """`<target path>/<provider><original path and query>`, keeping the client's encoding.
+
+    `original_path` is the request target as the client sent it (origin-form), so percent
+    escapes, double slashes and the query survive untouched.
+    """
+    if not original_path.startswith("/"):
+        original_path = "/" + original_path
+    return f"{target_path.rstrip('/')}/{provider}{original_path}"

@@ -1,0 +1,1 @@
+"""The certificate authority and trust bundles (plain `cryptography`, no mitmproxy)."""

@@ -1,0 +1,1 @@
+"""aibridge-proxy: the program (CLI, settings, service, admin, local gateway, demo)."""

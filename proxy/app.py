@@ -1,0 +1,252 @@
+"""
+The running service: a slim mitmproxy master with our addons, embedded in our own event loop.
+
+`ProxyApp` turns `Settings` into engine options, binds the listener, reloads on SIGHUP (a bad
+new configuration is logged and the old one stays) and drains on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import exceptions
+from mitmproxy import master
+from mitmproxy import options
+from mitmproxy.addons import core
+from mitmproxy.addons import next_layer
+from mitmproxy.addons import proxyserver
+from mitmproxy.addons import tlsconfig
+
+from addons import make_addons
+from certs.authority import CAError
+from certs.authority import CertificateAuthority
+from certs.authority import constraint_domains
+from certs.authority import engine_confdir
+from certs.authority import expiry_warning
+from certs.authority import generate_ca
+from certs.authority import load_ca
+from certs.authority import write_ca
+from certs.bundle import BundleError
+from certs.bundle import write_bundle
+from proxy.settings import Settings
+from proxy.settings import SettingsError
+
+logger = logging.getLogger("aibridge.proxy")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is the one line shown to the operator."""
+
+
+def ensure_ca(settings: Settings) -> CertificateAuthority:
+    """Load the configured CA; with none configured and none on disk, create one there."""
+    cert_path, key_path = settings.ca_cert_path, settings.ca_key_path
+    if settings.ca_cert_file is None and not cert_path.exists() and not key_path.exists():
+        ca = generate_ca(permitted_domains=constraint_domains(settings.provider_table.hosts()))
+        write_ca(ca, cert_path, key_path)
+        logger.info(
+            "generated a new CA",
+            extra={"fields": {"cert": str(cert_path), "fingerprint": ca.fingerprint}},
+        )
+        return ca
+    return load_ca(cert_path, key_path)
+
+
+def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
+    """Our settings, spelt as mitmproxy options (core ones and our addons')."""
+    host, port = settings.listen
+    return {
+        "listen_host": host,
+        "listen_port": port,
+        "confdir": str(confdir),
+        "connection_strategy": "lazy",  # never contact the original provider host
+        "upstream_cert": False,
+        "http2": False,
+        "ssl_verify_upstream_trusted_ca": str(upstream_trust),
+        "aibridge_gateway": settings.gateway,
+        "aibridge_target": settings.target,
+        "aibridge_providers": settings.provider_table.to_specs(),
+        "aibridge_token_header": settings.headers_token,
+        "aibridge_request_id_header": settings.headers_request_id,
+        "aibridge_gateway_timeout": float(settings.gateway_timeout),
+        "aibridge_auth_mode": settings.auth_mode,
+        "aibridge_auth_url": settings.auth_url,
+        "aibridge_auth_header": settings.auth_header,
+        "aibridge_auth_fail_open": settings.auth_fail_open,
+        "aibridge_auth_cache_ttl": settings.auth_cache_ttl,
+        "aibridge_auth_negative_ttl": settings.auth_negative_ttl,
+        "aibridge_auth_cache_size": settings.auth_cache_size,
+        "aibridge_auth_max_failures": settings.auth_max_failures,
+        "aibridge_auth_lockout": settings.auth_lockout,
+        "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
+    }
+
+
+def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path, Path]:
+    """CA, mitmproxy confdir and upstream trust bundle, all derived from settings."""
+    try:
+        ca = ensure_ca(settings)
+    except CAError as e:
+        raise StartupError(str(e)) from None
+    if warning := expiry_warning(ca):
+        logger.warning(warning)
+    confdir = engine_confdir(ca, settings.state_path / "engine")
+    extra = [(p, name) for p, name in ((settings.gateway_ca_file, "gateway_ca_file"),
+                                        (settings.origin_ca_file, "origin_ca_file")) if p]
+    try:
+        trust = write_bundle(confdir / "upstream-trust.pem", extra)
+    except BundleError as e:
+        raise StartupError(str(e)) from None
+    return ca, confdir, trust
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings] | None = None,
+        grace_period: float = 30.0,
+    ):
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.grace_period = grace_period
+        self.master: master.Master | None = None
+        self.ca: CertificateAuthority | None = None
+        self.listen_address: tuple[str, int] | None = None
+        self.started = asyncio.Event()
+        self.stopping = False
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload: float | None = None
+
+    # -- assembly ----------------------------------------------------------------------------
+
+    def _build_master(self) -> master.Master:
+        ca, confdir, trust = prepare_engine_files(self.settings)
+        self.ca = ca
+        opts = options.Options()
+        m = master.Master(opts)
+        lifecycle = _RunningSignal()
+        m.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            *make_addons(),
+            lifecycle,
+        )
+        self._lifecycle = lifecycle
+        try:
+            # addon-defined options exist only now that the addons are added
+            opts.update(**engine_options(self.settings, confdir, trust))
+        except exceptions.OptionsError as e:
+            raise StartupError(str(e)) from None
+        return m
+
+    async def start(self) -> None:
+        self.master = self._build_master()
+        self._run_task = asyncio.get_running_loop().create_task(self.master.run())
+        waiter = asyncio.ensure_future(self._lifecycle.event.wait())
+        done, _ = await asyncio.wait({waiter, self._run_task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._run_task in done:
+            waiter.cancel()
+            self._run_task.result()
+            raise StartupError("the proxy engine stopped during start-up")
+        ps = self.master.addons.get("proxyserver")
+        for server in ps.servers:
+            if server.last_exception is not None:
+                host, port = self.settings.listen
+                raise StartupError(
+                    f"listen: cannot bind {host or '*'}:{port}: {server.last_exception}; "
+                    "choose another address with --listen"
+                )
+        addrs = ps.listen_addrs()
+        if not addrs:
+            raise StartupError("the proxy did not bind any listener")
+        self.listen_address = addrs[0][:2]
+        logger.info(
+            "proxy listening",
+            extra={
+                "fields": {
+                    "listen": f"{self.listen_address[0]}:{self.listen_address[1]}",
+                    "target": self.settings.routing_target.url if self.settings.routing_target else None,
+                    "ca": str(self.settings.ca_cert_path),
+                    "auth_mode": self.settings.auth_mode,
+                }
+            },
+        )
+        self.started.set()
+
+    # -- reload and stop ---------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the configuration and CA; keep the old ones if anything is wrong."""
+        assert self.master is not None
+        if self.reload_settings is None:
+            return False
+        try:
+            new = self.reload_settings()
+            if new.listen != self.settings.listen:
+                raise SettingsError("listen: changing the address needs a restart")
+            ca, confdir, trust = prepare_engine_files(new)
+            opts = engine_options(new, confdir, trust)
+            opts.pop("listen_host")
+            opts.pop("listen_port")
+            # every option passed counts as updated, so TlsConfig re-reads the CA from confdir
+            self.master.options.update(**opts)
+        except (SettingsError, StartupError, exceptions.OptionsError) as e:
+            self.reloads_failed += 1
+            logger.error("configuration reload rejected, keeping the old one: %s", e)
+            return False
+        self.settings, self.ca = new, ca
+        self.reloads_ok += 1
+        self.last_reload = time.time()
+        logger.info("configuration reloaded")
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting, let open requests and streams finish (up to the grace period)."""
+        if self.master is None or self.stopping:
+            return
+        self.stopping = True
+        logger.info("stopping: draining connections", extra={"fields": {"grace_s": self.grace_period}})
+        self.master.options.update(server=False)
+        ps = self.master.addons.get("proxyserver")
+        deadline = time.monotonic() + self.grace_period
+        while ps.active_connections() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if left := ps.active_connections():
+            logger.warning("grace period over, closing %d connections", left)
+        self.master.shutdown()
+        await self._run_task
+
+    async def serve_forever(self) -> None:
+        """Start, install signal handlers, and return once stopped."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+        loop.add_signal_handler(signal.SIGINT, stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await stop_requested.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.stop()
+
+
+class _RunningSignal:
+    """A tiny addon: mitmproxy calls `running` once its servers are up."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()

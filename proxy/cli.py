@@ -1,0 +1,223 @@
+"""
+`aibridge-proxy`: serve | ca init | ca show | demo | gateway.
+
+User mistakes end in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from certs.authority import DEFAULT_COMMON_NAME
+from certs.authority import DEFAULT_VALIDITY_DAYS
+from certs.authority import CAError
+from certs.authority import constraint_domains
+from certs.authority import generate_ca
+from certs.authority import load_ca
+from certs.authority import write_ca
+from proxy.app import ProxyApp
+from proxy.app import StartupError
+from proxy.logs import configure_logging
+from proxy.settings import FIELDS
+from proxy.settings import Settings
+from proxy.settings import SettingsError
+from proxy.settings import load_settings
+
+PROG = "aibridge-proxy"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML configuration file (env AIBRIDGE_PROXY_CONFIG)")
+    group = parser.add_argument_group("settings (also in the config file and AIBRIDGE_PROXY_* env)")
+    for f in FIELDS:
+        if f.key == "providers":
+            group.add_argument(
+                "--provider",
+                dest="providers",
+                action="append",
+                metavar="HOST=NAME[@/PATH,...]",
+                help="route a host to a provider (host=- removes it); repeatable",
+            )
+        elif f.parse.__name__ == "_bool":
+            group.add_argument(f.flag, dest=f.key, nargs="?", const="true", metavar="BOOL", help=f.help)
+        else:
+            group.add_argument(f.flag, dest=f.key, metavar=f.key.split(".")[-1].upper(), help=f.help)
+
+
+def _flag_values(args: argparse.Namespace) -> dict:
+    values = {f.key: getattr(args, f.key, None) for f in FIELDS if f.key != "providers"}
+    if getattr(args, "providers", None):
+        values["providers"] = " ".join(args.providers)
+    return values
+
+
+def _settings_from(args: argparse.Namespace, require_gateway: bool) -> Settings:
+    return load_settings(_flag_values(args), config_file=args.config, require_gateway=require_gateway)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Forward proxy that routes AI-provider traffic to a Coder AI Bridge gateway.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    _add_setting_flags(serve)
+    serve.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain on stop")
+
+    ca = sub.add_parser("ca", help="create or inspect the CA")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    init = ca_sub.add_parser("init", help="generate a new CA")
+    _add_setting_flags(init)
+    init.add_argument("--force", action="store_true", help="replace existing files")
+    init.add_argument("--key-type", choices=("ecdsa", "rsa"), default="ecdsa")
+    init.add_argument("--common-name", default=DEFAULT_COMMON_NAME)
+    init.add_argument("--days", type=int, default=DEFAULT_VALIDITY_DAYS, help="validity in days")
+    init.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="no name constraints: the CA could sign for any site (not recommended)",
+    )
+    show = ca_sub.add_parser("show", help="print the CA's subject, fingerprint and client settings")
+    _add_setting_flags(show)
+    show.add_argument("--proxy-url", default=None, help="proxy URL clients use (for the env lines)")
+
+    demo = sub.add_parser("demo", help="run the proxy and a local gateway, and send real requests")
+    demo.add_argument("--keep", action="store_true", help="keep serving after the requests")
+
+    gw = sub.add_parser("gateway", help="run the embedded local gateway on its own")
+    gw.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default %(default)s)")
+    gw.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN[=USER]",
+        help="a Coder token the gateway accepts; repeatable",
+    )
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args, require_gateway=True)
+    configure_logging(settings.log_level, settings.log_format)
+
+    def reload() -> Settings:
+        return _settings_from(args, require_gateway=True)
+
+    app = ProxyApp(settings, reload_settings=reload, grace_period=args.grace_period)
+    asyncio.run(app.serve_forever())
+    return 0
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    settings = _settings_from(args, require_gateway=False)
+    permitted = None if args.unconstrained else constraint_domains(settings.provider_table.hosts())
+    ca = generate_ca(args.common_name, args.days, args.key_type, permitted)
+    write_ca(ca, settings.ca_cert_path, settings.ca_key_path, force=args.force)
+    if args.unconstrained:
+        print(
+            "warning: this CA has no name constraints: anyone holding its key can impersonate "
+            "any site to clients that trust it",
+            file=sys.stderr,
+        )
+    print(f"CA certificate: {settings.ca_cert_path}")
+    print(f"CA key:         {settings.ca_key_path} (mode 0600)")
+    print(f"SHA-256:        {ca.fingerprint}")
+    print(f"Permitted:      {', '.join(permitted) if permitted else 'any name (unconstrained)'}")
+    return 0
+
+
+def cmd_ca_show(args: argparse.Namespace) -> int:
+    settings = _settings_from(args, require_gateway=False)
+    ca = load_ca(settings.ca_cert_path, settings.ca_key_path, check_permissions=False)
+    host, port = settings.listen
+    proxy_url = args.proxy_url or f"http://coder:$CODER_SESSION_TOKEN@{host or 'localhost'}:{port}"
+    permitted = ca.permitted_domains()
+    print(f"Subject:     {ca.cert.subject.rfc4514_string()}")
+    print(f"SHA-256:     {ca.fingerprint}")
+    print(f"Not after:   {ca.not_after:%Y-%m-%d %H:%M:%S} UTC")
+    print(f"Permitted:   {', '.join(permitted) if permitted is not None else 'any name (unconstrained)'}")
+    print(f"Certificate: {settings.ca_cert_path}")
+    print()
+    print("# Client environment (bash/zsh):")
+    for line in client_env_lines(proxy_url, settings.ca_cert_path):
+        print(line)
+    return 0
+
+
+def client_env_lines(proxy_url: str, ca_path: Path, bundle_path: Path | None = None) -> list[str]:
+    """The export lines a developer sets. Variables that replace the trust store get a bundle."""
+    bundle = bundle_path or ca_path.with_name("ca-bundle.pem")
+    return [
+        f'export HTTPS_PROXY="{proxy_url}"',
+        'export NO_PROXY="localhost,127.0.0.1,::1"',
+        f'export NODE_EXTRA_CA_CERTS="{ca_path}"',
+        f'export CODEX_CA_CERTIFICATE="{ca_path}"',
+        f'export SSL_CERT_FILE="{bundle}"        # system roots + our CA',
+        f'export REQUESTS_CA_BUNDLE="{bundle}"',
+        f'export CURL_CA_BUNDLE="{bundle}"',
+    ]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return asyncio.run(run_demo(keep=args.keep))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from proxy.localgateway import LocalGateway
+    from proxy.settings import parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        raise UsageError(f"--listen: {args.listen!r} {e}") from None
+    tokens = {}
+    for item in args.token:
+        token, _, user = item.partition("=")
+        tokens[token] = user or "user"
+    if not tokens:
+        raise UsageError("--token: give at least one token the gateway should accept")
+
+    async def run() -> None:
+        gateway = LocalGateway(tokens)
+        url = await gateway.start(host or "0.0.0.0", port)
+        print(f"local gateway listening on {url} (target {url}/api/v2/aibridge)", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"serve": cmd_serve, "demo": cmd_demo, "gateway": cmd_gateway}
+    if args.command == "ca":
+        handler = cmd_ca_init if args.ca_command == "init" else cmd_ca_show
+    else:
+        handler = handlers[args.command]
+    try:
+        return handler(args)
+    except (SettingsError, StartupError, CAError, UsageError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

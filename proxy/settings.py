@@ -1,0 +1,519 @@
+"""
+Settings: defaults < YAML file < environment < flags, parsed and validated once into one frozen
+`Settings` object.
+
+This is the only module that reads the environment. Every error names the key, the value and
+where it came from, so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from addons.providers import DEFAULT_PROVIDERS
+from addons.providers import ProviderSpecError
+from addons.providers import ProviderTable
+from addons.providers import make_route
+from addons.routing import GatewayTarget
+from addons.routing import TargetError
+from addons.routing import parse_base_url
+from addons.routing import resolve_target
+
+ENV_PREFIX = "AIBRIDGE_PROXY_"
+
+
+class SettingsError(Exception):
+    """A bad setting. str() is the one line the CLI prints."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from, for error messages."""
+
+    kind: str  # default | file | env | flag
+    name: str  # the file path, variable or flag
+
+    def __str__(self) -> str:
+        return {
+            "default": "built-in default",
+            "file": f"config file {self.name}",
+            "env": f"environment variable {self.name}",
+            "flag": f"flag {self.name}",
+        }[self.kind]
+
+
+# -- value parsers: raw value -> typed value, ValueError with a short reason -------------------
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("must be a string")
+    return str(value).strip()
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = _str(value)
+    return s or None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _number(minimum: float, integer: bool = False) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        try:
+            n = int(str(value)) if integer else float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a whole number" if integer else "must be a number") from None
+        if n < minimum:
+            raise ValueError(f"must be at least {minimum:g}")
+        return n
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        s = _str(value).lower()
+        if s not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return s
+
+    return parse
+
+
+def _opt_path(value: Any) -> Path | None:
+    s = _opt_str(value)
+    return Path(s).expanduser() if s else None
+
+
+def _path(value: Any) -> Path:
+    p = _opt_path(value)
+    if p is None:
+        raise ValueError("must not be empty")
+    return p
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces)."""
+    s = _str(value)
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})", s)
+    if not m:
+        raise ValueError("must be host:port, [ipv6]:port or :port")
+    host = m.group(1) or m.group(2) or ""
+    port = int(m.group(3))
+    if port > 65535:
+        raise ValueError("port must be at most 65535")
+    if m.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("has an invalid IPv6 address") from None
+    return host, port
+
+
+def _opt_url(value: Any) -> str | None:
+    s = _opt_str(value)
+    if s is None:
+        return None
+    try:
+        parse_base_url(s, "URL")
+    except TargetError as e:
+        raise ValueError(str(e).replace("URL ", "", 1)) from None
+    return s.rstrip("/")
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(x for x in re.split(r"[\s,]+", value) if x)
+    if isinstance(value, list | tuple):
+        return tuple(_str(x) for x in value)
+    raise ValueError("must be a list")
+
+
+# Provider overrides: host -> (provider, paths) or None for "remove".
+ProviderOverrides = dict[str, tuple[str, tuple[str, ...]] | None]
+
+
+def _providers(value: Any) -> ProviderOverrides:
+    """YAML mapping `host: provider | {provider, paths} | null`, or the flat form
+    `host=provider[@/p1,/p2]` entries separated by spaces or `;` (`host=-` removes)."""
+    out: ProviderOverrides = {}
+    if value is None:
+        return out
+    if isinstance(value, str):
+        items: list[tuple[Any, Any]] = []
+        for entry in (e for e in re.split(r"[\s;]+", value) if e):
+            host, sep, rest = entry.partition("=")
+            if not sep:
+                raise ValueError(f"entry {entry!r} must look like host=provider[@/path,...]")
+            if rest in ("", "-"):
+                items.append((host, None))
+            else:
+                name, _, paths = rest.partition("@")
+                items.append((host, {"provider": name, "paths": [p for p in paths.split(",") if p]}))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = [(e.get("host") if isinstance(e, Mapping) else None, e) for e in value]
+    else:
+        raise ValueError("must be a mapping of host to provider")
+    for host, spec in items:
+        if not isinstance(host, str):
+            raise ValueError(f"entry {spec!r} has no host")
+        if spec is None or spec is False:
+            out[host.strip().lower()] = None
+            continue
+        if isinstance(spec, str):
+            name, paths = spec, []
+        elif isinstance(spec, Mapping):
+            unknown = set(spec) - {"provider", "paths", "host"}
+            if unknown:
+                raise ValueError(f"entry for {host}: unknown key {sorted(unknown)[0]!r}")
+            name, paths = spec.get("provider"), spec.get("paths") or []
+            if not isinstance(name, str):
+                raise ValueError(f"entry for {host} needs provider: <name>")
+            if isinstance(paths, str):
+                paths = [paths]
+        else:
+            raise ValueError(f"entry for {host} must be a provider name or a mapping")
+        try:
+            route = make_route(host, name, paths)
+        except ProviderSpecError as e:
+            raise ValueError(str(e)) from None
+        out[route.host] = (route.provider, route.paths)
+    return out
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    aliases: tuple[str, ...] = ()  # other environment variable names (Coder's)
+    merge: bool = False  # mapping merged across sources rather than replaced
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace(".", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.attr.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace(".", "-").replace("_", "-")
+
+
+_CODER = ("CODER_AIBRIDGE_PROXY_", "CODER_AI_GATEWAY_PROXY_")
+
+FIELDS: tuple[Field, ...] = (
+    Field(
+        "listen",
+        parse_listen,
+        "127.0.0.1:8888",
+        "Address the proxy listens on (host:port).",
+        tuple(p + "LISTEN_ADDR" for p in _CODER),
+    ),
+    Field("gateway", _opt_url, None, "Base URL of the Coder deployment (https://coder.example.com)."),
+    Field(
+        "target",
+        _opt_url,
+        None,
+        "Full URL routed requests go to, instead of <gateway>/api/v2/aibridge.",
+        tuple(p + "TARGET" for p in _CODER),
+    ),
+    Field(
+        "providers",
+        _providers,
+        None,
+        "Routed hosts to add, replace (host: provider or {provider, paths}) or remove (host: null).",
+        merge=True,
+    ),
+    Field("default_providers", _bool, True, "Start from the built-in provider table."),
+    Field("state_dir", _opt_path, None, "Where the generated CA and engine files live."),
+    Field(
+        "ca.cert_file",
+        _opt_path,
+        None,
+        "CA certificate (PEM; may be followed by its chain). Default: <state_dir>/ca.pem.",
+        tuple(p + "CERT_FILE" for p in _CODER),
+    ),
+    Field(
+        "ca.key_file",
+        _opt_path,
+        None,
+        "CA private key (PEM, mode 0600). Default: <state_dir>/ca-key.pem.",
+        tuple(p + "KEY_FILE" for p in _CODER),
+    ),
+    Field("gateway_ca_file", _opt_path, None, "Extra CA (PEM) trusted for the gateway."),
+    Field("origin_ca_file", _opt_path, None, "Extra CA (PEM) trusted for pass-through origins."),
+    Field("gateway_timeout", _number(0.001), 300.0, "Seconds to wait for gateway response headers."),
+    Field(
+        "headers.token",
+        _str,
+        "X-Coder-AI-Governance-Token",
+        "Header that carries the Coder token when the client uses its own key.",
+    ),
+    Field(
+        "headers.request_id",
+        _str,
+        "X-Coder-AI-Governance-Request-Id",
+        "Header with a fresh id for each routed request.",
+    ),
+    Field("auth.mode", _choice("validate", "presence"), "validate", "validate or presence."),
+    Field("auth.url", _opt_url, None, "Token check URL (default <gateway>/api/v2/users/me)."),
+    Field("auth.header", _str, "Coder-Session-Token", "Header carrying the token to auth.url."),
+    Field("auth.fail_open", _bool, False, "Accept tokens when validation is unavailable."),
+    Field("auth.cache_ttl", _number(0, True), 300, "Seconds a valid token is cached."),
+    Field("auth.negative_ttl", _number(0, True), 30, "Seconds an invalid token is cached."),
+    Field("auth.cache_size", _number(1, True), 10000, "Most tokens cached at once."),
+    Field("auth.max_failures", _number(0, True), 10, "Failures per client before 429 (0: off)."),
+    Field("auth.lockout", _number(1, True), 60, "Failure window and lockout, seconds."),
+    Field(
+        "auth.anonymous_tunnels",
+        _bool,
+        False,
+        "Allow tunnels to non-routed hosts without credentials (makes an open relay).",
+    ),
+    Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
+    Field("log.format", _choice("json", "text"), "json", "json or text."),
+)
+
+FIELDS_BY_KEY = {f.key: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: tuple[str, int]
+    gateway: str | None
+    target: str | None
+    providers: ProviderOverrides
+    default_providers: bool
+    state_dir: Path | None
+    ca_cert_file: Path | None
+    ca_key_file: Path | None
+    gateway_ca_file: Path | None
+    origin_ca_file: Path | None
+    gateway_timeout: float
+    headers_token: str
+    headers_request_id: str
+    auth_mode: str
+    auth_url: str | None
+    auth_header: str
+    auth_fail_open: bool
+    auth_cache_ttl: int
+    auth_negative_ttl: int
+    auth_cache_size: int
+    auth_max_failures: int
+    auth_lockout: int
+    auth_anonymous_tunnels: bool
+    log_level: str
+    log_format: str
+    config_file: Path | None = None
+
+    # -- derived values ----------------------------------------------------------------------
+
+    @property
+    def provider_table(self) -> ProviderTable:
+        return build_provider_table(self.providers, self.default_providers)
+
+    @property
+    def routing_target(self) -> GatewayTarget | None:
+        return resolve_target(self.gateway, self.target)
+
+    @property
+    def state_path(self) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.ca_cert_file or self.state_path / "ca.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.ca_key_file or self.state_path / "ca-key.pem"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def build_provider_table(overrides: ProviderOverrides, use_defaults: bool = True) -> ProviderTable:
+    merged: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+    if use_defaults:
+        merged.update({h: (p, ()) for h, p in DEFAULT_PROVIDERS.items()})
+    merged.update(overrides)
+    return ProviderTable(
+        tuple(make_route(h, spec[0], spec[1]) for h, spec in merged.items() if spec is not None)
+    )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mappings -> dotted keys, except for values of mapping-typed fields."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and key not in FIELDS_BY_KEY:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _unknown(key: str, source: Source) -> SettingsError:
+    hint = difflib.get_close_matches(key, FIELDS_BY_KEY, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return SettingsError(f"unknown setting {key!r} in {source}{extra}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    source = Source("file", str(path))
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SettingsError(f"cannot read {source}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SettingsError(f"{source}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{source} must hold a mapping of settings")
+    flat = _flatten(data)
+    for key in flat:
+        if key not in FIELDS_BY_KEY:
+            raise _unknown(key, source)
+    return flat
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    if d := environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+        return Path(d.split(":")[0])
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "/tmp")) / ".local/state")
+    return Path(base) / "aibridge-proxy"
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    require_gateway: bool = False,
+) -> Settings:
+    """Merge all sources, validate every value, and return the frozen Settings.
+
+    `flags` maps field keys (dotted) to values already given on the command line (None = not
+    given). The config file comes from `config_file`, else AIBRIDGE_PROXY_CONFIG.
+    """
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key in flags:
+        if key not in FIELDS_BY_KEY:
+            raise SettingsError(f"unknown setting {key!r}")
+
+    config_path = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    file_values = read_config_file(Path(config_path)) if config_path else {}
+
+    known_env = {f.env for f in FIELDS} | {ENV_PREFIX + "CONFIG"}
+    for name in environ:
+        if name.startswith(ENV_PREFIX) and name not in known_env:
+            raise _unknown(name[len(ENV_PREFIX) :].lower(), Source("env", name))
+
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        layers: list[tuple[Any, Source]] = [(f.default, Source("default", f.key))]
+        if f.key in file_values:
+            layers.append((file_values[f.key], Source("file", str(config_path))))
+        for name in (*f.aliases, f.env):  # our own name wins over Coder's
+            if name in environ:
+                layers.append((environ[name], Source("env", name)))
+        if f.key in flags:
+            layers.append((flags[f.key], Source("flag", f.flag)))
+        if f.merge:
+            merged: dict = {}
+            for raw, source in layers:
+                merged.update(_parse(f, raw, source))
+            values[f.attr] = merged
+        else:
+            raw, source = layers[-1]
+            values[f.attr] = _parse(f, raw, source)
+            values.setdefault("_sources", {})[f.key] = (raw, source)
+
+    sources: dict[str, tuple[Any, Source]] = values.pop("_sources")
+    if values["state_dir"] is None:
+        values["state_dir"] = default_state_dir(environ)
+    settings = Settings(**values, config_file=Path(config_path) if config_path else None)
+    _check_combinations(settings, sources, require_gateway)
+    return settings
+
+
+def _parse(f: Field, raw: Any, source: Source) -> Any:
+    try:
+        return f.parse(raw)
+    except ValueError as e:
+        shown = raw if not isinstance(raw, str) or len(raw) < 200 else raw[:200] + "..."
+        raise SettingsError(f"{f.key}: {shown!r} from {source} {e}") from None
+
+
+def _check_combinations(
+    s: Settings, sources: Mapping[str, tuple[Any, Source]], require_gateway: bool
+) -> None:
+    def fail(key: str, problem: str) -> SettingsError:
+        raw, source = sources[key]
+        return SettingsError(f"{key}: {raw!r} from {source} {problem}")
+
+    try:
+        target = s.routing_target
+    except TargetError as e:
+        raise SettingsError(str(e)) from None
+    if require_gateway and target is None:
+        raise SettingsError(
+            "gateway: not set; pass --gateway https://coder.example.com "
+            "(or AIBRIDGE_PROXY_GATEWAY, or gateway: in the config file)"
+        )
+    if require_gateway and s.auth_mode == "validate" and not (s.gateway or s.auth_url):
+        raise SettingsError(
+            "auth.mode: 'validate' needs gateway or auth.url to check tokens against; "
+            "set one, or use auth.mode: presence"
+        )
+    if (s.ca_cert_file is None) != (s.ca_key_file is None):
+        key = "ca.cert_file" if s.ca_cert_file is not None else "ca.key_file"
+        raise fail(key, "is set alone; set both ca.cert_file and ca.key_file, or neither")
+    for key in ("headers.token", "headers.request_id", "auth.header"):
+        raw, _ = sources[key]
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(raw).strip()):
+            raise fail(key, "is not a valid header name")
+    for key in ("gateway_ca_file", "origin_ca_file"):
+        p = getattr(s, key)
+        if p is not None and not p.is_file():
+            raise fail(key, "does not name a readable file")
