@@ -6,7 +6,7 @@ them: CONNECT -> auth -> intercept or tunnel -> rewrite -> stream back -> log.
 from __future__ import annotations
 
 from addons.accesslog import AccessLog
-from addons.auth import ProxyAuth
+from addons.auth import TokenAuth
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
@@ -16,7 +16,7 @@ from addons.routing import Routing
 def make_addons(observer=None) -> list:
     """The addon chain, wired together. Order matters: each hook runs in this order."""
     routing = Routing()
-    auth = ProxyAuth(routing, observer)
+    auth = TokenAuth(routing, observer)
     return [
         routing,
         auth,

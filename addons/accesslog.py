@@ -12,13 +12,13 @@ import time
 
 from mitmproxy import http
 
-from addons.auth import ProxyAuth
+from addons.auth import TokenAuth
 from addons.gateway import route_info
 
 logger = logging.getLogger("aibridge.access")
 
 
-def access_fields(flow: http.HTTPFlow, auth: ProxyAuth | None) -> dict | None:
+def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
     info = route_info(flow)
     if info is None:
         return None
@@ -48,7 +48,7 @@ def access_fields(flow: http.HTTPFlow, auth: ProxyAuth | None) -> dict | None:
 class AccessLog:
     """Emits `aibridge.access` records; the program decides the format and destination."""
 
-    def __init__(self, auth: ProxyAuth | None = None):
+    def __init__(self, auth: TokenAuth | None = None):
         self.auth = auth
 
     def response(self, flow: http.HTTPFlow) -> None:

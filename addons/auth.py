@@ -75,7 +75,7 @@ def challenge_response(text: str) -> http.Response:
     )
 
 
-class ProxyAuth:
+class TokenAuth:
     """Checks `Proxy-Authorization` on CONNECTs and plain proxied requests."""
 
     def __init__(self, routing: Routing, observer=None):
@@ -330,4 +330,4 @@ def _close_later(validator: GatewayTokenValidator) -> None:
 
 _BACKGROUND: set = set()
 
-__all__ = ["Identity", "ProxyAuth", "Verdict", "challenge_response", "plain_response"]
+__all__ = ["Identity", "TokenAuth", "Verdict", "challenge_response", "plain_response"]

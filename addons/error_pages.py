@@ -90,7 +90,7 @@ def classify(error: str) -> str:
         return "TLS handshake failed (is the certificate trusted? see gateway_ca_file)"
     if "name or service not known" in e or "nodename nor servname" in e or "getaddrinfo" in e:
         return "host name does not resolve"
-    if "refused" in e:
+    if "refused" in e or "connect call failed" in e:
         return "connection refused"
     if "timed out" in e or "timeout" in e:
         return "connection timed out"

@@ -19,7 +19,7 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.auth import ProxyAuth
+from addons.auth import TokenAuth
 from addons.auth import challenge_response
 from addons.auth import plain_response
 from addons.routing import Routing
@@ -76,7 +76,7 @@ def carries_token(request: http.Request, token: str) -> bool:
 class GatewayRouter:
     """Rewrites routed requests to the gateway and turns on streaming both ways."""
 
-    def __init__(self, routing: Routing, auth: ProxyAuth):
+    def __init__(self, routing: Routing, auth: TokenAuth):
         self.routing = routing
         self.auth = auth
 

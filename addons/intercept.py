@@ -13,21 +13,33 @@ from mitmproxy import tls
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.proxy.layers.http import HttpStream
 
 from addons.routing import Routing
 
 logger = logging.getLogger(__name__)
 
 
-def _is_connect_tunnel(context) -> bool:
-    """True when mitmproxy asks what runs inside a just-accepted CONNECT tunnel."""
-    if not context.layers or context.server.address is None:
-        return False
-    last = context.layers[-1]
-    return isinstance(last, layers.HttpLayer) and last.mode in (
-        HTTPMode.regular,
-        HTTPMode.upstream,
-    )
+def _connect_stream_index(context) -> int | None:
+    """Index of the HttpStream that handled a CONNECT, when mitmproxy asks what runs inside
+    that tunnel; None for any other next-layer question.
+
+    mitmproxy's own NextLayer addon runs first and may already have pushed its choice (TLS
+    layers) onto `context.layers`, so we look for the HttpLayer/HttpStream pair rather than at
+    the end of the stack.
+    """
+    if context.server.address is None:
+        return None
+    stack = context.layers
+    for i in range(len(stack) - 1):
+        http_layer, stream = stack[i], stack[i + 1]
+        if (
+            isinstance(http_layer, layers.HttpLayer)
+            and http_layer.mode in (HTTPMode.regular, HTTPMode.upstream)
+            and isinstance(stream, HttpStream)
+        ):
+            return i + 1
+    return None
 
 
 class InterceptPolicy:
@@ -39,13 +51,18 @@ class InterceptPolicy:
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         context = nextlayer.context
-        if not _is_connect_tunnel(context):
+        stream_index = _connect_stream_index(context)
+        if stream_index is None:
             return
         host = context.server.address[0]
         if self.routing.current.table.lookup(host) is not None:
-            if self.observer is not None:
+            # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception; it may
+            # defer (layer still None) until the first bytes arrive, and then asks again.
+            if nextlayer.layer is not None and self.observer is not None:
                 self.observer.connect_outcome("intercepted")
-            return  # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception
+            return
+        # Undo whatever mitmproxy's NextLayer stacked for this tunnel, then relay raw bytes.
+        del context.layers[stream_index + 1 :]
         nextlayer.layer = layers.TCPLayer(context, ignore=True)
         if self.observer is not None:
             self.observer.connect_outcome("tunnelled")
@@ -56,6 +73,10 @@ class InterceptPolicy:
             return  # the handshake with the proxy itself (TLS listener)
         sni = data.client_hello.sni
         table = self.routing.current.table
+        if table.lookup(server[0]) is None:
+            # The table changed since this tunnel's CONNECT: do not decrypt it any more.
+            data.ignore_connection = True
+            return
         if sni and table.lookup(sni) is None:
             # CONNECT named a routed host but the TLS handshake asks for another name: we do
             # not mint certificates for names we do not route, so pass the bytes through.
