@@ -33,6 +33,7 @@ from certs.authority import generate_ca
 from certs.authority import load_ca
 from certs.authority import write_ca
 from certs.bundle import BundleError
+from certs.bundle import build_bundle
 from certs.bundle import write_bundle
 from proxy.settings import Settings
 from proxy.settings import SettingsError
@@ -101,9 +102,17 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
                                         (settings.origin_ca_file, "origin_ca_file")) if p]
     try:
         trust = write_bundle(confdir / "upstream-trust.pem", extra)
+        write_client_bundle(ca, settings.client_bundle_path)
     except BundleError as e:
         raise StartupError(str(e)) from None
     return ca, confdir, trust
+
+
+def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
+    """System roots + our CA: for clients whose CA variable replaces the trust store."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(build_bundle() + ca.cert_pem() + ca.chain_pem())
+    return dest
 
 
 class ProxyApp:

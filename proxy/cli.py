@@ -21,6 +21,7 @@ from certs.authority import load_ca
 from certs.authority import write_ca
 from proxy.app import ProxyApp
 from proxy.app import StartupError
+from proxy.app import write_client_bundle
 from proxy.logs import configure_logging
 from proxy.settings import FIELDS
 from proxy.settings import Settings
@@ -123,6 +124,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     permitted = None if args.unconstrained else constraint_domains(settings.provider_table.hosts())
     ca = generate_ca(args.common_name, args.days, args.key_type, permitted)
     write_ca(ca, settings.ca_cert_path, settings.ca_key_path, force=args.force)
+    write_client_bundle(ca, settings.client_bundle_path)
     if args.unconstrained:
         print(
             "warning: this CA has no name constraints: anyone holding its key can impersonate "
@@ -149,14 +151,13 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
     print(f"Certificate: {settings.ca_cert_path}")
     print()
     print("# Client environment (bash/zsh):")
-    for line in client_env_lines(proxy_url, settings.ca_cert_path):
+    for line in client_env_lines(proxy_url, settings.ca_cert_path, settings.client_bundle_path):
         print(line)
     return 0
 
 
-def client_env_lines(proxy_url: str, ca_path: Path, bundle_path: Path | None = None) -> list[str]:
+def client_env_lines(proxy_url: str, ca_path: Path, bundle: Path) -> list[str]:
     """The export lines a developer sets. Variables that replace the trust store get a bundle."""
-    bundle = bundle_path or ca_path.with_name("ca-bundle.pem")
     return [
         f'export HTTPS_PROXY="{proxy_url}"',
         'export NO_PROXY="localhost,127.0.0.1,::1"',

@@ -40,6 +40,7 @@ class Received:
     body: bytes | None  # None when larger than BODY_KEEP_LIMIT (see body_sha256)
     body_length: int
     body_sha256: str
+    peer: tuple | None = None  # the proxy's side of the connection (shows keep-alive reuse)
     time: float = field(default_factory=time.time)
 
     @property
@@ -132,6 +133,7 @@ class LocalGateway:
             body=bytes(kept) if length <= BODY_KEEP_LIMIT else None,
             body_length=length,
             body_sha256=digest.hexdigest(),
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
         )
         self.records.append(rec)
         return rec

@@ -359,6 +359,10 @@ class Settings:
         return self.ca_cert_file or self.state_path / "ca.pem"
 
     @property
+    def client_bundle_path(self) -> Path:
+        return self.state_path / "ca-bundle.pem"
+
+    @property
     def ca_key_path(self) -> Path:
         return self.ca_key_file or self.state_path / "ca-key.pem"
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: one local gateway and one proxy for the session, plus factories for tests
+that need their own configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import ProxyProcess
+from tests.support import ThreadedGateway
+
+
+@pytest.fixture(scope="session")
+def gateway_server():
+    gw = ThreadedGateway().start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gateway(gateway_server):
+    """The session's local gateway, with an empty record of requests."""
+    gateway_server.records.clear()
+    gateway_server.gateway.fail_users_me = None
+    return gateway_server
+
+
+@pytest.fixture(scope="session")
+def proxy(gateway_server, tmp_path_factory):
+    """The real proxy, default settings, routing to the local gateway."""
+    p = ProxyProcess(tmp_path_factory.mktemp("proxy"), ["--gateway", gateway_server.url]).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def make_proxy(tmp_path, gateway_server):
+    """Start a proxy with extra arguments; stopped at the end of the test."""
+    started: list[ProxyProcess] = []
+
+    def make(*args: str, gateway: str | None = None, env=None, state_dir=None) -> ProxyProcess:
+        gw_args = ["--gateway", gateway or gateway_server.url] if gateway != "" else []
+        state = state_dir or tmp_path / f"proxy{len(started)}"
+        p = ProxyProcess(state, [*gw_args, *args], env=env).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()

@@ -1,0 +1,16 @@
+// A Node client configured only by the environment: OPENAI_API_KEY, HTTPS_PROXY with
+// NODE_USE_ENV_PROXY=1, and NODE_EXTRA_CA_CERTS.
+import OpenAI from "openai";
+
+const client = new OpenAI();
+const mode = process.argv[2] ?? "chat";
+const messages = [{ role: "user", content: "hi" }];
+if (mode === "stream") {
+  const stream = await client.chat.completions.create({ model: "gpt-test", messages, stream: true });
+  let text = "";
+  for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
+  console.log(JSON.stringify({ text }));
+} else {
+  const r = await client.chat.completions.create({ model: "gpt-test", messages });
+  console.log(JSON.stringify({ text: r.choices[0].message.content }));
+}

