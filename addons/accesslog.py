@@ -37,7 +37,7 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
         "path": info.original_path.split("?", 1)[0],
         "upstream": info.upstream_url.split("?", 1)[0],
         "status": flow.response.status_code if flow.response else None,
-        "error": flow.error.msg if flow.error and not flow.response else None,
+        "error": flow.error.msg if flow.error else None,
         "bytes_in": info.bytes_in,
         "bytes_out": info.bytes_out,
         "duration_ms": round((now - info.started) * 1000, 2),

@@ -23,9 +23,10 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.proxy_authorization import REALM
 from addons.proxy_authorization import ProxyAuthError
 from addons.proxy_authorization import parse_proxy_authorization
+from addons.responses import challenge_response
+from addons.responses import plain_response
 from addons.routing import Routing
 from addons.token_validation import FailureLimiter
 from addons.token_validation import GatewayTokenValidator
@@ -57,22 +58,6 @@ class AuthRejected(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
-
-
-def plain_response(status: int, text: str, headers: dict[str, str] | None = None) -> http.Response:
-    """A short text/plain answer: what every error we generate looks like."""
-    reason = http.status_codes.RESPONSES.get(status, "Error")
-    body = f"{status} {reason}: {text}\n".encode()
-    hdrs = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
-    return http.Response.make(status, body, hdrs)
-
-
-def challenge_response(text: str) -> http.Response:
-    return plain_response(
-        407,
-        text,
-        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "Proxy-Connection": "close"},
-    )
 
 
 class TokenAuth:
@@ -259,14 +244,20 @@ class TokenAuth:
             and self.routing.current.table.lookup(flow.request.host) is None
         ):
             return Identity(connect_id, None, None)
-        if self.limiter.is_blocked(address):
-            raise AuthRejected(429, "rate_limited", "too many failed authentications; retry later")
         try:
             creds = parse_proxy_authorization(header)
         except ProxyAuthError as e:
+            if self.limiter.is_blocked(address):
+                raise AuthRejected(429, "rate_limited", "too many failed authentications") from None
             if e.reason != "missing":  # the first credential-less request is normal
                 self.limiter.record_failure(address)
             raise AuthRejected(407, e.reason, str(e)) from None
+        if self.limiter.is_blocked(address):
+            # A token we already know to be valid still gets in: colleagues behind the same
+            # NAT address must not be locked out by one misconfigured client.
+            known = self.cache.cached(creds.token) if self.cache is not None else None
+            if known is None or not known.valid:
+                raise AuthRejected(429, "rate_limited", "too many failed authentications")
         if self.cache is None:  # presence mode
             return Identity(connect_id, creds.token, None)
         try:
@@ -330,4 +321,3 @@ def _close_later(validator: GatewayTokenValidator) -> None:
 
 _BACKGROUND: set = set()
 
-__all__ = ["Identity", "TokenAuth", "Verdict", "challenge_response", "plain_response"]

@@ -22,6 +22,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
 from addons.gateway import route_info
+from addons.responses import plain_response
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +35,8 @@ _original_make_error_response = _http1.make_error_response
 
 def _plain_error(status: int, message: str = "") -> bytes:
     """mitmproxy's low-level error page (malformed requests), as plain text without detail."""
-    reason = http.status_codes.RESPONSES.get(status, "Error")
-    text = {400: "malformed request", 413: "request too large"}.get(status, reason.lower())
-    resp = http.Response.make(
-        status,
-        f"{status} {reason}: {text}\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
-    )
-    return http1.assemble_response(resp)
+    text = {400: "malformed request", 413: "request too large"}.get(status, "request failed")
+    return http1.assemble_response(plain_response(status, text, {"Connection": "close"}))
 
 
 def _handle_protocol_error(self, event):
@@ -101,15 +96,6 @@ def classify(error: str) -> str:
     return "connection failed"
 
 
-def _error_response(status: int, text: str) -> http.Response:
-    reason = http.status_codes.RESPONSES.get(status, "Error")
-    return http.Response.make(
-        status,
-        f"{status} {reason}: {text}\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8"},
-    )
-
-
 class UpstreamErrors:
     """Owns the gateway response timeout and the wording of upstream failures."""
 
@@ -126,17 +112,17 @@ class UpstreamErrors:
         if info is None:
             return None
         if info.timed_out:
-            return _error_response(
+            return plain_response(
                 504,
                 f"the gateway {_origin(info.upstream_url)} did not answer within "
                 f"{ctx.options.aibridge_gateway_timeout}s",
             )
         cause = classify(flow.error.msg if flow.error else "")
         if info.provider is not None:
-            return _error_response(
+            return plain_response(
                 502, f"cannot reach the gateway {_origin(info.upstream_url)}: {cause}"
             )
-        return _error_response(502, f"cannot reach {info.original_host}: {cause}")
+        return plain_response(502, f"cannot reach {info.original_host}: {cause}")
 
     # The timer runs from the end of the request body to the response headers.
     def request(self, flow: http.HTTPFlow) -> None:
@@ -153,6 +139,15 @@ class UpstreamErrors:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
+        info = route_info(flow)
+        if info is not None and info.first_byte is not None:
+            logger.warning(
+                "response from %s ended early after %d bytes: %s (request %s)",
+                _origin(info.upstream_url),
+                info.bytes_out,
+                flow.error.msg if flow.error else "unknown error",
+                info.request_id,
+            )
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)

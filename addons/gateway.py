@@ -20,8 +20,8 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
-from addons.auth import challenge_response
-from addons.auth import plain_response
+from addons.responses import challenge_response
+from addons.responses import plain_response
 from addons.routing import Routing
 
 logger = logging.getLogger(__name__)

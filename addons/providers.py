@@ -53,8 +53,8 @@ def validate_host_pattern(pattern: str) -> str:
     if not host:
         raise ProviderSpecError("empty host")
     labels = host.split(".")
-    if len(labels) < 2:
-        raise ProviderSpecError(f"host {pattern!r} must be a domain name with at least two labels")
+    if "*" in labels and len(labels) < 3:
+        raise ProviderSpecError(f"host {pattern!r}: a wildcard needs at least two fixed labels")
     if all(label.isdigit() for label in labels) or ":" in host:
         raise ProviderSpecError(f"host {pattern!r} is an IP address; only DNS names can be routed")
     for label in labels:
@@ -62,7 +62,7 @@ def validate_host_pattern(pattern: str) -> str:
             continue
         if not _LABEL.match(label):
             raise ProviderSpecError(f"host {pattern!r} has an invalid label {label!r}")
-    if labels[-1] == "*" or labels[-2] == "*":
+    if labels[-1] == "*" or (len(labels) > 1 and labels[-2] == "*"):
         raise ProviderSpecError(f"host {pattern!r}: a wildcard cannot stand for the top two labels")
     return host
 

@@ -27,7 +27,9 @@ def gateway(gateway_server):
 @pytest.fixture(scope="session")
 def proxy(gateway_server, tmp_path_factory):
     """The real proxy, default settings, routing to the local gateway."""
-    p = ProxyProcess(tmp_path_factory.mktemp("proxy"), ["--gateway", gateway_server.url]).start()
+    # Failure throttling is off here: many tests fail authentication on purpose from 127.0.0.1.
+    args = ["--gateway", gateway_server.url, "--auth-max-failures", "0"]
+    p = ProxyProcess(tmp_path_factory.mktemp("proxy"), args).start()
     yield p
     p.stop()
 

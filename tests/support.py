@@ -239,6 +239,7 @@ class TlsOrigin:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
+        self.connections = 0
 
     def write_ca(self, path: Path) -> Path:
         path.write_bytes(self.ca.cert_pem())
@@ -251,6 +252,7 @@ class TlsOrigin:
         ctx.load_cert_chain(certfile)
 
         async def handle(reader, writer):
+            self.connections += 1
             try:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")

@@ -1,0 +1,34 @@
+"""The answers the proxy itself gives: short plain text, no HTML, no engine banner, no detail
+a client should not see."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from mitmproxy import http
+
+from addons.proxy_authorization import REALM
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def plain_response(status: int, text: str, headers: dict[str, str] | None = None) -> http.Response:
+    body = f"{status} {reason_phrase(status)}: {text}\n".encode()
+    resp = http.Response.make(status, body, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})})
+    resp.reason = reason_phrase(status)
+    return resp
+
+
+def challenge_response(text: str) -> http.Response:
+    """407 with the Basic challenge: clients such as Copilot in VS Code only send credentials
+    after seeing it."""
+    return plain_response(
+        407,
+        text,
+        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "Proxy-Connection": "close"},
+    )
