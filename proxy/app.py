@@ -159,6 +159,8 @@ class ProxyApp:
         return m
 
     async def start(self) -> None:
+        # We report bind failures ourselves, in one line that names the setting.
+        logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_drop_bind_errors)
         self.master = self._build_master()
         self._run_task = asyncio.get_running_loop().create_task(self.master.run())
         waiter = asyncio.ensure_future(self._lifecycle.event.wait())
@@ -169,10 +171,13 @@ class ProxyApp:
             raise StartupError("the proxy engine stopped during start-up")
         ps = self.master.addons.get("proxyserver")
         for server in ps.servers:
-            if server.last_exception is not None:
+            if (exc := server.last_exception) is not None:
                 host, port = self.settings.listen
+                reason = getattr(exc, "strerror", None) or str(exc)
+                if "address already in use" in str(exc).lower():
+                    reason = "address already in use"
                 raise StartupError(
-                    f"listen: cannot bind {host or '*'}:{port}: {server.last_exception}; "
+                    f"listen: cannot bind {host or '*'}:{port}: {reason}; "
                     "choose another address with --listen"
                 )
         addrs = ps.listen_addrs()
@@ -249,6 +254,10 @@ class ProxyApp:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         await self.stop()
+
+
+def _drop_bind_errors(record: logging.LogRecord) -> bool:
+    return "failed to listen" not in record.getMessage()
 
 
 class _RunningSignal:

@@ -1,0 +1,212 @@
+"""The command line as an operator uses it: errors are one line and exit 2, `ca init`/`ca show`
+do what they print, `serve` uses or creates the CA, and the addons run in stock mitmdump."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certs.authority import CertificateAuthority
+from certs.authority import generate_ca
+from certs.authority import key_pem
+from tests.support import ALICE
+from tests.support import ROOT
+from tests.support import base_env
+
+
+def cli(*args: str, env=None, timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env={**base_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result
+    # start-up log lines (JSON) may precede it; the error itself is one plain line, last
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("aibridge-proxy: "), result.stderr
+    assert all(line.startswith("{") for line in lines[:-1]), result.stderr
+    assert "Traceback" not in result.stderr
+    for f in fragments:
+        assert f in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "args, env, fragments",
+    [
+        (["serve"], {}, ["gateway: not set; pass --gateway"]),
+        (["serve", "--gateway", "ftp://x"], {}, ["gateway: 'ftp://x' from flag --gateway", "https://"]),
+        (["serve", "--gateway", "https://c.example.com"], {"AIBRIDGE_PROXY_AUTH_MODE": "sometimes"},
+         ["auth.mode: 'sometimes' from environment variable AIBRIDGE_PROXY_AUTH_MODE"]),
+        (["serve", "--gateway", "https://c.example.com", "--listen", "localhost"], {},
+         ["listen: 'localhost' from flag --listen must be host:port"]),
+        (["serve", "--gateway", "https://c.example.com", "--provider", "*.com=x"], {}, ["wildcard"]),
+        (["serve", "--config", "/nonexistent/config.yaml"], {}, ["cannot read config file /nonexistent/config.yaml"]),
+    ],
+)
+def test_configuration_errors(args, env, fragments):
+    assert_one_line_error(cli(*args, env=env), *fragments)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("gateway: https://c.example.com\nlisten_addr: ':8888'\n")
+    assert_one_line_error(cli("serve", "--config", str(cfg)), f"unknown setting 'listen_addr' in config file {cfg}")
+
+
+def test_port_in_use(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("serve", "--gateway", "http://127.0.0.1:1", "--auth-mode", "presence",
+                "--state-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
+    assert_one_line_error(r, f"listen: cannot bind 127.0.0.1:{port}")
+
+
+def test_ca_init_and_show(tmp_path):
+    r = cli("ca", "init", "--state-dir", str(tmp_path), "--provider", "*.openai.azure.com=azure")
+    assert r.returncode == 0, r.stderr
+    key = tmp_path / "ca-key.pem"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    fp = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+    assert f"SHA-256:        {fp}" in r.stdout
+    assert str(tmp_path / "ca.pem") in r.stdout
+    nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert "openai.azure.com" in [n.value for n in nc.permitted_subtrees]
+    # no overwrite without --force
+    assert_one_line_error(cli("ca", "init", "--state-dir", str(tmp_path)), "already exists; pass --force")
+    r = cli("ca", "init", "--state-dir", str(tmp_path), "--force", "--key-type", "rsa",
+            "--common-name", "Acme", "--days", "90", "--unconstrained")
+    assert r.returncode == 0 and "no name constraints" in r.stderr
+    r = cli("ca", "show", "--state-dir", str(tmp_path), "--proxy-url", "http://coder:$T@proxy:8888")
+    assert r.returncode == 0, r.stderr
+    assert "Subject:     O=aibridge-proxy,CN=Acme" in r.stdout
+    assert re.search(r"Not after:   \d{4}-\d\d-\d\d", r.stdout)
+    assert 'export HTTPS_PROXY="http://coder:$T@proxy:8888"' in r.stdout
+    assert f'export SSL_CERT_FILE="{tmp_path / "ca-bundle.pem"}"' in r.stdout
+    assert f'export NODE_EXTRA_CA_CERTS="{tmp_path / "ca.pem"}"' in r.stdout
+
+
+def test_serve_generates_ca_and_logs_where(make_proxy):
+    p = make_proxy()
+    line = p.wait_for_line(lambda r: r.get("msg") == "generated a new CA")
+    assert line["cert"] == str(p.ca_path)
+    assert stat.S_IMODE(os.stat(p.state_dir / "ca-key.pem").st_mode) == 0o600
+
+
+def test_serve_refuses_group_readable_key(make_proxy, tmp_path):
+    p = make_proxy()
+    p.stop()
+    os.chmod(p.state_dir / "ca-key.pem", 0o644)
+    r = cli("serve", "--gateway", "http://127.0.0.1:1", "--state-dir", str(p.state_dir),
+            "--listen", "127.0.0.1:0")
+    assert_one_line_error(r, "readable by group or others", f"chmod 600 {p.state_dir / 'ca-key.pem'}")
+
+
+def _intermediate_from_company_pki(tmp_path) -> tuple:
+    """A root (trusted by clients) and an intermediate it issued for the proxy."""
+    root = generate_ca("Company Root", 365, permitted_domains=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "AI proxy intermediate")]))
+        .issuer_name(root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(root.key, hashes.SHA256())
+    )
+    # pathlen 0 on the root would forbid an intermediate; re-sign the root without it
+    root_cert = (
+        x509.CertificateBuilder()
+        .subject_name(root.cert.subject).issuer_name(root.cert.subject)
+        .public_key(root.key.public_key()).serial_number(root.cert.serial_number)
+        .not_valid_before(root.cert.not_valid_before_utc).not_valid_after(root.cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(root.key, hashes.SHA256())
+    )
+    root = CertificateAuthority(root_cert, root.key)
+    chain_file = tmp_path / "intermediate-chain.pem"
+    chain_file.write_bytes(inter.public_bytes(serialization.Encoding.PEM) + root.cert_pem())
+    key_file = tmp_path / "intermediate.key"
+    key_file.write_bytes(key_pem(key))
+    os.chmod(key_file, 0o600)
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(root.cert_pem())
+    return chain_file, key_file, root_file
+
+
+def test_bring_your_own_intermediate(make_proxy, gateway, tmp_path):
+    chain_file, key_file, root_file = _intermediate_from_company_pki(tmp_path)
+    p = make_proxy("--ca-cert-file", str(chain_file), "--ca-key-file", str(key_file))
+    ctx = ssl.create_default_context(cafile=str(root_file))  # clients trust only the company root
+    with httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False) as c:
+        assert c.get("https://api.openai.com/v1/models").status_code == 200
+    assert gateway.last().path == "/api/v2/aibridge/openai/v1/models"
+
+
+def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    proc = subprocess.Popen(
+        [mitmdump, "-s", str(ROOT / "addons" / "mitmdump_entry.py"),
+         "--listen-host", "127.0.0.1", "--listen-port", "0",
+         "--set", f"confdir={tmp_path}", "--set", "connection_strategy=lazy",
+         "--set", f"aibridge_gateway={gateway.url}", "--set", "aibridge_auth_mode=presence"],
+        env={**base_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+    port = []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if m := re.search(r"proxy listening at [\d.]+:(\d+)", line):
+                port.append(int(m.group(1)))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(20) and port, "".join(lines)
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "mitmproxy-ca-cert.pem"))
+        with httpx.Client(proxy=f"http://u:{ALICE}@127.0.0.1:{port[0]}", verify=ctx, trust_env=False) as c:
+            r = c.post("https://api.anthropic.com/v1/messages", json={"model": "m", "max_tokens": 1, "messages": []})
+        assert r.status_code == 200
+        rec = gateway.last()
+        assert rec.path == "/api/v2/aibridge/anthropic/v1/messages"
+        assert rec.header("X-Coder-AI-Governance-Token") == ALICE
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_demo_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "proxy", "demo"], env=base_env(), capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for provider in ("openai", "anthropic"):
+        assert re.search(rf"->\s+http://127\.0\.0\.1:\d+/api/v2/aibridge/{provider}/v1/\S+\s+{provider}\s+200", r.stdout), r.stdout
+    assert "export HTTPS_PROXY=" in r.stdout
