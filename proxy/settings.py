@@ -385,6 +385,8 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
+        if v is None and any(f.startswith(key + ".") for f in FIELDS_BY_KEY):
+            continue  # a section whose keys are all commented out
         if isinstance(v, Mapping) and key not in FIELDS_BY_KEY:
             out.update(_flatten(v, key + "."))
         else:

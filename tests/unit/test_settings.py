@@ -116,3 +116,10 @@ def test_serve_requires_gateway():
 
 def test_systemd_state_directory():
     assert load({}, {"STATE_DIRECTORY": "/var/lib/aibridge-proxy"}).state_dir == Path("/var/lib/aibridge-proxy")
+
+
+def test_example_config_loads():
+    example = Path(__file__).resolve().parents[2] / "deploy" / "config.example.yaml"
+    s = load(config=example)
+    assert s.gateway == "https://coder.example.com"
+    assert s.provider_table.lookup("api.openai.com").provider == "openai"
