@@ -1,0 +1,104 @@
+"""Routing details: path scopes send other paths to the original host, the target and header
+names are configurable, and the gateway connection verifies TLS and ignores proxy variables."""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+import pytest
+
+from certs.authority import issue_leaf
+from certs.authority import key_pem
+from tests.support import ALICE
+from tests.support import ThreadedGateway
+from tests.support import TlsOrigin
+from tests.support import free_port
+
+
+def client(p) -> httpx.Client:
+    ctx = ssl.create_default_context(cafile=str(p.ca_path))
+    return httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False, timeout=30)
+
+
+@pytest.fixture
+def origin(tmp_path):
+    o = TlsOrigin("localhost").start(tmp_path)
+    yield o
+    o.stop()
+
+
+def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin, tmp_path):
+    origin_ca = origin.write_ca(tmp_path / "origin-ca.pem")
+    p = make_proxy("--provider", "localhost=openai@/v1/", "--origin-ca-file", str(origin_ca))
+    with client(p) as c:
+        r = c.post(f"https://localhost:{origin.port}/v1/chat/completions", json={"model": "m"})
+        assert r.status_code == 200 and gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
+        # not under /v1/: decrypted, but sent to the original host unchanged
+        r = c.post(f"https://localhost:{origin.port}/api/settings?a=%2F", content=b"12345")
+        assert r.status_code == 200
+        assert r.text == "origin saw POST /api/settings?a=%2F HTTP/1.1 body=5"
+    assert len(gateway.records) == 1
+    assert origin.connections == 1
+
+
+def test_origin_tls_is_verified(make_proxy, gateway, origin):
+    """Without origin_ca_file the origin's private CA is not trusted: 502, not a silent MITM."""
+    p = make_proxy("--provider", "localhost=openai@/v1/")
+    with client(p) as c:
+        r = c.get(f"https://localhost:{origin.port}/other")
+    assert r.status_code == 502
+    assert "TLS handshake failed" in r.text
+
+
+def test_custom_target_and_header_names(make_proxy, gateway):
+    p = make_proxy(
+        "--target", f"{gateway.url}/api/v2/ai-gateway",
+        "--headers-token", "X-My-Token", "--headers-request-id", "X-My-Id",
+        "--auth-mode", "presence",
+    )
+    with client(p) as c:
+        r = c.get("https://api.openai.com/v1/models", headers={"Authorization": "Bearer sk-own"})
+    rec = gateway.last()
+    assert r.status_code == 404  # the local gateway serves /api/v2/aibridge only
+    assert rec.path == "/api/v2/ai-gateway/openai/v1/models"
+    assert rec.header("X-My-Token") == ALICE and rec.header("X-My-Id")
+    assert rec.header("X-Coder-AI-Governance-Token") is None
+
+
+@pytest.fixture
+def tls_gateway(tmp_path):
+    origin = TlsOrigin("localhost")  # reuse its private CA for the gateway's certificate
+    cert, key = issue_leaf(origin.ca, ["localhost"], ips=["127.0.0.1"])
+    from cryptography.hazmat.primitives import serialization
+
+    pem = tmp_path / "gw.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem)
+    gw = ThreadedGateway(ssl_context=ctx).start()
+    ca_file = origin.write_ca(tmp_path / "gateway-ca.pem")
+    yield gw, ca_file
+    gw.stop()
+
+
+def test_https_gateway_needs_its_ca(make_proxy, tls_gateway):
+    gw, ca_file = tls_gateway
+    url = f"https://localhost:{gw.gateway.port}"
+    p = make_proxy("--auth-mode", "presence", gateway=url)
+    with client(p) as c:
+        r = c.get("https://api.openai.com/v1/models")
+    assert r.status_code == 502 and "TLS handshake failed" in r.text
+    assert not gw.records
+    p2 = make_proxy("--gateway-ca-file", str(ca_file), gateway=url)  # validate mode over TLS too
+    with client(p2) as c:
+        assert c.get("https://api.openai.com/v1/models").status_code == 200
+    assert gw.last().path == "/api/v2/aibridge/openai/v1/models"
+
+
+def test_gateway_connection_ignores_proxy_variables(make_proxy, gateway):
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead, "http_proxy": dead, "ALL_PROXY": dead}
+    p = make_proxy(env=env)  # validate mode: the token check must not use them either
+    with client(p) as c:
+        assert c.get("https://api.openai.com/v1/models").status_code == 200
