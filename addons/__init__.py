@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from addons.accesslog import AccessLog
 from addons.auth import TokenAuth
+from addons.egress import EgressPolicy
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
@@ -20,6 +21,7 @@ def make_addons(observer=None) -> list:
     return [
         routing,
         auth,
+        EgressPolicy(routing, observer),
         InterceptPolicy(routing, observer),
         GatewayRouter(routing, auth),
         UpstreamErrors(),

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 
+import time
+
+from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import layers
@@ -18,6 +21,12 @@ from mitmproxy.proxy.layers.http import HttpStream
 from addons.routing import Routing
 
 logger = logging.getLogger(__name__)
+
+
+def connection_established(http_version: str) -> http.Response:
+    """The 200 mitmproxy itself sends for a CONNECT (no headers: some clients insist)."""
+    now = time.time()
+    return http.Response(http_version, 200, b"Connection established", http.Headers(), b"", None, now, now)
 
 
 def _connect_stream_index(context) -> int | None:
@@ -43,11 +52,23 @@ def _connect_stream_index(context) -> int | None:
 
 
 class InterceptPolicy:
-    """Routed hosts get mitmproxy's TLS interception; all others get a raw TCP tunnel."""
+    """Routed hosts get mitmproxy's TLS interception; all others get a raw TCP tunnel.
+
+    The engine runs with `connection_strategy=eager`, so a tunnel's destination is dialled
+    before the CONNECT is answered (a refused or failed dial becomes 403/502 on the CONNECT).
+    Routed CONNECTs are answered here, before the engine would dial: the provider host is
+    never contacted.
+    """
 
     def __init__(self, routing: Routing, observer=None):
         self.routing = routing
         self.observer = observer
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        if self.routing.current.table.lookup(flow.request.host) is not None:
+            flow.response = connection_established(flow.request.http_version)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         context = nextlayer.context
@@ -77,6 +98,8 @@ class InterceptPolicy:
             # The table changed since this tunnel's CONNECT: do not decrypt it any more.
             data.ignore_connection = True
             return
+        # routed: never reach for the provider's certificate before answering the client
+        data.establish_server_tls_first = False
         if sni and table.lookup(sni) is None:
             # CONNECT named a routed host but the TLS handshake asks for another name: we do
             # not mint certificates for names we do not route, so pass the bytes through.

@@ -66,7 +66,9 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "listen_host": host,
         "listen_port": port,
         "confdir": str(confdir),
-        "connection_strategy": "lazy",  # never contact the original provider host
+        # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
+        # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
+        "connection_strategy": "eager",
         "upstream_cert": False,
         "http2": False,
         "ssl_verify_upstream_trusted_ca": str(upstream_trust),
@@ -86,6 +88,8 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_auth_max_failures": settings.auth_max_failures,
         "aibridge_auth_lockout": settings.auth_lockout,
         "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
+        "aibridge_allowed_ports": [str(p) for p in settings.allowed_ports],
+        "aibridge_allowed_private_cidrs": list(settings.allowed_private_cidrs),
     }
 
 

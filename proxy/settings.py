@@ -303,6 +303,14 @@ FIELDS: tuple[Field, ...] = (
         False,
         "Allow tunnels to non-routed hosts without credentials (makes an open relay).",
     ),
+    Field("allowed_ports", _str_list, ("443", "80"), "Ports clients may CONNECT to."),
+    Field(
+        "allowed_private_cidrs",
+        _str_list,
+        (),
+        "Non-public ranges the proxy may still reach for clients (CIDR list).",
+        tuple(p + "ALLOWED_PRIVATE_CIDRS" for p in _CODER),
+    ),
     Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", _choice("json", "text"), "json", "json or text."),
 )
@@ -335,6 +343,8 @@ class Settings:
     auth_max_failures: int
     auth_lockout: int
     auth_anonymous_tunnels: bool
+    allowed_ports: tuple[str, ...]
+    allowed_private_cidrs: tuple[str, ...]
     log_level: str
     log_format: str
     config_file: Path | None = None
@@ -519,6 +529,14 @@ def _check_combinations(
         raw, _ = sources[key]
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(raw).strip()):
             raise fail(key, "is not a valid header name")
+    from addons.egress import parse_cidrs
+    from addons.egress import parse_ports
+
+    for key, parse in (("allowed_ports", parse_ports), ("allowed_private_cidrs", parse_cidrs)):
+        try:
+            parse(getattr(s, key))
+        except ValueError as e:
+            raise fail(key, str(e)) from None
     for key in ("gateway_ca_file", "origin_ca_file"):
         p = getattr(s, key)
         if p is not None and not p.is_file():

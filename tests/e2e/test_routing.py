@@ -11,6 +11,7 @@ import pytest
 from certs.authority import issue_leaf
 from certs.authority import key_pem
 from tests.support import ALICE
+from tests.support import LOOPBACK_INTERNET
 from tests.support import ThreadedGateway
 from tests.support import TlsOrigin
 from tests.support import free_port
@@ -30,7 +31,7 @@ def origin(tmp_path):
 
 def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin, tmp_path):
     origin_ca = origin.write_ca(tmp_path / "origin-ca.pem")
-    p = make_proxy("--provider", "localhost=openai@/v1/", "--origin-ca-file", str(origin_ca))
+    p = make_proxy("--provider", "localhost=openai@/v1/", "--origin-ca-file", str(origin_ca), *LOOPBACK_INTERNET)
     with client(p) as c:
         r = c.post(f"https://localhost:{origin.port}/v1/chat/completions", json={"model": "m"})
         assert r.status_code == 200 and gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
@@ -44,7 +45,7 @@ def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin,
 
 def test_origin_tls_is_verified(make_proxy, gateway, origin):
     """Without origin_ca_file the origin's private CA is not trusted: 502, not a silent MITM."""
-    p = make_proxy("--provider", "localhost=openai@/v1/")
+    p = make_proxy("--provider", "localhost=openai@/v1/", *LOOPBACK_INTERNET)
     with client(p) as c:
         r = c.get(f"https://localhost:{origin.port}/other")
     assert r.status_code == 502

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support import ALICE
+from tests.support import LOOPBACK_INTERNET
 from tests.support import TlsOrigin
 
 
@@ -42,7 +43,7 @@ def test_non_routed_host_is_tunnelled_undecrypted(proxy, gateway, origin, tmp_pa
 def test_routed_host_is_never_contacted(make_proxy, gateway, origin):
     """`localhost` routed to openai: the request reaches the gateway, and the server that really
     listens on localhost:<port> sees no connection at all."""
-    p = make_proxy("--provider", "localhost=openai")
+    p = make_proxy("--provider", "localhost=openai", *LOOPBACK_INTERNET)
     with httpx.Client(proxy=p.url(ALICE), verify=only_trusts(p.ca_path), trust_env=False) as c:
         r = c.get(f"https://localhost:{origin.port}/v1/models")
     assert r.status_code == 200

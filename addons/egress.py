@@ -1,0 +1,230 @@
+"""
+Egress policy: where the proxy itself may connect on a client's behalf.
+
+- CONNECT only to allowed ports (default 443 and 80).
+- Every connection we dial for a client (tunnels, plain proxied requests, pass-through to an
+  origin) is resolved here, checked, and then dialled to exactly the address that passed the
+  check, so a DNS answer cannot change in between. Private, loopback, link-local (cloud
+  metadata), CGNAT, unique-local, NAT64 and other non-global ranges are refused with 403 unless
+  listed in `aibridge_allowed_private_cidrs`. The gateway's own host and port are always allowed.
+- Failures to dial answer 502 without internal detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import weakref
+from collections.abc import Sequence
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+from mitmproxy.proxy import server_hooks
+
+from addons.responses import plain_response
+from addons.routing import Routing
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Ranges refused even though Python may call some of them global.
+_ALWAYS_FORBIDDEN = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "64:ff9b::/96",  # NAT64 (RFC 6052): reaches IPv4 through a translator
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "100.64.0.0/10",  # CGNAT
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+    )
+)
+
+
+def parse_ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def is_forbidden(ip: IPAddress) -> bool:
+    """True for any address that is not plain public unicast."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_forbidden(ip.ipv4_mapped)
+        if ip.sixtofour is not None and is_forbidden(ip.sixtofour):
+            return True
+        if ip.teredo is not None:
+            return True
+    if any(ip in net for net in _ALWAYS_FORBIDDEN):
+        return True
+    return not ip.is_global or ip.is_multicast
+
+
+class PortSet:
+    """Ports and inclusive ranges, e.g. `443`, `80`, `8000-8999`."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]]):
+        self.ranges = tuple(ranges)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and any(lo <= port <= hi for lo, hi in self.ranges)
+
+
+def parse_ports(values: Sequence[str]) -> PortSet:
+    ranges = []
+    for v in values:
+        text = str(v).strip()
+        lo_s, sep, hi_s = text.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = int(hi_s) if sep else lo
+        except ValueError:
+            raise ValueError(f"port {text!r} is not a number or a range like 8000-8999") from None
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"port {text!r} is out of range 1-65535")
+        ranges.append((lo, hi))
+    return PortSet(ranges)
+
+
+def parse_cidrs(values: Sequence[str]) -> tuple[IPNetwork, ...]:
+    nets = []
+    for v in values:
+        try:
+            nets.append(ipaddress.ip_network(str(v).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{v!r} is not a CIDR range") from None
+    return tuple(nets)
+
+
+class Blocked(Exception):
+    def __init__(self, status: int, public: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.public = public
+
+
+class EgressPolicy:
+    def __init__(self, routing: Routing, observer=None):
+        self.routing = routing
+        self.observer = observer
+        self.allowed_ports = PortSet([(443, 443), (80, 80)])
+        self.allowed_cidrs: tuple[IPNetwork, ...] = ()
+        # Why a dial was refused, so the CONNECT or request can be answered accordingly.
+        self._refused: weakref.WeakKeyDictionary[connection.Server, Blocked] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_allowed_ports",
+            Sequence[str],
+            ["443", "80"],
+            "Ports clients may CONNECT to: numbers or ranges such as 8000-8999.",
+        )
+        loader.add_option(
+            "aibridge_allowed_private_cidrs",
+            Sequence[str],
+            [],
+            "Non-public address ranges the proxy may still connect to for clients "
+            "(e.g. 10.20.0.0/16 for an internal service).",
+        )
+
+    def configure(self, updated):
+        try:
+            if "aibridge_allowed_ports" in updated:
+                self.allowed_ports = parse_ports(ctx.options.aibridge_allowed_ports)
+            if "aibridge_allowed_private_cidrs" in updated:
+                self.allowed_cidrs = parse_cidrs(ctx.options.aibridge_allowed_private_cidrs)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from None
+
+    # -- CONNECT: the port -------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        if flow.request.port not in self.allowed_ports:
+            self._refuse_connect(flow, 403, f"CONNECT to port {flow.request.port} is not allowed")
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A tunnel's dial failed or was refused: answer without the engine's detail."""
+        assert flow.response is not None
+        if flow.response.status_code != 502 or flow.metadata.get("aibridge.reject_reason"):
+            return
+        blocked = self._refused.get(flow.server_conn)
+        if blocked is not None:
+            self._refuse_connect(flow, blocked.status, blocked.public)
+        else:
+            self._refuse_connect(flow, 502, "cannot connect to the destination")
+
+    def _refuse_connect(self, flow: http.HTTPFlow, status: int, text: str) -> None:
+        flow.metadata["aibridge.reject_reason"] = "blocked_destination" if status == 403 else "dial_failed"
+        flow.response = plain_response(status, text)
+        if self.observer is not None:
+            self.observer.connect_outcome("rejected", flow.metadata["aibridge.reject_reason"])
+
+    # -- every dial: resolve, check, pin -------------------------------------------------------
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if server.address is None or server.via is not None:
+            return  # via an upstream proxy: that proxy resolves (see upstream chaining)
+        host, port = server.address[0], server.address[1]
+        if self._is_gateway(host, port):
+            return
+        try:
+            address = await self._resolve_allowed(host, port)
+        except Blocked as e:
+            logger.warning("refused connection to %s:%s: %s", host, port, e)
+            self._refused[server] = e
+            server.error = e.public
+            return
+        except Exception:  # fail closed
+            logger.exception("egress check failed for %s:%s", host, port)
+            self._refused[server] = Blocked(502, "cannot connect to the destination", "error")
+            server.error = "egress check failed"
+            return
+        server.address = (address, port)
+
+    def refusal(self, server: connection.Server | None) -> Blocked | None:
+        return self._refused.get(server) if server is not None else None
+
+    def _is_gateway(self, host: str, port: int) -> bool:
+        snap = self.routing.current
+        return any(
+            t is not None and t.host == host.lower() and t.port == port
+            for t in (snap.target, snap.gateway)
+        )
+
+    def _allowed(self, ip: IPAddress) -> bool:
+        return not is_forbidden(ip) or any(ip in net for net in self.allowed_cidrs)
+
+    async def _resolve_allowed(self, host: str, port: int) -> str:
+        ip = parse_ip(host)
+        if ip is not None:
+            candidates = [ip]
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as e:
+                raise Blocked(502, "cannot resolve the destination", f"resolve failed: {e}") from None
+            candidates = [parse_ip(info[4][0]) for info in infos]
+            candidates = [c for c in candidates if c is not None]
+            if not candidates:
+                raise Blocked(502, "cannot resolve the destination", "no addresses")
+        for candidate in candidates:
+            if self._allowed(candidate):
+                return str(candidate)
+        raise Blocked(
+            403,
+            "destination is not allowed",
+            f"{host} resolves only to non-public addresses ({', '.join(map(str, candidates))})",
+        )
