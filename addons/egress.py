@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
-import weakref
 from collections.abc import Sequence
 
-from mitmproxy import connection
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
@@ -110,16 +109,30 @@ class Blocked(Exception):
         self.public = public
 
 
+# A refused dial surfaces in the engine's error message; this marker lets the CONNECT and
+# request error paths recover our status and public text from it.
+_MARK = "aibridge-egress:"
+_MARK_RE = re.compile(re.escape(_MARK) + r"(\d{3}):([^\n]*?)(?: If you plan|$)")
+
+
+def refusal_marker(blocked: Blocked) -> str:
+    return f"{_MARK}{blocked.status}:{blocked.public}"
+
+
+def parse_refusal(message: str | None) -> tuple[int, str] | None:
+    """(status, public text) of a dial this addon refused, from an engine error message."""
+    if not message or _MARK not in message:
+        return None
+    m = _MARK_RE.search(message)
+    return (int(m.group(1)), m.group(2).strip()) if m else None
+
+
 class EgressPolicy:
     def __init__(self, routing: Routing, observer=None):
         self.routing = routing
         self.observer = observer
         self.allowed_ports = PortSet([(443, 443), (80, 80)])
         self.allowed_cidrs: tuple[IPNetwork, ...] = ()
-        # Why a dial was refused, so the CONNECT or request can be answered accordingly.
-        self._refused: weakref.WeakKeyDictionary[connection.Server, Blocked] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def load(self, loader):
         loader.add_option(
@@ -158,9 +171,9 @@ class EgressPolicy:
         assert flow.response is not None
         if flow.response.status_code != 502 or flow.metadata.get("aibridge.reject_reason"):
             return
-        blocked = self._refused.get(flow.server_conn)
-        if blocked is not None:
-            self._refuse_connect(flow, blocked.status, blocked.public)
+        refusal = parse_refusal(flow.response.get_text(strict=False))
+        if refusal is not None:
+            self._refuse_connect(flow, *refusal)
         else:
             self._refuse_connect(flow, 502, "cannot connect to the destination")
 
@@ -183,18 +196,13 @@ class EgressPolicy:
             address = await self._resolve_allowed(host, port)
         except Blocked as e:
             logger.warning("refused connection to %s:%s: %s", host, port, e)
-            self._refused[server] = e
-            server.error = e.public
+            server.error = refusal_marker(e)
             return
         except Exception:  # fail closed
             logger.exception("egress check failed for %s:%s", host, port)
-            self._refused[server] = Blocked(502, "cannot connect to the destination", "error")
-            server.error = "egress check failed"
+            server.error = refusal_marker(Blocked(502, "cannot connect to the destination", ""))
             return
         server.address = (address, port)
-
-    def refusal(self, server: connection.Server | None) -> Blocked | None:
-        return self._refused.get(server) if server is not None else None
 
     def _is_gateway(self, host: str, port: int) -> bool:
         snap = self.routing.current

@@ -21,6 +21,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
+from addons.egress import parse_refusal
 from addons.gateway import route_info
 from addons.responses import plain_response
 
@@ -117,7 +118,10 @@ class UpstreamErrors:
                 f"the gateway {_origin(info.upstream_url)} did not answer within "
                 f"{ctx.options.aibridge_gateway_timeout}s",
             )
-        cause = classify(flow.error.msg if flow.error else "")
+        message = flow.error.msg if flow.error else ""
+        if refusal := parse_refusal(message):
+            return plain_response(*refusal)
+        cause = classify(message)
         if info.provider is not None:
             return plain_response(
                 502, f"cannot reach the gateway {_origin(info.upstream_url)}: {cause}"
