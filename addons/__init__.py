@@ -11,6 +11,7 @@ from addons.egress import EgressPolicy
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
+from addons.listener_tls import ListenerTLS
 from addons.routing import Routing
 
 
@@ -20,6 +21,7 @@ def make_addons(observer=None) -> list:
     auth = TokenAuth(routing, observer)
     return [
         routing,
+        ListenerTLS(),
         auth,
         EgressPolicy(routing, observer),
         InterceptPolicy(routing, observer),

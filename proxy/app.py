@@ -88,6 +88,8 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_auth_max_failures": settings.auth_max_failures,
         "aibridge_auth_lockout": settings.auth_lockout,
         "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
+        "aibridge_tls_cert_file": str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        "aibridge_tls_key_file": str(settings.tls_key_file) if settings.tls_key_file else None,
         "aibridge_allowed_ports": [str(p) for p in settings.allowed_ports],
         "aibridge_allowed_private_cidrs": list(settings.allowed_private_cidrs),
     }

@@ -303,6 +303,20 @@ FIELDS: tuple[Field, ...] = (
         False,
         "Allow tunnels to non-routed hosts without credentials (makes an open relay).",
     ),
+    Field(
+        "tls_cert_file",
+        _opt_path,
+        None,
+        "Certificate (PEM + chain) for TLS between clients and the proxy (HTTPS_PROXY=https://).",
+        tuple(p + "TLS_CERT_FILE" for p in _CODER),
+    ),
+    Field(
+        "tls_key_file",
+        _opt_path,
+        None,
+        "Private key for tls_cert_file.",
+        tuple(p + "TLS_KEY_FILE" for p in _CODER),
+    ),
     Field("allowed_ports", _str_list, ("443", "80"), "Ports clients may CONNECT to."),
     Field(
         "allowed_private_cidrs",
@@ -343,6 +357,8 @@ class Settings:
     auth_max_failures: int
     auth_lockout: int
     auth_anonymous_tunnels: bool
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
     log_level: str
@@ -522,6 +538,13 @@ def _check_combinations(
             "auth.mode: 'validate' needs gateway or auth.url to check tokens against; "
             "set one, or use auth.mode: presence"
         )
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        key = "tls_cert_file" if s.tls_cert_file is not None else "tls_key_file"
+        raise fail(key, "is set alone; set both tls_cert_file and tls_key_file, or neither")
+    for key in ("tls_cert_file", "tls_key_file"):
+        p = getattr(s, key)
+        if p is not None and not p.is_file():
+            raise fail(key, "does not name a readable file")
     if (s.ca_cert_file is None) != (s.ca_key_file is None):
         key = "ca.cert_file" if s.ca_cert_file is not None else "ca.key_file"
         raise fail(key, "is set alone; set both ca.cert_file and ca.key_file, or neither")
