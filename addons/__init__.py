@@ -13,6 +13,7 @@ from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
 from addons.routing import Routing
+from addons.upstream_proxy import UpstreamCredentials
 
 
 def make_addons(observer=None) -> list:
@@ -26,6 +27,7 @@ def make_addons(observer=None) -> list:
         EgressPolicy(routing, observer),
         InterceptPolicy(routing, observer),
         GatewayRouter(routing, auth),
+        UpstreamCredentials(),
         UpstreamErrors(),
         AccessLog(auth),
     ]

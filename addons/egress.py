@@ -26,6 +26,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons.responses import plain_response
 from addons.routing import Routing
+from addons.upstream_proxy import upstream_address
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class EgressPolicy:
         self.observer = observer
         self.allowed_ports = PortSet([(443, 443), (80, 80)])
         self.allowed_cidrs: tuple[IPNetwork, ...] = ()
+        self.upstream: tuple[str, int] | None = None  # the company proxy, when chaining
 
     def load(self, loader):
         loader.add_option(
@@ -157,14 +159,38 @@ class EgressPolicy:
                 self.allowed_cidrs = parse_cidrs(ctx.options.aibridge_allowed_private_cidrs)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from None
+        if "mode" in updated:
+            self.upstream = upstream_address(ctx.options.mode)
 
     # -- CONNECT: the port -------------------------------------------------------------------
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         if flow.request.port not in self.allowed_ports:
             self._refuse_connect(flow, 403, f"CONNECT to port {flow.request.port} is not allowed")
+            return
+        if blocked := await self._precheck_upstream(flow):
+            self._refuse_connect(flow, blocked.status, blocked.public)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None and (blocked := await self._precheck_upstream(flow)):
+            flow.response = plain_response(blocked.status, blocked.public)
+
+    async def _precheck_upstream(self, flow: http.HTTPFlow) -> Blocked | None:
+        """Through an upstream proxy we never see the address it dials, so the destination is
+        checked here, on our own resolution (the upstream may resolve differently)."""
+        if self.upstream is None:
+            return None
+        host, port = flow.request.host, flow.request.port
+        if self.routing.current.table.lookup(host) is not None or self._is_gateway(host, port):
+            return None
+        try:
+            await self._resolve_allowed(host, port)
+        except Blocked as e:
+            logger.warning("refused %s:%s before the upstream proxy: %s", host, port, e)
+            return e
+        return None
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """A tunnel's dial failed or was refused: answer without the engine's detail."""
@@ -205,7 +231,10 @@ class EgressPolicy:
         server.address = (address, port)
 
     def _is_gateway(self, host: str, port: int) -> bool:
+        """The gateway (and the upstream proxy we chain to) are always reachable."""
         snap = self.routing.current
+        if self.upstream is not None and (host.lower(), port) == self.upstream:
+            return True
         return any(
             t is not None and t.host == host.lower() and t.port == port
             for t in (snap.target, snap.gateway)

@@ -15,6 +15,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 
+from mitmproxy import connection
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
@@ -151,6 +152,9 @@ class GatewayRouter:
             return
 
         new_path = target.url_for(route.provider, request.path)[len(target.origin) :]
+        # A fresh server connection spec without `via`: routed requests go straight to the
+        # gateway even when tunnels leave through an upstream proxy.
+        flow.server_conn = connection.Server(address=(target.host, target.port))
         request.scheme = target.scheme
         request.host = target.host
         request.port = target.port

@@ -62,9 +62,14 @@ def ensure_ca(settings: Settings) -> CertificateAuthority:
 def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
     """Our settings, spelt as mitmproxy options (core ones and our addons')."""
     host, port = settings.listen
+    upstream = settings.upstream_proxy
     return {
         "listen_host": host,
         "listen_port": port,
+        # upstream mode: tunnels and pass-through leave through the company proxy; routed
+        # requests are sent straight to the gateway by GatewayRouter
+        "mode": [upstream.mode_spec] if upstream else ["regular"],
+        "aibridge_upstream_auth": upstream.credentials if upstream else None,
         "confdir": str(confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
@@ -104,8 +109,17 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
     if warning := expiry_warning(ca):
         logger.warning(warning)
     confdir = engine_confdir(ca, settings.state_path / "engine")
-    extra = [(p, name) for p, name in ((settings.gateway_ca_file, "gateway_ca_file"),
-                                        (settings.origin_ca_file, "origin_ca_file")) if p]
+    extra = [
+        (p, name)
+        for p, name in (
+            (settings.gateway_ca_file, "gateway_ca_file"),
+            (settings.origin_ca_file, "origin_ca_file"),
+            (settings.upstream_proxy_ca, "upstream_proxy_ca"),
+        )
+        if p
+    ]
+    if settings.upstream_proxy_ca and settings.upstream_proxy and settings.upstream_proxy.scheme == "http":
+        logger.warning("upstream_proxy_ca is ignored: the upstream proxy is plain http://")
     try:
         trust = write_bundle(confdir / "upstream-trust.pem", extra)
         write_client_bundle(ca, settings.client_bundle_path)
@@ -216,8 +230,10 @@ class ProxyApp:
                 raise SettingsError("listen: changing the address needs a restart")
             ca, confdir, trust = prepare_engine_files(new)
             opts = engine_options(new, confdir, trust)
-            opts.pop("listen_host")
-            opts.pop("listen_port")
+            for key in ("listen_host", "listen_port", "mode"):
+                opts.pop(key)
+            if new.upstream_proxy != self.settings.upstream_proxy:
+                raise SettingsError("upstream_proxy: changing it needs a restart")
             # every option passed counts as updated, so TlsConfig re-reads the CA from confdir
             self.master.options.update(**opts)
         except (SettingsError, StartupError, exceptions.OptionsError) as e:

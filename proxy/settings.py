@@ -29,6 +29,8 @@ from addons.routing import GatewayTarget
 from addons.routing import TargetError
 from addons.routing import parse_base_url
 from addons.routing import resolve_target
+from addons.upstream_proxy import UpstreamProxy
+from addons.upstream_proxy import parse_upstream_proxy
 
 ENV_PREFIX = "AIBRIDGE_PROXY_"
 
@@ -144,6 +146,11 @@ def _opt_url(value: Any) -> str | None:
     except TargetError as e:
         raise ValueError(str(e).replace("URL ", "", 1)) from None
     return s.rstrip("/")
+
+
+def _opt_upstream(value: Any) -> UpstreamProxy | None:
+    s = _opt_str(value)
+    return parse_upstream_proxy(s) if s else None
 
 
 def _str_list(value: Any) -> tuple[str, ...]:
@@ -317,6 +324,20 @@ FIELDS: tuple[Field, ...] = (
         "Private key for tls_cert_file.",
         tuple(p + "TLS_KEY_FILE" for p in _CODER),
     ),
+    Field(
+        "upstream_proxy",
+        _opt_upstream,
+        None,
+        "Company egress proxy for tunnels and pass-through: http(s)://[user:pass@]host:port.",
+        tuple(p + "UPSTREAM" for p in _CODER),
+    ),
+    Field(
+        "upstream_proxy_ca",
+        _opt_path,
+        None,
+        "Extra CA (PEM) trusted for an https:// upstream proxy.",
+        tuple(p + "UPSTREAM_CA" for p in _CODER),
+    ),
     Field("allowed_ports", _str_list, ("443", "80"), "Ports clients may CONNECT to."),
     Field(
         "allowed_private_cidrs",
@@ -359,6 +380,8 @@ class Settings:
     auth_anonymous_tunnels: bool
     tls_cert_file: Path | None
     tls_key_file: Path | None
+    upstream_proxy: UpstreamProxy | None
+    upstream_proxy_ca: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
     log_level: str
@@ -509,12 +532,19 @@ def load_settings(
     return settings
 
 
+def _shown(raw: Any) -> Any:
+    """A value as it may appear in an error: credentials in URLs hidden, long text cut."""
+    if not isinstance(raw, str):
+        return raw
+    raw = re.sub(r"//[^/@\s]*@", "//***@", raw)
+    return raw if len(raw) < 200 else raw[:200] + "..."
+
+
 def _parse(f: Field, raw: Any, source: Source) -> Any:
     try:
         return f.parse(raw)
     except ValueError as e:
-        shown = raw if not isinstance(raw, str) or len(raw) < 200 else raw[:200] + "..."
-        raise SettingsError(f"{f.key}: {shown!r} from {source} {e}") from None
+        raise SettingsError(f"{f.key}: {_shown(raw)!r} from {source} {e}") from None
 
 
 def _check_combinations(
@@ -522,7 +552,7 @@ def _check_combinations(
 ) -> None:
     def fail(key: str, problem: str) -> SettingsError:
         raw, source = sources[key]
-        return SettingsError(f"{key}: {raw!r} from {source} {problem}")
+        return SettingsError(f"{key}: {_shown(raw)!r} from {source} {problem}")
 
     try:
         target = s.routing_target
@@ -560,7 +590,7 @@ def _check_combinations(
             parse(getattr(s, key))
         except ValueError as e:
             raise fail(key, str(e)) from None
-    for key in ("gateway_ca_file", "origin_ca_file"):
+    for key in ("gateway_ca_file", "origin_ca_file", "upstream_proxy_ca"):
         p = getattr(s, key)
         if p is not None and not p.is_file():
             raise fail(key, "does not name a readable file")

@@ -42,23 +42,49 @@ def base_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
+class BackgroundLoop:
+    """An event loop on a daemon thread, for test servers the proxy process talks to."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+async def start_tcp_server(handle, ssl_context: ssl.SSLContext | None = None) -> int:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
+    return server.sockets[0].getsockname()[1]
+
+
 class ThreadedGateway:
     """LocalGateway running on its own event loop in a daemon thread."""
 
     def __init__(self, tokens: Mapping[str, str] = TOKENS, ssl_context: ssl.SSLContext | None = None, **kw):
-        self.loop = asyncio.new_event_loop()
         self.gateway = LocalGateway(tokens, ssl_context=ssl_context, **kw)
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.bg = BackgroundLoop()
 
     def start(self, port: int = 0) -> ThreadedGateway:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.gateway.start("127.0.0.1", port), self.loop).result(10)
+        self.bg.run(self.gateway.start("127.0.0.1", port))
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
+        self.bg.run(self.gateway.stop())
+        self.bg.close()
 
     @property
     def url(self) -> str:
@@ -238,8 +264,7 @@ class TlsOrigin:
 
         self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         self.key_pem = key_pem(key)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.bg: BackgroundLoop | None = None
         self.port = 0
         self.connections = 0
 
@@ -275,13 +300,66 @@ class TlsOrigin:
             finally:
                 writer.close()
 
-        async def serve():
-            server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-            return server.sockets[0].getsockname()[1]
-
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        self.bg = BackgroundLoop()
+        self.port = self.bg.run(start_tcp_server(handle, ctx))
         return self
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.bg is not None:
+            self.bg.close()
+
+
+class UpstreamTestProxy:
+    """A small HTTP CONNECT proxy standing in for a company egress proxy. It records each
+    CONNECT target and Proxy-Authorization header, and relays the bytes."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None):
+        self.ssl_context = ssl_context
+        self.connects: list[tuple[str, str | None]] = []
+        self.bg: BackgroundLoop | None = None
+        self.port = 0
+
+    def start(self) -> UpstreamTestProxy:
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            try:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                return
+            lines = head.split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            auth = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                         if line.lower().startswith("proxy-authorization:")), None)
+            self.connects.append((f"{method} {target}", auth))
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                writer.close()
+                return
+            host, _, port = target.rpartition(":")
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            except OSError:
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.bg = BackgroundLoop()
+        self.port = self.bg.run(start_tcp_server(handle, self.ssl_context))
+        return self
+
+    def stop(self) -> None:
+        if self.bg is not None:
+            self.bg.close()

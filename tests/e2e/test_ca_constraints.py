@@ -3,10 +3,8 @@ our own CA key, is rejected by OpenSSL-based clients (Python ssl, curl)."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import subprocess
-import threading
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +14,8 @@ from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
 from proxy.settings import load_settings
+from tests.support import BackgroundLoop
+from tests.support import start_tcp_server
 
 
 class LeafServer:
@@ -26,22 +26,17 @@ class LeafServer:
         pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(pem)
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.bg = BackgroundLoop()
 
         async def handle(reader, writer):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             await writer.drain()
             writer.close()
 
-        async def start():
-            server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self.ctx)
-            return server.sockets[0].getsockname()[1]
-
-        self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
+        self.port = self.bg.run(start_tcp_server(handle, self.ctx))
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.bg.close()
 
 
 @pytest.fixture(scope="module")
