@@ -12,6 +12,7 @@ from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
+from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.upstream_proxy import UpstreamCredentials
 
@@ -22,6 +23,7 @@ def make_addons(observer=None) -> list:
     auth = TokenAuth(routing, observer)
     return [
         routing,
+        RequestLimits(),
         ListenerTLS(),
         auth,
         EgressPolicy(routing, observer),

@@ -83,6 +83,8 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_token_header": settings.headers_token,
         "aibridge_request_id_header": settings.headers_request_id,
         "aibridge_gateway_timeout": float(settings.gateway_timeout),
+        "aibridge_header_timeout": float(settings.header_timeout),
+        "aibridge_max_header_bytes": settings.max_header_bytes,
         "aibridge_auth_mode": settings.auth_mode,
         "aibridge_auth_url": settings.auth_url,
         "aibridge_auth_header": settings.auth_header,

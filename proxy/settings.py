@@ -283,6 +283,8 @@ FIELDS: tuple[Field, ...] = (
     Field("gateway_ca_file", _opt_path, None, "Extra CA (PEM) trusted for the gateway."),
     Field("origin_ca_file", _opt_path, None, "Extra CA (PEM) trusted for pass-through origins."),
     Field("gateway_timeout", _number(0.001), 300.0, "Seconds to wait for gateway response headers."),
+    Field("header_timeout", _number(0.001), 10.0, "Seconds a client may take to send request headers."),
+    Field("max_header_bytes", _number(1024, True), 65536, "Largest request header block (431 above)."),
     Field(
         "headers.token",
         _str,
@@ -366,6 +368,8 @@ class Settings:
     gateway_ca_file: Path | None
     origin_ca_file: Path | None
     gateway_timeout: float
+    header_timeout: float
+    max_header_bytes: int
     headers_token: str
     headers_request_id: str
     auth_mode: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -133,9 +134,11 @@ class ProxyProcess:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
             self.lines.append(line)
-            if '"proxy listening"' in line:
-                self.port = int(json.loads(line)["listen"].rsplit(":", 1)[1])
-                self._ready.set()
+            if "proxy listening" in line and self.port is None:
+                m = re.search(r'listen[=":]+([\d.]+):(\d+)', line)
+                if m:
+                    self.port = int(m.group(2))
+                    self._ready.set()
         self._ready.set()
 
     @property

@@ -210,3 +210,11 @@ def test_demo_runs(tmp_path):
     for provider in ("openai", "anthropic"):
         assert re.search(rf"->\s+http://127\.0\.0\.1:\d+/api/v2/aibridge/{provider}/v1/\S+\s+{provider}\s+200", r.stdout), r.stdout
     assert "export HTTPS_PROXY=" in r.stdout
+
+
+def test_ca_expiring_soon_is_warned_at_start(make_proxy, tmp_path):
+    state = tmp_path / "state"
+    assert cli("ca", "init", "--state-dir", str(state), "--days", "10").returncode == 0
+    p = make_proxy(state_dir=state)
+    line = p.wait_for_line(lambda r: r.get("level") == "warning" and "expires on" in r.get("msg", ""))
+    assert "days left" in line["msg"]

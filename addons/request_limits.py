@@ -1,0 +1,133 @@
+"""
+Hostile input: limits on what a client may send before we act on it.
+
+- Request headers must arrive within `aibridge_header_timeout` seconds of connecting
+  (slowloris), and a header block may not exceed `aibridge_max_header_bytes` (431).
+  mitmproxy buffers header bytes without limit (a FIXME in its HTTP/1 server), so this module
+  also wraps that reader; `tests/e2e/test_hostile_input.py` pins the behaviour.
+- Header names and values holding NUL, CR or LF are refused with 400: they would otherwise be
+  forwarded, and are a classic request-smuggling and header-injection vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands
+from mitmproxy.proxy import events
+from mitmproxy.proxy.layers.http import _http1
+
+from addons.responses import plain_response
+
+logger = logging.getLogger(__name__)
+
+_BAD_HEADER_BYTES = (b"\x00", b"\r", b"\n")
+_limit = {"max_header_bytes": 65536}
+_original_read_headers = _http1.Http1Server.read_headers
+
+
+def _read_headers(self, event):
+    """mitmproxy's header reader, plus the size limit it lacks."""
+    yield from _original_read_headers(self, event)
+    if (
+        isinstance(event, events.DataReceived)
+        and self.state == self.read_headers
+        and len(self.buf) > _limit["max_header_bytes"]
+    ):
+        logger.info("request headers from %s exceed the limit", self.conn.peername)
+        response = plain_response(431, "request headers too large", {"Connection": "close"})
+        yield commands.SendData(self.conn, http1.assemble_response(response))
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+
+
+def header_block_size(headers: http.Headers) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in headers.fields)
+
+
+def has_bad_header_bytes(headers: http.Headers) -> bool:
+    return any(b in k or b in v for k, v in headers.fields for b in _BAD_HEADER_BYTES)
+
+
+class RequestLimits:
+    def __init__(self) -> None:
+        self._deadlines: weakref.WeakKeyDictionary[connection.Client, asyncio.TimerHandle] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_header_timeout",
+            float,
+            10.0,
+            "Seconds a new client connection may take to send its first request headers.",
+        )
+        loader.add_option(
+            "aibridge_max_header_bytes",
+            int,
+            65536,
+            "Largest request header block accepted (bigger: 431).",
+        )
+        _http1.Http1Server.read_headers = _read_headers
+
+    def configure(self, updated):
+        if "aibridge_header_timeout" in updated and ctx.options.aibridge_header_timeout <= 0:
+            raise exceptions.OptionsError("aibridge_header_timeout must be positive")
+        if "aibridge_max_header_bytes" in updated:
+            if ctx.options.aibridge_max_header_bytes < 1024:
+                raise exceptions.OptionsError("aibridge_max_header_bytes must be at least 1024")
+            _limit["max_header_bytes"] = ctx.options.aibridge_max_header_bytes
+
+    # -- slowloris -----------------------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadlines[client] = loop.call_later(
+            ctx.options.aibridge_header_timeout, self._expire, client
+        )
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._headers_arrived(client)
+
+    def _headers_arrived(self, client: connection.Client) -> None:
+        if timer := self._deadlines.pop(client, None):
+            timer.cancel()
+
+    def _expire(self, client: connection.Client) -> None:
+        self._deadlines.pop(client, None)
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(client.id) if server else None
+        if handler is None:
+            return
+        logger.info("closing %s: no request headers within the timeout", client.peername)
+        io = handler.transports.get(client)
+        if io is not None and io.writer is not None and not client.tls:
+            response = plain_response(408, "request headers not received in time", {"Connection": "close"})
+            io.writer.write(http1.assemble_response(response))
+        handler.close_connection(client)
+
+    # -- header checks ---------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)
+
+    def _check(self, flow: http.HTTPFlow) -> None:
+        self._headers_arrived(flow.client_conn)
+        if flow.response is not None:
+            return
+        if header_block_size(flow.request.headers) > _limit["max_header_bytes"]:
+            flow.metadata["aibridge.reject_reason"] = "headers_too_large"
+            flow.response = plain_response(431, "request headers too large")
+        elif has_bad_header_bytes(flow.request.headers):
+            flow.metadata["aibridge.reject_reason"] = "malformed_header"
+            flow.response = plain_response(400, "header holds NUL, CR or LF")
