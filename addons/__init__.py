@@ -12,24 +12,26 @@ from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
+from addons.metrics import Metrics
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.upstream_proxy import UpstreamCredentials
 
 
-def make_addons(observer=None) -> list:
+def make_addons() -> list:
     """The addon chain, wired together. Order matters: each hook runs in this order."""
     routing = Routing()
-    auth = TokenAuth(routing, observer)
+    auth = TokenAuth(routing)
     return [
         routing,
         RequestLimits(),
         ListenerTLS(),
         auth,
-        EgressPolicy(routing, observer),
-        InterceptPolicy(routing, observer),
+        EgressPolicy(routing),
+        InterceptPolicy(routing),
         GatewayRouter(routing, auth),
         UpstreamCredentials(),
         UpstreamErrors(),
         AccessLog(auth),
+        Metrics(routing, auth),
     ]

@@ -63,9 +63,10 @@ class AuthRejected(Exception):
 class TokenAuth:
     """Checks `Proxy-Authorization` on CONNECTs and plain proxied requests."""
 
-    def __init__(self, routing: Routing, observer=None):
+    def __init__(self, routing: Routing):
         self.routing = routing
-        self.observer = observer  # metrics sink; optional so the addon runs alone in mitmdump
+        self.cache_hits = 0  # totals across cache generations (a reload starts a new cache)
+        self.cache_misses = 0
         self._by_client: weakref.WeakKeyDictionary[connection.Client, Identity] = (
             weakref.WeakKeyDictionary()
         )
@@ -262,16 +263,16 @@ class TokenAuth:
             return Identity(connect_id, creds.token, None)
         try:
             verdict, cached = await self.cache.check(creds.token)
+            self.cache_hits += cached
+            self.cache_misses += not cached
         except ValidationUnavailable as e:
+            self.cache_misses += 1
             if ctx.options.aibridge_auth_fail_open:
                 logger.warning("token validation unavailable, accepting (fail open): %s", e)
                 return Identity(connect_id, creds.token, None)
             raise AuthRejected(
                 503, "validation_unavailable", "token validation service unavailable"
             ) from None
-        finally:
-            if self.observer is not None:
-                self.observer.token_cache(self.cache.hits, self.cache.misses)
         if not verdict.valid:
             self.limiter.record_failure(address)
             raise AuthRejected(407, "invalid_token", "token rejected by the gateway")
@@ -288,8 +289,7 @@ class TokenAuth:
             rejection,
         )
         flow.metadata["aibridge.reject_reason"] = rejection.reason
-        if self.observer is not None:
-            self.observer.auth_failure(rejection.reason)
+        flow.metadata["aibridge.auth_failure"] = True
         if rejection.status == 407:
             flow.response = challenge_response(str(rejection))
         elif rejection.status == 429:

@@ -129,9 +129,8 @@ def parse_refusal(message: str | None) -> tuple[int, str] | None:
 
 
 class EgressPolicy:
-    def __init__(self, routing: Routing, observer=None):
+    def __init__(self, routing: Routing):
         self.routing = routing
-        self.observer = observer
         self.allowed_ports = PortSet([(443, 443), (80, 80)])
         self.allowed_cidrs: tuple[IPNetwork, ...] = ()
         self.upstream: tuple[str, int] | None = None  # the company proxy, when chaining
@@ -206,8 +205,6 @@ class EgressPolicy:
     def _refuse_connect(self, flow: http.HTTPFlow, status: int, text: str) -> None:
         flow.metadata["aibridge.reject_reason"] = "blocked_destination" if status == 403 else "dial_failed"
         flow.response = plain_response(status, text)
-        if self.observer is not None:
-            self.observer.connect_outcome("rejected", flow.metadata["aibridge.reject_reason"])
 
     # -- every dial: resolve, check, pin -------------------------------------------------------
 

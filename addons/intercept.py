@@ -60,9 +60,8 @@ class InterceptPolicy:
     never contacted.
     """
 
-    def __init__(self, routing: Routing, observer=None):
+    def __init__(self, routing: Routing):
         self.routing = routing
-        self.observer = observer
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -77,16 +76,10 @@ class InterceptPolicy:
             return
         host = context.server.address[0]
         if self.routing.current.table.lookup(host) is not None:
-            # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception; it may
-            # defer (layer still None) until the first bytes arrive, and then asks again.
-            if nextlayer.layer is not None and self.observer is not None:
-                self.observer.connect_outcome("intercepted")
-            return
+            return  # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception
         # Undo whatever mitmproxy's NextLayer stacked for this tunnel, then relay raw bytes.
         del context.layers[stream_index + 1 :]
         nextlayer.layer = layers.TCPLayer(context, ignore=True)
-        if self.observer is not None:
-            self.observer.connect_outcome("tunnelled")
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address

@@ -35,8 +35,11 @@ from certs.authority import write_ca
 from certs.bundle import BundleError
 from certs.bundle import build_bundle
 from certs.bundle import write_bundle
+from proxy.admin import AdminServer
+from proxy.admin import AdminState
 from proxy.settings import Settings
 from proxy.settings import SettingsError
+from proxy.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")
 
@@ -95,6 +98,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_auth_max_failures": settings.auth_max_failures,
         "aibridge_auth_lockout": settings.auth_lockout,
         "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
+        "aibridge_metrics_user_labels": settings.metrics_user_labels,
         "aibridge_tls_cert_file": str(settings.tls_cert_file) if settings.tls_cert_file else None,
         "aibridge_tls_key_file": str(settings.tls_key_file) if settings.tls_key_file else None,
         "aibridge_allowed_ports": [str(p) for p in settings.allowed_ports],
@@ -138,23 +142,17 @@ def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
 
 
 class ProxyApp:
-    def __init__(
-        self,
-        settings: Settings,
-        reload_settings: Callable[[], Settings] | None = None,
-        grace_period: float = 30.0,
-    ):
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None):
         self.settings = settings
         self.reload_settings = reload_settings
-        self.grace_period = grace_period
+        self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
+        self.admin_state = AdminState()
+        self.admin: AdminServer | None = None
         self.master: master.Master | None = None
         self.ca: CertificateAuthority | None = None
         self.listen_address: tuple[str, int] | None = None
         self.started = asyncio.Event()
         self.stopping = False
-        self.reloads_ok = 0
-        self.reloads_failed = 0
-        self.last_reload: float | None = None
 
     # -- assembly ----------------------------------------------------------------------------
 
@@ -206,6 +204,19 @@ class ProxyApp:
         if not addrs:
             raise StartupError("the proxy did not bind any listener")
         self.listen_address = addrs[0][:2]
+        self._publish()
+        if self.settings.admin_listen is not None:
+            self.admin = AdminServer(self.admin_state, lambda: self.metrics.registry)
+            try:
+                host, port = await self.admin.start(*self.settings.admin_listen)
+            except OSError as e:
+                self.master.shutdown()
+                await self._run_task
+                raise StartupError(
+                    f"admin.listen: cannot bind {self.settings.admin_listen[0]}:"
+                    f"{self.settings.admin_listen[1]}: {e.strerror}; choose another with --admin-listen"
+                ) from None
+            logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
         logger.info(
             "proxy listening",
             extra={
@@ -218,6 +229,29 @@ class ProxyApp:
             },
         )
         self.started.set()
+        self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
+
+    @property
+    def metrics(self):
+        assert self.master is not None
+        return self.master.addons.get("metrics")
+
+    def _publish(self) -> None:
+        """Hand the current settings and CA to the admin endpoints and metrics."""
+        s = self.settings
+        st = self.admin_state
+        st.listening = True
+        st.ca_pem = self.ca.cert_pem() if self.ca else None
+        st.table = s.provider_table
+        target = s.routing_target
+        st.gateway = (target.host, target.port) if target else None
+        host, port = self.listen_address or s.listen
+        st.proxy_address = s.admin_proxy_address or (
+            f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None
+        )
+        st.proxy_scheme = "HTTPS" if s.tls_cert_file else "PROXY"
+        if self.ca is not None:
+            self.metrics.ca_expiry.set(self.ca.not_after.timestamp())
 
     # -- reload and stop ---------------------------------------------------------------------
 
@@ -239,12 +273,12 @@ class ProxyApp:
             # every option passed counts as updated, so TlsConfig re-reads the CA from confdir
             self.master.options.update(**opts)
         except (SettingsError, StartupError, exceptions.OptionsError) as e:
-            self.reloads_failed += 1
+            self.metrics.reload_result(False)
             logger.error("configuration reload rejected, keeping the old one: %s", e)
             return False
         self.settings, self.ca = new, ca
-        self.reloads_ok += 1
-        self.last_reload = time.time()
+        self._publish()
+        self.metrics.reload_result(True)
         logger.info("configuration reloaded")
         return True
 
@@ -253,16 +287,22 @@ class ProxyApp:
         if self.master is None or self.stopping:
             return
         self.stopping = True
-        logger.info("stopping: draining connections", extra={"fields": {"grace_s": self.grace_period}})
+        self.notifier.stopping()
+        grace = self.settings.grace_period
+        logger.info("stopping: draining connections", extra={"fields": {"grace_s": grace}})
+        self.admin_state.listening = False
         self.master.options.update(server=False)
         ps = self.master.addons.get("proxyserver")
-        deadline = time.monotonic() + self.grace_period
+        deadline = time.monotonic() + grace
         while ps.active_connections() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if left := ps.active_connections():
             logger.warning("grace period over, closing %d connections", left)
         self.master.shutdown()
         await self._run_task
+        if self.admin is not None:
+            await self.admin.stop()
+        logger.info("stopped")
 
     async def serve_forever(self) -> None:
         """Start, install signal handlers, and return once stopped."""

@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy")
     _add_setting_flags(serve)
-    serve.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain on stop")
 
     ca = sub.add_parser("ca", help="create or inspect the CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -114,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> Settings:
         return _settings_from(args, require_gateway=True)
 
-    app = ProxyApp(settings, reload_settings=reload, grace_period=args.grace_period)
+    app = ProxyApp(settings, reload_settings=reload)
     asyncio.run(app.serve_forever())
     return 0
 

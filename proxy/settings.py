@@ -137,6 +137,11 @@ def parse_listen(value: Any) -> tuple[str, int]:
     return host, port
 
 
+def _opt_listen(value: Any) -> tuple[str, int] | None:
+    s = _opt_str(value)
+    return None if s is None or s.lower() in ("off", "none", "false") else parse_listen(s)
+
+
 def _opt_url(value: Any) -> str | None:
     s = _opt_str(value)
     if s is None:
@@ -348,6 +353,12 @@ FIELDS: tuple[Field, ...] = (
         "Non-public ranges the proxy may still reach for clients (CIDR list).",
         tuple(p + "ALLOWED_PRIVATE_CIDRS" for p in _CODER),
     ),
+    Field("admin.listen", _opt_listen, "127.0.0.1:8889", "Admin listener (health, metrics, CA, PAC); 'off' disables."),
+    Field("admin.proxy_address", _opt_str, None, "host:port clients use for the proxy, written into /proxy.pac."),
+    Field("grace_period", _number(0), 30.0, "Seconds to let open requests and streams finish on stop."),
+    Field("metrics.user_labels", _bool, False, "Count routed requests per user name too."),
+    Field("dump_dir", _opt_path, None, "Write each routed request and response here, secrets redacted.",
+          tuple(p + "DUMP_DIR" for p in _CODER)),
     Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", _choice("json", "text"), "json", "json or text."),
 )
@@ -388,9 +399,17 @@ class Settings:
     upstream_proxy_ca: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
+    admin_listen: tuple[str, int] | None
+    admin_proxy_address: str | None
+    grace_period: float
+    metrics_user_labels: bool
+    dump_dir: Path | None
     log_level: str
     log_format: str
     config_file: Path | None = None
+    # Set by systemd, not by the operator: where to send sd_notify messages.
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
 
     # -- derived values ----------------------------------------------------------------------
 
@@ -531,7 +550,13 @@ def load_settings(
     sources: dict[str, tuple[Any, Source]] = values.pop("_sources")
     if values["state_dir"] is None:
         values["state_dir"] = default_state_dir(environ)
-    settings = Settings(**values, config_file=Path(config_path) if config_path else None)
+    watchdog = environ.get("WATCHDOG_USEC", "")
+    settings = Settings(
+        **values,
+        config_file=Path(config_path) if config_path else None,
+        notify_socket=environ.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=int(watchdog) if watchdog.isdigit() else None,
+    )
     _check_combinations(settings, sources, require_gateway)
     return settings
 

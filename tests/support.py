@@ -109,6 +109,7 @@ class ProxyProcess:
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.admin_port: int | None = None
         self.lines: list[str] = []
         self._ready = threading.Event()
 
@@ -116,6 +117,7 @@ class ProxyProcess:
         cmd = [
             sys.executable, "-m", "proxy", "serve",
             "--listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0",
             "--state-dir", str(self.state_dir),
             *self.args,
         ]
@@ -134,6 +136,9 @@ class ProxyProcess:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
             self.lines.append(line)
+            if "admin listening" in line and self.admin_port is None:
+                if m := re.search(r'listen[=":]+([\d.]+):(\d+)', line):
+                    self.admin_port = int(m.group(2))
             if "proxy listening" in line and self.port is None:
                 m = re.search(r'listen[=":]+([\d.]+):(\d+)', line)
                 if m:
@@ -165,6 +170,12 @@ class ProxyProcess:
                     return rec
             time.sleep(0.02)
         raise AssertionError("no matching log line in:\n" + self.output)
+
+    def admin(self, path: str, timeout: float = 10):
+        """GET an admin endpoint; returns the httpx response."""
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout, trust_env=False)
 
     @property
     def address(self) -> str:

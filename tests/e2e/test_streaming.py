@@ -88,9 +88,11 @@ def test_keep_alive_on_both_sides(proxy, gateway):
         for _ in range(4):
             assert c.get("https://api.openai.com/v1/models").status_code == 200
     peers = {rec.peer for rec in gateway.records}
+    assert len(gateway.records) == 4
     assert len(peers) == 1, "the proxy reused one gateway connection"
-    ids = {rec["connect_id"] for rec in proxy.access_lines()[-4:]}
-    assert len(ids) == 1, "the client reused one CONNECT tunnel"
+    request_ids = {rec.header("X-Coder-AI-Governance-Request-Id") for rec in gateway.records}
+    lines = [proxy.wait_for_line(lambda r, i=i: r.get("request_id") == i) for i in request_ids]
+    assert len({line["connect_id"] for line in lines}) == 1, "the client reused one CONNECT tunnel"
 
 
 @pytest.mark.parametrize("size", [0, 1, 65536 + 7])

@@ -1,0 +1,184 @@
+"""
+Prometheus metrics, derived from the hooks every flow passes through.
+
+No label ever holds a token; user names appear only in a separate series, and only when
+`aibridge_metrics_user_labels` is on. In-flight requests are counted per flow and released
+exactly once, whichever way the flow ends (response, error, or the client vanishing).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import http
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Gauge
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily
+
+from addons.auth import TokenAuth
+from addons.gateway import route_info
+from addons.routing import Routing
+
+PREFIX = "aibridge_proxy_"
+ORIGIN = "origin"  # provider label for requests passed through to the original host
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class _TokenCacheCollector:
+    def __init__(self, auth: TokenAuth):
+        self.auth = auth
+
+    def collect(self):
+        hits = CounterMetricFamily(PREFIX + "token_cache_hits", "Token checks answered from the cache.")
+        hits.add_metric([], self.auth.cache_hits)
+        misses = CounterMetricFamily(PREFIX + "token_cache_misses", "Token checks that asked the gateway.")
+        misses.add_metric([], self.auth.cache_misses)
+        return [hits, misses]
+
+
+class Metrics:
+    def __init__(self, routing: Routing, auth: TokenAuth, registry: CollectorRegistry | None = None):
+        self.routing = routing
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connects = Counter(
+            PREFIX + "connects", "CONNECT requests by outcome.", ["outcome", "reason"], registry=r
+        )
+        self.auth_failures = Counter(
+            PREFIX + "auth_failures", "Failed proxy authentications by reason.", ["reason"], registry=r
+        )
+        self.requests = Counter(
+            PREFIX + "requests", "Finished requests by provider and status code.", ["provider", "code"], registry=r
+        )
+        self.user_requests = Counter(
+            PREFIX + "user_requests", "Routed requests by user (only with user labels on).", ["user", "provider"], registry=r
+        )
+        self.duration = Histogram(
+            PREFIX + "request_duration_seconds", "From request headers to the end of the response.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttfb = Histogram(
+            PREFIX + "time_to_first_byte_seconds", "From request headers to response headers.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.bytes_in = Counter(PREFIX + "request_bytes", "Request body bytes from clients.", ["provider"], registry=r)
+        self.bytes_out = Counter(PREFIX + "response_bytes", "Response body bytes to clients.", ["provider"], registry=r)
+        self.inflight = Gauge(PREFIX + "inflight_requests", "Requests in progress.", ["provider"], registry=r)
+        self.tunnel_duration = Histogram(
+            PREFIX + "tunnel_duration_seconds", "Lifetime of tunnels to non-routed hosts.",
+            buckets=TUNNEL_BUCKETS, registry=r,
+        )
+        self.ca_expiry = Gauge(PREFIX + "ca_expiry_timestamp_seconds", "CA certificate notAfter (Unix time).", registry=r)
+        self.reloads = Counter(PREFIX + "config_reloads", "Configuration reloads by result.", ["result"], registry=r)
+        self.last_reload = Gauge(
+            PREFIX + "config_last_reload_success_timestamp_seconds", "Time of the last successful reload.", registry=r
+        )
+        self.info = Gauge(PREFIX + "build_info", "Always 1; labels describe the build.", ["version"], registry=r)
+        self.info.labels(version=_version()).set(1)
+        r.register(_TokenCacheCollector(auth))
+        self.auth = auth
+        self._inflight: dict[str, str] = {}  # flow id -> provider label
+        self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = weakref.WeakKeyDictionary()
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, float] = weakref.WeakKeyDictionary()
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_metrics_user_labels",
+            bool,
+            False,
+            "Also count routed requests per user name (a label per user: mind the cardinality).",
+        )
+
+    # -- CONNECTs ----------------------------------------------------------------------------
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        if self.routing.current.table.lookup(flow.request.host) is not None:
+            self.connects.labels(outcome="intercepted", reason="").inc()
+        else:
+            self.connects.labels(outcome="tunnelled", reason="").inc()
+            self._tunnels[flow.client_conn] = time.monotonic()
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        reason = flow.metadata.get("aibridge.reject_reason") or f"status_{flow.response.status_code}"
+        self.connects.labels(outcome="rejected", reason=reason).inc()
+        self._count_auth_failure(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if (started := self._tunnels.pop(client, None)) is not None:
+            self.tunnel_duration.observe(time.monotonic() - started)
+        for flow_id in self._client_flows.pop(client, ()):
+            self._release(flow_id)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        info = route_info(flow)
+        if info is None:
+            return
+        provider = info.provider or ORIGIN
+        self._inflight[flow.id] = provider
+        self._client_flows.setdefault(flow.client_conn, set()).add(flow.id)
+        self.inflight.labels(provider=provider).inc()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        self._release(flow.id)
+        if flows := self._client_flows.get(flow.client_conn):
+            flows.discard(flow.id)
+        self._count_auth_failure(flow)
+        info = route_info(flow)
+        if info is None:
+            return
+        provider = info.provider or ORIGIN
+        code = str(flow.response.status_code) if flow.response is not None else "error"
+        self.requests.labels(provider=provider, code=code).inc()
+        now = time.monotonic()
+        self.duration.labels(provider=provider).observe(now - info.started)
+        if info.first_byte is not None:
+            self.ttfb.labels(provider=provider).observe(info.first_byte - info.started)
+        self.bytes_in.labels(provider=provider).inc(info.bytes_in)
+        self.bytes_out.labels(provider=provider).inc(info.bytes_out)
+        if ctx.options.aibridge_metrics_user_labels and info.provider is not None:
+            identity = self.auth.identity(flow)
+            if identity is not None and identity.user:
+                self.user_requests.labels(user=identity.user, provider=provider).inc()
+
+    def _release(self, flow_id: str) -> None:
+        if (provider := self._inflight.pop(flow_id, None)) is not None:
+            self.inflight.labels(provider=provider).dec()
+
+    def _count_auth_failure(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop("aibridge.auth_failure", False):
+            self.auth_failures.labels(reason=flow.metadata.get("aibridge.reject_reason", "unknown")).inc()
+
+    # -- set by the program ------------------------------------------------------------------
+
+    def reload_result(self, ok: bool) -> None:
+        self.reloads.labels(result="success" if ok else "failure").inc()
+        if ok:
+            self.last_reload.set(time.time())
+
+
+def _version() -> str:
+    try:
+        return version("aibridge-proxy")
+    except PackageNotFoundError:
+        return "unknown"

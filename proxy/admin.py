@@ -1,0 +1,168 @@
+"""
+The admin listener: health, readiness, metrics, the CA for clients, and a PAC file.
+
+Separate from the proxy port so it can stay on loopback (or a management network) while the
+proxy faces developers. Nothing here ever serves the CA key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client import generate_latest
+
+from addons.providers import ProviderTable
+from certs.bundle import build_bundle
+
+
+@dataclass
+class AdminState:
+    """What the admin endpoints report on; the app keeps it current (reloads replace fields)."""
+
+    listening: bool = False
+    ca_pem: bytes | None = None
+    table: ProviderTable | None = None
+    gateway: tuple[str, int] | None = None  # host, port checked by /readyz
+    proxy_address: str | None = None  # host:port clients use, for the PAC file
+    proxy_scheme: str = "PROXY"  # PAC keyword: PROXY, or HTTPS with a TLS listener
+
+
+def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -> str:
+    """Provider hosts via the proxy, everything else DIRECT. `*` matches exactly one label."""
+    exact = sorted(r.host for r in table.routes if not r.is_wildcard)
+    patterns = [
+        "^" + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in r.host.split(".")) + "$"
+        for r in table.routes
+        if r.is_wildcard
+    ]
+    return (
+        "// aibridge-proxy: AI provider hosts go through the proxy, everything else is direct.\n"
+        "function FindProxyForURL(url, host) {\n"
+        "  host = host.toLowerCase();\n"
+        f"  var exact = {json.dumps(exact)};\n"
+        f"  var patterns = {json.dumps(patterns)};\n"
+        "  for (var i = 0; i < exact.length; i++) {\n"
+        f'    if (host == exact[i]) return "{keyword} {proxy_address}";\n'
+        "  }\n"
+        "  for (var j = 0; j < patterns.length; j++) {\n"
+        f'    if (new RegExp(patterns[j]).test(host)) return "{keyword} {proxy_address}";\n'
+        "  }\n"
+        '  return "DIRECT";\n'
+        "}\n"
+    )
+
+
+class GatewayProbe:
+    """Can we open a TCP connection to the gateway? Cached briefly: probes come often."""
+
+    def __init__(self, ttl: float = 5.0, timeout: float = 2.0):
+        self.ttl = ttl
+        self.timeout = timeout
+        self._last: tuple[float, tuple[str, int] | None, str | None] = (0.0, None, None)
+
+    async def problem(self, address: tuple[str, int] | None) -> str | None:
+        if address is None:
+            return "no gateway configured"
+        at, checked, result = self._last
+        if checked == address and time.monotonic() - at < self.ttl:
+            return result
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.timeout)
+            writer.close()
+            result = None
+        except (OSError, TimeoutError) as e:
+            result = f"gateway {address[0]}:{address[1]} unreachable: {type(e).__name__}"
+        self._last = (time.monotonic(), address, result)
+        return result
+
+
+class AdminServer:
+    def __init__(self, state: AdminState, registry: Callable[[], CollectorRegistry | None]):
+        self.state = state
+        self.registry = registry
+        self.probe = GatewayProbe()
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/ca.pem", self.ca_pem)
+        app.router.add_get("/ca-bundle.pem", self.ca_bundle)
+        app.router.add_get("/proxy.pac", self.proxy_pac)
+        return app
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host or None, port)
+        await site.start()
+        self.address = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        return self.address
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = []
+        if not self.state.listening:
+            problems.append("proxy listener not bound")
+        if not self.state.ca_pem:
+            problems.append("CA not loaded")
+        if problem := await self.probe.problem(self.state.gateway):
+            problems.append(problem)
+        body = {"ready": not problems, "problems": problems}
+        return web.json_response(body, status=200 if not problems else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        registry = self.registry()
+        if registry is None:
+            return web.Response(status=503, text="metrics not available yet\n")
+        resp = web.Response(body=generate_latest(registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def ca_pem(self, request: web.Request) -> web.Response:
+        if not self.state.ca_pem:
+            return web.Response(status=503, text="CA not loaded\n")
+        return _pem(self.state.ca_pem, "aibridge-proxy-ca.pem")
+
+    async def ca_bundle(self, request: web.Request) -> web.Response:
+        if not self.state.ca_pem:
+            return web.Response(status=503, text="CA not loaded\n")
+        bundle = await asyncio.get_running_loop().run_in_executor(None, build_bundle)
+        return _pem(bundle + self.state.ca_pem, "aibridge-proxy-ca-bundle.pem")
+
+    async def proxy_pac(self, request: web.Request) -> web.Response:
+        if self.state.table is None:
+            return web.Response(status=503, text="not ready\n")
+        address = self.state.proxy_address or f"{request.host.rsplit(':', 1)[0]}:8888"
+        return web.Response(
+            text=pac_file(self.state.table, address, self.state.proxy_scheme),
+            content_type="application/x-ns-proxy-autoconfig",
+        )
+
+
+def _pem(data: bytes, filename: str) -> web.Response:
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": "application/x-pem-file",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )
