@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
+from prometheus_client import disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 
 from addons.auth import TokenAuth
@@ -27,6 +28,8 @@ from addons.gateway import route_info
 from addons.routing import Routing
 
 PREFIX = "aibridge_proxy_"
+
+disable_created_metrics()  # one series per counter, not two
 ORIGIN = "origin"  # provider label for requests passed through to the original host
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
