@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from addons.accesslog import AccessLog
 from addons.auth import TokenAuth
+from addons.dump import ApiDump
 from addons.egress import EgressPolicy
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
@@ -31,6 +32,7 @@ def make_addons() -> list:
         InterceptPolicy(routing),
         GatewayRouter(routing, auth),
         UpstreamCredentials(),
+        ApiDump(),
         UpstreamErrors(),
         AccessLog(auth),
         Metrics(routing, auth),

@@ -14,6 +14,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
+from dataclasses import field
 
 from mitmproxy import connection
 from mitmproxy import ctx
@@ -46,13 +47,20 @@ class RouteInfo:
     timed_out: bool = False
     bytes_in: int = 0  # request body bytes from the client
     bytes_out: int = 0  # response body bytes to the client
+    # Other addons may watch the bodies as they stream by (the dump does).
+    request_taps: list = field(default_factory=list)
+    response_taps: list = field(default_factory=list)
 
     def count_in(self, chunk: bytes) -> bytes:
         self.bytes_in += len(chunk)
+        for tap in self.request_taps:
+            tap(chunk)
         return chunk
 
     def count_out(self, chunk: bytes) -> bytes:
         self.bytes_out += len(chunk)
+        for tap in self.response_taps:
+            tap(chunk)
         return chunk
 
 

@@ -99,6 +99,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_auth_lockout": settings.auth_lockout,
         "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
         "aibridge_metrics_user_labels": settings.metrics_user_labels,
+        "aibridge_dump_dir": str(settings.dump_dir) if settings.dump_dir else None,
         "aibridge_tls_cert_file": str(settings.tls_cert_file) if settings.tls_cert_file else None,
         "aibridge_tls_key_file": str(settings.tls_key_file) if settings.tls_key_file else None,
         "aibridge_allowed_ports": [str(p) for p in settings.allowed_ports],

@@ -230,3 +230,20 @@ def test_systemd_notify_protocol(make_proxy, tmp_path):
         rest.append(sock.recv(4096).decode())
     assert p.proc.wait(10) == 0
     sock.close()
+
+
+def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
+    dump = tmp_path / "dump"
+    p = make_proxy("--dump-dir", str(dump))
+    with client(p) as c:
+        r = c.post("https://api.openai.com/v1/chat/completions?api_key=sk-q",
+                   json={"model": "m", "stream": True}, headers={"Authorization": "Bearer sk-own"})
+        assert r.status_code == 200
+    rid = gateway.last().header("X-Coder-AI-Governance-Request-Id")
+    req = (dump / "openai" / f"{rid}.req.txt").read_text()
+    resp = (dump / "openai" / f"{rid}.resp.txt").read_text()
+    assert req.startswith("POST api.openai.com/v1/chat/completions?api_key=<redacted> HTTP/1.1\n")
+    assert "Authorization: <redacted>" in req and "sk-own" not in req and "sk-q" not in req
+    assert req.endswith('{"model":"m","stream":true}')
+    assert resp.startswith("HTTP/1.1 200 OK\n") and "data: [DONE]" in resp
+    assert oct((dump / "openai" / f"{rid}.req.txt").stat().st_mode & 0o777) == "0o600"

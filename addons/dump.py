@@ -1,0 +1,120 @@
+"""
+API dump: each routed request and its response written to `<dump_dir>/<provider>/<request id>`
+(`.req.txt` and `.resp.txt`), with credentials redacted. For debugging a client or the gateway;
+a failure to write never affects the traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import BinaryIO
+
+from mitmproxy import ctx
+from mitmproxy import http
+
+from addons.gateway import route_info
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "<redacted>"
+_SECRET_NAME = re.compile(r"auth|key|token|secret|cookie|password|session|signature|credential", re.I)
+
+
+def redact_headers(headers: http.Headers) -> list[tuple[str, str]]:
+    return [(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in headers.items(multi=True)]
+
+
+def redact_query(path: str) -> str:
+    """Query parameters whose names look like credentials (`?key=`, `api_key`, `token`...)."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        parts.append(f"{name}={REDACTED}" if eq and _SECRET_NAME.search(name) else item)
+    return base + "?" + "&".join(parts)
+
+
+class ApiDump:
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self._open_files: dict[str, list[BinaryIO]] = {}  # flow id -> files being written
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_dump_dir",
+            str | None,
+            None,
+            "Write each routed request and response here (credentials redacted).",
+        )
+
+    def configure(self, updated):
+        if "aibridge_dump_dir" in updated:
+            d = ctx.options.aibridge_dump_dir
+            self.dir = Path(d) if d else None
+
+    def _open(self, flow: http.HTTPFlow, suffix: str, head: str) -> BinaryIO | None:
+        info = route_info(flow)
+        if self.dir is None or info is None or info.provider is None:
+            return None
+        try:
+            folder = self.dir / info.provider
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(folder / f"{info.request_id}.{suffix}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            f = os.fdopen(fd, "wb")
+            f.write(head.encode("utf-8", "surrogateescape"))
+            return f
+        except OSError as e:
+            logger.warning("dump: cannot write in %s: %s", self.dir, e)
+            return None
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or (info := route_info(flow)) is None:
+            return
+        r = flow.request
+        head = f"{r.method} {info.original_host}{redact_query(info.original_path)} {r.http_version}\n"
+        head += f"# routed to {redact_query(info.upstream_url)}\n"
+        head += "".join(f"{k}: {v}\n" for k, v in redact_headers(r.headers)) + "\n"
+        if f := self._open(flow, "req", head):
+            info.request_taps.append(_writer(f))
+            self._files(flow).append(f)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if (info := route_info(flow)) is None or flow.response is None:
+            return
+        resp = flow.response
+        head = f"{resp.http_version} {resp.status_code} {resp.reason}\n"
+        head += "".join(f"{k}: {v}\n" for k, v in redact_headers(resp.headers)) + "\n"
+        if f := self._open(flow, "resp", head):
+            info.response_taps.append(_writer(f))
+            self._files(flow).append(f)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._close(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._close(flow)
+
+    def _files(self, flow: http.HTTPFlow) -> list[BinaryIO]:
+        return self._open_files.setdefault(flow.id, [])
+
+    def _close(self, flow: http.HTTPFlow) -> None:
+        for f in self._open_files.pop(flow.id, []):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def _writer(f: BinaryIO):
+    def write(chunk: bytes) -> None:
+        try:
+            f.write(chunk)
+        except (OSError, ValueError):
+            pass  # a full disk must not break the request
+
+    return write
