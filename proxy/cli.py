@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.x509 import load_pem_x509_certificate
+
 from certs.authority import DEFAULT_COMMON_NAME
 from certs.authority import DEFAULT_VALIDITY_DAYS
 from certs.authority import CAError
@@ -20,6 +22,7 @@ from certs.authority import generate_ca
 from certs.authority import load_ca
 from certs.authority import write_ca
 from proxy.app import ProxyApp
+from certs.bundle import build_bundle
 from proxy.app import StartupError
 from proxy.app import write_client_bundle
 from proxy.logs import configure_logging
@@ -93,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the proxy and a local gateway, and send real requests")
     demo.add_argument("--keep", action="store_true", help="keep serving after the requests")
+
+    env = sub.add_parser("env", help="print the client settings a developer needs")
+    env.add_argument("--proxy-url", required=True,
+                     help='e.g. "http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888"')
+    env.add_argument("--ca", required=True, type=Path, help="the proxy's CA certificate (ca.pem)")
+    env.add_argument("--bundle", type=Path, help="system roots + CA (default: written next to --ca)")
+    env.add_argument("--shell", choices=("bash", "zsh", "fish", "powershell"), default="bash")
+    env.add_argument("--no-proxy", default="localhost,127.0.0.1,::1", help="hosts that stay direct")
+    env.add_argument("--ide", action="store_true", help="also print VS Code and JetBrains settings")
+
+    trust = sub.add_parser("trust", help="add the CA to (or --remove it from) the OS trust store")
+    trust.add_argument("--ca", required=True, type=Path, help="the proxy's CA certificate (ca.pem)")
+    trust.add_argument("--remove", action="store_true", help="take it out again")
+    trust.add_argument("--platform", choices=("debian", "redhat", "macos", "windows"),
+                       help="default: this machine's")
+    trust.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    trust.add_argument("--dry-run", action="store_true", help="only print what would be done")
+
+    doctor = sub.add_parser("doctor", help="check this machine's client set-up, step by step")
+    doctor.add_argument("--host", default="api.openai.com", help="provider host to test with")
 
     gw = sub.add_parser("gateway", help="run the embedded local gateway on its own")
     gw.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default %(default)s)")
@@ -168,6 +191,74 @@ def client_env_lines(proxy_url: str, ca_path: Path, bundle: Path) -> list[str]:
     ]
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from proxy.clientsetup import ClientEnv
+    from proxy.clientsetup import ide_settings
+    from proxy.clientsetup import render
+
+    try:
+        ca_pem = args.ca.read_bytes()
+        load_pem_x509_certificate(ca_pem)
+    except (OSError, ValueError):
+        raise UsageError(f"--ca: {args.ca} is not a readable PEM certificate") from None
+    bundle = args.bundle
+    if bundle is None:
+        bundle = args.ca.with_name(args.ca.stem + "-bundle.pem")
+        try:
+            bundle.write_bytes(build_bundle() + ca_pem)
+        except OSError as e:
+            raise UsageError(f"--bundle: cannot write {bundle}: {e.strerror}; pass --bundle PATH") from None
+    env = ClientEnv(args.proxy_url, args.ca.resolve(), bundle.resolve(), args.no_proxy)
+    print(render(env, "bash" if args.shell == "zsh" else args.shell), end="")
+    if args.ide:
+        print()
+        print(ide_settings(env), end="")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from proxy.trust import TrustError
+    from proxy.trust import detect_platform
+    from proxy.trust import execute
+    from proxy.trust import plan
+
+    try:
+        ca_pem = args.ca.read_bytes()
+        steps = plan(args.platform or detect_platform(), ca_pem, args.remove)
+    except OSError as e:
+        raise UsageError(f"--ca: cannot read {args.ca}: {e.strerror}") from None
+    except ValueError:
+        raise UsageError(f"--ca: {args.ca} is not a PEM certificate") from None
+    except TrustError as e:
+        raise UsageError(str(e)) from None
+    action = "remove the aibridge-proxy CA from" if args.remove else "add the aibridge-proxy CA to"
+    print(f"This will {action} the {steps.platform} trust store:")
+    for line in steps.describe():
+        print(f"  {line}")
+    if args.dry_run:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("not confirmed: pass --yes to run without a terminal")
+        if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 1
+    try:
+        execute(steps)
+    except TrustError as e:
+        raise UsageError(str(e)) from None
+    print("done")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from proxy.doctor import run_doctor
+
+    return run_doctor(os.environ, target=args.host)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -205,7 +296,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"serve": cmd_serve, "demo": cmd_demo, "gateway": cmd_gateway}
+    handlers = {
+        "serve": cmd_serve,
+        "demo": cmd_demo,
+        "gateway": cmd_gateway,
+        "env": cmd_env,
+        "trust": cmd_trust,
+        "doctor": cmd_doctor,
+    }
     if args.command == "ca":
         handler = cmd_ca_init if args.ca_command == "init" else cmd_ca_show
     else:

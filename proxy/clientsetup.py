@@ -1,0 +1,101 @@
+"""
+`aibridge-proxy env`: exactly what a developer sets, per shell and per runtime.
+
+The rule that matters: variables that *add* a CA (`NODE_EXTRA_CA_CERTS`,
+`CODEX_CA_CERTIFICATE`) get our CA alone; variables that *replace* the trust store
+(`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`) get a bundle of the system roots plus
+our CA, or every other HTTPS site stops working for that tool.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SHELLS = ("bash", "fish", "powershell")
+NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    proxy_url: str
+    ca: Path
+    bundle: Path
+    no_proxy: str = NO_PROXY
+
+    def groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(comment, [(variable, value)]) in the order a reader needs them."""
+        return [
+            ("The proxy, with your Coder token as the password (upper and lower case: tools differ)", [
+                ("HTTPS_PROXY", self.proxy_url), ("https_proxy", self.proxy_url),
+                ("HTTP_PROXY", self.proxy_url), ("http_proxy", self.proxy_url),
+            ]),
+            ("Keep loopback direct: some agents talk to their own local daemon", [
+                ("NO_PROXY", self.no_proxy), ("no_proxy", self.no_proxy),
+            ]),
+            ("Node (Claude Code, Copilot CLI, OpenCode, openai npm): ADDS our CA to Node's roots", [
+                ("NODE_EXTRA_CA_CERTS", str(self.ca)),
+            ]),
+            ("Node's built-in fetch() ignores HTTPS_PROXY without this (Node >= 22.21 / 24.5)", [
+                ("NODE_USE_ENV_PROXY", "1"),
+            ]),
+            ("Codex CLI: ADDS our CA (and wins over SSL_CERT_FILE)", [
+                ("CODEX_CA_CERTIFICATE", str(self.ca)),
+            ]),
+            ("OpenSSL tools, Python, Go, curl, requests: these REPLACE the trust store, so they get "
+             "the bundle (system roots + our CA)", [
+                ("SSL_CERT_FILE", str(self.bundle)),
+                ("REQUESTS_CA_BUNDLE", str(self.bundle)),
+                ("CURL_CA_BUNDLE", str(self.bundle)),
+            ]),
+        ]
+
+
+def _quote_sh(value: str) -> str:
+    # Keep $VARIABLES expandable (e.g. the token), quote everything else.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def _quote_ps(value: str) -> str:
+    return '"' + value.replace("`", "``").replace('"', '`"') + '"'
+
+
+def render(env: ClientEnv, shell: str) -> str:
+    lines = [f"# aibridge-proxy client settings ({'bash/zsh' if shell == 'bash' else shell})"]
+    for comment, pairs in env.groups():
+        lines.append(f"# {comment}")
+        for name, value in pairs:
+            if shell == "bash":
+                lines.append(f"export {name}={_quote_sh(value)}")
+            elif shell == "fish":
+                lines.append(f"set -gx {name} {_quote_sh(value)}")
+            else:
+                ps_value = value
+                if "$" in ps_value:  # $CODER_SESSION_TOKEN -> $env:CODER_SESSION_TOKEN
+                    ps_value = ps_value.replace("$", "$env:")
+                lines.append(f"$env:{name} = {_quote_ps(ps_value)}")
+    return "\n".join(lines) + "\n"
+
+
+def ide_settings(env: ClientEnv) -> str:
+    parts = urlsplit(env.proxy_url.replace("$", "%24"))
+    host = parts.hostname or "proxy"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    vscode = {
+        "http.proxy": env.proxy_url,
+        "http.proxySupport": "override",
+        "http.systemCertificates": True,
+        "http.noProxy": env.no_proxy.split(","),
+    }
+    return (
+        "# VS Code (settings.json; Remote/Dev Containers: the Remote tab). Settings do not expand\n"
+        "# variables: write the token itself. Copilot in VS Code reads CAs from the OS trust\n"
+        "# store only: run `aibridge-proxy trust` once.\n"
+        + json.dumps(vscode, indent=2)
+        + "\n\n# JetBrains IDEs: Settings > Appearance & Behavior > System Settings > HTTP Proxy\n"
+        f"#   Manual proxy configuration, HTTP, host {host}, port {port}\n"
+        "#   Proxy authentication: login coder, password = your Coder token, Remember\n"
+        "#   Trust the CA: `aibridge-proxy trust`, or Settings > Tools > Server Certificates\n"
+    )

@@ -1,0 +1,106 @@
+"""
+`aibridge-proxy trust`: put our CA into (or take it out of) the operating system's trust
+store, for clients that read only that store (VS Code's proxy agent, which Copilot uses).
+
+Each platform is a plan: files to write or delete and commands to run. The plan is printed
+first and runs only after confirmation (or `--yes`); `--dry-run` only prints it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+
+NAME = "aibridge-proxy"
+
+
+class TrustError(Exception):
+    pass
+
+
+@dataclass
+class Plan:
+    platform: str
+    copy: tuple[Path, bytes] | None = None  # destination, content
+    delete: Path | None = None
+    commands: list[list[str]] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        out = []
+        if self.copy:
+            out.append(f"write {self.copy[0]}")
+        if self.delete:
+            out.append(f"remove {self.delete}")
+        out += [" ".join(_shell_quote(a) for a in c) for c in self.commands]
+        return out
+
+
+def _shell_quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "-_./=:@" for c in arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+def detect_platform() -> str:
+    if sys.platform == "darwin":
+        return "macos"
+    if sys.platform.startswith("win"):
+        return "windows"
+    if Path("/usr/sbin/update-ca-certificates").exists() or shutil.which("update-ca-certificates"):
+        return "debian"
+    if shutil.which("update-ca-trust"):
+        return "redhat"
+    raise TrustError("unknown trust store: no update-ca-certificates or update-ca-trust; use --platform")
+
+
+def plan(platform: str, ca_pem: bytes, remove: bool) -> Plan:
+    cert = x509.load_pem_x509_certificate(ca_pem)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    sha1 = cert.fingerprint(hashes.SHA1()).hex()  # how macOS and Windows name a certificate
+    if platform == "debian":
+        dest = Path(f"/usr/local/share/ca-certificates/{NAME}.crt")
+        if remove:
+            return Plan(platform, delete=dest, commands=[["update-ca-certificates", "--fresh"]])
+        return Plan(platform, copy=(dest, pem), commands=[["update-ca-certificates"]])
+    if platform == "redhat":
+        dest = Path(f"/etc/pki/ca-trust/source/anchors/{NAME}.pem")
+        if remove:
+            return Plan(platform, delete=dest, commands=[["update-ca-trust", "extract"]])
+        return Plan(platform, copy=(dest, pem), commands=[["update-ca-trust", "extract"]])
+    if platform == "macos":
+        keychain = "/Library/Keychains/System.keychain"
+        if remove:
+            return Plan(platform, commands=[["security", "delete-certificate", "-Z", sha1.upper(), keychain]])
+        tmp = Path(f"/tmp/{NAME}-ca.pem")
+        return Plan(platform, copy=(tmp, pem), commands=[
+            ["security", "add-trusted-cert", "-d", "-r", "trustRoot", "-k", keychain, str(tmp)]])
+    if platform == "windows":
+        if remove:
+            return Plan(platform, commands=[["certutil", "-delstore", "Root", sha1]])
+        tmp = Path(f"{NAME}-ca.cer")
+        return Plan(platform, copy=(tmp, pem), commands=[["certutil", "-addstore", "-f", "Root", str(tmp)]])
+    raise TrustError(f"unknown platform {platform!r}: use debian, redhat, macos or windows")
+
+
+def execute(p: Plan) -> None:
+    try:
+        if p.copy:
+            dest, content = p.copy
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content)
+            dest.chmod(0o644)
+        if p.delete and p.delete.exists():
+            p.delete.unlink()
+    except PermissionError:
+        raise TrustError("permission denied: run it as root (sudo aibridge-proxy trust ...)") from None
+    for command in p.commands:
+        r = subprocess.run(command, capture_output=True, text=True)
+        if r.returncode != 0:
+            detail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise TrustError(f"`{' '.join(command)}` failed: {detail[0]}")
