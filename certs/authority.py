@@ -221,8 +221,12 @@ def write_ca(ca: CertificateAuthority, cert_path: Path, key_path: Path, force: b
 
 
 def check_key_permissions(key_path: Path) -> None:
-    mode = stat.S_IMODE(key_path.stat().st_mode)
-    if mode & 0o077:
+    """Owner-only, as ssh and PostgreSQL insist; like PostgreSQL, a root-owned key readable by
+    our own group is accepted too (how Kubernetes mounts a Secret with fsGroup)."""
+    st = key_path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    root_owned_for_our_group = st.st_uid == 0 and st.st_gid in {os.getgid(), *os.getgroups()}
+    if mode & 0o007 or (mode & 0o070 and not root_owned_for_our_group):
         raise CAError(
             f"CA key {key_path} is readable by group or others (mode {mode:04o}); "
             f"fix it with: chmod 600 {key_path}"

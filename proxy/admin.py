@@ -121,7 +121,7 @@ class AdminServer:
     async def readyz(self, request: web.Request) -> web.Response:
         problems = []
         if not self.state.listening:
-            problems.append("proxy listener not bound")
+            problems.append("proxy listener not bound (starting or stopping)")
         if not self.state.ca_pem:
             problems.append("CA not loaded")
         if problem := await self.probe.problem(self.state.gateway):

@@ -289,9 +289,12 @@ class ProxyApp:
             return
         self.stopping = True
         self.notifier.stopping()
+        self.admin_state.listening = False  # /readyz fails from now on
+        if delay := self.settings.shutdown_delay:
+            logger.info("stopping: still accepting for %ss while load balancers notice", delay)
+            await asyncio.sleep(delay)
         grace = self.settings.grace_period
         logger.info("stopping: draining connections", extra={"fields": {"grace_s": grace}})
-        self.admin_state.listening = False
         self.master.options.update(server=False)
         ps = self.master.addons.get("proxyserver")
         deadline = time.monotonic() + grace

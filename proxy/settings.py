@@ -356,6 +356,13 @@ FIELDS: tuple[Field, ...] = (
     Field("admin.listen", _opt_listen, "127.0.0.1:8889", "Admin listener (health, metrics, CA, PAC); 'off' disables."),
     Field("admin.proxy_address", _opt_str, None, "host:port clients use for the proxy, written into /proxy.pac."),
     Field("grace_period", _number(0), 30.0, "Seconds to let open requests and streams finish on stop."),
+    Field(
+        "shutdown_delay",
+        _number(0),
+        0.0,
+        "Seconds to keep accepting, with /readyz failing, before draining: lets a load balancer "
+        "take this replica out first.",
+    ),
     Field("metrics.user_labels", _bool, False, "Count routed requests per user name too."),
     Field("dump_dir", _opt_path, None, "Write each routed request and response here, secrets redacted.",
           tuple(p + "DUMP_DIR" for p in _CODER)),
@@ -402,6 +409,7 @@ class Settings:
     admin_listen: tuple[str, int] | None
     admin_proxy_address: str | None
     grace_period: float
+    shutdown_delay: float
     metrics_user_labels: bool
     dump_dir: Path | None
     log_level: str

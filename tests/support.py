@@ -103,7 +103,14 @@ class ThreadedGateway:
 class ProxyProcess:
     """`aibridge-proxy serve` as a user runs it, on a free loopback port."""
 
-    def __init__(self, state_dir: Path, args: Iterable[str] = (), env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        listen_port: int = 0,
+    ):
+        self.listen_port = listen_port
         self.state_dir = state_dir
         self.args = list(args)
         self.extra_env = dict(env or {})
@@ -114,9 +121,11 @@ class ProxyProcess:
         self._ready = threading.Event()
 
     def start(self, timeout: float = 20) -> ProxyProcess:
+        self.port = self.admin_port = None
+        self._ready.clear()
         cmd = [
             sys.executable, "-m", "proxy", "serve",
-            "--listen", "127.0.0.1:0",
+            "--listen", f"127.0.0.1:{self.listen_port}",
             "--admin-listen", "127.0.0.1:0",
             "--state-dir", str(self.state_dir),
             *self.args,
@@ -377,3 +386,69 @@ class UpstreamTestProxy:
     def stop(self) -> None:
         if self.bg is not None:
             self.bg.close()
+
+
+class TcpBalancer:
+    """Round-robin TCP load balancer with health checks on each backend's /readyz, as a real
+    one (HAProxy, a cloud LB, Kubernetes Services) would have."""
+
+    def __init__(self, backends: list[ProxyProcess], interval: float = 0.1):
+        self.backends = backends
+        self.interval = interval
+        self.healthy: set[int] = set()
+        self.next = 0
+        self.bg = BackgroundLoop()
+        self.port = 0
+
+    async def _check(self, index: int) -> bool:
+        backend = self.backends[index]
+        if backend.admin_port is None:
+            return False
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", backend.admin_port), 1)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            status = await asyncio.wait_for(reader.readline(), 2)
+            writer.close()
+            return b" 200 " in status
+        except (OSError, asyncio.TimeoutError):
+            return False
+
+    async def _health_loop(self) -> None:
+        while True:
+            for i in range(len(self.backends)):
+                (self.healthy.add if await self._check(i) else self.healthy.discard)(i)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> TcpBalancer:
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            order = [(self.next + i) % len(self.backends) for i in range(len(self.backends))]
+            self.next += 1
+            for i in sorted(order, key=lambda i: i not in self.healthy):
+                port = self.backends[i].port
+                try:
+                    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                except (OSError, TypeError):
+                    continue
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                return
+            writer.close()
+
+        async def begin():
+            asyncio.get_running_loop().create_task(self._health_loop())
+            return await start_tcp_server(handle)
+
+        self.port = self.bg.run(begin())
+        return self
+
+    def stop(self) -> None:
+        self.bg.close()

@@ -63,8 +63,22 @@ def test_write_and_load(tmp_path):
         write_ca(ca, cert, key)
     loaded = load_ca(cert, key)
     assert loaded.fingerprint == ca.fingerprint
-    os.chmod(key, 0o640)
+    os.chmod(key, 0o644)
     with pytest.raises(CAError, match=f"chmod 600 {key}"):
+        load_ca(cert, key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes file ownership")
+def test_group_readable_key_only_when_root_owned_for_our_group(tmp_path):
+    """PostgreSQL's rule, which is also how Kubernetes mounts a Secret with fsGroup."""
+    ca = generate_ca(permitted_domains=None)
+    cert, key = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    write_ca(ca, cert, key)
+    os.chmod(key, 0o640)
+    os.chown(key, 0, os.getgid())
+    assert load_ca(cert, key).fingerprint == ca.fingerprint
+    os.chown(key, 12345, os.getgid())
+    with pytest.raises(CAError, match="readable by group"):
         load_ca(cert, key)
 
 
