@@ -247,3 +247,31 @@ def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
     assert req.endswith('{"model":"m","stream":true}')
     assert resp.startswith("HTTP/1.1 200 OK\n") and "data: [DONE]" in resp
     assert oct((dump / "openai" / f"{rid}.req.txt").stat().st_mode & 0o777) == "0o600"
+
+
+def test_one_structured_line_per_request(proxy, gateway):
+    with client(proxy) as c:
+        c.post("https://api.openai.com/v1/chat/completions?x=secret-ish", json={"model": "m"},
+               headers={"Authorization": "Bearer sk-own"})
+    rid = gateway.last().header("X-Coder-AI-Governance-Request-Id")
+    line = proxy.wait_for_line(lambda r: r.get("request_id") == rid)
+    assert line["logger"] == "aibridge.access" and line["level"] == "info"
+    assert line["user"] == "alice" and line["provider"] == "openai" and line["method"] == "POST"
+    assert line["host"] == "api.openai.com" and line["path"] == "/v1/chat/completions"
+    assert line["upstream"] == f"{gateway.url}/api/v2/aibridge/openai/v1/chat/completions"
+    assert line["status"] == 200 and line["bytes_in"] == len(b'{"model":"m"}') and line["bytes_out"] > 100
+    assert line["duration_ms"] >= line["ttfb_ms"] > 0
+    assert line["connect_id"] and line["client"].startswith("127.0.0.1:") and line["time"].endswith("+00:00")
+    assert "secret-ish" not in json.dumps(line)  # queries (which may hold keys) are not logged
+
+
+def test_text_log_format(make_proxy, gateway):
+    p = make_proxy("--log-format", "text")
+    with client(p) as c:
+        c.get("https://api.openai.com/v1/models")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "aibridge.access" not in p.output:
+        time.sleep(0.05)
+    line = next(x for x in p.output.splitlines() if "aibridge.access" in x)
+    assert " info    aibridge.access: request connect_id=" in line
+    assert "provider=openai" in line and "status=200" in line and "path=/v1/models" in line
