@@ -17,6 +17,7 @@ from addons.metrics import Metrics
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.upstream_proxy import UpstreamCredentials
+from addons.websocket import WebSocketFallback
 
 
 def make_addons() -> list:
@@ -32,6 +33,7 @@ def make_addons() -> list:
         InterceptPolicy(routing),
         GatewayRouter(routing, auth),
         UpstreamCredentials(),
+        WebSocketFallback(),
         ApiDump(),
         UpstreamErrors(),
         AccessLog(auth),

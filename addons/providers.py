@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from dataclasses import field
 
 # Built-in routes: host -> provider. Every path on these hosts goes to the gateway, as with
-# Coder's own proxy; the gateway passes through what it does not govern.
+# Coder's own proxy (the gateway passes through what it does not govern), except where a path
+# scope is given: then other paths go to the original host.
 DEFAULT_PROVIDERS: Mapping[str, str] = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
@@ -22,6 +23,30 @@ DEFAULT_PROVIDERS: Mapping[str, str] = {
     "api.individual.githubcopilot.com": "copilot",
     "api.business.githubcopilot.com": "copilot-business",
     "api.enterprise.githubcopilot.com": "copilot-enterprise",
+}
+DEFAULT_PATHS: Mapping[str, tuple[str, ...]] = {
+    # Codex with ChatGPT sign-in: only its model API; the rest of chatgpt.com is the web app
+    "chatgpt.com": ("/backend-api/codex/",),
+}
+DEFAULT_PATH_PROVIDERS: Mapping[str, str] = {"chatgpt.com": "chatgpt"}
+
+# Opt-in routes, enabled by name (`provider_presets`); each entry can still be changed or
+# removed through `providers`.
+PRESETS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "copilot-completions": (
+        # inline completions (FIM) and next-edit suggestions: latency-critical, so opt-in
+        ("proxy.individual.githubcopilot.com", "copilot", ()),
+        ("proxy.business.githubcopilot.com", "copilot-business", ()),
+        ("proxy.enterprise.githubcopilot.com", "copilot-enterprise", ()),
+        ("copilot-proxy.githubusercontent.com", "copilot", ()),
+    ),
+    "gemini": (("generativelanguage.googleapis.com", "gemini", ()),),
+    "xai": (("api.x.ai", "xai", ()),),
+    "deepseek": (("api.deepseek.com", "deepseek", ()),),
+    "openrouter": (("openrouter.ai", "openrouter", ("/api/",)),),
+    "mistral": (("api.mistral.ai", "mistral", ()),),
+    "azure-openai": (("*.openai.azure.com", "azure", ()),),
+    "bedrock": (("bedrock-runtime.*.amazonaws.com", "bedrock", ()),),
 }
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -161,7 +186,9 @@ class ProviderTable:
 
     @classmethod
     def defaults(cls) -> ProviderTable:
-        return cls(tuple(make_route(h, p) for h, p in DEFAULT_PROVIDERS.items()))
+        routes = [make_route(h, p) for h, p in DEFAULT_PROVIDERS.items()]
+        routes += [make_route(h, DEFAULT_PATH_PROVIDERS[h], paths) for h, paths in DEFAULT_PATHS.items()]
+        return cls(tuple(routes))
 
     def lookup(self, host: str) -> ProviderRoute | None:
         """The route for a host, whatever the path; None means: not ours, tunnel it."""

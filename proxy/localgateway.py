@@ -82,11 +82,14 @@ class LocalGateway:
         prefix: str = "/api/v2/aibridge",
         ssl_context: ssl.SSLContext | None = None,
         word_delay: float = 0.02,
+        websocket: bool = True,
     ):
         self.tokens = dict(tokens)
         self.prefix = prefix.rstrip("/")
         self.ssl_context = ssl_context
         self.word_delay = word_delay
+        self.websocket = websocket  # False: answer upgrades 501, as Coder's gateway does
+        self.websocket_closes: list[int | None] = []  # close codes the gateway saw
         self.records: list[Received] = []
         self.users_me_calls = 0
         self.fail_users_me: int | None = None  # answer /users/me with this status (tests)
@@ -149,6 +152,10 @@ class LocalGateway:
         user = self._caller(request)
         if user is None:
             return _error(401, "a valid Coder token is required")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            if not self.websocket:
+                return _error(501, "WebSocket is not supported on this route")
+            return await self._websocket(request, provider, rest)
         if rest.startswith("/_diag/"):
             return await self._diag(request, rec, rest[len("/_diag/") :])
         body = _json_body(rec.body)
@@ -308,6 +315,30 @@ class LocalGateway:
             _sse("message_stop", {"type": "message_stop"}),
         ]
         return await self._stream(request, parts, self.word_delay)
+
+    async def _websocket(self, request: web.Request, provider: str, rest: str) -> web.StreamResponse:
+        """`/_diag/ws` echoes (a text `close:<code>` closes with that code); `/v1/responses`
+        answers a `response.create` message with Responses API events, one per message."""
+        if rest not in ("/_diag/ws", "/v1/responses"):
+            return _error(404, f"no WebSocket route for {provider} {rest}")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == web.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            elif msg.type == web.WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"bye")
+                    break
+                if rest == "/v1/responses":
+                    for i, word in enumerate(REPLY.split(" ")):
+                        await ws.send_str(json.dumps({"type": "response.output_text.delta",
+                                                      "delta": (" " if i else "") + word}))
+                    await ws.send_str(json.dumps({"type": "response.completed"}))
+                else:
+                    await ws.send_str(msg.data)
+        self.websocket_closes.append(ws.close_code)
+        return ws
 
     # -- diagnostics: deterministic behaviours for checks and tests --------------------------
 

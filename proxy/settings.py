@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from addons.providers import DEFAULT_PROVIDERS
+from addons.providers import PRESETS
 from addons.providers import ProviderSpecError
 from addons.providers import ProviderTable
 from addons.providers import make_route
@@ -153,6 +153,14 @@ def _opt_url(value: Any) -> str | None:
     return s.rstrip("/")
 
 
+def _presets(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"has an unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return names
+
+
 def _opt_upstream(value: Any) -> UpstreamProxy | None:
     s = _opt_str(value)
     return parse_upstream_proxy(s) if s else None
@@ -270,6 +278,12 @@ FIELDS: tuple[Field, ...] = (
         merge=True,
     ),
     Field("default_providers", _bool, True, "Start from the built-in provider table."),
+    Field(
+        "provider_presets",
+        _presets,
+        (),
+        "Opt-in route sets by name: " + ", ".join(PRESETS) + ".",
+    ),
     Field("state_dir", _opt_path, None, "Where the generated CA and engine files live."),
     Field(
         "ca.cert_file",
@@ -380,6 +394,7 @@ class Settings:
     target: str | None
     providers: ProviderOverrides
     default_providers: bool
+    provider_presets: tuple[str, ...]
     state_dir: Path | None
     ca_cert_file: Path | None
     ca_key_file: Path | None
@@ -423,7 +438,7 @@ class Settings:
 
     @property
     def provider_table(self) -> ProviderTable:
-        return build_provider_table(self.providers, self.default_providers)
+        return build_provider_table(self.providers, self.default_providers, self.provider_presets)
 
     @property
     def routing_target(self) -> GatewayTarget | None:
@@ -450,10 +465,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def build_provider_table(overrides: ProviderOverrides, use_defaults: bool = True) -> ProviderTable:
+def build_provider_table(
+    overrides: ProviderOverrides, use_defaults: bool = True, presets: tuple[str, ...] = ()
+) -> ProviderTable:
+    """defaults, then presets, then the operator's own entries (which win)."""
     merged: dict[str, tuple[str, tuple[str, ...]] | None] = {}
     if use_defaults:
-        merged.update({h: (p, ()) for h, p in DEFAULT_PROVIDERS.items()})
+        merged.update({r.host: (r.provider, r.paths) for r in ProviderTable.defaults().routes})
+    for name in presets:
+        merged.update({h: (p, paths) for h, p, paths in PRESETS[name]})
     merged.update(overrides)
     return ProviderTable(
         tuple(make_route(h, spec[0], spec[1]) for h, spec in merged.items() if spec is not None)
