@@ -11,6 +11,7 @@ from addons.dump import ApiDump
 from addons.egress import EgressPolicy
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
+from addons.http2_clients import Http2Clients
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
 from addons.metrics import Metrics
@@ -32,6 +33,7 @@ def make_addons() -> list:
         EgressPolicy(routing),
         InterceptPolicy(routing),
         GatewayRouter(routing, auth),
+        Http2Clients(),
         UpstreamCredentials(),
         WebSocketFallback(),
         ApiDump(),

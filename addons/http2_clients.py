@@ -1,0 +1,49 @@
+"""
+HTTP/2 from clients, made correct in front of an HTTP/1.1 gateway.
+
+mitmproxy translates h2 client streams into HTTP/1.1 upstream requests, with two gaps:
+- a request body sent without `content-length` goes upstream with no framing at all and is
+  lost; we ask for chunked transfer-encoding, which the HTTP/1.1 client then writes;
+- at most 5 upstream connections per client connection and destination (a hard-coded
+  semaphore, mitmproxy#8322), so the 6th concurrent stream on one h2 connection waits; and
+  h2 -> h1 never reuses upstream connections, so each stream needs its own. We lift the limit
+  for each client connection as it arrives.
+Upstream connections to the gateway are pinned to HTTP/1.1 so the framing above is valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import http
+from mitmproxy.proxy import server_hooks
+
+UPSTREAM_CONNECTIONS_PER_CLIENT = 256
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
+
+
+class Http2Clients:
+    def client_connected(self, client: connection.Client) -> None:
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(client.id) if server else None
+        if handler is not None and hasattr(handler, "max_conns"):
+            handler.max_conns = collections.defaultdict(
+                lambda: asyncio.Semaphore(UPSTREAM_CONNECTIONS_PER_CLIENT)
+            )
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        if (
+            flow.response is None
+            and request.is_http2
+            and request.method not in _BODYLESS
+            and "content-length" not in request.headers
+        ):
+            request.headers["transfer-encoding"] = "chunked"
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if not data.server.alpn_offers:
+            data.server.alpn_offers = (b"http/1.1",)
