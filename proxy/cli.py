@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOKEN[=USER]",
         help="a Coder token the gateway accepts; repeatable",
     )
+    gw.add_argument("--no-websocket", action="store_true", help="answer WebSocket upgrades 501")
     return parser
 
 
@@ -281,7 +282,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise UsageError("--token: give at least one token the gateway should accept")
 
     async def run() -> None:
-        gateway = LocalGateway(tokens)
+        gateway = LocalGateway(tokens, websocket=not args.no_websocket)
         url = await gateway.start(host or "0.0.0.0", port)
         print(f"local gateway listening on {url} (target {url}/api/v2/aibridge)", flush=True)
         await asyncio.Event().wait()

@@ -247,39 +247,43 @@ class LocalGateway:
         parts += [chunk({}, "stop"), b"data: [DONE]\n\n"]
         return await self._stream(request, parts, self.word_delay)
 
-    async def _responses(self, request, model: str, stream: bool) -> web.StreamResponse:
-        rid = f"resp_{uuid.uuid4().hex[:12]}"
-        msg = {
-            "id": f"msg_{uuid.uuid4().hex[:12]}",
-            "type": "message",
-            "role": "assistant",
-            "status": "completed",
-            "content": [{"type": "output_text", "text": REPLY, "annotations": []}],
-        }
+    @staticmethod
+    def responses_events(model: str) -> tuple[dict, list[dict]]:
+        """The Responses API stream for one text reply: (final response, events in order)."""
+        rid, mid = f"resp_{uuid.uuid4().hex[:12]}", f"msg_{uuid.uuid4().hex[:12]}"
+        part = {"type": "output_text", "text": REPLY, "annotations": []}
+        msg = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
         final = {
-            "id": rid,
-            "object": "response",
-            "created_at": int(time.time()),
-            "model": model,
-            "status": "completed",
-            "output": [msg],
-            "usage": {"input_tokens": 5, "output_tokens": 8, "total_tokens": 13},
+            "id": rid, "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "completed", "output": [msg],
+            "usage": {"input_tokens": 5, "output_tokens": 8, "total_tokens": 13,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
         }
+        where = {"item_id": mid, "output_index": 0, "content_index": 0}
+        events: list[dict] = [
+            {"type": "response.created", "response": {**final, "status": "in_progress", "output": []}},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {**msg, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+        ]
+        events += [{"type": "response.output_text.delta", **where, "delta": (" " if i else "") + w}
+                   for i, w in enumerate(REPLY.split(" "))]
+        events += [
+            {"type": "response.output_text.done", **where, "text": REPLY},
+            {"type": "response.content_part.done", **where, "part": part},
+            {"type": "response.output_item.done", "output_index": 0, "item": msg},
+            {"type": "response.completed", "response": final},
+        ]
+        for n, event in enumerate(events):
+            event["sequence_number"] = n
+        return final, events
+
+    async def _responses(self, request, model: str, stream: bool) -> web.StreamResponse:
+        final, events = self.responses_events(model)
         if not stream:
             return web.json_response(final)
-        parts = [
-            _sse("response.created", {"type": "response.created", "response": {**final, "status": "in_progress", "output": []}}),
-        ]
-        for i, w in enumerate(REPLY.split(" ")):
-            parts.append(
-                _sse(
-                    "response.output_text.delta",
-                    {"type": "response.output_text.delta", "item_id": msg["id"], "output_index": 0,
-                     "content_index": 0, "delta": (" " if i else "") + w},
-                )
-            )
-        parts.append(_sse("response.completed", {"type": "response.completed", "response": final}))
-        return await self._stream(request, parts, self.word_delay)
+        return await self._stream(request, [_sse(e["type"], e) for e in events], self.word_delay)
 
     async def _messages(self, request, model: str, stream: bool) -> web.StreamResponse:
         mid = f"msg_{uuid.uuid4().hex[:12]}"
@@ -331,10 +335,9 @@ class LocalGateway:
                     await ws.close(code=int(msg.data[6:]), message=b"bye")
                     break
                 if rest == "/v1/responses":
-                    for i, word in enumerate(REPLY.split(" ")):
-                        await ws.send_str(json.dumps({"type": "response.output_text.delta",
-                                                      "delta": (" " if i else "") + word}))
-                    await ws.send_str(json.dumps({"type": "response.completed"}))
+                    model = str(_json_body(msg.data.encode()).get("model") or "local-model")
+                    for event in self.responses_events(model)[1]:
+                        await ws.send_str(json.dumps(event))
                 else:
                     await ws.send_str(msg.data)
         self.websocket_closes.append(ws.close_code)

