@@ -159,6 +159,19 @@ def generate_ca(
     return CertificateAuthority(cert, key)
 
 
+def uncovered_hosts(ca: CertificateAuthority, host_patterns: Iterable[str]) -> list[str]:
+    """Routed hosts the CA's name constraints do not permit (clients would reject them)."""
+    permitted = ca.permitted_domains()
+    if permitted is None:
+        return []
+    out = []
+    for pattern in host_patterns:
+        covered_by = constraint_domains([pattern])[0]
+        if not any(covered_by == d or covered_by.endswith("." + d) for d in permitted):
+            out.append(pattern)
+    return out
+
+
 def issue_leaf(
     ca: CertificateAuthority,
     hostnames: list[str],

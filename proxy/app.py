@@ -31,6 +31,7 @@ from certs.authority import engine_confdir
 from certs.authority import expiry_warning
 from certs.authority import generate_ca
 from certs.authority import load_ca
+from certs.authority import uncovered_hosts
 from certs.authority import write_ca
 from certs.bundle import BundleError
 from certs.bundle import build_bundle
@@ -115,6 +116,12 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
         raise StartupError(str(e)) from None
     if warning := expiry_warning(ca):
         logger.warning(warning)
+    if outside := uncovered_hosts(ca, settings.provider_table.hosts()):
+        logger.warning(
+            "routed hosts outside the CA's name constraints (clients will reject them): %s; "
+            "create a CA that covers them with `aibridge-proxy ca init --force`",
+            ", ".join(outside),
+        )
     confdir = engine_confdir(ca, settings.state_path / "engine")
     extra = [
         (p, name)

@@ -218,3 +218,11 @@ def test_ca_expiring_soon_is_warned_at_start(make_proxy, tmp_path):
     p = make_proxy(state_dir=state)
     line = p.wait_for_line(lambda r: r.get("level") == "warning" and "expires on" in r.get("msg", ""))
     assert "days left" in line["msg"]
+
+
+def test_serve_warns_about_hosts_outside_the_constraints(make_proxy, tmp_path):
+    state = tmp_path / "state"
+    assert cli("ca", "init", "--state-dir", str(state)).returncode == 0
+    p = make_proxy("--provider-presets", "xai", state_dir=state)
+    line = p.wait_for_line(lambda r: "outside the CA's name constraints" in r.get("msg", ""))
+    assert "api.x.ai" in line["msg"] and "ca init --force" in line["msg"]

@@ -4,6 +4,7 @@ and Claude Code."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
@@ -13,6 +14,7 @@ from proxy.localgateway import REPLY
 from tests.support import ALICE
 from tests.support import NODE_BIN
 from tests.support import NODE_TOOLS
+from tests.support import ROOT
 from tests.support import ThreadedGateway
 from tests.support import base_env
 
@@ -79,3 +81,17 @@ def test_claude_code(proxy, gateway, tmp_path):
     sent_key = messages[-1].header("x-api-key") or (messages[-1].header("Authorization") or "")[7:]
     assert sent_key == "sk-ant-personal"
     assert messages[-1].header("X-Coder-AI-Governance-Token") == ALICE
+
+
+@pytest.mark.skipif(not shutil.which("go"), reason="Go not installed (./run setup installs golang-go)")
+def test_go_net_http(proxy, gateway, tmp_path):
+    env = base_env()
+    env.update(HTTPS_PROXY=proxy.url(ALICE), SSL_CERT_FILE=str(proxy.bundle_path), OPENAI_API_KEY="sk-go-key",
+               HOME=str(tmp_path), GOCACHE=str(tmp_path / "gocache"), GOPATH=str(tmp_path / "gopath"),
+               GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-mod=mod")
+    r, _ = run(["go", "run", "client.go"], env, ROOT / "tests" / "go", timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == REPLY
+    rec = gateway.last()
+    assert rec.path == "/api/v2/aibridge/openai/v1/chat/completions"
+    assert rec.header("Authorization") == "Bearer sk-go-key" and rec.header("X-Coder-AI-Governance-Token") == ALICE

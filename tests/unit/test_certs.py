@@ -99,3 +99,11 @@ def test_expiry_warning():
     assert expiry_warning(generate_ca(permitted_domains=None)) is None
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=40)
     assert "expired" in expiry_warning(ca, now=later)
+
+
+def test_uncovered_hosts():
+    from certs.authority import uncovered_hosts
+
+    ca = generate_ca(permitted_domains=["api.openai.com", "openai.azure.com"])
+    assert uncovered_hosts(ca, ["api.openai.com", "x.api.openai.com", "*.openai.azure.com", "api.x.ai"]) == ["api.x.ai"]
+    assert uncovered_hosts(generate_ca(permitted_domains=None), ["anything.example"]) == []

@@ -1,0 +1,3 @@
+module aibridgeproxy/tests/go
+
+go 1.19
