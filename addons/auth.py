@@ -32,7 +32,6 @@ from addons.token_validation import FailureLimiter
 from addons.token_validation import GatewayTokenValidator
 from addons.token_validation import TokenCache
 from addons.token_validation import ValidationUnavailable
-from addons.token_validation import Verdict
 from addons.token_validation import verifying_context
 
 logger = logging.getLogger(__name__)
@@ -148,7 +147,9 @@ class TokenAuth:
                 f"aibridge_auth_header {opts.aibridge_auth_header!r} is not a valid header name"
             )
         if {"aibridge_auth_max_failures", "aibridge_auth_lockout"} & set(updated):
-            self.limiter = FailureLimiter(opts.aibridge_auth_max_failures, opts.aibridge_auth_lockout)
+            self.limiter = FailureLimiter(
+                opts.aibridge_auth_max_failures, opts.aibridge_auth_lockout
+            )
         relevant = {
             "aibridge_auth_mode",
             "aibridge_auth_url",
@@ -224,7 +225,9 @@ class TokenAuth:
                 return
             except Exception:
                 logger.exception("authentication failed unexpectedly")
-                self._reject(flow, AuthRejected(503, "internal_error", "authentication unavailable"))
+                self._reject(
+                    flow, AuthRejected(503, "internal_error", "authentication unavailable")
+                )
                 return
         flow.request.headers.pop("Proxy-Authorization", None)
         self._by_flow[flow] = identity
@@ -320,4 +323,3 @@ def _close_later(validator: GatewayTokenValidator) -> None:
 
 
 _BACKGROUND: set = set()
-

@@ -20,7 +20,9 @@ from addons.gateway import route_info
 logger = logging.getLogger(__name__)
 
 REDACTED = "<redacted>"
-_SECRET_NAME = re.compile(r"auth|key|token|secret|cookie|password|session|signature|credential", re.I)
+_SECRET_NAME = re.compile(
+    r"auth|key|token|secret|cookie|password|session|signature|credential", re.I
+)
 
 
 def redact_headers(headers: http.Headers) -> list[tuple[str, str]]:
@@ -64,7 +66,11 @@ class ApiDump:
         try:
             folder = self.dir / info.provider
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(folder / f"{info.request_id}.{suffix}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(
+                folder / f"{info.request_id}.{suffix}.txt",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                0o600,
+            )
             f = os.fdopen(fd, "wb")
             f.write(head.encode("utf-8", "surrogateescape"))
             return f
@@ -76,7 +82,9 @@ class ApiDump:
         if flow.response is not None or (info := route_info(flow)) is None:
             return
         r = flow.request
-        head = f"{r.method} {info.original_host}{redact_query(info.original_path)} {r.http_version}\n"
+        head = (
+            f"{r.method} {info.original_host}{redact_query(info.original_path)} {r.http_version}\n"
+        )
         head += f"# routed to {redact_query(info.upstream_url)}\n"
         head += "".join(f"{k}: {v}\n" for k, v in redact_headers(r.headers)) + "\n"
         if f := self._open(flow, "req", head):

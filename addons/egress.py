@@ -203,7 +203,9 @@ class EgressPolicy:
             self._refuse_connect(flow, 502, "cannot connect to the destination")
 
     def _refuse_connect(self, flow: http.HTTPFlow, status: int, text: str) -> None:
-        flow.metadata["aibridge.reject_reason"] = "blocked_destination" if status == 403 else "dial_failed"
+        flow.metadata["aibridge.reject_reason"] = (
+            "blocked_destination" if status == 403 else "dial_failed"
+        )
         flow.response = plain_response(status, text)
 
     # -- every dial: resolve, check, pin -------------------------------------------------------
@@ -249,7 +251,9 @@ class EgressPolicy:
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except (socket.gaierror, UnicodeError) as e:
-                raise Blocked(502, "cannot resolve the destination", f"resolve failed: {e}") from None
+                raise Blocked(
+                    502, "cannot resolve the destination", f"resolve failed: {e}"
+                ) from None
             candidates = [parse_ip(info[4][0]) for info in infos]
             candidates = [c for c in candidates if c is not None]
             if not candidates:

@@ -8,7 +8,6 @@ tunnelled client talks to the real server and sees the real server's certificate
 from __future__ import annotations
 
 import logging
-
 import time
 
 from mitmproxy import http
@@ -26,7 +25,9 @@ logger = logging.getLogger(__name__)
 def connection_established(http_version: str) -> http.Response:
     """The 200 mitmproxy itself sends for a CONNECT (no headers: some clients insist)."""
     now = time.time()
-    return http.Response(http_version, 200, b"Connection established", http.Headers(), b"", None, now, now)
+    return http.Response(
+        http_version, 200, b"Connection established", http.Headers(), b"", None, now, now
+    )
 
 
 def _connect_stream_index(context) -> int | None:

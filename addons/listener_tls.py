@@ -45,7 +45,11 @@ def listener_context(cert_file: str, key_file: str) -> SSL.Context:
 def _is_proxy_handshake(data: tls.TlsData) -> bool:
     """The client's handshake with the proxy itself: no CONNECT target exists yet."""
     layers = data.context.layers
-    return bool(layers) and isinstance(layers[0], modes.HttpProxy) and data.context.server.address is None
+    return (
+        bool(layers)
+        and isinstance(layers[0], modes.HttpProxy)
+        and data.context.server.address is None
+    )
 
 
 class ListenerTLS:
@@ -102,4 +106,3 @@ class ListenerTLS:
         flow.response = plain_response(
             403, "this proxy requires TLS: use https:// in the proxy URL"
         )
-

@@ -41,15 +41,21 @@ class _TokenCacheCollector:
         self.auth = auth
 
     def collect(self):
-        hits = CounterMetricFamily(PREFIX + "token_cache_hits", "Token checks answered from the cache.")
+        hits = CounterMetricFamily(
+            PREFIX + "token_cache_hits", "Token checks answered from the cache."
+        )
         hits.add_metric([], self.auth.cache_hits)
-        misses = CounterMetricFamily(PREFIX + "token_cache_misses", "Token checks that asked the gateway.")
+        misses = CounterMetricFamily(
+            PREFIX + "token_cache_misses", "Token checks that asked the gateway."
+        )
         misses.add_metric([], self.auth.cache_misses)
         return [hits, misses]
 
 
 class Metrics:
-    def __init__(self, routing: Routing, auth: TokenAuth, registry: CollectorRegistry | None = None):
+    def __init__(
+        self, routing: Routing, auth: TokenAuth, registry: CollectorRegistry | None = None
+    ):
         self.routing = routing
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -57,41 +63,78 @@ class Metrics:
             PREFIX + "connects", "CONNECT requests by outcome.", ["outcome", "reason"], registry=r
         )
         self.auth_failures = Counter(
-            PREFIX + "auth_failures", "Failed proxy authentications by reason.", ["reason"], registry=r
+            PREFIX + "auth_failures",
+            "Failed proxy authentications by reason.",
+            ["reason"],
+            registry=r,
         )
         self.requests = Counter(
-            PREFIX + "requests", "Finished requests by provider and status code.", ["provider", "code"], registry=r
+            PREFIX + "requests",
+            "Finished requests by provider and status code.",
+            ["provider", "code"],
+            registry=r,
         )
         self.user_requests = Counter(
-            PREFIX + "user_requests", "Routed requests by user (only with user labels on).", ["user", "provider"], registry=r
+            PREFIX + "user_requests",
+            "Routed requests by user (only with user labels on).",
+            ["user", "provider"],
+            registry=r,
         )
         self.duration = Histogram(
-            PREFIX + "request_duration_seconds", "From request headers to the end of the response.",
-            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+            PREFIX + "request_duration_seconds",
+            "From request headers to the end of the response.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttfb = Histogram(
-            PREFIX + "time_to_first_byte_seconds", "From request headers to response headers.",
-            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+            PREFIX + "time_to_first_byte_seconds",
+            "From request headers to response headers.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.bytes_in = Counter(PREFIX + "request_bytes", "Request body bytes from clients.", ["provider"], registry=r)
-        self.bytes_out = Counter(PREFIX + "response_bytes", "Response body bytes to clients.", ["provider"], registry=r)
-        self.inflight = Gauge(PREFIX + "inflight_requests", "Requests in progress.", ["provider"], registry=r)
+        self.bytes_in = Counter(
+            PREFIX + "request_bytes", "Request body bytes from clients.", ["provider"], registry=r
+        )
+        self.bytes_out = Counter(
+            PREFIX + "response_bytes", "Response body bytes to clients.", ["provider"], registry=r
+        )
+        self.inflight = Gauge(
+            PREFIX + "inflight_requests", "Requests in progress.", ["provider"], registry=r
+        )
         self.tunnel_duration = Histogram(
-            PREFIX + "tunnel_duration_seconds", "Lifetime of tunnels to non-routed hosts.",
-            buckets=TUNNEL_BUCKETS, registry=r,
+            PREFIX + "tunnel_duration_seconds",
+            "Lifetime of tunnels to non-routed hosts.",
+            buckets=TUNNEL_BUCKETS,
+            registry=r,
         )
-        self.ca_expiry = Gauge(PREFIX + "ca_expiry_timestamp_seconds", "CA certificate notAfter (Unix time).", registry=r)
-        self.reloads = Counter(PREFIX + "config_reloads", "Configuration reloads by result.", ["result"], registry=r)
+        self.ca_expiry = Gauge(
+            PREFIX + "ca_expiry_timestamp_seconds",
+            "CA certificate notAfter (Unix time).",
+            registry=r,
+        )
+        self.reloads = Counter(
+            PREFIX + "config_reloads", "Configuration reloads by result.", ["result"], registry=r
+        )
         self.last_reload = Gauge(
-            PREFIX + "config_last_reload_success_timestamp_seconds", "Time of the last successful reload.", registry=r
+            PREFIX + "config_last_reload_success_timestamp_seconds",
+            "Time of the last successful reload.",
+            registry=r,
         )
-        self.info = Gauge(PREFIX + "build_info", "Always 1; labels describe the build.", ["version"], registry=r)
+        self.info = Gauge(
+            PREFIX + "build_info", "Always 1; labels describe the build.", ["version"], registry=r
+        )
         self.info.labels(version=_version()).set(1)
         r.register(_TokenCacheCollector(auth))
         self.auth = auth
         self._inflight: dict[str, str] = {}  # flow id -> provider label
-        self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = weakref.WeakKeyDictionary()
-        self._tunnels: weakref.WeakKeyDictionary[connection.Client, float] = weakref.WeakKeyDictionary()
+        self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, float] = (
+            weakref.WeakKeyDictionary()
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
 
@@ -113,7 +156,9 @@ class Metrics:
             self._tunnels[flow.client_conn] = time.monotonic()
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        reason = flow.metadata.get("aibridge.reject_reason") or f"status_{flow.response.status_code}"
+        reason = (
+            flow.metadata.get("aibridge.reject_reason") or f"status_{flow.response.status_code}"
+        )
         self.connects.labels(outcome="rejected", reason=reason).inc()
         self._count_auth_failure(flow)
 
@@ -170,7 +215,9 @@ class Metrics:
 
     def _count_auth_failure(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop("aibridge.auth_failure", False):
-            self.auth_failures.labels(reason=flow.metadata.get("aibridge.reject_reason", "unknown")).inc()
+            self.auth_failures.labels(
+                reason=flow.metadata.get("aibridge.reject_reason", "unknown")
+            ).inc()
 
     # -- set by the program ------------------------------------------------------------------
 

@@ -151,7 +151,8 @@ def make_route(host: str, provider: str, paths: Iterable[str] = ()) -> ProviderR
 
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(
-        "^" + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in pattern.split("."))
+        "^"
+        + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in pattern.split("."))
         + "$"
     )
 
@@ -187,7 +188,9 @@ class ProviderTable:
     @classmethod
     def defaults(cls) -> ProviderTable:
         routes = [make_route(h, p) for h, p in DEFAULT_PROVIDERS.items()]
-        routes += [make_route(h, DEFAULT_PATH_PROVIDERS[h], paths) for h, paths in DEFAULT_PATHS.items()]
+        routes += [
+            make_route(h, DEFAULT_PATH_PROVIDERS[h], paths) for h, paths in DEFAULT_PATHS.items()
+        ]
         return cls(tuple(routes))
 
     def lookup(self, host: str) -> ProviderRoute | None:

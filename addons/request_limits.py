@@ -109,7 +109,9 @@ class RequestLimits:
         logger.info("closing %s: no request headers within the timeout", client.peername)
         io = handler.transports.get(client)
         if io is not None and io.writer is not None and not client.tls:
-            response = plain_response(408, "request headers not received in time", {"Connection": "close"})
+            response = plain_response(
+                408, "request headers not received in time", {"Connection": "close"}
+            )
             io.writer.write(http1.assemble_response(response))
         handler.close_connection(client)
 

@@ -19,7 +19,9 @@ def reason_phrase(status: int) -> str:
 
 def plain_response(status: int, text: str, headers: dict[str, str] | None = None) -> http.Response:
     body = f"{status} {reason_phrase(status)}: {text}\n".encode()
-    resp = http.Response.make(status, body, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})})
+    resp = http.Response.make(
+        status, body, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
+    )
     resp.reason = reason_phrase(status)
     return resp
 

@@ -31,7 +31,9 @@ def is_websocket_upgrade(request: http.Request) -> bool:
 
 
 def refused_upgrade() -> http.Response:
-    return plain_response(426, "the gateway has no WebSocket route here; use HTTPS", {"Upgrade": "websocket"})
+    return plain_response(
+        426, "the gateway has no WebSocket route here; use HTTPS", {"Upgrade": "websocket"}
+    )
 
 
 class WebSocketFallback:
@@ -65,7 +67,11 @@ class WebSocketFallback:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
-        if response is None or not is_websocket_upgrade(flow.request) or response.status_code == 101:
+        if (
+            response is None
+            or not is_websocket_upgrade(flow.request)
+            or response.status_code == 101
+        ):
             return
         key = self._key(flow)
         if key is None or response.status_code not in NO_WEBSOCKET_ROUTE:
@@ -74,7 +80,11 @@ class WebSocketFallback:
         self._no_websocket.move_to_end(key)
         while len(self._no_websocket) > MAX_REMEMBERED:
             self._no_websocket.popitem(last=False)
-        logger.info("gateway refused a WebSocket upgrade (%s) for %s: answering 426", response.status_code, key)
+        logger.info(
+            "gateway refused a WebSocket upgrade (%s) for %s: answering 426",
+            response.status_code,
+            key,
+        )
         response.stream = False  # buffer the gateway's small error body; `response` replaces it
         flow.metadata["aibridge.websocket_426"] = True
 

@@ -222,7 +222,9 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def write_ca(ca: CertificateAuthority, cert_path: Path, key_path: Path, force: bool = False) -> None:
+def write_ca(
+    ca: CertificateAuthority, cert_path: Path, key_path: Path, force: bool = False
+) -> None:
     if not force:
         for p in (cert_path, key_path):
             if p.exists():
@@ -246,7 +248,9 @@ def check_key_permissions(key_path: Path) -> None:
         )
 
 
-def load_ca(cert_path: Path, key_path: Path, check_permissions: bool = True) -> CertificateAuthority:
+def load_ca(
+    cert_path: Path, key_path: Path, check_permissions: bool = True
+) -> CertificateAuthority:
     """Load and sanity-check a CA (or an intermediate followed by its chain)."""
     try:
         cert_data = cert_path.read_bytes()

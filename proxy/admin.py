@@ -39,7 +39,9 @@ def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -
     """Provider hosts via the proxy, everything else DIRECT. `*` matches exactly one label."""
     exact = sorted(r.host for r in table.routes if not r.is_wildcard)
     patterns = [
-        "^" + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in r.host.split(".")) + "$"
+        "^"
+        + r"\.".join("[^.]+" if lbl == "*" else re.escape(lbl) for lbl in r.host.split("."))
+        + "$"
         for r in table.routes
         if r.is_wildcard
     ]

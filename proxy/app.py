@@ -132,7 +132,11 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
         )
         if p
     ]
-    if settings.upstream_proxy_ca and settings.upstream_proxy and settings.upstream_proxy.scheme == "http":
+    if (
+        settings.upstream_proxy_ca
+        and settings.upstream_proxy
+        and settings.upstream_proxy.scheme == "http"
+    ):
         logger.warning("upstream_proxy_ca is ignored: the upstream proxy is plain http://")
     try:
         trust = write_bundle(confdir / "upstream-trust.pem", extra)
@@ -230,7 +234,9 @@ class ProxyApp:
             extra={
                 "fields": {
                     "listen": f"{self.listen_address[0]}:{self.listen_address[1]}",
-                    "target": self.settings.routing_target.url if self.settings.routing_target else None,
+                    "target": self.settings.routing_target.url
+                    if self.settings.routing_target
+                    else None,
                     "ca": str(self.settings.ca_cert_path),
                     "auth_mode": self.settings.auth_mode,
                 }

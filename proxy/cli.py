@@ -21,8 +21,8 @@ from certs.authority import constraint_domains
 from certs.authority import generate_ca
 from certs.authority import load_ca
 from certs.authority import write_ca
-from proxy.app import ProxyApp
 from certs.bundle import build_bundle
+from proxy.app import ProxyApp
 from proxy.app import StartupError
 from proxy.app import write_client_bundle
 from proxy.logs import configure_logging
@@ -51,9 +51,13 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 help="route a host to a provider (host=- removes it); repeatable",
             )
         elif f.parse.__name__ == "_bool":
-            group.add_argument(f.flag, dest=f.key, nargs="?", const="true", metavar="BOOL", help=f.help)
+            group.add_argument(
+                f.flag, dest=f.key, nargs="?", const="true", metavar="BOOL", help=f.help
+            )
         else:
-            group.add_argument(f.flag, dest=f.key, metavar=f.key.split(".")[-1].upper(), help=f.help)
+            group.add_argument(
+                f.flag, dest=f.key, metavar=f.key.split(".")[-1].upper(), help=f.help
+            )
 
 
 def _flag_values(args: argparse.Namespace) -> dict:
@@ -64,7 +68,9 @@ def _flag_values(args: argparse.Namespace) -> dict:
 
 
 def _settings_from(args: argparse.Namespace, require_gateway: bool) -> Settings:
-    return load_settings(_flag_values(args), config_file=args.config, require_gateway=require_gateway)
+    return load_settings(
+        _flag_values(args), config_file=args.config, require_gateway=require_gateway
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep serving after the requests")
 
     env = sub.add_parser("env", help="print the client settings a developer needs")
-    env.add_argument("--proxy-url", required=True,
-                     help='e.g. "http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888"')
+    env.add_argument(
+        "--proxy-url",
+        required=True,
+        help='e.g. "http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888"',
+    )
     env.add_argument("--ca", required=True, type=Path, help="the proxy's CA certificate (ca.pem)")
-    env.add_argument("--bundle", type=Path, help="system roots + CA (default: written next to --ca)")
+    env.add_argument(
+        "--bundle", type=Path, help="system roots + CA (default: written next to --ca)"
+    )
     env.add_argument("--shell", choices=("bash", "zsh", "fish", "powershell"), default="bash")
     env.add_argument("--no-proxy", default="localhost,127.0.0.1,::1", help="hosts that stay direct")
     env.add_argument("--ide", action="store_true", help="also print VS Code and JetBrains settings")
@@ -109,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     trust = sub.add_parser("trust", help="add the CA to (or --remove it from) the OS trust store")
     trust.add_argument("--ca", required=True, type=Path, help="the proxy's CA certificate (ca.pem)")
     trust.add_argument("--remove", action="store_true", help="take it out again")
-    trust.add_argument("--platform", choices=("debian", "redhat", "macos", "windows"),
-                       help="default: this machine's")
+    trust.add_argument(
+        "--platform",
+        choices=("debian", "redhat", "macos", "windows"),
+        help="default: this machine's",
+    )
     trust.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     trust.add_argument("--dry-run", action="store_true", help="only print what would be done")
 
@@ -170,7 +184,9 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
     print(f"Subject:     {ca.cert.subject.rfc4514_string()}")
     print(f"SHA-256:     {ca.fingerprint}")
     print(f"Not after:   {ca.not_after:%Y-%m-%d %H:%M:%S} UTC")
-    print(f"Permitted:   {', '.join(permitted) if permitted is not None else 'any name (unconstrained)'}")
+    print(
+        f"Permitted:   {', '.join(permitted) if permitted is not None else 'any name (unconstrained)'}"
+    )
     print(f"Certificate: {settings.ca_cert_path}")
     print()
     print("# Client environment (bash/zsh):")
@@ -208,7 +224,9 @@ def cmd_env(args: argparse.Namespace) -> int:
         try:
             bundle.write_bytes(build_bundle() + ca_pem)
         except OSError as e:
-            raise UsageError(f"--bundle: cannot write {bundle}: {e.strerror}; pass --bundle PATH") from None
+            raise UsageError(
+                f"--bundle: cannot write {bundle}: {e.strerror}; pass --bundle PATH"
+            ) from None
     env = ClientEnv(args.proxy_url, args.ca.resolve(), bundle.resolve(), args.no_proxy)
     print(render(env, "bash" if args.shell == "zsh" else args.shell), end="")
     if args.ide:

@@ -28,28 +28,49 @@ class ClientEnv:
     def groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """(comment, [(variable, value)]) in the order a reader needs them."""
         return [
-            ("The proxy, with your Coder token as the password (upper and lower case: tools differ)", [
-                ("HTTPS_PROXY", self.proxy_url), ("https_proxy", self.proxy_url),
-                ("HTTP_PROXY", self.proxy_url), ("http_proxy", self.proxy_url),
-            ]),
-            ("Keep loopback direct: some agents talk to their own local daemon", [
-                ("NO_PROXY", self.no_proxy), ("no_proxy", self.no_proxy),
-            ]),
-            ("Node (Claude Code, Copilot CLI, OpenCode, openai npm): ADDS our CA to Node's roots", [
-                ("NODE_EXTRA_CA_CERTS", str(self.ca)),
-            ]),
-            ("Node's built-in fetch() ignores HTTPS_PROXY without this (Node >= 22.21 / 24.5)", [
-                ("NODE_USE_ENV_PROXY", "1"),
-            ]),
-            ("Codex CLI: ADDS our CA (and wins over SSL_CERT_FILE)", [
-                ("CODEX_CA_CERTIFICATE", str(self.ca)),
-            ]),
-            ("OpenSSL tools, Python, Go, curl, requests: these REPLACE the trust store, so they get "
-             "the bundle (system roots + our CA)", [
-                ("SSL_CERT_FILE", str(self.bundle)),
-                ("REQUESTS_CA_BUNDLE", str(self.bundle)),
-                ("CURL_CA_BUNDLE", str(self.bundle)),
-            ]),
+            (
+                "The proxy, with your Coder token as the password (upper and lower case: tools differ)",
+                [
+                    ("HTTPS_PROXY", self.proxy_url),
+                    ("https_proxy", self.proxy_url),
+                    ("HTTP_PROXY", self.proxy_url),
+                    ("http_proxy", self.proxy_url),
+                ],
+            ),
+            (
+                "Keep loopback direct: some agents talk to their own local daemon",
+                [
+                    ("NO_PROXY", self.no_proxy),
+                    ("no_proxy", self.no_proxy),
+                ],
+            ),
+            (
+                "Node (Claude Code, Copilot CLI, OpenCode, openai npm): ADDS our CA to Node's roots",
+                [
+                    ("NODE_EXTRA_CA_CERTS", str(self.ca)),
+                ],
+            ),
+            (
+                "Node's built-in fetch() ignores HTTPS_PROXY without this (Node >= 22.21 / 24.5)",
+                [
+                    ("NODE_USE_ENV_PROXY", "1"),
+                ],
+            ),
+            (
+                "Codex CLI: ADDS our CA (and wins over SSL_CERT_FILE)",
+                [
+                    ("CODEX_CA_CERTIFICATE", str(self.ca)),
+                ],
+            ),
+            (
+                "OpenSSL tools, Python, Go, curl, requests: these REPLACE the trust store, so they get "
+                "the bundle (system roots + our CA)",
+                [
+                    ("SSL_CERT_FILE", str(self.bundle)),
+                    ("REQUESTS_CA_BUNDLE", str(self.bundle)),
+                    ("CURL_CA_BUNDLE", str(self.bundle)),
+                ],
+            ),
         ]
 
 

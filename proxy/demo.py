@@ -23,8 +23,13 @@ from proxy.settings import load_settings
 
 async def _run_client(name: str, env: dict[str, str]) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.democlients", name,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy.democlients",
+        name,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     lines = out.decode().strip().splitlines()
@@ -35,7 +40,7 @@ async def _run_client(name: str, env: dict[str, str]) -> dict:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 async def run_demo(keep: bool = False) -> int:
@@ -44,8 +49,13 @@ async def run_demo(keep: bool = False) -> int:
     gateway = LocalGateway({token: "demo-user"})
     await gateway.start()
     settings = load_settings(
-        {"gateway": gateway.url, "listen": "127.0.0.1:0", "state_dir": str(state),
-         "log.level": "warning", "log.format": "text"},
+        {
+            "gateway": gateway.url,
+            "listen": "127.0.0.1:0",
+            "state_dir": str(state),
+            "log.level": "warning",
+            "log.format": "text",
+        },
         environ={},
     )
     configure_logging(settings.log_level, settings.log_format)
@@ -75,8 +85,17 @@ async def run_demo(keep: bool = False) -> int:
         provider = recs[-1].path.split("/")[4] if recs else "-"
         status = str(result.get("status"))
         failures += status != "200"
-        rows.append([label, result.get("url", "-"), "->", gw_url, provider, status,
-                     f"{result.get('seconds', 0):.2f}s"])
+        rows.append(
+            [
+                label,
+                result.get("url", "-"),
+                "->",
+                gw_url,
+                provider,
+                status,
+                f"{result.get('seconds', 0):.2f}s",
+            ]
+        )
         if status != "200":
             rows.append(["", f"  {result.get('reply')}", "", "", "", "", ""])
     print(_table(rows))
@@ -84,7 +103,9 @@ async def run_demo(keep: bool = False) -> int:
     print("Replies came from the local gateway; nothing left this machine.")
     print("To send your own tools through this proxy while it runs (demo --keep):")
     print(f'  export HTTPS_PROXY="{proxy_url}"')
-    print(f'  export SSL_CERT_FILE="{settings.client_bundle_path}" REQUESTS_CA_BUNDLE="{settings.client_bundle_path}"')
+    print(
+        f'  export SSL_CERT_FILE="{settings.client_bundle_path}" REQUESTS_CA_BUNDLE="{settings.client_bundle_path}"'
+    )
     print(f'  export NODE_EXTRA_CA_CERTS="{settings.ca_cert_path}"')
     print(f'  export OPENAI_API_KEY="{token}"')
     if keep:

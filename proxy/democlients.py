@@ -18,7 +18,10 @@ def openai_chat() -> dict:
     import openai
 
     r = openai.OpenAI().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    return {"url": "https://api.openai.com/v1/chat/completions", "reply": r.choices[0].message.content}
+    return {
+        "url": "https://api.openai.com/v1/chat/completions",
+        "reply": r.choices[0].message.content,
+    }
 
 
 def openai_stream() -> dict:

@@ -45,17 +45,28 @@ class ProxyURL:
 def proxy_from_env(environ: Mapping[str, str]) -> ProxyURL:
     raw = environ.get("HTTPS_PROXY") or environ.get("https_proxy") or ""
     if not raw:
-        raise CheckFailed("HTTPS_PROXY is not set", 'run: eval "$(aibridge-proxy env --proxy-url ...)"')
+        raise CheckFailed(
+            "HTTPS_PROXY is not set", 'run: eval "$(aibridge-proxy env --proxy-url ...)"'
+        )
     parts = urlsplit(raw if "://" in raw else "http://" + raw)
     try:
         port = parts.port
     except ValueError:
-        raise CheckFailed("HTTPS_PROXY has an invalid port", "use http://coder:<token>@host:8888") from None
+        raise CheckFailed(
+            "HTTPS_PROXY has an invalid port", "use http://coder:<token>@host:8888"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CheckFailed("HTTPS_PROXY is not an http:// or https:// URL", "use http://coder:<token>@host:8888")
+        raise CheckFailed(
+            "HTTPS_PROXY is not an http:// or https:// URL", "use http://coder:<token>@host:8888"
+        )
     token = unquote(parts.password) if parts.password else None
-    return ProxyURL(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80),
-                    unquote(parts.username or "coder"), token)
+    return ProxyURL(
+        parts.scheme,
+        parts.hostname,
+        port or (443 if parts.scheme == "https" else 80),
+        unquote(parts.username or "coder"),
+        token,
+    )
 
 
 class ProxyProbe:
@@ -75,11 +86,15 @@ class ProxyProbe:
             ) from None
         if self.proxy.scheme == "https":
             try:
-                return ssl.create_default_context().wrap_socket(sock, server_hostname=self.proxy.host)
+                return ssl.create_default_context().wrap_socket(
+                    sock, server_hostname=self.proxy.host
+                )
             except ssl.SSLError as e:
                 sock.close()
-                raise CheckFailed(f"the proxy's own TLS certificate is not trusted: {e.reason}",
-                                  "add the proxy listener's CA to SSL_CERT_FILE's bundle") from None
+                raise CheckFailed(
+                    f"the proxy's own TLS certificate is not trusted: {e.reason}",
+                    "add the proxy listener's CA to SSL_CERT_FILE's bundle",
+                ) from None
         return sock
 
     def reachable(self) -> str:
@@ -104,17 +119,34 @@ class ProxyProbe:
             return sock
         sock.close()
         fixes = {
-            407: ("the proxy rejected the token", "get a fresh token (coder tokens create) and put it in HTTPS_PROXY"),
-            429: ("the proxy is refusing this address after repeated failures", "fix the token, then wait a minute"),
-            503: ("the proxy cannot check tokens right now (gateway unreachable)", "tell the proxy's administrator"),
-            403: ("the proxy refused the connection", "check with the proxy's administrator (TLS required?)"),
+            407: (
+                "the proxy rejected the token",
+                "get a fresh token (coder tokens create) and put it in HTTPS_PROXY",
+            ),
+            429: (
+                "the proxy is refusing this address after repeated failures",
+                "fix the token, then wait a minute",
+            ),
+            503: (
+                "the proxy cannot check tokens right now (gateway unreachable)",
+                "tell the proxy's administrator",
+            ),
+            403: (
+                "the proxy refused the connection",
+                "check with the proxy's administrator (TLS required?)",
+            ),
         }
-        problem, fix = fixes.get(status, (f"the proxy answered {status or 'nothing'} to CONNECT", "check the proxy's logs"))
+        problem, fix = fixes.get(
+            status,
+            (f"the proxy answered {status or 'nothing'} to CONNECT", "check the proxy's logs"),
+        )
         raise CheckFailed(problem, fix)
 
     def token(self) -> str:
         if not self.proxy.token:
-            raise CheckFailed("HTTPS_PROXY carries no token", "use http://coder:<your Coder token>@host:port")
+            raise CheckFailed(
+                "HTTPS_PROXY carries no token", "use http://coder:<your Coder token>@host:port"
+            )
         self.connect().close()
         return f"CONNECT {self.target}:443 accepted"
 
@@ -124,8 +156,10 @@ class ProxyProbe:
             tls = _wrap_inner(sock, self.target)
             tls.close()
         except ssl.SSLCertVerificationError as e:
-            raise CheckFailed(f"Python does not trust the proxy's CA ({e.verify_message})",
-                              "set SSL_CERT_FILE (and REQUESTS_CA_BUNDLE) to the bundle from `aibridge-proxy env`") from None
+            raise CheckFailed(
+                f"Python does not trust the proxy's CA ({e.verify_message})",
+                "set SSL_CERT_FILE (and REQUESTS_CA_BUNDLE) to the bundle from `aibridge-proxy env`",
+            ) from None
         finally:
             sock.close()
         return "Python's ssl accepts the certificate for " + self.target
@@ -134,7 +168,9 @@ class ProxyProbe:
         sock = self.connect()
         try:
             tls = _wrap_inner(sock, self.target)
-            tls.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {self.target}\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(
+                f"GET /v1/models HTTP/1.1\r\nHost: {self.target}\r\nConnection: close\r\n\r\n".encode()
+            )
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -145,7 +181,10 @@ class ProxyProbe:
         status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
         body = data.partition(b"\r\n\r\n")[2].decode("utf-8", "replace").strip()
         if status in (502, 504) and "gateway" in body:
-            raise CheckFailed(f"the proxy cannot reach the gateway ({body.splitlines()[0]})", "tell the proxy's administrator")
+            raise CheckFailed(
+                f"the proxy cannot reach the gateway ({body.splitlines()[0]})",
+                "tell the proxy's administrator",
+            )
         if status == 401:
             raise CheckFailed("the gateway rejected the token (401)", "get a fresh Coder token")
         return f"the gateway answered GET {self.target}/v1/models with {status}"
@@ -205,14 +244,33 @@ def openssl_trust(proxy: ProxyURL, target: str, environ: Mapping[str, str]) -> s
     if proxy.scheme == "https":
         return "skipped: openssl s_client cannot use an https:// proxy"
     env = {**environ, "AIBRIDGE_DOCTOR_TOKEN": proxy.token or ""}
-    cmd = ["openssl", "s_client", "-connect", f"{target}:443", "-servername", target,
-           "-proxy", f"{proxy.host}:{proxy.port}", "-proxy_user", proxy.user,
-           "-proxy_pass", "env:AIBRIDGE_DOCTOR_TOKEN", "-verify_return_error", "-brief"]
+    cmd = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"{target}:443",
+        "-servername",
+        target,
+        "-proxy",
+        f"{proxy.host}:{proxy.port}",
+        "-proxy_user",
+        proxy.user,
+        "-proxy_pass",
+        "env:AIBRIDGE_DOCTOR_TOKEN",
+        "-verify_return_error",
+        "-brief",
+    ]
     r = subprocess.run(cmd, input="", capture_output=True, text=True, timeout=TIMEOUT, env=env)
     if r.returncode != 0 or "Verification: OK" not in r.stderr:
-        lines = [line for line in r.stderr.splitlines() if "verify" in line.lower() or "error" in line.lower()]
-        raise CheckFailed(f"OpenSSL does not trust the proxy's CA ({(lines or ['handshake failed'])[0].strip()})",
-                          "set SSL_CERT_FILE to the bundle, or run `aibridge-proxy trust`")
+        lines = [
+            line
+            for line in r.stderr.splitlines()
+            if "verify" in line.lower() or "error" in line.lower()
+        ]
+        raise CheckFailed(
+            f"OpenSSL does not trust the proxy's CA ({(lines or ['handshake failed'])[0].strip()})",
+            "set SSL_CERT_FILE to the bundle, or run `aibridge-proxy trust`",
+        )
     return "openssl s_client verifies the certificate"
 
 
@@ -232,23 +290,45 @@ req.end();
 """
 
 
-def node_trust(proxy: ProxyURL, target: str, environ: Mapping[str, str], node: str | None = None) -> str:
+def node_trust(
+    proxy: ProxyURL, target: str, environ: Mapping[str, str], node: str | None = None
+) -> str:
     node = node or shutil.which("node", path=environ.get("PATH"))
     if not node:
         return "skipped: node is not installed"
     if proxy.scheme == "https":
         return "skipped: this check does not speak TLS to the proxy"
-    r = subprocess.run([node, "-e", _NODE_CHECK, proxy.host, str(proxy.port), proxy.user, proxy.token or "", target],
-                       capture_output=True, text=True, timeout=TIMEOUT * 2, env=dict(environ))
+    r = subprocess.run(
+        [
+            node,
+            "-e",
+            _NODE_CHECK,
+            proxy.host,
+            str(proxy.port),
+            proxy.user,
+            proxy.token or "",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        env=dict(environ),
+    )
     if r.returncode != 0:
         lines = (r.stdout.strip() or r.stderr.strip()).splitlines()
-        raise CheckFailed(f"Node does not trust the proxy's CA ({lines[-1] if lines else 'failed'})",
-                          "set NODE_EXTRA_CA_CERTS to the CA file from `aibridge-proxy env`")
+        raise CheckFailed(
+            f"Node does not trust the proxy's CA ({lines[-1] if lines else 'failed'})",
+            "set NODE_EXTRA_CA_CERTS to the CA file from `aibridge-proxy env`",
+        )
     return "Node's tls accepts the certificate (NODE_EXTRA_CA_CERTS)"
 
 
-def run_doctor(environ: Mapping[str, str], target: str = "api.openai.com", out: Callable[[str], None] = print,
-               node: str | None = None) -> int:
+def run_doctor(
+    environ: Mapping[str, str],
+    target: str = "api.openai.com",
+    out: Callable[[str], None] = print,
+    node: str | None = None,
+) -> int:
     """Run every check, print one line each; 0 when all pass."""
     failures = 0
 
@@ -288,4 +368,3 @@ def run_doctor(environ: Mapping[str, str], target: str = "api.openai.com", out: 
     step("gateway answers", probe.gateway)
     out("all checks passed" if not failures else f"{failures} check(s) failed")
     return 0 if not failures else 1
-

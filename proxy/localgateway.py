@@ -163,7 +163,11 @@ class LocalGateway:
         model = str(body.get("model") or "local-model")
         if provider == "openai" and rest == "/v1/chat/completions" and request.method == "POST":
             return await self._chat_completion(request, model, stream)
-        if provider in COPILOT_PROVIDERS and rest == "/chat/completions" and request.method == "POST":
+        if (
+            provider in COPILOT_PROVIDERS
+            and rest == "/chat/completions"
+            and request.method == "POST"
+        ):
             return await self._chat_completion(request, model, stream)
         if provider == "openai" and rest == "/v1/responses" and request.method == "POST":
             return await self._responses(request, model, stream)
@@ -182,7 +186,9 @@ class LocalGateway:
         user = self.tokens.get(request.headers.get("Coder-Session-Token", ""))
         if user is None:
             return _error(401, "invalid session token")
-        return web.json_response({"id": str(uuid.uuid5(uuid.NAMESPACE_DNS, user)), "username": user})
+        return web.json_response(
+            {"id": str(uuid.uuid5(uuid.NAMESPACE_DNS, user)), "username": user}
+        )
 
     def _caller(self, request: web.Request) -> str | None:
         """The gateway's own check: governance header, then Bearer, then x-api-key."""
@@ -252,23 +258,45 @@ class LocalGateway:
         """The Responses API stream for one text reply: (final response, events in order)."""
         rid, mid = f"resp_{uuid.uuid4().hex[:12]}", f"msg_{uuid.uuid4().hex[:12]}"
         part = {"type": "output_text", "text": REPLY, "annotations": []}
-        msg = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        msg = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [part],
+        }
         final = {
-            "id": rid, "object": "response", "created_at": int(time.time()), "model": model,
-            "status": "completed", "output": [msg],
-            "usage": {"input_tokens": 5, "output_tokens": 8, "total_tokens": 13,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": model,
+            "status": "completed",
+            "output": [msg],
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 8,
+                "total_tokens": 13,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
         where = {"item_id": mid, "output_index": 0, "content_index": 0}
         events: list[dict] = [
-            {"type": "response.created", "response": {**final, "status": "in_progress", "output": []}},
-            {"type": "response.output_item.added", "output_index": 0,
-             "item": {**msg, "status": "in_progress", "content": []}},
+            {
+                "type": "response.created",
+                "response": {**final, "status": "in_progress", "output": []},
+            },
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**msg, "status": "in_progress", "content": []},
+            },
             {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
         ]
-        events += [{"type": "response.output_text.delta", **where, "delta": (" " if i else "") + w}
-                   for i, w in enumerate(REPLY.split(" "))]
+        events += [
+            {"type": "response.output_text.delta", **where, "delta": (" " if i else "") + w}
+            for i, w in enumerate(REPLY.split(" "))
+        ]
         events += [
             {"type": "response.output_text.done", **where, "text": REPLY},
             {"type": "response.content_part.done", **where, "part": part},
@@ -302,25 +330,59 @@ class LocalGateway:
                 }
             )
         parts = [
-            _sse("message_start", {"type": "message_start", "message": {
-                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 0}}}),
-            _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}}),
+            _sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {**usage, "output_tokens": 0},
+                    },
+                },
+            ),
+            _sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
         ]
         for i, w in enumerate(REPLY.split(" ")):
-            parts.append(_sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                      "delta": {"type": "text_delta", "text": (" " if i else "") + w}}))
+            parts.append(
+                _sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": (" " if i else "") + w},
+                    },
+                )
+            )
         parts += [
             _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _sse("message_delta", {"type": "message_delta",
-                                   "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                   "usage": {"output_tokens": 8}}),
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 8},
+                },
+            ),
             _sse("message_stop", {"type": "message_stop"}),
         ]
         return await self._stream(request, parts, self.word_delay)
 
-    async def _websocket(self, request: web.Request, provider: str, rest: str) -> web.StreamResponse:
+    async def _websocket(
+        self, request: web.Request, provider: str, rest: str
+    ) -> web.StreamResponse:
         """`/_diag/ws` echoes (a text `close:<code>` closes with that code); `/v1/responses`
         answers a `response.create` message with Responses API events, one per message."""
         if rest not in ("/_diag/ws", "/v1/responses"):

@@ -196,7 +196,9 @@ def _providers(value: Any) -> ProviderOverrides:
                 items.append((host, None))
             else:
                 name, _, paths = rest.partition("@")
-                items.append((host, {"provider": name, "paths": [p for p in paths.split(",") if p]}))
+                items.append(
+                    (host, {"provider": name, "paths": [p for p in paths.split(",") if p]})
+                )
     elif isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, list):
@@ -262,7 +264,9 @@ FIELDS: tuple[Field, ...] = (
         "Address the proxy listens on (host:port).",
         tuple(p + "LISTEN_ADDR" for p in _CODER),
     ),
-    Field("gateway", _opt_url, None, "Base URL of the Coder deployment (https://coder.example.com)."),
+    Field(
+        "gateway", _opt_url, None, "Base URL of the Coder deployment (https://coder.example.com)."
+    ),
     Field(
         "target",
         _opt_url,
@@ -301,9 +305,15 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("gateway_ca_file", _opt_path, None, "Extra CA (PEM) trusted for the gateway."),
     Field("origin_ca_file", _opt_path, None, "Extra CA (PEM) trusted for pass-through origins."),
-    Field("gateway_timeout", _number(0.001), 300.0, "Seconds to wait for gateway response headers."),
-    Field("header_timeout", _number(0.001), 10.0, "Seconds a client may take to send request headers."),
-    Field("max_header_bytes", _number(1024, True), 65536, "Largest request header block (431 above)."),
+    Field(
+        "gateway_timeout", _number(0.001), 300.0, "Seconds to wait for gateway response headers."
+    ),
+    Field(
+        "header_timeout", _number(0.001), 10.0, "Seconds a client may take to send request headers."
+    ),
+    Field(
+        "max_header_bytes", _number(1024, True), 65536, "Largest request header block (431 above)."
+    ),
     Field(
         "headers.token",
         _str,
@@ -367,9 +377,21 @@ FIELDS: tuple[Field, ...] = (
         "Non-public ranges the proxy may still reach for clients (CIDR list).",
         tuple(p + "ALLOWED_PRIVATE_CIDRS" for p in _CODER),
     ),
-    Field("admin.listen", _opt_listen, "127.0.0.1:8889", "Admin listener (health, metrics, CA, PAC); 'off' disables."),
-    Field("admin.proxy_address", _opt_str, None, "host:port clients use for the proxy, written into /proxy.pac."),
-    Field("grace_period", _number(0), 30.0, "Seconds to let open requests and streams finish on stop."),
+    Field(
+        "admin.listen",
+        _opt_listen,
+        "127.0.0.1:8889",
+        "Admin listener (health, metrics, CA, PAC); 'off' disables.",
+    ),
+    Field(
+        "admin.proxy_address",
+        _opt_str,
+        None,
+        "host:port clients use for the proxy, written into /proxy.pac.",
+    ),
+    Field(
+        "grace_period", _number(0), 30.0, "Seconds to let open requests and streams finish on stop."
+    ),
     Field(
         "shutdown_delay",
         _number(0),
@@ -378,8 +400,13 @@ FIELDS: tuple[Field, ...] = (
         "take this replica out first.",
     ),
     Field("metrics.user_labels", _bool, False, "Count routed requests per user name too."),
-    Field("dump_dir", _opt_path, None, "Write each routed request and response here, secrets redacted.",
-          tuple(p + "DUMP_DIR" for p in _CODER)),
+    Field(
+        "dump_dir",
+        _opt_path,
+        None,
+        "Write each routed request and response here, secrets redacted.",
+        tuple(p + "DUMP_DIR" for p in _CODER),
+    ),
     Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", _choice("json", "text"), "json", "json or text."),
 )

@@ -44,7 +44,11 @@ class Plan:
 
 
 def _shell_quote(arg: str) -> str:
-    return arg if arg and all(c.isalnum() or c in "-_./=:@" for c in arg) else "'" + arg.replace("'", "'\\''") + "'"
+    return (
+        arg
+        if arg and all(c.isalnum() or c in "-_./=:@" for c in arg)
+        else "'" + arg.replace("'", "'\\''") + "'"
+    )
 
 
 def detect_platform() -> str:
@@ -56,7 +60,9 @@ def detect_platform() -> str:
         return "debian"
     if shutil.which("update-ca-trust"):
         return "redhat"
-    raise TrustError("unknown trust store: no update-ca-certificates or update-ca-trust; use --platform")
+    raise TrustError(
+        "unknown trust store: no update-ca-certificates or update-ca-trust; use --platform"
+    )
 
 
 def plan(platform: str, ca_pem: bytes, remove: bool) -> Plan:
@@ -76,15 +82,25 @@ def plan(platform: str, ca_pem: bytes, remove: bool) -> Plan:
     if platform == "macos":
         keychain = "/Library/Keychains/System.keychain"
         if remove:
-            return Plan(platform, commands=[["security", "delete-certificate", "-Z", sha1.upper(), keychain]])
+            return Plan(
+                platform,
+                commands=[["security", "delete-certificate", "-Z", sha1.upper(), keychain]],
+            )
         tmp = Path(f"/tmp/{NAME}-ca.pem")
-        return Plan(platform, copy=(tmp, pem), commands=[
-            ["security", "add-trusted-cert", "-d", "-r", "trustRoot", "-k", keychain, str(tmp)]])
+        return Plan(
+            platform,
+            copy=(tmp, pem),
+            commands=[
+                ["security", "add-trusted-cert", "-d", "-r", "trustRoot", "-k", keychain, str(tmp)]
+            ],
+        )
     if platform == "windows":
         if remove:
             return Plan(platform, commands=[["certutil", "-delstore", "Root", sha1]])
         tmp = Path(f"{NAME}-ca.cer")
-        return Plan(platform, copy=(tmp, pem), commands=[["certutil", "-addstore", "-f", "Root", str(tmp)]])
+        return Plan(
+            platform, copy=(tmp, pem), commands=[["certutil", "-addstore", "-f", "Root", str(tmp)]]
+        )
     raise TrustError(f"unknown platform {platform!r}: use debian, redhat, macos or windows")
 
 
@@ -98,7 +114,9 @@ def execute(p: Plan) -> None:
         if p.delete and p.delete.exists():
             p.delete.unlink()
     except PermissionError:
-        raise TrustError("permission denied: run it as root (sudo aibridge-proxy trust ...)") from None
+        raise TrustError(
+            "permission denied: run it as root (sudo aibridge-proxy trust ...)"
+        ) from None
     for command in p.commands:
         r = subprocess.run(command, capture_output=True, text=True)
         if r.returncode != 0:

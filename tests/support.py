@@ -20,6 +20,10 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
+
 from addons.proxy_authorization import basic_credentials
 from certs.authority import CertificateAuthority
 from certs.authority import generate_ca
@@ -76,7 +80,9 @@ async def start_tcp_server(handle, ssl_context: ssl.SSLContext | None = None) ->
 class ThreadedGateway:
     """LocalGateway running on its own event loop in a daemon thread."""
 
-    def __init__(self, tokens: Mapping[str, str] = TOKENS, ssl_context: ssl.SSLContext | None = None, **kw):
+    def __init__(
+        self, tokens: Mapping[str, str] = TOKENS, ssl_context: ssl.SSLContext | None = None, **kw
+    ):
         self.gateway = LocalGateway(tokens, ssl_context=ssl_context, **kw)
         self.bg = BackgroundLoop()
 
@@ -125,16 +131,27 @@ class ProxyProcess:
         self.port = self.admin_port = None
         self._ready.clear()
         cmd = [
-            sys.executable, "-m", "proxy", "serve",
-            "--listen", f"127.0.0.1:{self.listen_port}",
-            "--admin-listen", "127.0.0.1:0",
-            "--state-dir", str(self.state_dir),
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.listen_port}",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(self.state_dir),
             *self.args,
         ]
         env = {**base_env(), **self.extra_env}
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout):
@@ -185,14 +202,20 @@ class ProxyProcess:
         """GET an admin endpoint; returns the httpx response."""
         import httpx
 
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout, trust_env=False)
+        return httpx.get(
+            f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout, trust_env=False
+        )
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def url(self, token: str | None = ALICE, user: str = "coder") -> str:
-        return f"http://{user}:{token}@{self.address}" if token is not None else f"http://{self.address}"
+        return (
+            f"http://{user}:{token}@{self.address}"
+            if token is not None
+            else f"http://{self.address}"
+        )
 
     @property
     def ca_path(self) -> Path:
@@ -236,9 +259,16 @@ def client_env(proxy: ProxyProcess, token: str | None = ALICE, **extra: str) -> 
     return env
 
 
-def run_python(code: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], env=dict(env), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-c", code],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -252,7 +282,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5, read_until_close: bool = False) -> bytes:
+def raw_request(
+    port: int, data: bytes, timeout: float = 5, read_until_close: bool = False
+) -> bytes:
     """Send bytes to the proxy and return what comes back (first response, or all until close)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
@@ -313,7 +345,12 @@ class TlsOrigin:
                         if k.strip().lower() == b"content-length":
                             length = int(v)
                     body = await reader.readexactly(length) if length else b""
-                    reply = b"origin saw " + head.split(b"\r\n", 1)[0] + b" body=" + str(len(body)).encode()
+                    reply = (
+                        b"origin saw "
+                        + head.split(b"\r\n", 1)[0]
+                        + b" body="
+                        + str(len(body)).encode()
+                    )
                     writer.write(
                         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
                         % (len(reply), reply)
@@ -362,8 +399,14 @@ class UpstreamTestProxy:
                 return
             lines = head.split("\r\n")
             method, target, _ = lines[0].split(" ", 2)
-            auth = next((line.split(":", 1)[1].strip() for line in lines[1:]
-                         if line.lower().startswith("proxy-authorization:")), None)
+            auth = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in lines[1:]
+                    if line.lower().startswith("proxy-authorization:")
+                ),
+                None,
+            )
             self.connects.append((f"{method} {target}", auth))
             if method != "CONNECT":
                 writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
@@ -406,12 +449,14 @@ class TcpBalancer:
         if backend.admin_port is None:
             return False
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", backend.admin_port), 1)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", backend.admin_port), 1
+            )
             writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             status = await asyncio.wait_for(reader.readline(), 2)
             writer.close()
             return b" 200 " in status
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
 
     async def _health_loop(self) -> None:
@@ -453,3 +498,84 @@ class TcpBalancer:
 
     def stop(self) -> None:
         self.bg.close()
+
+
+class H2Tunnel:
+    """An HTTP/2 client connection through the proxy's CONNECT tunnel (ALPN h2 only)."""
+
+    def __init__(self, proxy_port: int, ca_path: Path, token: str, host: str = "api.openai.com"):
+        raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
+        raw.sendall(
+            f"CONNECT {host}:443 HTTP/1.1\r\nProxy-Authorization: {proxy_basic(token)}\r\n\r\n".encode()
+        )
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(ca_path))
+        ctx.set_alpn_protocols(["h2"])
+        self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.host = host
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(2**30)
+        self.flush()
+
+    def flush(self) -> None:
+        if data := self.conn.data_to_send():
+            self.sock.sendall(data)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", method),
+            (":path", path),
+            (":scheme", "https"),
+            (":authority", self.host),
+        ]
+        self.conn.send_headers(sid, headers, end_stream=body is None)
+        if body is not None:
+            offset = 0
+            while offset < len(body):
+                window = min(
+                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+                )
+                if window <= 0:
+                    self.pump_once()
+                    continue
+                self.conn.send_data(sid, body[offset : offset + window])
+                offset += window
+                self.flush()
+            self.conn.end_stream(sid)
+        self.flush()
+        return sid
+
+    def pump_once(self) -> list:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("closed")
+        events = self.conn.receive_data(data)
+        for e in events:
+            if isinstance(e, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        self.flush()
+        return events
+
+    def collect(self, stream_ids: set[int]) -> dict[int, dict]:
+        out = {
+            sid: {"status": None, "body": bytearray(), "ended": None, "events": []}
+            for sid in stream_ids
+        }
+        open_ids = set(stream_ids)
+        while open_ids:
+            for e in self.pump_once():
+                r = out.get(getattr(e, "stream_id", None))
+                if r is None:
+                    continue
+                if isinstance(e, h2.events.ResponseReceived):
+                    r["status"] = int(dict(e.headers)[b":status"])
+                elif isinstance(e, h2.events.DataReceived):
+                    r["body"] += e.data
+                    r["events"].append(time.monotonic())
+                elif isinstance(e, h2.events.StreamEnded | h2.events.StreamReset):
+                    r["ended"] = time.monotonic()
+                    open_ids.discard(e.stream_id)
+        return out

@@ -46,7 +46,16 @@ def b64(s: bytes) -> str:
         f"Bearer {ALICE}",
         f"Basic {b64(b'user:wrong-token')}",
     ],
-    ids=["missing", "empty", "no-value", "bad-base64", "no-colon", "empty-token", "bearer", "bad-token"],
+    ids=[
+        "missing",
+        "empty",
+        "no-value",
+        "bad-base64",
+        "no-colon",
+        "empty-token",
+        "bearer",
+        "bad-token",
+    ],
 )
 @pytest.mark.parametrize("host", ["api.openai.com:443", "example.org:443"])
 def test_connect_without_valid_credentials_gets_407(proxy, gateway, auth, host):
@@ -70,9 +79,23 @@ def test_challenge_then_credentials_like_vscode(proxy, gateway):
     env = client_env(proxy)
     env["HTTPS_PROXY"] = proxy.url(None)
     out = subprocess.run(
-        ["curl", "-sS", "--proxy-anyauth", "--proxy-user", f"coder:{ALICE}",
-         "https://api.openai.com/v1/models", "-w", "%{http_code}", "-o", "/dev/null", "-v"],
-        env=env, capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--proxy-anyauth",
+            "--proxy-user",
+            f"coder:{ALICE}",
+            "https://api.openai.com/v1/models",
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            "-v",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.stdout == "200", out.stderr
     assert "407" in out.stderr  # the first, credential-less attempt was challenged
@@ -100,9 +123,8 @@ def test_each_token_is_its_own_user(proxy, gateway):
         with httpx.Client(proxy=proxy.url(token), verify=ctx, trust_env=False) as c:
             assert c.get("https://api.openai.com/v1/models").status_code == 200
         assert gateway.last().header("X-Coder-AI-Governance-Token") == token
-        line = proxy.wait_for_line(
-            lambda r, rid=gateway.last().header("X-Coder-AI-Governance-Request-Id"): r.get("request_id") == rid
-        )
+        rid = gateway.last().header("X-Coder-AI-Governance-Request-Id")
+        line = proxy.wait_for_line(lambda r, rid=rid: r.get("request_id") == rid)
         assert line["user"] == user
 
 

@@ -60,9 +60,18 @@ def python_connect(ca_path, port, hostname) -> None:
 
 def curl(ca_path, port, hostname) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["curl", "-sS", "--cacert", str(ca_path), "--resolve", f"{hostname}:{port}:127.0.0.1",
-         f"https://{hostname}:{port}/"],
-        capture_output=True, text=True, timeout=15,
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(ca_path),
+            "--resolve",
+            f"{hostname}:{port}:127.0.0.1",
+            f"https://{hostname}:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
     )
 
 
@@ -78,7 +87,15 @@ def test_names_inside_the_constraints_are_accepted(ca, tmp_path, hostname):
         server.stop()
 
 
-@pytest.mark.parametrize("hostname", ["www.google.com", "login.microsoftonline.com", "openai.com", "evil-api.openai.com.attacker.net"])
+@pytest.mark.parametrize(
+    "hostname",
+    [
+        "www.google.com",
+        "login.microsoftonline.com",
+        "openai.com",
+        "evil-api.openai.com.attacker.net",
+    ],
+)
 def test_names_outside_the_constraints_are_rejected(ca, tmp_path, hostname):
     authority, path = ca
     server = LeafServer(*issue_leaf(authority, [hostname]), tmp_path)

@@ -31,7 +31,11 @@ from tests.support import base_env
 def cli(*args: str, env=None, timeout=30) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
-        env={**base_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**base_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -50,13 +54,31 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     "args, env, fragments",
     [
         (["serve"], {}, ["gateway: not set; pass --gateway"]),
-        (["serve", "--gateway", "ftp://x"], {}, ["gateway: 'ftp://x' from flag --gateway", "https://"]),
-        (["serve", "--gateway", "https://c.example.com"], {"AIBRIDGE_PROXY_AUTH_MODE": "sometimes"},
-         ["auth.mode: 'sometimes' from environment variable AIBRIDGE_PROXY_AUTH_MODE"]),
-        (["serve", "--gateway", "https://c.example.com", "--listen", "localhost"], {},
-         ["listen: 'localhost' from flag --listen must be host:port"]),
-        (["serve", "--gateway", "https://c.example.com", "--provider", "*.com=x"], {}, ["wildcard"]),
-        (["serve", "--config", "/nonexistent/config.yaml"], {}, ["cannot read config file /nonexistent/config.yaml"]),
+        (
+            ["serve", "--gateway", "ftp://x"],
+            {},
+            ["gateway: 'ftp://x' from flag --gateway", "https://"],
+        ),
+        (
+            ["serve", "--gateway", "https://c.example.com"],
+            {"AIBRIDGE_PROXY_AUTH_MODE": "sometimes"},
+            ["auth.mode: 'sometimes' from environment variable AIBRIDGE_PROXY_AUTH_MODE"],
+        ),
+        (
+            ["serve", "--gateway", "https://c.example.com", "--listen", "localhost"],
+            {},
+            ["listen: 'localhost' from flag --listen must be host:port"],
+        ),
+        (
+            ["serve", "--gateway", "https://c.example.com", "--provider", "*.com=x"],
+            {},
+            ["wildcard"],
+        ),
+        (
+            ["serve", "--config", "/nonexistent/config.yaml"],
+            {},
+            ["cannot read config file /nonexistent/config.yaml"],
+        ),
     ],
 )
 def test_configuration_errors(args, env, fragments):
@@ -66,7 +88,9 @@ def test_configuration_errors(args, env, fragments):
 def test_unknown_key_in_config_file(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("gateway: https://c.example.com\nlisten_addr: ':8888'\n")
-    assert_one_line_error(cli("serve", "--config", str(cfg)), f"unknown setting 'listen_addr' in config file {cfg}")
+    assert_one_line_error(
+        cli("serve", "--config", str(cfg)), f"unknown setting 'listen_addr' in config file {cfg}"
+    )
 
 
 def test_port_in_use(tmp_path):
@@ -74,8 +98,17 @@ def test_port_in_use(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = cli("serve", "--gateway", "http://127.0.0.1:1", "--auth-mode", "presence",
-                "--state-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
+        r = cli(
+            "serve",
+            "--gateway",
+            "http://127.0.0.1:1",
+            "--auth-mode",
+            "presence",
+            "--state-dir",
+            str(tmp_path),
+            "--listen",
+            f"127.0.0.1:{port}",
+        )
     assert_one_line_error(r, f"listen: cannot bind 127.0.0.1:{port}")
 
 
@@ -91,9 +124,23 @@ def test_ca_init_and_show(tmp_path):
     nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
     assert "openai.azure.com" in [n.value for n in nc.permitted_subtrees]
     # no overwrite without --force
-    assert_one_line_error(cli("ca", "init", "--state-dir", str(tmp_path)), "already exists; pass --force")
-    r = cli("ca", "init", "--state-dir", str(tmp_path), "--force", "--key-type", "rsa",
-            "--common-name", "Acme", "--days", "90", "--unconstrained")
+    assert_one_line_error(
+        cli("ca", "init", "--state-dir", str(tmp_path)), "already exists; pass --force"
+    )
+    r = cli(
+        "ca",
+        "init",
+        "--state-dir",
+        str(tmp_path),
+        "--force",
+        "--key-type",
+        "rsa",
+        "--common-name",
+        "Acme",
+        "--days",
+        "90",
+        "--unconstrained",
+    )
     assert r.returncode == 0 and "no name constraints" in r.stderr
     r = cli("ca", "show", "--state-dir", str(tmp_path), "--proxy-url", "http://coder:$T@proxy:8888")
     assert r.returncode == 0, r.stderr
@@ -115,9 +162,18 @@ def test_serve_refuses_group_readable_key(make_proxy, tmp_path):
     p = make_proxy()
     p.stop()
     os.chmod(p.state_dir / "ca-key.pem", 0o644)
-    r = cli("serve", "--gateway", "http://127.0.0.1:1", "--state-dir", str(p.state_dir),
-            "--listen", "127.0.0.1:0")
-    assert_one_line_error(r, "readable by group or others", f"chmod 600 {p.state_dir / 'ca-key.pem'}")
+    r = cli(
+        "serve",
+        "--gateway",
+        "http://127.0.0.1:1",
+        "--state-dir",
+        str(p.state_dir),
+        "--listen",
+        "127.0.0.1:0",
+    )
+    assert_one_line_error(
+        r, "readable by group or others", f"chmod 600 {p.state_dir / 'ca-key.pem'}"
+    )
 
 
 def _intermediate_from_company_pki(tmp_path) -> tuple:
@@ -127,24 +183,35 @@ def _intermediate_from_company_pki(tmp_path) -> tuple:
     now = datetime.datetime.now(datetime.UTC)
     inter = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "AI proxy intermediate")]))
+        .subject_name(
+            x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "AI proxy intermediate")])
+        )
         .issuer_name(root.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .sign(root.key, hashes.SHA256())
     )
     # pathlen 0 on the root would forbid an intermediate; re-sign the root without it
     root_cert = (
         x509.CertificateBuilder()
-        .subject_name(root.cert.subject).issuer_name(root.cert.subject)
-        .public_key(root.key.public_key()).serial_number(root.cert.serial_number)
-        .not_valid_before(root.cert.not_valid_before_utc).not_valid_after(root.cert.not_valid_after_utc)
+        .subject_name(root.cert.subject)
+        .issuer_name(root.cert.subject)
+        .public_key(root.key.public_key())
+        .serial_number(root.cert.serial_number)
+        .not_valid_before(root.cert.not_valid_before_utc)
+        .not_valid_after(root.cert.not_valid_after_utc)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .sign(root.key, hashes.SHA256())
     )
     root = CertificateAuthority(root_cert, root.key)
@@ -170,11 +237,28 @@ def test_bring_your_own_intermediate(make_proxy, gateway, tmp_path):
 def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
     mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
     proc = subprocess.Popen(
-        [mitmdump, "-s", str(ROOT / "addons" / "mitmdump_entry.py"),
-         "--listen-host", "127.0.0.1", "--listen-port", "0",
-         "--set", f"confdir={tmp_path}", "--set", "connection_strategy=lazy",
-         "--set", f"aibridge_gateway={gateway.url}", "--set", "aibridge_auth_mode=presence"],
-        env={**base_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        [
+            mitmdump,
+            "-s",
+            str(ROOT / "addons" / "mitmdump_entry.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+            "--set",
+            f"confdir={tmp_path}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"aibridge_gateway={gateway.url}",
+            "--set",
+            "aibridge_auth_mode=presence",
+        ],
+        env={**base_env(), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -192,8 +276,13 @@ def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
     try:
         assert ready.wait(20) and port, "".join(lines)
         ctx = ssl.create_default_context(cafile=str(tmp_path / "mitmproxy-ca-cert.pem"))
-        with httpx.Client(proxy=f"http://u:{ALICE}@127.0.0.1:{port[0]}", verify=ctx, trust_env=False) as c:
-            r = c.post("https://api.anthropic.com/v1/messages", json={"model": "m", "max_tokens": 1, "messages": []})
+        with httpx.Client(
+            proxy=f"http://u:{ALICE}@127.0.0.1:{port[0]}", verify=ctx, trust_env=False
+        ) as c:
+            r = c.post(
+                "https://api.anthropic.com/v1/messages",
+                json={"model": "m", "max_tokens": 1, "messages": []},
+            )
         assert r.status_code == 200
         rec = gateway.last()
         assert rec.path == "/api/v2/aibridge/anthropic/v1/messages"
@@ -204,11 +293,20 @@ def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "proxy", "demo"], env=base_env(), capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "proxy", "demo"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for provider in ("openai", "anthropic"):
-        assert re.search(rf"->\s+http://127\.0\.0\.1:\d+/api/v2/aibridge/{provider}/v1/\S+\s+{provider}\s+200", r.stdout), r.stdout
+        assert re.search(
+            rf"->\s+http://127\.0\.0\.1:\d+/api/v2/aibridge/{provider}/v1/\S+\s+{provider}\s+200",
+            r.stdout,
+        ), r.stdout
     assert "export HTTPS_PROXY=" in r.stdout
 
 
@@ -216,7 +314,9 @@ def test_ca_expiring_soon_is_warned_at_start(make_proxy, tmp_path):
     state = tmp_path / "state"
     assert cli("ca", "init", "--state-dir", str(state), "--days", "10").returncode == 0
     p = make_proxy(state_dir=state)
-    line = p.wait_for_line(lambda r: r.get("level") == "warning" and "expires on" in r.get("msg", ""))
+    line = p.wait_for_line(
+        lambda r: r.get("level") == "warning" and "expires on" in r.get("msg", "")
+    )
     assert "days left" in line["msg"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,11 +30,21 @@ from tests.support import start_tcp_server
 def test_env_bash_sets_every_variable(proxy, tmp_path):
     ca = tmp_path / "ca.pem"
     shutil.copy(proxy.ca_path, ca)
-    r = cli("env", "--proxy-url", "http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888", "--ca", str(ca))
+    r = cli(
+        "env",
+        "--proxy-url",
+        "http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888",
+        "--ca",
+        str(ca),
+    )
     assert r.returncode == 0, r.stderr
     script = r.stdout + "\nenv\n"
-    out = subprocess.run(["bash", "-c", script], env={**base_env(), "CODER_SESSION_TOKEN": "t0k"},
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", "-c", script],
+        env={**base_env(), "CODER_SESSION_TOKEN": "t0k"},
+        capture_output=True,
+        text=True,
+    )
     env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         assert env[name] == "http://coder:t0k@proxy.example.com:8888"
@@ -49,13 +58,32 @@ def test_env_bash_sets_every_variable(proxy, tmp_path):
 
 
 def test_env_other_shells_and_ides(proxy):
-    fish = cli("env", "--proxy-url", "http://coder:$T@p:8888", "--ca", str(proxy.ca_path),
-               "--bundle", str(proxy.bundle_path), "--shell", "fish", "--ide").stdout
+    fish = cli(
+        "env",
+        "--proxy-url",
+        "http://coder:$T@p:8888",
+        "--ca",
+        str(proxy.ca_path),
+        "--bundle",
+        str(proxy.bundle_path),
+        "--shell",
+        "fish",
+        "--ide",
+    ).stdout
     assert 'set -gx HTTPS_PROXY "http://coder:$T@p:8888"' in fish
     assert f'set -gx SSL_CERT_FILE "{proxy.bundle_path}"' in fish
     assert '"http.proxy": "http://coder:$T@p:8888"' in fish and "HTTP Proxy" in fish
-    ps = cli("env", "--proxy-url", "http://coder:$T@p:8888", "--ca", str(proxy.ca_path),
-             "--bundle", str(proxy.bundle_path), "--shell", "powershell").stdout
+    ps = cli(
+        "env",
+        "--proxy-url",
+        "http://coder:$T@p:8888",
+        "--ca",
+        str(proxy.ca_path),
+        "--bundle",
+        str(proxy.bundle_path),
+        "--shell",
+        "powershell",
+    ).stdout
     assert '$env:HTTPS_PROXY = "http://coder:$env:T@p:8888"' in ps
     assert f'$env:NODE_EXTRA_CA_CERTS = "{proxy.ca_path}"' in ps
 
@@ -63,20 +91,39 @@ def test_env_other_shells_and_ides(proxy):
 @pytest.mark.parametrize(
     "platform, install, remove",
     [
-        ("redhat", ["write /etc/pki/ca-trust/source/anchors/aibridge-proxy.pem", "update-ca-trust extract"],
-         ["remove /etc/pki/ca-trust/source/anchors/aibridge-proxy.pem", "update-ca-trust extract"]),
-        ("macos", ["write /tmp/aibridge-proxy-ca.pem",
-                   "security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain /tmp/aibridge-proxy-ca.pem"],
-         ["security delete-certificate -Z {SHA1} /Library/Keychains/System.keychain"]),
-        ("windows", ["write aibridge-proxy-ca.cer", "certutil -addstore -f Root aibridge-proxy-ca.cer"],
-         ["certutil -delstore Root {sha1}"]),
+        (
+            "redhat",
+            [
+                "write /etc/pki/ca-trust/source/anchors/aibridge-proxy.pem",
+                "update-ca-trust extract",
+            ],
+            [
+                "remove /etc/pki/ca-trust/source/anchors/aibridge-proxy.pem",
+                "update-ca-trust extract",
+            ],
+        ),
+        (
+            "macos",
+            [
+                "write /tmp/aibridge-proxy-ca.pem",
+                "security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain /tmp/aibridge-proxy-ca.pem",
+            ],
+            ["security delete-certificate -Z {SHA1} /Library/Keychains/System.keychain"],
+        ),
+        (
+            "windows",
+            ["write aibridge-proxy-ca.cer", "certutil -addstore -f Root aibridge-proxy-ca.cer"],
+            ["certutil -delstore Root {sha1}"],
+        ),
     ],
 )
 def test_trust_commands_for_other_systems(proxy, platform, install, remove):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    sha1 = x509.load_pem_x509_certificate(proxy.ca_path.read_bytes()).fingerprint(hashes.SHA1()).hex()
+    sha1 = (
+        x509.load_pem_x509_certificate(proxy.ca_path.read_bytes()).fingerprint(hashes.SHA1()).hex()
+    )
     for args, expected in (([], install), (["--remove"], remove)):
         r = cli("trust", "--ca", str(proxy.ca_path), "--platform", platform, "--dry-run", *args)
         assert r.returncode == 0, r.stderr
@@ -89,8 +136,10 @@ def test_trust_needs_confirmation(proxy):
     assert r.returncode == 2 and "pass --yes" in r.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("update-ca-certificates"),
-                    reason="installs into the system trust store: needs root and update-ca-certificates")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("update-ca-certificates"),
+    reason="installs into the system trust store: needs root and update-ca-certificates",
+)
 def test_trust_installs_and_removes_for_real(tmp_path):
     ca = generate_ca("aibridge-proxy trust test", 2, permitted_domains=["api.openai.com"])
     ca_file = tmp_path / "ca.pem"
@@ -105,10 +154,16 @@ def test_trust_installs_and_removes_for_real(tmp_path):
         return subprocess.run(["openssl", "verify", str(leaf)], capture_output=True).returncode == 0
 
     def python_trusts() -> bool:
-        code = ("import socket, ssl, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])));"
-                "ssl.create_default_context().wrap_socket(s, server_hostname='api.openai.com')")
-        return subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True,
-                              env=base_env()).returncode == 0
+        code = (
+            "import socket, ssl, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])));"
+            "ssl.create_default_context().wrap_socket(s, server_hostname='api.openai.com')"
+        )
+        return (
+            subprocess.run(
+                [sys.executable, "-c", code, str(port)], capture_output=True, env=base_env()
+            ).returncode
+            == 0
+        )
 
     bg = BackgroundLoop()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -131,8 +186,14 @@ def test_trust_installs_and_removes_for_real(tmp_path):
 
 
 def doctor(env: dict) -> tuple[int, list[str]]:
-    r = subprocess.run([sys.executable, "-m", "proxy", "doctor"], env=env, capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "proxy", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     return r.returncode, r.stdout.splitlines()
 
 
@@ -146,15 +207,23 @@ def test_doctor_all_good(proxy, gateway):
     code, lines = doctor(_with_node(client_env(proxy)))
     assert code == 0, lines
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "ok    proxy configured", "ok    proxy answers", "ok    token accepted", "ok    CA trusted by Python",
-        "ok    CA trusted by OpenSSL", "ok    CA trusted by Node", "ok    gateway answers"]
+        "ok    proxy configured",
+        "ok    proxy answers",
+        "ok    token accepted",
+        "ok    CA trusted by Python",
+        "ok    CA trusted by OpenSSL",
+        "ok    CA trusted by Node",
+        "ok    gateway answers",
+    ]
     assert ALICE not in "\n".join(lines)
 
 
 def test_doctor_wrong_token(proxy):
     code, lines = doctor(client_env(proxy, token="not-my-token"))
     assert code == 1
-    assert lines[-1].startswith("FAIL  token accepted: the proxy rejected the token  -> fix: get a fresh token")
+    assert lines[-1].startswith(
+        "FAIL  token accepted: the proxy rejected the token  -> fix: get a fresh token"
+    )
 
 
 def test_doctor_ca_not_trusted(proxy, gateway):
@@ -188,4 +257,7 @@ def test_doctor_gateway_down(make_proxy):
     p = make_proxy("--auth-mode", "presence", gateway=f"http://127.0.0.1:{free_port()}")
     code, lines = doctor(client_env(p))
     assert code == 1
-    assert any(line.startswith("FAIL  gateway answers: the proxy cannot reach the gateway") for line in lines), lines
+    assert any(
+        line.startswith("FAIL  gateway answers: the proxy cannot reach the gateway")
+        for line in lines
+    ), lines

@@ -132,10 +132,22 @@ print(r.status_code)
 def test_curl(proxy, gateway):
     env = client_env(proxy)
     out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "https://api.anthropic.com/v1/messages",
-         "-H", "content-type: application/json", "-H", f"x-api-key: {ALICE}",
-         "--data-binary", '{"model":"m","max_tokens":5,"messages":[]}'],
-        env=env, capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "https://api.anthropic.com/v1/messages",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            f"x-api-key: {ALICE}",
+            "--data-binary",
+            '{"model":"m","max_tokens":5,"messages":[]}',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["content"][0]["text"] == REPLY
@@ -149,8 +161,14 @@ def test_node_openai_sdk_with_env_proxy(proxy, gateway):
     script = NODE_DIR / "openai_client.mjs"
     env = client_env(proxy, OPENAI_API_KEY="sk-node-key")
     env.pop("SSL_CERT_FILE")
-    out = subprocess.run([str(NODE_BIN), str(script), "stream"], env=env, capture_output=True,
-                         text=True, timeout=60, cwd=NODE_DIR)
+    out = subprocess.run(
+        [str(NODE_BIN), str(script), "stream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=NODE_DIR,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["text"] == REPLY
     rec = gateway.last()

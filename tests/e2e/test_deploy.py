@@ -17,7 +17,9 @@ from tests.support import ROOT
 
 UNIT = ROOT / "deploy" / "aibridge-proxy.service"
 DASHBOARD = ROOT / "deploy" / "grafana" / "aibridge-proxy.json"
-needs_systemd = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze missing (./run setup installs it)")
+needs_systemd = pytest.mark.skipif(
+    not shutil.which("systemd-analyze"), reason="systemd-analyze missing (./run setup installs it)"
+)
 
 
 def unit_directives() -> dict[str, list[str]]:
@@ -34,10 +36,18 @@ def test_unit_has_what_the_service_needs():
     assert d["Type"] == ["notify"]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["DynamicUser"] == ["yes"]
-    assert d["StateDirectory"] == ["aibridge-proxy"] and d["ConfigurationDirectory"] == ["aibridge-proxy"]
+    assert d["StateDirectory"] == ["aibridge-proxy"] and d["ConfigurationDirectory"] == [
+        "aibridge-proxy"
+    ]
     assert d["EnvironmentFile"] == ["-/etc/aibridge-proxy/env"]
     assert d["CapabilityBoundingSet"] == [""]
-    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "LockPersonality"):
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "LockPersonality",
+    ):
         assert d[key] == ["yes"], key
     assert d["ProtectSystem"] == ["strict"]
     assert d["SystemCallFilter"][0] == "@system-service"
@@ -50,15 +60,23 @@ def test_systemd_analyze_verify_is_clean(tmp_path):
     # the unit points at the install location; check it against this checkout's executable
     exe = Path(sys.executable).with_name("aibridge-proxy")
     unit = tmp_path / "aibridge-proxy.service"
-    unit.write_text(UNIT.read_text().replace("/opt/aibridge-proxy/.venv/bin/aibridge-proxy", str(exe)))
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    unit.write_text(
+        UNIT.read_text().replace("/opt/aibridge-proxy/.venv/bin/aibridge-proxy", str(exe))
+    )
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
 
 
 @needs_systemd
 def test_systemd_analyze_security_is_ok():
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     m = re.search(r"Overall exposure level for aibridge-proxy.service: (\d+\.\d+) (\w+)", r.stdout)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= 2.0 and m.group(2) in ("OK", "SAFE"), m.group(0)
@@ -96,5 +114,12 @@ def test_dashboard_queries_use_exported_metrics(proxy, gateway):
     assert used <= exported, sorted(used - exported)
     # the dashboard covers what the issue asks for
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ("traffic by provider", "error", "duration", "first byte", "auth failures", "ca expires"):
+    for topic in (
+        "traffic by provider",
+        "error",
+        "duration",
+        "first byte",
+        "auth failures",
+        "ca expires",
+    ):
         assert topic in titles, topic

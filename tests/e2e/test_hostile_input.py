@@ -27,18 +27,40 @@ CASES = {
     "CONNECT port 99999": (f"CONNECT api.openai.com:99999 HTTP/1.1\r\n{AUTH}\r\n", 400),
     "unbalanced IPv6 [": (f"CONNECT [::1:443 HTTP/1.1\r\n{AUTH}\r\n", 400),
     "unbalanced IPv6 ]": (f"CONNECT ::1]:443 HTTP/1.1\r\n{AUTH}\r\n", 400),
-    "NUL in header value": (f"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-A: a\x00b\r\n{AUTH}\r\n", 400),
-    "CR in header value": (f"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-A: a\rb\r\n{AUTH}\r\n", 400),
-    "NUL in CONNECT header": (f"CONNECT api.openai.com:443 HTTP/1.1\r\nX-A: \x00\r\n{AUTH}\r\n", 400),
+    "NUL in header value": (
+        f"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-A: a\x00b\r\n{AUTH}\r\n",
+        400,
+    ),
+    "CR in header value": (
+        f"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-A: a\rb\r\n{AUTH}\r\n",
+        400,
+    ),
+    "NUL in CONNECT header": (
+        f"CONNECT api.openai.com:443 HTTP/1.1\r\nX-A: \x00\r\n{AUTH}\r\n",
+        400,
+    ),
     "CL and TE together": (
         f"POST http://example.org/ HTTP/1.1\r\nHost: example.org\r\nContent-Length: 5\r\n"
-        f"Transfer-Encoding: chunked\r\n{AUTH}\r\n0\r\n\r\n", 400),
+        f"Transfer-Encoding: chunked\r\n{AUTH}\r\n0\r\n\r\n",
+        400,
+    ),
     "two Content-Lengths": (
         f"POST http://example.org/ HTTP/1.1\r\nHost: example.org\r\nContent-Length: 5\r\n"
-        f"Content-Length: 6\r\n{AUTH}\r\nhello", 400),
-    "oversized header block": (f"GET http://example.org/ HTTP/1.1\r\nX-Big: {'a' * 200_000}\r\n{AUTH}\r\n", 431),
-    "64 KB Proxy-Authorization": (f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {'A' * 65536}\r\n\r\n", 431),
-    "bad base64 credentials": ("CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic %%%\r\n\r\n", 407),
+        f"Content-Length: 6\r\n{AUTH}\r\nhello",
+        400,
+    ),
+    "oversized header block": (
+        f"GET http://example.org/ HTTP/1.1\r\nX-Big: {'a' * 200_000}\r\n{AUTH}\r\n",
+        431,
+    ),
+    "64 KB Proxy-Authorization": (
+        f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {'A' * 65536}\r\n\r\n",
+        431,
+    ),
+    "bad base64 credentials": (
+        "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic %%%\r\n\r\n",
+        407,
+    ),
     "not a request": ("HELLO\r\n\r\n", 400),
 }
 
@@ -54,7 +76,10 @@ def test_precise_status_and_still_serving(proxy, gateway, name):
 
 
 def test_non_utf8_credentials(proxy):
-    resp = raw_request(proxy.port, b"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic \xff\xfe==\r\n\r\n")
+    resp = raw_request(
+        proxy.port,
+        b"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic \xff\xfe==\r\n\r\n",
+    )
     assert status(resp) == 407
     _still_serving(proxy)
 
@@ -98,7 +123,9 @@ def test_client_disconnects_mid_upload_and_mid_stream(proxy, gateway):
     raw.sendall(f"CONNECT api.openai.com:443 HTTP/1.1\r\n{AUTH}\r\n".encode())
     assert raw.recv(4096).startswith(b"HTTP/1.1 200")
     tls = ctx.wrap_socket(raw, server_hostname="api.openai.com")
-    tls.sendall(b"POST /_diag/upload HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 10485760\r\n\r\n")
+    tls.sendall(
+        b"POST /_diag/upload HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 10485760\r\n\r\n"
+    )
     tls.sendall(b"x" * 1048576)
     tls.close()
     # mid-stream: read two events, then vanish

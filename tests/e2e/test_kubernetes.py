@@ -13,7 +13,14 @@ from proxy.settings import load_settings
 from tests.support import ROOT
 
 K8S = ROOT / "deploy" / "kubernetes"
-MANIFESTS = ["configmap.yaml", "secret.example.yaml", "deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml"]
+MANIFESTS = [
+    "configmap.yaml",
+    "secret.example.yaml",
+    "deployment.yaml",
+    "service.yaml",
+    "pdb.yaml",
+    "hpa.yaml",
+]
 
 
 def load(name: str) -> dict:
@@ -34,7 +41,10 @@ def test_deployment_is_locked_down_and_probed():
     d = load("deployment.yaml")
     spec = d["spec"]["template"]["spec"]
     assert d["spec"]["replicas"] >= 2
-    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert (
+        spec["securityContext"]["runAsNonRoot"] is True
+        and spec["securityContext"]["runAsUser"] != 0
+    )
     c = spec["containers"][0]
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
@@ -55,7 +65,12 @@ def test_configmap_config_is_accepted_by_the_proxy(tmp_path):
     cfg.write_text(load("configmap.yaml")["data"]["config.yaml"])
     s = load_settings({}, environ={}, config_file=cfg, require_gateway=True)
     assert s.listen == ("", 8888) and s.admin_listen == ("", 8889)
-    mounts = {m["name"]: m["mountPath"] for m in load("deployment.yaml")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in load("deployment.yaml")["spec"]["template"]["spec"]["containers"][0][
+            "volumeMounts"
+        ]
+    }
     assert str(s.ca_cert_file).startswith(mounts["ca"]) and str(s.state_dir) == mounts["state"]
 
 

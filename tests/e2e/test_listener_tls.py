@@ -24,7 +24,11 @@ from tests.support import raw_request
 def listener_cert(tmp_path):
     ca = generate_ca("listener CA", 30, permitted_domains=None)
     cert, key = issue_leaf(ca, ["proxy.test"], ips=["127.0.0.1"])
-    cert_file, key_file, ca_file = tmp_path / "listener.pem", tmp_path / "listener.key", tmp_path / "listener-ca.pem"
+    cert_file, key_file, ca_file = (
+        tmp_path / "listener.pem",
+        tmp_path / "listener.key",
+        tmp_path / "listener-ca.pem",
+    )
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key_pem(key))
     ca_file.write_bytes(ca.cert_pem())
@@ -34,13 +38,17 @@ def listener_cert(tmp_path):
 @pytest.fixture
 def tls_proxy(make_proxy, listener_cert):
     cert_file, key_file, _ = listener_cert
-    return make_proxy("--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file), *LOOPBACK_INTERNET)
+    return make_proxy(
+        "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file), *LOOPBACK_INTERNET
+    )
 
 
 def test_routed_request_over_tls_to_the_proxy(tls_proxy, listener_cert, gateway, tmp_path):
     _, _, listener_ca = listener_cert
     proxy_ctx = ssl.create_default_context(cafile=str(listener_ca))
-    proxy = httpx.Proxy(f"https://127.0.0.1:{tls_proxy.port}", auth=("coder", ALICE), ssl_context=proxy_ctx)
+    proxy = httpx.Proxy(
+        f"https://127.0.0.1:{tls_proxy.port}", auth=("coder", ALICE), ssl_context=proxy_ctx
+    )
     ctx = ssl.create_default_context(cafile=str(tls_proxy.ca_path))
     with httpx.Client(proxy=proxy, verify=ctx, trust_env=False) as c:
         assert c.get("https://api.openai.com/v1/models").status_code == 200
@@ -54,11 +62,39 @@ def test_curl_https_proxy_and_tunnel(tls_proxy, listener_cert, gateway, tmp_path
     env = client_env(tls_proxy)
     url = f"https://coder:{ALICE}@127.0.0.1:{tls_proxy.port}"
     env.update(HTTPS_PROXY=url)
-    out = subprocess.run(["curl", "-sS", "--proxy-cacert", str(listener_ca), "--cacert", str(origin_ca),
-                          f"https://localhost:{origin.port}/x"], env=env, capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--proxy-cacert",
+            str(listener_ca),
+            "--cacert",
+            str(origin_ca),
+            f"https://localhost:{origin.port}/x",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.stdout == "origin saw GET /x HTTP/1.1 body=0", out.stderr
-    out = subprocess.run(["curl", "-sS", "--proxy-cacert", str(listener_ca), "--cacert", str(tls_proxy.ca_path),
-                          "https://api.anthropic.com/v1/messages", "-d", "{}"], env=env, capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--proxy-cacert",
+            str(listener_ca),
+            "--cacert",
+            str(tls_proxy.ca_path),
+            "https://api.anthropic.com/v1/messages",
+            "-d",
+            "{}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert '"content"' in out.stdout, out.stderr
 
 

@@ -21,8 +21,12 @@ from tests.support import free_port
 
 
 def client(p, timeout=30) -> httpx.Client:
-    return httpx.Client(proxy=p.url(ALICE), verify=ssl.create_default_context(cafile=str(p.ca_path)),
-                        trust_env=False, timeout=timeout)
+    return httpx.Client(
+        proxy=p.url(ALICE),
+        verify=ssl.create_default_context(cafile=str(p.ca_path)),
+        trust_env=False,
+        timeout=timeout,
+    )
 
 
 def metric(text: str, name: str, **labels) -> float:
@@ -60,17 +64,22 @@ def test_readyz_reports_unreachable_gateway(make_proxy):
 
 
 def test_pac_file(make_proxy):
-    p = make_proxy("--provider", "*.openai.azure.com=azure", "--admin-proxy-address", "proxy.example.com:8888")
+    p = make_proxy(
+        "--provider", "*.openai.azure.com=azure", "--admin-proxy-address", "proxy.example.com:8888"
+    )
     r = p.admin("/proxy.pac")
     assert r.headers["content-type"].startswith("application/x-ns-proxy-autoconfig")
     pac = r.text
     assert '"api.openai.com"' in pac and '"api.business.githubcopilot.com"' in pac
     assert 'return "PROXY proxy.example.com:8888"' in pac and 'return "DIRECT"' in pac
     node = os.environ.get("NODE", "node")
-    script = pac + """
+    script = (
+        pac
+        + """
     const cases = ["api.openai.com", "API.ANTHROPIC.COM", "east.openai.azure.com", "a.b.openai.azure.com", "github.com", "openai.com"];
     console.log(JSON.stringify(cases.map(h => FindProxyForURL("https://" + h + "/", h))));
     """
+    )
     import subprocess
 
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=20)
@@ -97,7 +106,10 @@ def test_metrics_count_what_happened(make_proxy, gateway):
     assert metric(text, "aibridge_proxy_requests_total", provider="openai", code="200") >= 1
     assert metric(text, "aibridge_proxy_requests_total", provider="anthropic", code="429") == 1
     assert metric(text, "aibridge_proxy_connects_total", outcome="intercepted", reason="") >= 2
-    assert metric(text, "aibridge_proxy_connects_total", outcome="rejected", reason="invalid_token") == 1
+    assert (
+        metric(text, "aibridge_proxy_connects_total", outcome="rejected", reason="invalid_token")
+        == 1
+    )
     assert metric(text, "aibridge_proxy_auth_failures_total", reason="invalid_token") == 1
     assert metric(text, "aibridge_proxy_token_cache_misses_total") >= 2
     assert metric(text, "aibridge_proxy_token_cache_hits_total") >= 1
@@ -109,7 +121,10 @@ def test_metrics_count_what_happened(make_proxy, gateway):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         text = p.admin("/metrics").text
-        if all(metric(text, "aibridge_proxy_inflight_requests", provider=pr) == 0 for pr in ("openai", "anthropic")):
+        if all(
+            metric(text, "aibridge_proxy_inflight_requests", provider=pr) == 0
+            for pr in ("openai", "anthropic")
+        ):
             break
         time.sleep(0.1)
     assert metric(text, "aibridge_proxy_inflight_requests", provider="openai") == 0
@@ -121,7 +136,15 @@ def test_user_labels_when_enabled(make_proxy, gateway):
     p = make_proxy("--metrics-user-labels")
     with client(p) as c:
         c.get("https://api.openai.com/v1/models")
-    assert metric(p.admin("/metrics").text, "aibridge_proxy_user_requests_total", user="alice", provider="openai") == 1
+    assert (
+        metric(
+            p.admin("/metrics").text,
+            "aibridge_proxy_user_requests_total",
+            user="alice",
+            provider="openai",
+        )
+        == 1
+    )
 
 
 def _stream_in_background(p, events: int, interval: float) -> dict:
@@ -132,7 +155,9 @@ def _stream_in_background(p, events: int, interval: float) -> dict:
     def run():
         try:
             with client(p) as c:
-                with c.stream("GET", f"https://api.openai.com/_diag/sse?events={events}&interval={interval}") as s:
+                with c.stream(
+                    "GET", f"https://api.openai.com/_diag/sse?events={events}&interval={interval}"
+                ) as s:
                     for line in s.iter_lines():
                         if line.startswith("data: "):
                             result["events"].append(json.loads(line[6:])["i"])
@@ -173,7 +198,10 @@ def test_reload_keeps_streams_and_applies_new_settings(make_proxy, gateway, tmp_
     text = p.admin("/metrics").text
     assert metric(text, "aibridge_proxy_config_reloads_total", result="success") == 1
     assert metric(text, "aibridge_proxy_config_reloads_total", result="failure") == 1
-    assert metric(text, "aibridge_proxy_config_last_reload_success_timestamp_seconds") > time.time() - 60
+    assert (
+        metric(text, "aibridge_proxy_config_last_reload_success_timestamp_seconds")
+        > time.time() - 60
+    )
 
 
 def test_open_tunnel_follows_the_new_table(make_proxy, gateway, tmp_path):
@@ -187,7 +215,10 @@ def test_open_tunnel_follows_the_new_table(make_proxy, gateway, tmp_path):
         p.signal(signal.SIGHUP)
         p.wait_for_line(lambda r: r.get("msg") == "configuration reloaded")
         c.get("https://api.example-ai.com/v1/b")  # same kept-alive tunnel
-    assert [r.path for r in gateway.records] == ["/api/v2/aibridge/first/a", "/api/v2/aibridge/second/v1/b"]
+    assert [r.path for r in gateway.records] == [
+        "/api/v2/aibridge/first/a",
+        "/api/v2/aibridge/second/v1/b",
+    ]
     lines = [r for r in p.access_lines() if r.get("host") == "api.example-ai.com"]
     assert len({r["connect_id"] for r in lines}) == 1
 
@@ -236,8 +267,11 @@ def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
     dump = tmp_path / "dump"
     p = make_proxy("--dump-dir", str(dump))
     with client(p) as c:
-        r = c.post("https://api.openai.com/v1/chat/completions?api_key=sk-q",
-                   json={"model": "m", "stream": True}, headers={"Authorization": "Bearer sk-own"})
+        r = c.post(
+            "https://api.openai.com/v1/chat/completions?api_key=sk-q",
+            json={"model": "m", "stream": True},
+            headers={"Authorization": "Bearer sk-own"},
+        )
         assert r.status_code == 200
     rid = gateway.last().header("X-Coder-AI-Governance-Request-Id")
     req = (dump / "openai" / f"{rid}.req.txt").read_text()
@@ -251,17 +285,28 @@ def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
 
 def test_one_structured_line_per_request(proxy, gateway):
     with client(proxy) as c:
-        c.post("https://api.openai.com/v1/chat/completions?x=secret-ish", json={"model": "m"},
-               headers={"Authorization": "Bearer sk-own"})
+        c.post(
+            "https://api.openai.com/v1/chat/completions?x=secret-ish",
+            json={"model": "m"},
+            headers={"Authorization": "Bearer sk-own"},
+        )
     rid = gateway.last().header("X-Coder-AI-Governance-Request-Id")
     line = proxy.wait_for_line(lambda r: r.get("request_id") == rid)
     assert line["logger"] == "aibridge.access" and line["level"] == "info"
     assert line["user"] == "alice" and line["provider"] == "openai" and line["method"] == "POST"
     assert line["host"] == "api.openai.com" and line["path"] == "/v1/chat/completions"
     assert line["upstream"] == f"{gateway.url}/api/v2/aibridge/openai/v1/chat/completions"
-    assert line["status"] == 200 and line["bytes_in"] == len(b'{"model":"m"}') and line["bytes_out"] > 100
+    assert (
+        line["status"] == 200
+        and line["bytes_in"] == len(b'{"model":"m"}')
+        and line["bytes_out"] > 100
+    )
     assert line["duration_ms"] >= line["ttfb_ms"] > 0
-    assert line["connect_id"] and line["client"].startswith("127.0.0.1:") and line["time"].endswith("+00:00")
+    assert (
+        line["connect_id"]
+        and line["client"].startswith("127.0.0.1:")
+        and line["time"].endswith("+00:00")
+    )
     assert "secret-ish" not in json.dumps(line)  # queries (which may hold keys) are not logged
 
 

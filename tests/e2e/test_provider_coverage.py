@@ -15,32 +15,52 @@ from tests.support import raw_request
 
 
 def client(p) -> httpx.Client:
-    return httpx.Client(proxy=p.url(ALICE), verify=ssl.create_default_context(cafile=str(p.ca_path)),
-                        trust_env=False, timeout=30)
+    return httpx.Client(
+        proxy=p.url(ALICE),
+        verify=ssl.create_default_context(cafile=str(p.ca_path)),
+        trust_env=False,
+        timeout=30,
+    )
 
 
 def connect_status(p, host: str) -> tuple[int, bytes]:
-    resp = raw_request(p.port, f"CONNECT {host}:443 HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode())
+    resp = raw_request(
+        p.port,
+        f"CONNECT {host}:443 HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode(),
+    )
     return int(resp.split(b" ", 2)[1]), resp
 
 
-@pytest.mark.parametrize("host, provider", [
-    ("api.githubcopilot.com", "copilot"),
-    ("api.individual.githubcopilot.com", "copilot"),
-    ("api.business.githubcopilot.com", "copilot-business"),
-    ("api.enterprise.githubcopilot.com", "copilot-enterprise"),
-])
+@pytest.mark.parametrize(
+    "host, provider",
+    [
+        ("api.githubcopilot.com", "copilot"),
+        ("api.individual.githubcopilot.com", "copilot"),
+        ("api.business.githubcopilot.com", "copilot-business"),
+        ("api.enterprise.githubcopilot.com", "copilot-enterprise"),
+    ],
+)
 def test_copilot_every_plan_keeps_its_own_authorization(proxy, gateway, host, provider):
-    headers = {"Authorization": "Bearer tid=abc;exp=1;sku=copilot_for_business;proxy-ep=proxy.business.githubcopilot.com",
-               "Editor-Version": "vscode/1.99.0", "Copilot-Integration-Id": "vscode-chat"}
+    headers = {
+        "Authorization": "Bearer tid=abc;exp=1;sku=copilot_for_business;proxy-ep=proxy.business.githubcopilot.com",
+        "Editor-Version": "vscode/1.99.0",
+        "Copilot-Integration-Id": "vscode-chat",
+    }
     with client(proxy) as c:
-        r = c.post(f"https://{host}/chat/completions", json={"model": "gpt-4o", "messages": []}, headers=headers)
+        r = c.post(
+            f"https://{host}/chat/completions",
+            json={"model": "gpt-4o", "messages": []},
+            headers=headers,
+        )
     assert r.status_code == 200
     rec = gateway.last()
     assert rec.path == f"/api/v2/aibridge/{provider}/chat/completions"
     assert rec.header("Authorization") == headers["Authorization"]
     assert rec.header("X-Coder-AI-Governance-Token") == ALICE
-    assert rec.header("Editor-Version") == "vscode/1.99.0" and rec.header("Copilot-Integration-Id") == "vscode-chat"
+    assert (
+        rec.header("Editor-Version") == "vscode/1.99.0"
+        and rec.header("Copilot-Integration-Id") == "vscode-chat"
+    )
 
 
 def test_copilot_models_and_agents_reach_the_gateway(proxy, gateway):
@@ -49,12 +69,24 @@ def test_copilot_models_and_agents_reach_the_gateway(proxy, gateway):
         c.get("https://api.githubcopilot.com/agents/x")
         c.get("https://api.githubcopilot.com/_ping")
     assert [r.path for r in gateway.records] == [
-        "/api/v2/aibridge/copilot/models", "/api/v2/aibridge/copilot/agents/x", "/api/v2/aibridge/copilot/_ping"]
+        "/api/v2/aibridge/copilot/models",
+        "/api/v2/aibridge/copilot/agents/x",
+        "/api/v2/aibridge/copilot/_ping",
+    ]
 
 
-@pytest.mark.parametrize("host", ["api.github.com", "github.com", "copilot-telemetry.githubusercontent.com",
-                                  "collector.github.com", "origin-tracker.githubusercontent.com",
-                                  "proxy.business.githubcopilot.com", "copilot-proxy.githubusercontent.com"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "api.github.com",
+        "github.com",
+        "copilot-telemetry.githubusercontent.com",
+        "collector.github.com",
+        "origin-tracker.githubusercontent.com",
+        "proxy.business.githubcopilot.com",
+        "copilot-proxy.githubusercontent.com",
+    ],
+)
 def test_sign_in_telemetry_and_completion_hosts_are_tunnelled_by_default(proxy, host):
     # A tunnel dials the real host before answering; it cannot resolve here, which proves the
     # proxy tried to tunnel rather than decrypt (an intercepted host is answered 200 at once).
@@ -65,11 +97,18 @@ def test_sign_in_telemetry_and_completion_hosts_are_tunnelled_by_default(proxy, 
 def test_completion_hosts_with_the_preset(make_proxy, gateway):
     p = make_proxy("--provider-presets", "copilot-completions")
     with client(p) as c:
-        c.post("https://proxy.business.githubcopilot.com/v1/engines/copilot-codex/completions", json={"prompt": "x"})
-        c.post("https://copilot-proxy.githubusercontent.com/v1/engines/copilot-codex/completions", json={})
+        c.post(
+            "https://proxy.business.githubcopilot.com/v1/engines/copilot-codex/completions",
+            json={"prompt": "x"},
+        )
+        c.post(
+            "https://copilot-proxy.githubusercontent.com/v1/engines/copilot-codex/completions",
+            json={},
+        )
     assert [r.path for r in gateway.records] == [
         "/api/v2/aibridge/copilot-business/v1/engines/copilot-codex/completions",
-        "/api/v2/aibridge/copilot/v1/engines/copilot-codex/completions"]
+        "/api/v2/aibridge/copilot/v1/engines/copilot-codex/completions",
+    ]
 
 
 def test_ghe_com_data_residency_wildcard(make_proxy, gateway):
@@ -90,18 +129,42 @@ def test_chatgpt_codex_paths_only(proxy, gateway):
     assert len(gateway.records) == 1
 
 
-@pytest.mark.parametrize("preset, url, path", [
-    ("gemini", "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=K",
-     "/api/v2/aibridge/gemini/v1beta/models/g:generateContent"),
-    ("xai", "https://api.x.ai/v1/chat/completions", "/api/v2/aibridge/xai/v1/chat/completions"),
-    ("deepseek", "https://api.deepseek.com/chat/completions", "/api/v2/aibridge/deepseek/chat/completions"),
-    ("openrouter", "https://openrouter.ai/api/v1/chat/completions", "/api/v2/aibridge/openrouter/api/v1/chat/completions"),
-    ("mistral", "https://api.mistral.ai/v1/chat/completions", "/api/v2/aibridge/mistral/v1/chat/completions"),
-    ("azure-openai", "https://east.openai.azure.com/openai/deployments/d/chat/completions?api-version=1",
-     "/api/v2/aibridge/azure/openai/deployments/d/chat/completions"),
-    ("bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
-     "/api/v2/aibridge/bedrock/model/m/converse"),
-])
+@pytest.mark.parametrize(
+    "preset, url, path",
+    [
+        (
+            "gemini",
+            "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=K",
+            "/api/v2/aibridge/gemini/v1beta/models/g:generateContent",
+        ),
+        ("xai", "https://api.x.ai/v1/chat/completions", "/api/v2/aibridge/xai/v1/chat/completions"),
+        (
+            "deepseek",
+            "https://api.deepseek.com/chat/completions",
+            "/api/v2/aibridge/deepseek/chat/completions",
+        ),
+        (
+            "openrouter",
+            "https://openrouter.ai/api/v1/chat/completions",
+            "/api/v2/aibridge/openrouter/api/v1/chat/completions",
+        ),
+        (
+            "mistral",
+            "https://api.mistral.ai/v1/chat/completions",
+            "/api/v2/aibridge/mistral/v1/chat/completions",
+        ),
+        (
+            "azure-openai",
+            "https://east.openai.azure.com/openai/deployments/d/chat/completions?api-version=1",
+            "/api/v2/aibridge/azure/openai/deployments/d/chat/completions",
+        ),
+        (
+            "bedrock",
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
+            "/api/v2/aibridge/bedrock/model/m/converse",
+        ),
+    ],
+)
 def test_presets(make_proxy, gateway, preset, url, path):
     p = make_proxy("--provider-presets", preset)
     with client(p) as c:
@@ -113,7 +176,9 @@ def test_presets(make_proxy, gateway, preset, url, path):
 
 def test_preset_entries_can_be_changed(make_proxy, gateway, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("provider_presets: [openrouter]\nproviders:\n  openrouter.ai: {provider: or, paths: [/api/v1/]}\n")
+    config.write_text(
+        "provider_presets: [openrouter]\nproviders:\n  openrouter.ai: {provider: or, paths: [/api/v1/]}\n"
+    )
     p = make_proxy("--config", str(config))
     with client(p) as c:
         c.post("https://openrouter.ai/api/v1/chat/completions", json={})

@@ -26,15 +26,28 @@ def tool_env(p, tmp_path, **extra) -> dict:
     env = base_env()
     home = tmp_path / "home"
     (home / ".codex").mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), CODEX_HOME=str(home / ".codex"), HTTPS_PROXY=p.url(ALICE),
-               NO_PROXY="localhost,127.0.0.1,::1", PATH=f"{NODE_BIN.parent}:{env['PATH']}")
+    env.update(
+        HOME=str(home),
+        CODEX_HOME=str(home / ".codex"),
+        HTTPS_PROXY=p.url(ALICE),
+        NO_PROXY="localhost,127.0.0.1,::1",
+        PATH=f"{NODE_BIN.parent}:{env['PATH']}",
+    )
     env.update(extra)
     return env
 
 
 def run(cmd, env, cwd, timeout=120) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        cmd,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return r, time.monotonic() - started
 
 
@@ -71,27 +84,47 @@ def test_codex_cli_falls_back_to_https_at_once(make_proxy, gateway_without_webso
 
 @pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code not installed (./run setup)")
 def test_claude_code(proxy, gateway, tmp_path):
-    env = tool_env(proxy, tmp_path, NODE_EXTRA_CA_CERTS=str(proxy.ca_path), ANTHROPIC_API_KEY="sk-ant-personal",
-                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    env = tool_env(
+        proxy,
+        tmp_path,
+        NODE_EXTRA_CA_CERTS=str(proxy.ca_path),
+        ANTHROPIC_API_KEY="sk-ant-personal",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
     r, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert REPLY in r.stdout
-    messages = [rec for rec in gateway.records if rec.path == "/api/v2/aibridge/anthropic/v1/messages"]
+    messages = [
+        rec for rec in gateway.records if rec.path == "/api/v2/aibridge/anthropic/v1/messages"
+    ]
     assert messages
     sent_key = messages[-1].header("x-api-key") or (messages[-1].header("Authorization") or "")[7:]
     assert sent_key == "sk-ant-personal"
     assert messages[-1].header("X-Coder-AI-Governance-Token") == ALICE
 
 
-@pytest.mark.skipif(not shutil.which("go"), reason="Go not installed (./run setup installs golang-go)")
+@pytest.mark.skipif(
+    not shutil.which("go"), reason="Go not installed (./run setup installs golang-go)"
+)
 def test_go_net_http(proxy, gateway, tmp_path):
     env = base_env()
-    env.update(HTTPS_PROXY=proxy.url(ALICE), SSL_CERT_FILE=str(proxy.bundle_path), OPENAI_API_KEY="sk-go-key",
-               HOME=str(tmp_path), GOCACHE=str(tmp_path / "gocache"), GOPATH=str(tmp_path / "gopath"),
-               GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-mod=mod")
+    env.update(
+        HTTPS_PROXY=proxy.url(ALICE),
+        SSL_CERT_FILE=str(proxy.bundle_path),
+        OPENAI_API_KEY="sk-go-key",
+        HOME=str(tmp_path),
+        GOCACHE=str(tmp_path / "gocache"),
+        GOPATH=str(tmp_path / "gopath"),
+        GOTOOLCHAIN="local",
+        GOPROXY="off",
+        GOFLAGS="-mod=mod",
+    )
     r, _ = run(["go", "run", "client.go"], env, ROOT / "tests" / "go", timeout=180)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == REPLY
     rec = gateway.last()
     assert rec.path == "/api/v2/aibridge/openai/v1/chat/completions"
-    assert rec.header("Authorization") == "Bearer sk-go-key" and rec.header("X-Coder-AI-Governance-Token") == ALICE
+    assert (
+        rec.header("Authorization") == "Bearer sk-go-key"
+        and rec.header("X-Coder-AI-Governance-Token") == ALICE
+    )

@@ -23,9 +23,16 @@ def test_two_replicas_behind_a_balancer(gateway, tmp_path):
     config.write_text(f"gateway: {gateway.url}\nshutdown_delay: 0.5\nauth:\n  cache_ttl: 60\n")
     first = ProxyProcess(tmp_path / "a", ["--config", str(config)]).start()
     # the second replica uses the first one's CA: one trust anchor for all clients
-    shared_ca = ["--ca-cert-file", str(first.ca_path), "--ca-key-file", str(first.state_dir / "ca-key.pem")]
+    shared_ca = [
+        "--ca-cert-file",
+        str(first.ca_path),
+        "--ca-key-file",
+        str(first.state_dir / "ca-key.pem"),
+    ]
     port_b = free_port()
-    second = ProxyProcess(tmp_path / "b", ["--config", str(config), *shared_ca], listen_port=port_b).start()
+    second = ProxyProcess(
+        tmp_path / "b", ["--config", str(config), *shared_ca], listen_port=port_b
+    ).start()
     balancer = TcpBalancer([first, second]).start()
     ctx = ssl.create_default_context(cafile=str(first.ca_path))
     stop = threading.Event()
@@ -35,16 +42,29 @@ def test_two_replicas_behind_a_balancer(gateway, tmp_path):
         while not stop.is_set():
             try:
                 # a new connection each time, so the balancer spreads them
-                with httpx.Client(proxy=f"http://coder:{token}@127.0.0.1:{balancer.port}", verify=ctx,
-                                  trust_env=False, timeout=20) as c:
-                    r = c.post("https://api.openai.com/v1/chat/completions",
-                               json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-                    results.append("ok" if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLY
-                                   else f"status {r.status_code}")
+                with httpx.Client(
+                    proxy=f"http://coder:{token}@127.0.0.1:{balancer.port}",
+                    verify=ctx,
+                    trust_env=False,
+                    timeout=20,
+                ) as c:
+                    r = c.post(
+                        "https://api.openai.com/v1/chat/completions",
+                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                    )
+                    results.append(
+                        "ok"
+                        if r.status_code == 200
+                        and r.json()["choices"][0]["message"]["content"] == REPLY
+                        else f"status {r.status_code}"
+                    )
             except httpx.HTTPError as e:
                 results.append(f"error {e!r}")
 
-    threads = [threading.Thread(target=client_loop, args=(t,), daemon=True) for t in (ALICE, BOB, ALICE, BOB)]
+    threads = [
+        threading.Thread(target=client_loop, args=(t,), daemon=True)
+        for t in (ALICE, BOB, ALICE, BOB)
+    ]
     try:
         for t in threads:
             t.start()

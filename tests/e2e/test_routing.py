@@ -31,10 +31,19 @@ def origin(tmp_path):
 
 def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin, tmp_path):
     origin_ca = origin.write_ca(tmp_path / "origin-ca.pem")
-    p = make_proxy("--provider", "localhost=openai@/v1/", "--origin-ca-file", str(origin_ca), *LOOPBACK_INTERNET)
+    p = make_proxy(
+        "--provider",
+        "localhost=openai@/v1/",
+        "--origin-ca-file",
+        str(origin_ca),
+        *LOOPBACK_INTERNET,
+    )
     with client(p) as c:
         r = c.post(f"https://localhost:{origin.port}/v1/chat/completions", json={"model": "m"})
-        assert r.status_code == 200 and gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
+        assert (
+            r.status_code == 200
+            and gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
+        )
         # not under /v1/: decrypted, but sent to the original host unchanged
         r = c.post(f"https://localhost:{origin.port}/api/settings?a=%2F", content=b"12345")
         assert r.status_code == 200
@@ -54,9 +63,14 @@ def test_origin_tls_is_verified(make_proxy, gateway, origin):
 
 def test_custom_target_and_header_names(make_proxy, gateway):
     p = make_proxy(
-        "--target", f"{gateway.url}/api/v2/ai-gateway",
-        "--headers-token", "X-My-Token", "--headers-request-id", "X-My-Id",
-        "--auth-mode", "presence",
+        "--target",
+        f"{gateway.url}/api/v2/ai-gateway",
+        "--headers-token",
+        "X-My-Token",
+        "--headers-request-id",
+        "X-My-Id",
+        "--auth-mode",
+        "presence",
     )
     with client(p) as c:
         r = c.get("https://api.openai.com/v1/models", headers={"Authorization": "Bearer sk-own"})
@@ -99,7 +113,13 @@ def test_https_gateway_needs_its_ca(make_proxy, tls_gateway):
 
 def test_gateway_connection_ignores_proxy_variables(make_proxy, gateway):
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead, "http_proxy": dead, "ALL_PROXY": dead}
+    env = {
+        "HTTPS_PROXY": dead,
+        "HTTP_PROXY": dead,
+        "https_proxy": dead,
+        "http_proxy": dead,
+        "ALL_PROXY": dead,
+    }
     p = make_proxy(env=env)  # validate mode: the token check must not use them either
     with client(p) as c:
         assert c.get("https://api.openai.com/v1/models").status_code == 200

@@ -25,25 +25,60 @@ def test_no_token_or_key_in_anything_written(make_proxy, gateway, tmp_path):
     origin = TlsOrigin().start(tmp_path)
     try:
         dump = tmp_path / "dump"
-        p = make_proxy("--log-level", "debug", "--log-format", "text", "--dump-dir", str(dump),
-                       "--upstream-proxy", f"http://corp:{UPSTREAM_PASSWORD}@127.0.0.1:{upstream.port}",
-                       *LOOPBACK_INTERNET)
+        p = make_proxy(
+            "--log-level",
+            "debug",
+            "--log-format",
+            "text",
+            "--dump-dir",
+            str(dump),
+            "--upstream-proxy",
+            f"http://corp:{UPSTREAM_PASSWORD}@127.0.0.1:{upstream.port}",
+            *LOOPBACK_INTERNET,
+        )
         answers: list[bytes] = []
         ctx = ssl.create_default_context(cafile=str(p.ca_path))
         with httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False) as c:
             for r in (
-                c.post("https://api.openai.com/v1/chat/completions", json={"model": "m", "stream": True},
-                       headers={"Authorization": f"Bearer {PROVIDER_KEY}"}),
-                c.post("https://api.anthropic.com/v1/messages", json={"model": "m"},
-                       headers={"x-api-key": ANTHROPIC_KEY}),
-                c.get("https://api.openai.com/_diag/status?code=401", headers={"Authorization": f"Bearer {PROVIDER_KEY}"}),
+                c.post(
+                    "https://api.openai.com/v1/chat/completions",
+                    json={"model": "m", "stream": True},
+                    headers={"Authorization": f"Bearer {PROVIDER_KEY}"},
+                ),
+                c.post(
+                    "https://api.anthropic.com/v1/messages",
+                    json={"model": "m"},
+                    headers={"x-api-key": ANTHROPIC_KEY},
+                ),
+                c.get(
+                    "https://api.openai.com/_diag/status?code=401",
+                    headers={"Authorization": f"Bearer {PROVIDER_KEY}"},
+                ),
             ):
                 answers.append(r.headers.raw.__repr__().encode())
             c.get("https://api.openai.com/v1/models?key=" + PROVIDER_KEY)
-        for auth in (proxy_basic(WRONG_TOKEN), proxy_basic(ALICE).replace("Basic", "Digest"), "Basic " + "x" * 70):
-            answers.append(raw_request(p.port, f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode()))
-        answers.append(raw_request(p.port, f"GET http://10.0.0.1/?k={PROVIDER_KEY} HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode()))
-        with httpx.Client(proxy=p.url(ALICE), verify=ssl.create_default_context(cafile=str(origin.write_ca(tmp_path / "o.pem"))), trust_env=False) as c:
+        for auth in (
+            proxy_basic(WRONG_TOKEN),
+            proxy_basic(ALICE).replace("Basic", "Digest"),
+            "Basic " + "x" * 70,
+        ):
+            answers.append(
+                raw_request(
+                    p.port,
+                    f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode(),
+                )
+            )
+        answers.append(
+            raw_request(
+                p.port,
+                f"GET http://10.0.0.1/?k={PROVIDER_KEY} HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode(),
+            )
+        )
+        with httpx.Client(
+            proxy=p.url(ALICE),
+            verify=ssl.create_default_context(cafile=str(origin.write_ca(tmp_path / "o.pem"))),
+            trust_env=False,
+        ) as c:
             c.get(f"https://localhost:{origin.port}/?token={ALICE}")
         p.stop()
         written = p.output.encode()

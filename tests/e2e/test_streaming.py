@@ -34,7 +34,7 @@ def test_sse_events_arrive_as_sent(proxy, gateway):
     assert [e["i"] for _, e in arrivals] == [0, 1, 2, 3, 4]
     for got, event in arrivals:
         # each event reaches the client right after the gateway sent it, not at stream end
-        assert got - event["sent"] < interval / 2, (got - event["sent"])
+        assert got - event["sent"] < interval / 2, got - event["sent"]
     first = arrivals[0][0]
     assert arrivals[-1][0] - first > 3 * interval
 

@@ -17,8 +17,10 @@ from tests.support import raw_request
 
 
 def connect_status(port: int, token: str, source: str = "127.0.0.1") -> int:
-    req = (f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n"
-           f"Proxy-Authorization: {proxy_basic(token)}\r\n\r\n").encode()
+    req = (
+        f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n"
+        f"Proxy-Authorization: {proxy_basic(token)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
         s.sendall(req)
         return int(s.recv(4096).split(b" ", 2)[1])
@@ -56,7 +58,7 @@ def test_cache_entries_expire(make_proxy, gateway):
 def test_validation_5xx_fails_closed_or_open(make_proxy, gateway):
     gateway.gateway.fail_users_me = 500
     p = make_proxy()
-    req = (f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n")
+    req = f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n"
     resp = raw_request(p.port, req.encode())
     assert resp.startswith(b"HTTP/1.1 503 ")
     assert resp.endswith(b"\r\n\r\n503 Service Unavailable: token validation service unavailable\n")
@@ -78,7 +80,9 @@ def test_presence_mode_leaves_checking_to_the_gateway(make_proxy, gateway):
 
 def test_custom_validation_url_and_header(make_proxy, gateway):
     # any URL that answers 200/401 works; here the gateway's own route under another header name
-    p = make_proxy("--auth-url", f"{gateway.url}/api/v2/users/me", "--auth-header", "Coder-Session-Token")
+    p = make_proxy(
+        "--auth-url", f"{gateway.url}/api/v2/users/me", "--auth-header", "Coder-Session-Token"
+    )
     assert connect_status(p.port, ALICE) == 200
     p2 = make_proxy("--auth-header", "X-Other-Header")
     assert connect_status(p2.port, ALICE) == 407  # the gateway did not see the token

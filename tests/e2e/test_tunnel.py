@@ -35,7 +35,9 @@ def test_non_routed_host_is_tunnelled_undecrypted(proxy, gateway, origin, tmp_pa
     assert r.text == "origin saw POST /hello?q=1 HTTP/1.1 body=3"
     assert not gateway.records
     # and a client that only trusts our CA is refused by the real certificate
-    with httpx.Client(proxy=proxy.url(ALICE), verify=only_trusts(proxy.ca_path), trust_env=False) as c:
+    with httpx.Client(
+        proxy=proxy.url(ALICE), verify=only_trusts(proxy.ca_path), trust_env=False
+    ) as c:
         with pytest.raises(httpx.ConnectError):
             c.get(f"https://{host}:{origin.port}/")
 
@@ -53,6 +55,8 @@ def test_routed_host_is_never_contacted(make_proxy, gateway, origin):
 
 def test_unresolvable_provider_host_works(proxy, gateway):
     """api.openai.com does not resolve on this machine: success proves no lookup was needed."""
-    with httpx.Client(proxy=proxy.url(ALICE), verify=only_trusts(proxy.ca_path), trust_env=False) as c:
+    with httpx.Client(
+        proxy=proxy.url(ALICE), verify=only_trusts(proxy.ca_path), trust_env=False
+    ) as c:
         assert c.get("https://api.openai.com:8443/v1/models").status_code == 200
     assert gateway.last().path == "/api/v2/aibridge/openai/v1/models"

@@ -35,8 +35,11 @@ def upstream():
 
 
 def tunnel_get(p, origin, origin_ca) -> httpx.Response:
-    with httpx.Client(proxy=p.url(ALICE), verify=ssl.create_default_context(cafile=str(origin_ca)),
-                      trust_env=False) as c:
+    with httpx.Client(
+        proxy=p.url(ALICE),
+        verify=ssl.create_default_context(cafile=str(origin_ca)),
+        trust_env=False,
+    ) as c:
         return c.get(f"https://localhost:{origin.port}/through")
 
 
@@ -44,8 +47,12 @@ def basic(userinfo: str) -> str:
     return "Basic " + base64.b64encode(userinfo.encode()).decode()
 
 
-def test_tunnels_go_through_the_upstream_with_its_credentials(make_proxy, upstream, origin, gateway, tmp_path):
-    p = make_proxy("--upstream-proxy", f"http://corp:s3cr%40t@127.0.0.1:{upstream.port}", *LOOPBACK_INTERNET)
+def test_tunnels_go_through_the_upstream_with_its_credentials(
+    make_proxy, upstream, origin, gateway, tmp_path
+):
+    p = make_proxy(
+        "--upstream-proxy", f"http://corp:s3cr%40t@127.0.0.1:{upstream.port}", *LOOPBACK_INTERNET
+    )
     r = tunnel_get(p, origin, origin.write_ca(tmp_path / "o.pem"))
     assert r.text == "origin saw GET /through HTTP/1.1 body=0"
     assert upstream.connects == [(f"CONNECT localhost:{origin.port}", basic("corp:s3cr@t"))]
@@ -59,9 +66,13 @@ def test_tunnels_go_through_the_upstream_with_its_credentials(make_proxy, upstre
     assert "s3cr" not in p.output
 
 
-@pytest.mark.parametrize("userinfo, expected", [("user@", "user:"), (":token@", ":token"), ("", None)])
+@pytest.mark.parametrize(
+    "userinfo, expected", [("user@", "user:"), (":token@", ":token"), ("", None)]
+)
 def test_credential_forms(make_proxy, upstream, origin, tmp_path, userinfo, expected):
-    p = make_proxy("--upstream-proxy", f"http://{userinfo}127.0.0.1:{upstream.port}", *LOOPBACK_INTERNET)
+    p = make_proxy(
+        "--upstream-proxy", f"http://{userinfo}127.0.0.1:{upstream.port}", *LOOPBACK_INTERNET
+    )
     tunnel_get(p, origin, origin.write_ca(tmp_path / "o.pem"))
     assert upstream.connects[-1][1] == (basic(expected) if expected else None)
 
@@ -83,8 +94,13 @@ def test_https_upstream_with_its_own_ca(make_proxy, origin, tmp_path):
     upstream = UpstreamTestProxy(ssl_context=ctx).start()
     try:
         ca_file = upstream_ca.write_ca(tmp_path / "upstream-ca.pem")
-        p = make_proxy("--upstream-proxy", f"https://u:p@localhost:{upstream.port}",
-                       "--upstream-proxy-ca", str(ca_file), *LOOPBACK_INTERNET)
+        p = make_proxy(
+            "--upstream-proxy",
+            f"https://u:p@localhost:{upstream.port}",
+            "--upstream-proxy-ca",
+            str(ca_file),
+            *LOOPBACK_INTERNET,
+        )
         r = tunnel_get(p, origin, origin.write_ca(tmp_path / "o.pem"))
         assert r.text == "origin saw GET /through HTTP/1.1 body=0"
         assert upstream.connects[-1] == (f"CONNECT localhost:{origin.port}", basic("u:p"))
@@ -96,8 +112,12 @@ def test_bad_upstream_urls_are_config_errors():
     from tests.e2e.test_cli import assert_one_line_error
     from tests.e2e.test_cli import cli
 
-    r = cli("serve", "--gateway", "http://127.0.0.1:1", "--upstream-proxy", "socks5://u:hunter2@x:1")
-    assert_one_line_error(r, "upstream_proxy: 'socks5://***@x:1'", "must start with http:// or https://")
+    r = cli(
+        "serve", "--gateway", "http://127.0.0.1:1", "--upstream-proxy", "socks5://u:hunter2@x:1"
+    )
+    assert_one_line_error(
+        r, "upstream_proxy: 'socks5://***@x:1'", "must start with http:// or https://"
+    )
     assert "hunter2" not in r.stderr
     r = cli("serve", "--gateway", "http://127.0.0.1:1", "--upstream-proxy", "http://:@x:1")
     assert_one_line_error(r, "both user name and password empty")

@@ -19,11 +19,15 @@ from tests.support import ThreadedGateway
 
 def ws_connect(p, url: str, token: str = ALICE, headers=None):
     ctx = ssl.create_default_context(cafile=str(p.ca_path))
-    return connect(url, proxy=p.url(token), ssl=ctx, additional_headers=headers or {}, open_timeout=10)
+    return connect(
+        url, proxy=p.url(token), ssl=ctx, additional_headers=headers or {}, open_timeout=10
+    )
 
 
 async def test_frames_both_ways_and_close_code(proxy, gateway):
-    async with ws_connect(proxy, "wss://api.openai.com/_diag/ws?x=1", headers={"Authorization": "Bearer sk-own"}) as ws:
+    async with ws_connect(
+        proxy, "wss://api.openai.com/_diag/ws?x=1", headers={"Authorization": "Bearer sk-own"}
+    ) as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
         await ws.send(b"\x00\x01binary")
@@ -77,7 +81,7 @@ def refusing_gateway():
 
 async def test_gateway_without_websocket_gives_426_then_remembers(make_proxy, refusing_gateway):
     p = make_proxy(gateway=refusing_gateway.url)
-    for attempt in range(3):
+    for _ in range(3):
         with pytest.raises(InvalidStatus) as e:
             async with ws_connect(p, "wss://api.openai.com/v1/responses"):
                 pass

@@ -33,7 +33,9 @@ def test_default_ca_properties():
     assert nc.critical
     assert [n.value for n in nc.value.permitted_subtrees] == ["api.openai.com", "githubcopilot.com"]
     assert {n.value for n in nc.value.excluded_subtrees} == {
-        ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    }
     assert cert.subject == cert.issuer
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert datetime.timedelta(days=3650) < life <= datetime.timedelta(days=3652)
@@ -42,16 +44,24 @@ def test_default_ca_properties():
 def test_rsa_and_custom_name_and_validity():
     ca = generate_ca("Acme AI proxy", 30, "rsa", None)
     assert isinstance(ca.key, rsa.RSAPrivateKey) and ca.key.key_size == 3072
-    assert ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Acme AI proxy"
+    assert (
+        ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Acme AI proxy"
+    )
     with pytest.raises(x509.ExtensionNotFound):
         ca.cert.extensions.get_extension_for_class(x509.NameConstraints)
     assert ca.permitted_domains() is None
 
 
 def test_constraint_domains():
-    assert constraint_domains(["api.openai.com", "*.openai.azure.com", "bedrock-runtime.*.amazonaws.com",
-                               "x.api.openai.com", "api.openai.com"]) == [
-        "api.openai.com", "openai.azure.com", "amazonaws.com"]
+    assert constraint_domains(
+        [
+            "api.openai.com",
+            "*.openai.azure.com",
+            "bedrock-runtime.*.amazonaws.com",
+            "x.api.openai.com",
+            "api.openai.com",
+        ]
+    ) == ["api.openai.com", "openai.azure.com", "amazonaws.com"]
 
 
 def test_write_and_load(tmp_path):
@@ -105,5 +115,7 @@ def test_uncovered_hosts():
     from certs.authority import uncovered_hosts
 
     ca = generate_ca(permitted_domains=["api.openai.com", "openai.azure.com"])
-    assert uncovered_hosts(ca, ["api.openai.com", "x.api.openai.com", "*.openai.azure.com", "api.x.ai"]) == ["api.x.ai"]
+    assert uncovered_hosts(
+        ca, ["api.openai.com", "x.api.openai.com", "*.openai.azure.com", "api.x.ai"]
+    ) == ["api.x.ai"]
     assert uncovered_hosts(generate_ca(permitted_domains=None), ["anything.example"]) == []

@@ -19,13 +19,33 @@ from addons.routing import Routing
 @pytest.mark.parametrize(
     "ip, forbidden",
     [
-        ("8.8.8.8", False), ("1.1.1.1", False), ("2606:4700:4700::1111", False),
-        ("127.0.0.1", True), ("10.0.0.1", True), ("172.31.255.255", True), ("192.168.0.1", True),
-        ("169.254.169.254", True), ("100.64.0.1", True), ("100.127.255.255", True), ("0.0.0.0", True),
-        ("255.255.255.255", True), ("224.0.0.1", True), ("198.18.0.1", True), ("192.0.2.1", True),
-        ("::1", True), ("::", True), ("fe80::1", True), ("fc00::1", True), ("fd12:3456::1", True),
-        ("64:ff9b::808:808", True), ("64:ff9b:1::1", True), ("::ffff:10.0.0.1", True),
-        ("::ffff:8.8.8.8", False), ("2002:0a00:0001::1", True), ("2001:0::1", True), ("ff02::1", True),
+        ("8.8.8.8", False),
+        ("1.1.1.1", False),
+        ("2606:4700:4700::1111", False),
+        ("127.0.0.1", True),
+        ("10.0.0.1", True),
+        ("172.31.255.255", True),
+        ("192.168.0.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("100.127.255.255", True),
+        ("0.0.0.0", True),
+        ("255.255.255.255", True),
+        ("224.0.0.1", True),
+        ("198.18.0.1", True),
+        ("192.0.2.1", True),
+        ("::1", True),
+        ("::", True),
+        ("fe80::1", True),
+        ("fc00::1", True),
+        ("fd12:3456::1", True),
+        ("64:ff9b::808:808", True),
+        ("64:ff9b:1::1", True),
+        ("::ffff:10.0.0.1", True),
+        ("::ffff:8.8.8.8", False),
+        ("2002:0a00:0001::1", True),
+        ("2001:0::1", True),
+        ("ff02::1", True),
     ],
 )
 def test_is_forbidden(ip, forbidden):
@@ -54,7 +74,9 @@ def test_port_ranges(a, b, port):
 
 
 def test_cidrs():
-    assert parse_cidrs(["10.0.0.0/8", "fd00::/8", "127.0.0.1"]) [2] == ipaddress.ip_network("127.0.0.1/32")
+    assert parse_cidrs(["10.0.0.0/8", "fd00::/8", "127.0.0.1"])[2] == ipaddress.ip_network(
+        "127.0.0.1/32"
+    )
     with pytest.raises(ValueError):
         parse_cidrs(["10.0.0.0/33"])
 

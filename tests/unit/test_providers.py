@@ -31,8 +31,11 @@ def test_host_normalisation(host):
 
 
 def test_wildcards_match_one_label_and_exact_wins():
-    t = table("*.openai.azure.com=azure", "special.openai.azure.com=special",
-              "bedrock-runtime.*.amazonaws.com=bedrock")
+    t = table(
+        "*.openai.azure.com=azure",
+        "special.openai.azure.com=special",
+        "bedrock-runtime.*.amazonaws.com=bedrock",
+    )
     assert t.lookup("east.openai.azure.com").provider == "azure"
     assert t.lookup("special.openai.azure.com").provider == "special"
     assert t.lookup("a.b.openai.azure.com") is None
@@ -56,8 +59,20 @@ def test_path_scope():
 
 @pytest.mark.parametrize(
     "spec",
-    ["nohost", "=openai", "api.x.com=", "api.x.com=Bad Name", "*.com=x", "*=x", "1.2.3.4=x",
-     "[::1]=x", "api.x.com=x@nopath", "api.x.com=x@/a?b", "a..b.com=x", "-a.com=x"],
+    [
+        "nohost",
+        "=openai",
+        "api.x.com=",
+        "api.x.com=Bad Name",
+        "*.com=x",
+        "*=x",
+        "1.2.3.4=x",
+        "[::1]=x",
+        "api.x.com=x@nopath",
+        "api.x.com=x@/a?b",
+        "a..b.com=x",
+        "-a.com=x",
+    ],
 )
 def test_bad_specs(spec):
     with pytest.raises(ProviderSpecError):
@@ -72,7 +87,12 @@ def test_spec_round_trip():
 @pytest.mark.parametrize(
     "target, provider, path, expected",
     [
-        ("/api/v2/aibridge", "openai", "/v1/chat/completions", "/api/v2/aibridge/openai/v1/chat/completions"),
+        (
+            "/api/v2/aibridge",
+            "openai",
+            "/v1/chat/completions",
+            "/api/v2/aibridge/openai/v1/chat/completions",
+        ),
         ("/api/v2/aibridge/", "openai", "/v1/x?a=1%2F2", "/api/v2/aibridge/openai/v1/x?a=1%2F2"),
         ("", "anthropic", "/v1//a%2Fb", "/anthropic/v1//a%2Fb"),
         ("/gw", "copilot", "/", "/gw/copilot/"),
@@ -84,7 +104,9 @@ def test_gateway_path(target, provider, path, expected):
 
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 tlds = st.from_regex(r"[a-z]{2,6}", fullmatch=True)
-hosts = st.builds(lambda ls, tld: ".".join([*ls, tld]), st.lists(labels, min_size=1, max_size=4), tlds)
+hosts = st.builds(
+    lambda ls, tld: ".".join([*ls, tld]), st.lists(labels, min_size=1, max_size=4), tlds
+)
 
 
 @given(hosts, hosts)

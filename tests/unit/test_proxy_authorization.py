@@ -51,8 +51,11 @@ def test_rejections(value, expected):
     assert reason(value) == expected
 
 
-@given(st.text(max_size=30), st.from_regex(r"[\x21-\x7e]{1,60}", fullmatch=True),
-       st.sampled_from(["Basic", "basic", "BASIC", "bAsIc"]))
+@given(
+    st.text(max_size=30),
+    st.from_regex(r"[\x21-\x7e]{1,60}", fullmatch=True),
+    st.sampled_from(["Basic", "basic", "BASIC", "bAsIc"]),
+)
 def test_round_trip(user, token, scheme):
     value = basic_credentials(user.replace(":", ""), token).replace("Basic", scheme, 1)
     c = parse_proxy_authorization(value)

@@ -24,7 +24,9 @@ def test_defaults():
 
 def test_precedence_flags_over_env_over_file(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("gateway: https://file.example.com\nauth:\n  mode: presence\nlisten: 0.0.0.0:1\n")
+    cfg.write_text(
+        "gateway: https://file.example.com\nauth:\n  mode: presence\nlisten: 0.0.0.0:1\n"
+    )
     env = {"AIBRIDGE_PROXY_GATEWAY": "https://env.example.com", "AIBRIDGE_PROXY_LISTEN": "[::1]:2"}
     s = load({"listen": "127.0.0.2:3"}, env, cfg)
     assert s.gateway == "https://env.example.com"
@@ -37,9 +39,17 @@ def test_precedence_flags_over_env_over_file(tmp_path):
 def test_target_default_and_override():
     s = load({"gateway": "https://coder.example.com/"})
     assert s.routing_target.url == "https://coder.example.com/api/v2/aibridge"
-    s = load({"gateway": "https://coder.example.com", "target": "https://gw.example.com:8443/api/v2/ai-gateway"})
+    s = load(
+        {
+            "gateway": "https://coder.example.com",
+            "target": "https://gw.example.com:8443/api/v2/ai-gateway",
+        }
+    )
     assert s.routing_target.url == "https://gw.example.com:8443/api/v2/ai-gateway"
-    assert s.routing_target.url_for("openai", "/v1/x?y=1") == "https://gw.example.com:8443/api/v2/ai-gateway/openai/v1/x?y=1"
+    assert (
+        s.routing_target.url_for("openai", "/v1/x?y=1")
+        == "https://gw.example.com:8443/api/v2/ai-gateway/openai/v1/x?y=1"
+    )
 
 
 def test_coder_environment_names():
@@ -80,18 +90,42 @@ def test_providers_add_replace_remove(tmp_path):
 @pytest.mark.parametrize(
     "flags, env, yaml_text, expected",
     [
-        ({"listen": "nonsense"}, {}, None, "listen: 'nonsense' from flag --listen must be host:port"),
+        (
+            {"listen": "nonsense"},
+            {},
+            None,
+            "listen: 'nonsense' from flag --listen must be host:port",
+        ),
         ({"listen": "1.2.3.4:70000"}, {}, None, "port must be at most 65535"),
-        ({}, {"AIBRIDGE_PROXY_AUTH_MODE": "maybe"}, None,
-         "auth.mode: 'maybe' from environment variable AIBRIDGE_PROXY_AUTH_MODE must be one of validate, presence"),
+        (
+            {},
+            {"AIBRIDGE_PROXY_AUTH_MODE": "maybe"},
+            None,
+            "auth.mode: 'maybe' from environment variable AIBRIDGE_PROXY_AUTH_MODE must be one of validate, presence",
+        ),
         ({}, {}, "gateway: ftp://x\n", "gateway: 'ftp://x' from config file"),
         ({"gateway": "https://c.example.com?x=1"}, {}, None, "must not contain a query"),
         ({}, {}, "auth:\n  mdoe: presence\n", "unknown setting 'auth.mdoe' in config file"),
-        ({}, {"AIBRIDGE_PROXY_GATEWY": "x"}, None, "unknown setting 'gatewy' in environment variable AIBRIDGE_PROXY_GATEWY (did you mean 'gateway'?)"),
+        (
+            {},
+            {"AIBRIDGE_PROXY_GATEWY": "x"},
+            None,
+            "unknown setting 'gatewy' in environment variable AIBRIDGE_PROXY_GATEWY (did you mean 'gateway'?)",
+        ),
         ({}, {}, "providers:\n  '*.com': x\n", "wildcard"),
-        ({"auth.cache_ttl": "-1"}, {}, None, "auth.cache_ttl: '-1' from flag --auth-cache-ttl must be at least 0"),
+        (
+            {"auth.cache_ttl": "-1"},
+            {},
+            None,
+            "auth.cache_ttl: '-1' from flag --auth-cache-ttl must be at least 0",
+        ),
         ({"ca.cert_file": "/x.pem"}, {}, None, "set both ca.cert_file and ca.key_file"),
-        ({"headers.token": "Bad Header"}, {}, None, "headers.token: 'Bad Header' from flag --headers-token is not a valid header name"),
+        (
+            {"headers.token": "Bad Header"},
+            {},
+            None,
+            "headers.token: 'Bad Header' from flag --headers-token is not a valid header name",
+        ),
         ({"gateway_ca_file": "/nonexistent.pem"}, {}, None, "does not name a readable file"),
         ({}, {}, "[unbalanced\n", "is not valid YAML"),
         ({}, {}, "- a list\n", "must hold a mapping"),
@@ -115,7 +149,9 @@ def test_serve_requires_gateway():
 
 
 def test_systemd_state_directory():
-    assert load({}, {"STATE_DIRECTORY": "/var/lib/aibridge-proxy"}).state_dir == Path("/var/lib/aibridge-proxy")
+    assert load({}, {"STATE_DIRECTORY": "/var/lib/aibridge-proxy"}).state_dir == Path(
+        "/var/lib/aibridge-proxy"
+    )
 
 
 def test_example_config_loads():

@@ -1,0 +1,603 @@
+"""
+The benchmark: one run, on loopback, the same load through
+- direct: the client straight to the local gateway over TLS (the physical limit),
+- diy: stock mitmdump with the ten-line rewrite script in diy_rewrite.py, streaming on,
+- ours: `aibridge-proxy serve` with production settings (token validation and its cache,
+  metrics, one JSON log line per request, egress policy on),
+and a table plus JSON (tests/benchmarks/results/latest.json) with ratios ours/diy and
+ours/direct. Load comes from `hey` (Go) and, for SSE, memory and HTTP/2, from asyncio clients.
+
+    ./run bench            # full run (several minutes)
+    ./run bench --quick    # smaller counts, for a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from certs.authority import generate_ca
+from certs.authority import issue_leaf
+from certs.authority import key_pem
+from tests.support import H2Tunnel
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "tests" / "benchmarks" / "results"
+TOKEN = "bench-token-0123456789"
+HOST = "api.openai.com"
+CHAT_BODY = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_tools() -> None:
+    missing = [t for t in ("hey", "curl", "openssl") if not shutil.which(t)]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} ...", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    still = [t for t in ("hey", "curl", "openssl") if not shutil.which(t)]
+    if still:
+        sys.exit(f"benchmark needs {', '.join(still)}")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            out += [child, *_children(child)]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+@dataclass
+class Target:
+    name: str
+    proxy: str | None  # http://user:token@host:port, or None for direct
+    pid: int | None
+    url_base: str  # what the client asks for
+
+    def url(self, path: str) -> str:
+        return self.url_base + path
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextmanager
+def process(cmd: list[str], env: dict | None = None, log: Path | None = None, cwd: Path = ROOT):
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+def hey(
+    target: Target,
+    path: str,
+    *,
+    c: int,
+    n: int | None = None,
+    z: str | None = None,
+    keepalive: bool = True,
+) -> dict:
+    cmd = [
+        "hey",
+        "-c",
+        str(c),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-d",
+        CHAT_BODY,
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+    ]
+    cmd += ["-n", str(n)] if n else ["-z", z or "5s"]
+    if not keepalive:
+        cmd.append("-disable-keepalive")
+    if target.proxy:
+        cmd += ["-x", target.proxy]
+    cmd.append(target.url(path))
+    before = cpu_seconds(target.pid) if target.pid else 0.0
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900).stdout
+    wall = time.monotonic() - started
+    cpu = (cpu_seconds(target.pid) - before) if target.pid else 0.0
+
+    def find(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else float("nan")
+
+    codes = {
+        int(code): int(count) for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    }
+    errors = (
+        sum(
+            int(x)
+            for x in re.findall(r"^\s+\[(\d+)\]\s+\S", out.split("Error distribution:")[-1], re.M)
+        )
+        if "Error distribution:" in out
+        else 0
+    )
+    ok = codes.get(200, 0)
+    return {
+        "rps": find(r"Requests/sec:\s+([\d.]+)"),
+        "p50_ms": find(r"50%+ in ([\d.]+) secs") * 1000,
+        "p99_ms": find(r"99%+ in ([\d.]+) secs") * 1000,
+        "ok": ok,
+        "failed": sum(v for k, v in codes.items() if k != 200) + errors,
+        "cpu_s_per_1k": round(cpu / ok * 1000, 3) if ok and target.pid else None,
+        "wall_s": round(wall, 2),
+    }
+
+
+async def sse_delays(target: Target, streams: int, events: int, interval: float) -> list[float]:
+    """ms between an event's send time at the gateway and its arrival at the client."""
+    import httpx
+
+    path = f"/_diag/sse?events={events}&interval={interval}"
+    delays: list[float] = []
+
+    async def one(client):
+        async with client.stream(
+            "GET", target.url(path), headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    delays.append((time.time() - json.loads(line[6:])["sent"]) * 1000)
+
+    async with httpx.AsyncClient(
+        proxy=target.proxy, verify=False, timeout=120, trust_env=False
+    ) as client:
+        await asyncio.gather(*(one(client) for _ in range(streams)))
+    return delays
+
+
+async def hold_streams(target: Target, count: int) -> float:
+    """Open `count` SSE streams at once through the target; RSS (MB) while all are open."""
+    import httpx
+
+    opened = asyncio.Event()
+    n_open = 0
+    release = asyncio.Event()
+
+    async def one(client):
+        nonlocal n_open
+        async with client.stream(
+            "GET",
+            target.url("/_diag/sse?events=2&interval=60"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    n_open += 1
+                    if n_open == count:
+                        opened.set()
+                    await release.wait()
+                    return
+
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        proxy=target.proxy, verify=False, timeout=300, limits=limits, trust_env=False
+    ) as client:
+        tasks = [asyncio.create_task(one(client)) for _ in range(count)]
+        await asyncio.wait_for(opened.wait(), 300)
+        await asyncio.sleep(1)
+        rss = rss_mb(target.pid)
+        release.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return rss
+
+
+def h2_concurrency(target: Target, ca: Path, streams: int = 20) -> dict:
+    """Time for `streams` SSE streams multiplexed on one h2 connection vs one stream alone."""
+    tunnel = H2Tunnel(int(target.proxy.rsplit(":", 1)[1]), ca, TOKEN)
+    path = "/_diag/sse?events=5&interval=0.2"
+    t0 = time.monotonic()
+    tunnel.collect({tunnel.request("GET", path)})
+    one = time.monotonic() - t0
+    t0 = time.monotonic()
+    results = tunnel.collect({tunnel.request("GET", path) for _ in range(streams)})
+    many = time.monotonic() - t0
+    complete = all(r["body"].count(b"data: ") == 5 for r in results.values())
+    return {
+        "one_stream_s": one,
+        "twenty_streams_s": many,
+        "ratio": many / one,
+        "complete": complete,
+    }
+
+
+def h2_upload(target: Target, ca: Path) -> bool:
+    data = os.urandom(8 * 1024 * 1024)
+    env = {**os.environ, "HTTPS_PROXY": target.proxy}
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--http2",
+            "--cacert",
+            str(ca),
+            "-T",
+            "-",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            target.url("/_diag/upload"),
+        ],
+        input=data,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        got = json.loads(out.stdout)
+    except ValueError:
+        return False
+    return got.get("body_sha256") == hashlib.sha256(data).hexdigest()
+
+
+def tunnel_mbps(proxy: str | None, port: int, size: int) -> float:
+    cmd = [
+        "curl",
+        "-sS",
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{speed_download}",
+        f"https://127.0.0.1:{port}/big.bin",
+    ]
+    if proxy:
+        cmd[1:1] = ["-x", proxy]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return float(out.stdout or 0) / 1e6
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="./run bench")
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke check")
+    args = ap.parse_args()
+    ensure_tools()
+    q = args.quick
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="aibridge-bench-"))
+    py = sys.executable
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+    gw_ca = generate_ca("bench gateway CA", 2, permitted_domains=None)
+    cert, key = issue_leaf(gw_ca, ["localhost"], ips=["127.0.0.1"])
+    (work / "gw.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    (work / "gw-ca.pem").write_bytes(gw_ca.cert_pem())
+    gw_port, diy_port, ours_port, admin_port, tunnel_port = (free_port() for _ in range(5))
+    gateway = f"https://127.0.0.1:{gw_port}"
+    size = 1024**3 // (4 if q else 1)
+    (work / "www").mkdir()
+    with open(work / "www" / "big.bin", "wb") as f:
+        f.truncate(size)  # sparse: served from memory, so the disk is not what we measure
+
+    results: dict = {"machine": machine(), "quick": q}
+    with ExitStack() as stack:
+        for _ in range(2):  # two gateway processes (SO_REUSEPORT), so the gateway is not the limit
+            stack.enter_context(
+                process(
+                    [
+                        py,
+                        "-m",
+                        "tests.benchmarks.gateway_server",
+                        str(gw_port),
+                        str(work / "gw.pem"),
+                        TOKEN,
+                    ],
+                    env,
+                )
+            )
+        stack.enter_context(
+            process(
+                [
+                    "openssl",
+                    "s_server",
+                    "-quiet",
+                    "-accept",
+                    str(tunnel_port),
+                    "-cert",
+                    str(work / "gw.pem"),
+                    "-WWW",
+                ],
+                env,
+                cwd=work / "www",
+            )
+        )
+        diy_env = {**env, "DIY_GATEWAY": gateway}
+        diy = stack.enter_context(
+            process(
+                [
+                    str(Path(py).with_name("mitmdump")),
+                    "-q",
+                    "-s",
+                    str(ROOT / "tests/benchmarks/diy_rewrite.py"),
+                    "--listen-host",
+                    "127.0.0.1",
+                    "--listen-port",
+                    str(diy_port),
+                    "--set",
+                    f"confdir={work / 'diy'}",
+                    "--set",
+                    "connection_strategy=lazy",
+                    "--set",
+                    f"ssl_verify_upstream_trusted_ca={work / 'gw-ca.pem'}",
+                ],
+                diy_env,
+                log=work / "diy.log",
+            )
+        )
+        ours = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "proxy",
+                    "serve",
+                    "--gateway",
+                    gateway,
+                    "--gateway-ca-file",
+                    str(work / "gw-ca.pem"),
+                    "--listen",
+                    f"127.0.0.1:{ours_port}",
+                    "--admin-listen",
+                    f"127.0.0.1:{admin_port}",
+                    "--state-dir",
+                    str(work / "ours"),
+                    "--allowed-private-cidrs",
+                    "127.0.0.0/8",
+                    "--allowed-ports",
+                    f"443,{tunnel_port}",
+                ],
+                env,
+                log=work / "ours.log",
+            )
+        )
+        for port in (gw_port, tunnel_port, diy_port, ours_port):
+            wait_port(port)
+        targets = {
+            "direct": Target("direct", None, None, f"{gateway}/api/v2/aibridge/openai"),
+            "diy": Target(
+                "diy", f"http://coder:{TOKEN}@127.0.0.1:{diy_port}", diy.pid, f"https://{HOST}"
+            ),
+            "ours": Target(
+                "ours", f"http://coder:{TOKEN}@127.0.0.1:{ours_port}", ours.pid, f"https://{HOST}"
+            ),
+        }
+        chat = "/v1/chat/completions"
+        for t in targets.values():  # warm-up: CA load, token validation, connection pools
+            hey(t, chat, c=4, n=200)
+
+        n_lat = 300 if q else 3000
+        for name, t in targets.items():
+            r = results.setdefault(name, {})
+            r["keepalive"] = hey(t, chat, c=1, n=n_lat)
+            for c in (4, 16, 64):
+                r[f"c{c}"] = hey(t, chat, c=c, z="3s" if q else "10s")
+            r["new_connection"] = hey(t, chat, c=1, n=100 if q else 500, keepalive=False)
+            delays = asyncio.run(sse_delays(t, streams=5, events=40 if q else 200, interval=0.01))
+            r["sse_delay_ms"] = {
+                "p50": percentile(delays, 50),
+                "p99": percentile(delays, 99),
+                "events": len(delays),
+            }
+            print(f"  {name}: done", file=sys.stderr, flush=True)
+
+        ca = work / "ours" / "ca.pem"
+        o = results["ours"]
+        o["rss_idle_mb"] = rss_mb(ours.pid)
+        o["rss_1000_streams_mb"] = asyncio.run(hold_streams(targets["ours"], 100 if q else 1000))
+        samples = [rss_mb(ours.pid)]
+        total = 10_000 if q else 100_000
+        for _ in range(4):
+            hey(targets["ours"], chat, c=16, n=total // 4)
+            samples.append(rss_mb(ours.pid))
+        o["rss_over_requests_mb"] = {
+            "requests": total,
+            "samples": samples,
+            "growth": samples[-1] - samples[1],
+        }
+        results["direct"]["tunnel_MBps"] = tunnel_mbps(None, tunnel_port, size)
+        o["tunnel_MBps"] = tunnel_mbps(targets["ours"].proxy, tunnel_port, size)
+        o["h2"] = {
+            **h2_concurrency(targets["ours"], ca),
+            "upload_intact": h2_upload(targets["ours"], ca),
+        }
+        results["diy"]["h2"] = h2_concurrency(
+            targets["diy"], work / "diy" / "mitmproxy-ca-cert.pem"
+        )
+
+    ratios(results)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nJSON: {RESULTS / 'latest.json'}")
+    return 0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def ratios(r: dict) -> None:
+    d, y, o = r["direct"], r["diy"], r["ours"]
+    added = {
+        k: {
+            "p50": x["keepalive"]["p50_ms"] - d["keepalive"]["p50_ms"],
+            "p99": x["keepalive"]["p99_ms"] - d["keepalive"]["p99_ms"],
+        }
+        for k, x in (("diy", y), ("ours", o))
+    }
+    r["added_latency_ms"] = added
+    r["ratios"] = {
+        "added_p50_ours_over_diy": added["ours"]["p50"] / added["diy"]["p50"],
+        "rps_c16_ours_over_diy": o["c16"]["rps"] / y["c16"]["rps"],
+        "rps_c16_ours_over_direct": o["c16"]["rps"] / d["c16"]["rps"],
+        "new_conn_p50_ours_over_diy": o["new_connection"]["p50_ms"] / y["new_connection"]["p50_ms"],
+        "tunnel_ours_over_direct": o["tunnel_MBps"] / d["tunnel_MBps"],
+    }
+
+
+def table(r: dict) -> str:
+    rows = [("", "direct", "diy", "ours", "ours/diy", "ours/direct")]
+
+    def row(label, f, fmt="{:.2f}"):
+        vals = [f(r[k]) for k in ("direct", "diy", "ours")]
+        cells = [fmt.format(v) if v is not None else "-" for v in vals]
+        ratio_d = fmt.format(vals[2] / vals[1]) if vals[1] else "-"
+        ratio_x = fmt.format(vals[2] / vals[0]) if vals[0] else "-"
+        rows.append((label, *cells, ratio_d, ratio_x))
+
+    row("keep-alive p50 ms", lambda x: x["keepalive"]["p50_ms"])
+    row("keep-alive p99 ms", lambda x: x["keepalive"]["p99_ms"])
+    a = r["added_latency_ms"]
+    rows.append(
+        (
+            "added p50 / p99 ms",
+            "0",
+            f"{a['diy']['p50']:.2f} / {a['diy']['p99']:.2f}",
+            f"{a['ours']['p50']:.2f} / {a['ours']['p99']:.2f}",
+            f"{r['ratios']['added_p50_ours_over_diy']:.2f}",
+            "",
+        )
+    )
+    for c in (4, 16, 64):
+        row(f"req/s, {c} conns", lambda x, c=c: x[f"c{c}"]["rps"], "{:.0f}")
+    row("proxy CPU s / 1k req (16 conns)", lambda x: x["c16"]["cpu_s_per_1k"], "{:.3f}")
+    row("new connection p50 ms", lambda x: x["new_connection"]["p50_ms"])
+    row("SSE delay p50 ms", lambda x: x["sse_delay_ms"]["p50"], "{:.3f}")
+    row("SSE delay p99 ms", lambda x: x["sse_delay_ms"]["p99"], "{:.3f}")
+    o = r["ours"]
+    failed = {
+        k: sum(v.get("failed", 0) for v in r[k].values() if isinstance(v, dict))
+        for k in ("direct", "diy", "ours")
+    }
+    lines = [" | ".join(f"{c:>14}" if i else f"{c:<32}" for i, c in enumerate(rw)) for rw in rows]
+    lines += [
+        "",
+        f"ours RSS: idle {o['rss_idle_mb']:.0f} MB, with 1000 open streams {o['rss_1000_streams_mb']:.0f} MB; "
+        f"over {o['rss_over_requests_mb']['requests']} requests: "
+        + " -> ".join(f"{x:.0f}" for x in o["rss_over_requests_mb"]["samples"])
+        + " MB",
+        f"tunnel: direct {r['direct']['tunnel_MBps']:.0f} MB/s, ours {o['tunnel_MBps']:.0f} MB/s "
+        f"({r['ratios']['tunnel_ours_over_direct']:.0%})",
+        f"h2, 20 SSE streams on one connection: ours {o['h2']['twenty_streams_s']:.2f} s vs one stream "
+        f"{o['h2']['one_stream_s']:.2f} s (x{o['h2']['ratio']:.1f}); diy x{r['diy']['h2']['ratio']:.1f}; "
+        f"h2 upload without content-length intact: {o['h2']['upload_intact']}",
+        f"failed requests: {failed}",
+        f"machine: {r['machine']['cpus']} x {r['machine']['cpu']}, Python {r['machine']['python']}, {r['machine']['date']}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
