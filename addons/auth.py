@@ -15,6 +15,7 @@ import asyncio
 import logging
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -64,8 +65,8 @@ class TokenAuth:
 
     def __init__(self, routing: Routing):
         self.routing = routing
-        self.cache_hits = 0  # totals across cache generations (a reload starts a new cache)
-        self.cache_misses = 0
+        # told about every token check (True: answered from the cache); metrics subscribes
+        self.on_cache_result: Callable[[bool], None] = lambda hit: None
         self._by_client: weakref.WeakKeyDictionary[connection.Client, Identity] = (
             weakref.WeakKeyDictionary()
         )
@@ -266,10 +267,9 @@ class TokenAuth:
             return Identity(connect_id, creds.token, None)
         try:
             verdict, cached = await self.cache.check(creds.token)
-            self.cache_hits += cached
-            self.cache_misses += not cached
+            self.on_cache_result(cached)
         except ValidationUnavailable as e:
-            self.cache_misses += 1
+            self.on_cache_result(False)
             if ctx.options.aibridge_auth_fail_open:
                 logger.warning("token validation unavailable, accepting (fail open): %s", e)
                 return Identity(connect_id, creds.token, None)

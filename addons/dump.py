@@ -79,7 +79,7 @@ class ApiDump:
             return None
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or (info := route_info(flow)) is None:
+        if self.dir is None or flow.response is not None or (info := route_info(flow)) is None:
             return
         r = flow.request
         head = (
@@ -92,7 +92,7 @@ class ApiDump:
             self._files(flow).append(f)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if (info := route_info(flow)) is None or flow.response is None:
+        if self.dir is None or (info := route_info(flow)) is None or flow.response is None:
             return
         resp = flow.response
         head = f"{resp.http_version} {resp.status_code} {resp.reason}\n"

@@ -160,9 +160,10 @@ class GatewayRouter:
             return
 
         new_path = target.url_for(route.provider, request.path)[len(target.origin) :]
-        # A fresh server connection spec without `via`: routed requests go straight to the
-        # gateway even when tunnels leave through an upstream proxy.
-        flow.server_conn = connection.Server(address=(target.host, target.port))
+        if flow.server_conn.via is not None:
+            # A fresh server connection spec without `via`: routed requests go straight to the
+            # gateway even when tunnels leave through an upstream proxy.
+            flow.server_conn = connection.Server(address=(target.host, target.port))
         request.scheme = target.scheme
         request.host = target.host
         request.port = target.port

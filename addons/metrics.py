@@ -21,7 +21,6 @@ from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
 
 from addons.auth import TokenAuth
 from addons.gateway import route_info
@@ -34,22 +33,6 @@ ORIGIN = "origin"  # provider label for requests passed through to the original 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-
-
-class _TokenCacheCollector:
-    def __init__(self, auth: TokenAuth):
-        self.auth = auth
-
-    def collect(self):
-        hits = CounterMetricFamily(
-            PREFIX + "token_cache_hits", "Token checks answered from the cache."
-        )
-        hits.add_metric([], self.auth.cache_hits)
-        misses = CounterMetricFamily(
-            PREFIX + "token_cache_misses", "Token checks that asked the gateway."
-        )
-        misses.add_metric([], self.auth.cache_misses)
-        return [hits, misses]
 
 
 class Metrics:
@@ -101,7 +84,11 @@ class Metrics:
             PREFIX + "response_bytes", "Response body bytes to clients.", ["provider"], registry=r
         )
         self.inflight = Gauge(
-            PREFIX + "inflight_requests", "Requests in progress.", ["provider"], registry=r
+            PREFIX + "inflight_requests",
+            "Requests in progress.",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.tunnel_duration = Histogram(
             PREFIX + "tunnel_duration_seconds",
@@ -113,20 +100,33 @@ class Metrics:
             PREFIX + "ca_expiry_timestamp_seconds",
             "CA certificate notAfter (Unix time).",
             registry=r,
+            multiprocess_mode="max",
         )
         self.reloads = Counter(
             PREFIX + "config_reloads", "Configuration reloads by result.", ["result"], registry=r
         )
+        # Gauges say how to combine worker processes (see proxy/workers.py).
         self.last_reload = Gauge(
             PREFIX + "config_last_reload_success_timestamp_seconds",
             "Time of the last successful reload.",
             registry=r,
+            multiprocess_mode="max",
         )
         self.info = Gauge(
-            PREFIX + "build_info", "Always 1; labels describe the build.", ["version"], registry=r
+            PREFIX + "build_info",
+            "Always 1; labels describe the build.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.info.labels(version=_version()).set(1)
-        r.register(_TokenCacheCollector(auth))
+        self.cache_hits = Counter(
+            PREFIX + "token_cache_hits", "Token checks answered from the cache.", registry=r
+        )
+        self.cache_misses = Counter(
+            PREFIX + "token_cache_misses", "Token checks that asked the gateway.", registry=r
+        )
+        auth.on_cache_result = lambda hit: (self.cache_hits if hit else self.cache_misses).inc()
         self.auth = auth
         self._inflight: dict[str, str] = {}  # flow id -> provider label
         self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (

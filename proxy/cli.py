@@ -152,8 +152,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _settings_from(args, require_gateway=True)
 
     app = ProxyApp(settings, reload_settings=reload)
-    asyncio.run(app.serve_forever())
+    run_event_loop(app.serve_forever())
     return 0
+
+
+def run_event_loop(main) -> None:
+    """uvloop where it exists (Linux, macOS): the proxy spends much of its time in the loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
