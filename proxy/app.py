@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -108,8 +109,11 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
     }
 
 
-def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path, Path]:
-    """CA, mitmproxy confdir and upstream trust bundle, all derived from settings."""
+def prepare_engine_files(
+    settings: Settings, engine_dir: str = "engine"
+) -> tuple[CertificateAuthority, Path, Path]:
+    """CA, mitmproxy confdir and upstream trust bundle, all derived from settings. Worker
+    processes each get their own engine directory."""
     try:
         ca = ensure_ca(settings)
     except CAError as e:
@@ -122,7 +126,7 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
             "create a CA that covers them with `aibridge-proxy ca init --force`",
             ", ".join(outside),
         )
-    confdir = engine_confdir(ca, settings.state_path / "engine")
+    confdir = engine_confdir(ca, settings.state_path / engine_dir)
     extra = [
         (p, name)
         for p, name in (
@@ -147,15 +151,25 @@ def prepare_engine_files(settings: Settings) -> tuple[CertificateAuthority, Path
 
 
 def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
-    """System roots + our CA: for clients whose CA variable replaces the trust store."""
+    """System roots + our CA: for clients whose CA variable replaces the trust store. Written
+    atomically: workers and readers may be looking at it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(build_bundle() + ca.cert_pem() + ca.chain_pem())
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+    tmp.write_bytes(build_bundle() + ca.cert_pem() + ca.chain_pem())
+    os.replace(tmp, dest)
     return dest
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings] | None = None,
+        worker_index: int | None = None,
+    ):
         self.settings = settings
+        self.worker_index = worker_index  # set when one of several workers (proxy/workers.py)
+        self.engine_dir = "engine" if worker_index is None else f"engine-{worker_index}"
         self.reload_settings = reload_settings
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
@@ -169,7 +183,7 @@ class ProxyApp:
     # -- assembly ----------------------------------------------------------------------------
 
     def _build_master(self) -> master.Master:
-        ca, confdir, trust = prepare_engine_files(self.settings)
+        ca, confdir, trust = prepare_engine_files(self.settings, self.engine_dir)
         self.ca = ca
         opts = options.Options()
         m = master.Master(opts)
@@ -282,7 +296,7 @@ class ProxyApp:
             new = self.reload_settings()
             if new.listen != self.settings.listen:
                 raise SettingsError("listen: changing the address needs a restart")
-            ca, confdir, trust = prepare_engine_files(new)
+            ca, confdir, trust = prepare_engine_files(new, self.engine_dir)
             opts = engine_options(new, confdir, trust)
             for key in ("listen_host", "listen_port", "mode"):
                 opts.pop(key)
@@ -291,14 +305,19 @@ class ProxyApp:
             # every option passed counts as updated, so TlsConfig re-reads the CA from confdir
             self.master.options.update(**opts)
         except (SettingsError, StartupError, exceptions.OptionsError) as e:
-            self.metrics.reload_result(False)
+            self._count_reload(False)
             logger.error("configuration reload rejected, keeping the old one: %s", e)
             return False
         self.settings, self.ca = new, ca
         self._publish()
-        self.metrics.reload_result(True)
+        self._count_reload(True)
         logger.info("configuration reloaded")
         return True
+
+    def _count_reload(self, ok: bool) -> None:
+        # with several workers, each reloads; one of them speaks for all in the metrics
+        if self.worker_index in (None, 0):
+            self.metrics.reload_result(ok)
 
     async def stop(self) -> None:
         """Stop accepting, let open requests and streams finish (up to the grace period)."""

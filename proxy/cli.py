@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy")
     _add_setting_flags(serve)
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     ca = sub.add_parser("ca", help="create or inspect the CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -145,14 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.workers import Supervisor
+    from proxy.workers import enable_reuse_port
+    from proxy.workers import worker_count
+
     settings = _settings_from(args, require_gateway=True)
     configure_logging(settings.log_level, settings.log_format)
 
     def reload() -> Settings:
         return _settings_from(args, require_gateway=True)
 
-    app = ProxyApp(settings, reload_settings=reload)
-    run_event_loop(app.serve_forever())
+    if args.worker_index is not None:
+        enable_reuse_port()
+        app = ProxyApp(settings, reload_settings=reload, worker_index=args.worker_index)
+        run_event_loop(app.serve_forever())
+    elif (count := worker_count(settings.workers)) > 1:
+        run_event_loop(Supervisor(settings, args.serve_argv, reload, count).run())
+    else:
+        run_event_loop(ProxyApp(settings, reload_settings=reload).serve_forever())
     return 0
 
 
@@ -324,7 +335,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.serve_argv = argv[1:]  # for worker processes: the same settings as ours
     handlers = {
         "serve": cmd_serve,
         "demo": cmd_demo,

@@ -390,6 +390,12 @@ FIELDS: tuple[Field, ...] = (
         "host:port clients use for the proxy, written into /proxy.pac.",
     ),
     Field(
+        "workers",
+        _number(0, True),
+        1,
+        "Worker processes sharing the listening port (0: one per CPU core).",
+    ),
+    Field(
         "grace_period", _number(0), 30.0, "Seconds to let open requests and streams finish on stop."
     ),
     Field(
@@ -450,6 +456,7 @@ class Settings:
     allowed_private_cidrs: tuple[str, ...]
     admin_listen: tuple[str, int] | None
     admin_proxy_address: str | None
+    workers: int
     grace_period: float
     shutdown_delay: float
     metrics_user_labels: bool

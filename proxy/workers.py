@@ -1,0 +1,228 @@
+"""
+Several worker processes on one port: one asyncio process uses one core.
+
+The supervisor prepares the CA once, starts the workers (each a normal `serve` that binds the
+same address with SO_REUSEPORT, so the kernel spreads new connections over them), serves the
+admin endpoints for all of them (metrics from prometheus_client's multiprocess files), checks a
+new configuration before passing SIGHUP on, drains them all on SIGTERM, restarts a worker that
+dies, and talks to systemd. Workers share nothing but the CA, the configuration and the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from mitmproxy.proxy import mode_servers
+from prometheus_client import CollectorRegistry
+from prometheus_client import multiprocess
+
+from proxy.admin import AdminServer
+from proxy.admin import AdminState
+from proxy.app import StartupError
+from proxy.app import prepare_engine_files
+from proxy.settings import Settings
+from proxy.settings import SettingsError
+from proxy.systemd import Notifier
+
+logger = logging.getLogger("aibridge.proxy")
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _AsyncioWithReusePort:
+    """mitmproxy binds its listeners with `asyncio.start_server`; in a worker, the same call
+    with SO_REUSEPORT, so that every worker can bind the shared port."""
+
+    def __getattr__(self, name):
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def start_server(*args, **kwargs):
+        kwargs.setdefault("reuse_port", True)
+        return await asyncio.start_server(*args, **kwargs)
+
+
+def enable_reuse_port() -> None:
+    mode_servers.asyncio = _AsyncioWithReusePort()  # type: ignore[attr-defined]
+
+
+def resolve_port(host: str, port: int) -> int:
+    """Workers must agree on one port: pick a free one now if the setting says 0."""
+    if port:
+        return port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host or "", 0))
+        return s.getsockname()[1]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_argv: list[str],
+        reload_settings: Callable[[], Settings],
+        count: int,
+    ):
+        self.settings = settings
+        self.worker_argv = worker_argv
+        self.reload_settings = reload_settings
+        self.count = count
+        self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
+        self.admin_state = AdminState()
+        self.admin: AdminServer | None = None
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.ready: dict[int, asyncio.Event] = {}
+        self.stopping = False
+        self.port = resolve_port(*settings.listen)
+        self.metrics_dir = settings.state_path / "metrics"
+
+    def _worker_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        env[METRICS_DIR_ENV] = str(self.metrics_dir)
+        return env
+
+    async def _spawn(self, index: int) -> None:
+        host = self.settings.listen[0]
+        listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            *self.worker_argv,
+            "--listen",
+            listen,
+            "--admin-listen",
+            "off",
+            "--shutdown-delay",
+            "0",
+            "--worker-index",
+            str(index),
+        ]
+        self.ready[index] = asyncio.Event()
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            env=self._worker_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self.procs[index] = proc
+        asyncio.get_running_loop().create_task(self._pump(index, proc))
+
+    async def _pump(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        """Forward a worker's log lines; notice when it is listening and when it dies."""
+        assert proc.stdout is not None
+        out = sys.stderr.buffer
+        async for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            if b"proxy listening" in line:
+                self.ready[index].set()
+        code = await proc.wait()
+        multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+        self.ready[index].clear()
+        if not self.stopping:
+            logger.error("worker %d exited with %s; starting it again", index, code)
+            await asyncio.sleep(0.5)
+            await self._spawn(index)
+
+    def _publish(self, ca_pem: bytes) -> None:
+        s = self.settings
+        st = self.admin_state
+        st.ca_pem = ca_pem
+        st.table = s.provider_table
+        target = s.routing_target
+        st.gateway = (target.host, target.port) if target else None
+        host = s.listen[0]
+        st.proxy_address = s.admin_proxy_address or (
+            f"{host}:{self.port}" if host not in ("", "0.0.0.0", "::") else None
+        )
+        st.proxy_scheme = "HTTPS" if s.tls_cert_file else "PROXY"
+
+    async def run(self) -> None:
+        ca, _, _ = prepare_engine_files(self.settings)  # the CA exists before workers start
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True, mode=0o700)
+        for i in range(self.count):
+            await self._spawn(i)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.ready.values())), 60)
+        except TimeoutError:
+            self.stopping = True
+            for proc in self.procs.values():
+                if proc.returncode is None:
+                    proc.terminate()
+            raise StartupError("workers did not start; see the log lines above") from None
+        self._publish(ca.cert_pem())
+        self.admin_state.listening = True
+        if self.settings.admin_listen is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
+            self.admin = AdminServer(self.admin_state, lambda: registry)
+            try:
+                host, port = await self.admin.start(*self.settings.admin_listen)
+            except OSError as e:
+                await self._stop_workers()
+                raise StartupError(f"admin.listen: cannot bind: {e.strerror}") from None
+            logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
+        logger.info(
+            "proxy listening",
+            extra={
+                "fields": {
+                    "listen": f"{self.settings.listen[0]}:{self.port}",
+                    "workers": self.count,
+                }
+            },
+        )
+        self.notifier.ready(f"{self.count} workers on port {self.port}")
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await stop.wait()
+        self.notifier.stopping()
+        self.admin_state.listening = False
+        if self.settings.shutdown_delay:
+            await asyncio.sleep(self.settings.shutdown_delay)
+        await self._stop_workers()
+        if self.admin is not None:
+            await self.admin.stop()
+        logger.info("stopped")
+
+    def reload(self) -> None:
+        """Check the new configuration here first: a broken one never reaches the workers."""
+        try:
+            new = self.reload_settings()
+            if new.listen != self.settings.listen:
+                raise SettingsError("listen: changing the address needs a restart")
+            ca, _, _ = prepare_engine_files(new)
+        except (SettingsError, StartupError) as e:
+            logger.error("configuration reload rejected, keeping the old one: %s", e)
+            return
+        self.settings = new
+        self._publish(ca.cert_pem())
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGHUP)
+
+    async def _stop_workers(self) -> None:
+        self.stopping = True
+        # shutdown_delay was spent here already; workers drain for grace_period themselves
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(p.wait() for p in self.procs.values()))
+
+
+def worker_count(setting: int) -> int:
+    return setting if setting > 0 else (os.cpu_count() or 1)

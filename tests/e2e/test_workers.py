@@ -1,0 +1,90 @@
+"""Several worker processes on one port: they share the load, report metrics together, reload
+together (a bad configuration reaches none of them), stop cleanly, and a dead worker comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.test_operations import metric
+from tests.support import ALICE
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def request(p, url="https://api.openai.com/v1/models") -> int:
+    ctx = ssl.create_default_context(cafile=str(p.ca_path))
+    with httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False, timeout=20) as c:
+        return c.get(url).status_code
+
+
+def test_workers_share_the_port_and_the_metrics(make_proxy, gateway, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("providers:\n  api.example-ai.com: first\n")
+    p = make_proxy("--workers", "2", "--config", str(config))
+    assert len(children(p.proc.pid)) == 2
+    assert all(request(p) == 200 for _ in range(30))  # a new connection each time
+    assert len({r.peer for r in gateway.records}) > 1 or len(gateway.records) == 30
+    text = p.admin("/metrics").text
+    assert metric(text, "aibridge_proxy_requests_total", provider="openai", code="200") == 30
+    assert p.admin("/readyz").json()["ready"] is True
+
+    # a broken configuration is stopped at the supervisor
+    config.write_text("providers: [[[\n")
+    p.signal(signal.SIGHUP)
+    p.wait_for_line(lambda r: "reload rejected" in r.get("msg", ""))
+    request(p, "https://api.example-ai.com/x")
+    assert gateway.last().path == "/api/v2/aibridge/first/x"
+    # a good one reaches every worker
+    config.write_text("providers:\n  api.example-ai.com: second\n")
+    p.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (
+        time.monotonic() < deadline
+        and len([r for r in p.json_lines() if r.get("msg") == "configuration reloaded"]) < 2
+    ):
+        time.sleep(0.05)
+    for _ in range(10):
+        request(p, "https://api.example-ai.com/x")
+        assert gateway.last().path == "/api/v2/aibridge/second/x"
+
+
+def test_a_dead_worker_is_restarted(make_proxy, gateway):
+    p = make_proxy("--workers", "2")
+    victim = children(p.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    p.wait_for_line(lambda r: "starting it again" in r.get("msg", ""))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        victim in children(p.proc.pid) or len(children(p.proc.pid)) < 2
+    ):
+        time.sleep(0.1)
+    assert len(children(p.proc.pid)) == 2 and victim not in children(p.proc.pid)
+    assert all(request(p) == 200 for _ in range(10))
+
+
+def test_workers_stop_cleanly(make_proxy, gateway):
+    p = make_proxy("--workers", "2")
+    workers = children(p.proc.pid)
+    assert request(p) == 200
+    p.signal(signal.SIGTERM)
+    assert p.proc.wait(20) == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
