@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import dataclass
+from dataclasses import field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version
+from typing import Any
 
 from mitmproxy import connection
 from mitmproxy import ctx
@@ -33,6 +36,16 @@ ORIGIN = "origin"  # provider label for requests passed through to the original 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+@dataclass
+class _ProviderSeries:
+    inflight: Any
+    duration: Any
+    ttfb: Any
+    bytes_in: Any
+    bytes_out: Any
+    codes: dict[str, Any] = field(default_factory=dict)
 
 
 class Metrics:
@@ -128,6 +141,7 @@ class Metrics:
         )
         auth.on_cache_result = lambda hit: (self.cache_hits if hit else self.cache_misses).inc()
         self.auth = auth
+        self._by_provider: dict[str, _ProviderSeries] = {}
         self._inflight: dict[str, str] = {}  # flow id -> provider label
         self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (
             weakref.WeakKeyDictionary()
@@ -179,7 +193,7 @@ class Metrics:
         provider = info.provider or ORIGIN
         self._inflight[flow.id] = provider
         self._client_flows.setdefault(flow.client_conn, set()).add(flow.id)
-        self.inflight.labels(provider=provider).inc()
+        self._series(provider).inflight.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -197,21 +211,38 @@ class Metrics:
             return
         provider = info.provider or ORIGIN
         code = str(flow.response.status_code) if flow.response is not None else "error"
-        self.requests.labels(provider=provider, code=code).inc()
+        series = self._series(provider)
+        counter = series.codes.get(code)
+        if counter is None:
+            counter = series.codes[code] = self.requests.labels(provider=provider, code=code)
+        counter.inc()
         now = time.monotonic()
-        self.duration.labels(provider=provider).observe(now - info.started)
+        series.duration.observe(now - info.started)
         if info.first_byte is not None:
-            self.ttfb.labels(provider=provider).observe(info.first_byte - info.started)
-        self.bytes_in.labels(provider=provider).inc(info.bytes_in)
-        self.bytes_out.labels(provider=provider).inc(info.bytes_out)
+            series.ttfb.observe(info.first_byte - info.started)
+        series.bytes_in.inc(info.bytes_in)
+        series.bytes_out.inc(info.bytes_out)
         if ctx.options.aibridge_metrics_user_labels and info.provider is not None:
             identity = self.auth.identity(flow)
             if identity is not None and identity.user:
                 self.user_requests.labels(user=identity.user, provider=provider).inc()
 
+    def _series(self, provider: str) -> _ProviderSeries:
+        """The per-provider children, looked up once (label lookups cost on every request)."""
+        series = self._by_provider.get(provider)
+        if series is None:
+            series = self._by_provider[provider] = _ProviderSeries(
+                inflight=self.inflight.labels(provider=provider),
+                duration=self.duration.labels(provider=provider),
+                ttfb=self.ttfb.labels(provider=provider),
+                bytes_in=self.bytes_in.labels(provider=provider),
+                bytes_out=self.bytes_out.labels(provider=provider),
+            )
+        return series
+
     def _release(self, flow_id: str) -> None:
         if (provider := self._inflight.pop(flow_id, None)) is not None:
-            self.inflight.labels(provider=provider).dec()
+            self._series(provider).inflight.dec()
 
     def _count_auth_failure(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop("aibridge.auth_failure", False):
