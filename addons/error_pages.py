@@ -21,6 +21,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
+from addons.connections import connection_handler
 from addons.egress import parse_refusal
 from addons.gateway import route_info
 from addons.responses import plain_response
@@ -174,8 +175,7 @@ class UpstreamErrors:
         )
         # Closing the upstream socket makes mitmproxy fail the request; `render` turns that
         # failure into our 504.
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(flow.client_conn.id) if server else None
+        handler = connection_handler(flow.client_conn)
         if handler is not None and flow.server_conn in handler.transports:
             handler.close_connection(flow.server_conn)
 

@@ -17,9 +17,10 @@ import asyncio
 import collections
 
 from mitmproxy import connection
-from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
+
+from addons.connections import connection_handler
 
 UPSTREAM_CONNECTIONS_PER_CLIENT = 256
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
@@ -27,8 +28,7 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
 
 class Http2Clients:
     def client_connected(self, client: connection.Client) -> None:
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(client.id) if server else None
+        handler = connection_handler(client)
         if handler is not None and hasattr(handler, "max_conns"):
             handler.max_conns = collections.defaultdict(
                 lambda: asyncio.Semaphore(UPSTREAM_CONNECTIONS_PER_CLIENT)

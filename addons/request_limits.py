@@ -24,6 +24,7 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy import events
 from mitmproxy.proxy.layers.http import _http1
 
+from addons.connections import connection_handler
 from addons.responses import plain_response
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ class RequestLimits:
 
     def _expire(self, client: connection.Client) -> None:
         self._deadlines.pop(client, None)
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(client.id) if server else None
+        handler = connection_handler(client)
         if handler is None:
             return
         logger.info("closing %s: no request headers within the timeout", client.peername)

@@ -160,6 +160,20 @@ def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
     return dest
 
 
+async def start_admin(state: AdminState, registry, listen: tuple[str, int]) -> AdminServer:
+    """Bind the admin listener, or fail with the one line an operator needs."""
+    admin = AdminServer(state, registry)
+    try:
+        host, port = await admin.start(*listen)
+    except OSError as e:
+        raise StartupError(
+            f"admin.listen: cannot bind {listen[0] or '*'}:{listen[1]}: {e.strerror}; "
+            "choose another with --admin-listen (or off)"
+        ) from None
+    logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
+    return admin
+
+
 class ProxyApp:
     def __init__(
         self,
@@ -236,17 +250,14 @@ class ProxyApp:
         self.listen_address = addrs[0][:2]
         self._publish()
         if self.settings.admin_listen is not None:
-            self.admin = AdminServer(self.admin_state, lambda: self.metrics.registry)
             try:
-                host, port = await self.admin.start(*self.settings.admin_listen)
-            except OSError as e:
+                self.admin = await start_admin(
+                    self.admin_state, lambda: self.metrics.registry, self.settings.admin_listen
+                )
+            except StartupError:
                 self.master.shutdown()
                 await self._run_task
-                raise StartupError(
-                    f"admin.listen: cannot bind {self.settings.admin_listen[0]}:"
-                    f"{self.settings.admin_listen[1]}: {e.strerror}; choose another with --admin-listen"
-                ) from None
-            logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
+                raise
         logger.info(
             "proxy listening",
             extra={

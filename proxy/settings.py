@@ -8,7 +8,6 @@ where it came from, so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
 import os
@@ -494,9 +493,6 @@ class Settings:
     @property
     def ca_key_path(self) -> Path:
         return self.ca_key_file or self.state_path / "ca-key.pem"
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
 
 
 def build_provider_table(

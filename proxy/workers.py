@@ -27,6 +27,7 @@ from proxy.admin import AdminServer
 from proxy.admin import AdminState
 from proxy.app import StartupError
 from proxy.app import prepare_engine_files
+from proxy.app import start_admin
 from proxy.settings import Settings
 from proxy.settings import SettingsError
 from proxy.systemd import Notifier
@@ -166,13 +167,13 @@ class Supervisor:
         if self.settings.admin_listen is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
-            self.admin = AdminServer(self.admin_state, lambda: registry)
             try:
-                host, port = await self.admin.start(*self.settings.admin_listen)
-            except OSError as e:
+                self.admin = await start_admin(
+                    self.admin_state, lambda: registry, self.settings.admin_listen
+                )
+            except StartupError:
                 await self._stop_workers()
-                raise StartupError(f"admin.listen: cannot bind: {e.strerror}") from None
-            logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
+                raise
         logger.info(
             "proxy listening",
             extra={

@@ -8,6 +8,7 @@ import pytest
 from tests.support import LOOPBACK_INTERNET
 from tests.support import ProxyProcess
 from tests.support import ThreadedGateway
+from tests.support import TlsOrigin
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,11 @@ def make_proxy(tmp_path, gateway_server):
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def origin(tmp_path):
+    """A TLS server on its own CA: a stand-in for a non-provider site on the internet."""
+    o = TlsOrigin().start(tmp_path)
+    yield o
+    o.stop()

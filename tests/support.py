@@ -72,6 +72,57 @@ class BackgroundLoop:
         self.loop.close()
 
 
+async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a TCP connection until it closes."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+def child_pids(pid: int, recursive: bool = False) -> list[int]:
+    """The processes whose parent is `pid` (and their descendants, if recursive)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            child = int(stat.parent.name)
+            out += [child, *(child_pids(child, True) if recursive else [])]
+    return out
+
+
+def connect_through(
+    proxy_port: int, target: str, auth: str | None = None, source: str = "127.0.0.1"
+) -> tuple[int, bytes]:
+    """Send a CONNECT (with `Proxy-Authorization: auth`, if given): (status, whole answer)."""
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if auth is not None:
+        head += f"Proxy-Authorization: {auth}\r\n"
+    with socket.create_connection(
+        ("127.0.0.1", proxy_port), timeout=10, source_address=(source, 0)
+    ) as s:
+        s.sendall((head + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := s.recv(4096)):
+            answer += chunk
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        length = (
+            int(m.group(1)) if (m := re.search(rb"(?i)content-length: (\d+)", head_part)) else 0
+        )
+        while len(body) < length and (chunk := s.recv(4096)):
+            body += chunk
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(
+        b"HTTP/"
+    ) else 0, head_part + b"\r\n\r\n" + body
+
+
 async def start_tcp_server(handle, ssl_context: ssl.SSLContext | None = None) -> int:
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
     return server.sockets[0].getsockname()[1]
@@ -381,16 +432,6 @@ class UpstreamTestProxy:
         self.port = 0
 
     def start(self) -> UpstreamTestProxy:
-        async def pipe(reader, writer):
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
         async def handle(reader, writer):
             try:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -421,7 +462,7 @@ class UpstreamTestProxy:
                 return
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
 
         self.bg = BackgroundLoop()
         self.port = self.bg.run(start_tcp_server(handle, self.ssl_context))
@@ -466,16 +507,6 @@ class TcpBalancer:
             await asyncio.sleep(self.interval)
 
     def start(self) -> TcpBalancer:
-        async def pipe(reader, writer):
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
         async def handle(reader, writer):
             order = [(self.next + i) % len(self.backends) for i in range(len(self.backends))]
             self.next += 1
@@ -485,7 +516,7 @@ class TcpBalancer:
                     up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
                 except (OSError, TypeError):
                     continue
-                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
                 return
             writer.close()
 

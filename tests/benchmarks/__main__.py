@@ -39,6 +39,7 @@ from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
 from tests.support import H2Tunnel
+from tests.support import child_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "benchmarks" / "results"
@@ -72,24 +73,11 @@ def ensure_tools() -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            out += [child, *_children(child)]
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its descendants."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *child_pids(pid, recursive=True)]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -100,7 +88,7 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_mb(pid: int) -> float:
     total = 0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *child_pids(pid, recursive=True)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -489,6 +477,7 @@ def main() -> int:
 
         ca = work / "ours" / "ca.pem"
         o = results["ours"]
+        o["workers"] = len(child_pids(ours.pid))
         o["rss_idle_mb"] = rss_mb(ours.pid)
         o["rss_1000_streams_mb"] = asyncio.run(hold_streams(targets["ours"], 100 if q else 1000))
         samples = [rss_mb(ours.pid)]
@@ -584,7 +573,8 @@ def table(r: dict) -> str:
     lines = [" | ".join(f"{c:>14}" if i else f"{c:<32}" for i, c in enumerate(rw)) for rw in rows]
     lines += [
         "",
-        f"ours RSS: idle {o['rss_idle_mb']:.0f} MB, with 1000 open streams {o['rss_1000_streams_mb']:.0f} MB; "
+        f"ours RSS (supervisor + {o['workers']} workers): idle {o['rss_idle_mb']:.0f} MB, "
+        f"with 1000 open streams {o['rss_1000_streams_mb']:.0f} MB; "
         f"over {o['rss_over_requests_mb']['requests']} requests: "
         + " -> ".join(f"{x:.0f}" for x in o["rss_over_requests_mb"]["samples"])
         + " MB",

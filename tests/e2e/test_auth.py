@@ -13,7 +13,6 @@ import pytest
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import LOOPBACK_INTERNET
-from tests.support import TlsOrigin
 from tests.support import client_env
 from tests.support import proxy_basic
 from tests.support import raw_request
@@ -128,8 +127,7 @@ def test_each_token_is_its_own_user(proxy, gateway):
         assert line["user"] == user
 
 
-def test_anonymous_tunnels_option(make_proxy, gateway, tmp_path):
-    origin = TlsOrigin().start(tmp_path)
+def test_anonymous_tunnels_option(make_proxy, gateway, origin):
     p = make_proxy("--auth-anonymous-tunnels", *LOOPBACK_INTERNET)
     # tunnels to non-routed hosts: no credentials needed
     assert status_of(raw_request(p.port, connect(f"localhost:{origin.port}", None))) == 200

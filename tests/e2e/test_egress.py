@@ -6,27 +6,16 @@ from __future__ import annotations
 import pytest
 
 from tests.support import ALICE
-from tests.support import TlsOrigin
+from tests.support import connect_through
 from tests.support import free_port
 from tests.support import proxy_basic
 from tests.support import raw_request
 
 
-def connect(port: int, target: str) -> bytes:
-    req = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n"
-    return raw_request(port, req.encode())
-
-
-def status_and_body(resp: bytes) -> tuple[int, str]:
-    head, _, body = resp.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body.decode()
-
-
-@pytest.fixture
-def origin(tmp_path):
-    o = TlsOrigin().start(tmp_path)
-    yield o
-    o.stop()
+def connect(port: int, target: str) -> tuple[int, str]:
+    """(status, body) of an authenticated CONNECT."""
+    status, answer = connect_through(port, target, proxy_basic(ALICE))
+    return status, answer.partition(b"\r\n\r\n")[2].decode()
 
 
 @pytest.fixture
@@ -57,12 +46,12 @@ NON_PUBLIC = [
 
 def test_non_public_destinations_are_refused(strict_proxy):
     for target in NON_PUBLIC:
-        status, body = status_and_body(connect(strict_proxy.port, target))
+        status, body = connect(strict_proxy.port, target)
         assert (status, body) == (403, "403 Forbidden: destination is not allowed\n"), target
 
 
 def test_refused_before_any_connection(strict_proxy, origin):
-    status, _ = status_and_body(connect(strict_proxy.port, f"localhost:{origin.port}"))
+    status, _ = connect(strict_proxy.port, f"localhost:{origin.port}")
     assert status == 403
     assert origin.connections == 0
 
@@ -70,37 +59,38 @@ def test_refused_before_any_connection(strict_proxy, origin):
 def test_ports_outside_the_list_are_refused(make_proxy):
     p = make_proxy()
     for port in (22, 25, 8080, 8443):
-        status, body = status_and_body(connect(p.port, f"example.org:{port}"))
+        status, body = connect(p.port, f"example.org:{port}")
         assert (status, body) == (403, f"403 Forbidden: CONNECT to port {port} is not allowed\n")
 
 
 def test_exempted_range_is_reachable(make_proxy, origin):
     p = make_proxy("--allowed-ports", str(origin.port), "--allowed-private-cidrs", "127.0.0.0/8")
-    status, _ = status_and_body(connect(p.port, f"localhost:{origin.port}"))
+    status, _ = connect(p.port, f"localhost:{origin.port}")
     assert status == 200  # answered after the destination was dialled (eager)
 
 
 def test_gateway_host_and_port_always_allowed(make_proxy, gateway):
     p = make_proxy("--allowed-ports", f"443,{gateway.gateway.port}")
-    status, _ = status_and_body(connect(p.port, f"127.0.0.1:{gateway.gateway.port}"))
+    status, _ = connect(p.port, f"127.0.0.1:{gateway.gateway.port}")
     assert status == 200
     # but not another port on the same (private) host
     other = free_port()
     p2 = make_proxy("--allowed-ports", f"443,{other}")
-    assert status_and_body(connect(p2.port, f"127.0.0.1:{other}"))[0] == 403
+    assert connect(p2.port, f"127.0.0.1:{other}")[0] == 403
 
 
 def test_dial_failures_are_502_without_detail(make_proxy):
     closed = free_port()
     p = make_proxy("--allowed-ports", f"443,{closed}", "--allowed-private-cidrs", "127.0.0.0/8")
-    status, body = status_and_body(connect(p.port, f"127.0.0.1:{closed}"))
+    status, body = connect(p.port, f"127.0.0.1:{closed}")
     assert (status, body) == (502, "502 Bad Gateway: cannot connect to the destination\n")
-    status, body = status_and_body(connect(p.port, "no-such-host.invalid:443"))
+    status, body = connect(p.port, "no-such-host.invalid:443")
     assert (status, body) == (502, "502 Bad Gateway: cannot resolve the destination\n")
 
 
 def test_plain_http_requests_follow_the_same_rules(strict_proxy, gateway):
     auth = proxy_basic(ALICE)
     req = f"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nProxy-Authorization: {auth}\r\n\r\n"
-    status, body = status_and_body(raw_request(strict_proxy.port, req.encode()))
+    head, _, body_bytes = raw_request(strict_proxy.port, req.encode()).partition(b"\r\n\r\n")
+    status, body = int(head.split(b" ", 2)[1]), body_bytes.decode()
     assert (status, body) == (403, "403 Forbidden: destination is not allowed\n")

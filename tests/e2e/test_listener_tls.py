@@ -14,7 +14,6 @@ from certs.authority import issue_leaf
 from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import LOOPBACK_INTERNET
-from tests.support import TlsOrigin
 from tests.support import client_env
 from tests.support import proxy_basic
 from tests.support import raw_request
@@ -55,9 +54,8 @@ def test_routed_request_over_tls_to_the_proxy(tls_proxy, listener_cert, gateway,
     assert gateway.last().header("X-Coder-AI-Governance-Token") == ALICE
 
 
-def test_curl_https_proxy_and_tunnel(tls_proxy, listener_cert, gateway, tmp_path):
+def test_curl_https_proxy_and_tunnel(tls_proxy, listener_cert, gateway, origin, tmp_path):
     _, _, listener_ca = listener_cert
-    origin = TlsOrigin().start(tmp_path)
     origin_ca = origin.write_ca(tmp_path / "origin-ca.pem")
     env = client_env(tls_proxy)
     url = f"https://coder:{ALICE}@127.0.0.1:{tls_proxy.port}"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.support import ALICE
+from tests.support import connect_through
 from tests.support import proxy_basic
-from tests.support import raw_request
 
 
 def client(p) -> httpx.Client:
@@ -24,11 +24,7 @@ def client(p) -> httpx.Client:
 
 
 def connect_status(p, host: str) -> tuple[int, bytes]:
-    resp = raw_request(
-        p.port,
-        f"CONNECT {host}:443 HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode(),
-    )
-    return int(resp.split(b" ", 2)[1]), resp
+    return connect_through(p.port, f"{host}:443", proxy_basic(ALICE))
 
 
 @pytest.mark.parametrize(

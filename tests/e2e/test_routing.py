@@ -22,13 +22,6 @@ def client(p) -> httpx.Client:
     return httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False, timeout=30)
 
 
-@pytest.fixture
-def origin(tmp_path):
-    o = TlsOrigin("localhost").start(tmp_path)
-    yield o
-    o.stop()
-
-
 def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin, tmp_path):
     origin_ca = origin.write_ca(tmp_path / "origin-ca.pem")
     p = make_proxy(

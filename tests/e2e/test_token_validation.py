@@ -3,7 +3,6 @@ failing closed, and throttling addresses that keep failing."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,18 +11,13 @@ import httpx
 
 from tests.support import ALICE
 from tests.support import BOB
+from tests.support import connect_through
 from tests.support import proxy_basic
 from tests.support import raw_request
 
 
 def connect_status(port: int, token: str, source: str = "127.0.0.1") -> int:
-    req = (
-        f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n"
-        f"Proxy-Authorization: {proxy_basic(token)}\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
-        s.sendall(req)
-        return int(s.recv(4096).split(b" ", 2)[1])
+    return connect_through(port, "api.openai.com:443", proxy_basic(token), source)[0]
 
 
 def test_valid_invalid_and_cached(make_proxy, gateway):

@@ -10,14 +10,6 @@ import pytest
 
 from tests.support import ALICE
 from tests.support import LOOPBACK_INTERNET
-from tests.support import TlsOrigin
-
-
-@pytest.fixture
-def origin(tmp_path):
-    o = TlsOrigin("localhost").start(tmp_path)
-    yield o
-    o.stop()
 
 
 def only_trusts(path) -> ssl.SSLContext:

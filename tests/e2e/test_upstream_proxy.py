@@ -21,13 +21,6 @@ from tests.support import raw_request
 
 
 @pytest.fixture
-def origin(tmp_path):
-    o = TlsOrigin().start(tmp_path)
-    yield o
-    o.stop()
-
-
-@pytest.fixture
 def upstream():
     u = UpstreamTestProxy().start()
     yield u

@@ -13,18 +13,7 @@ import httpx
 
 from tests.e2e.test_operations import metric
 from tests.support import ALICE
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+from tests.support import child_pids
 
 
 def request(p, url="https://api.openai.com/v1/models") -> int:
@@ -37,7 +26,7 @@ def test_workers_share_the_port_and_the_metrics(make_proxy, gateway, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("providers:\n  api.example-ai.com: first\n")
     p = make_proxy("--workers", "2", "--config", str(config))
-    assert len(children(p.proc.pid)) == 2
+    assert len(child_pids(p.proc.pid)) == 2
     assert all(request(p) == 200 for _ in range(30))  # a new connection each time
     assert len({r.peer for r in gateway.records}) > 1 or len(gateway.records) == 30
     text = p.admin("/metrics").text
@@ -66,21 +55,21 @@ def test_workers_share_the_port_and_the_metrics(make_proxy, gateway, tmp_path):
 
 def test_a_dead_worker_is_restarted(make_proxy, gateway):
     p = make_proxy("--workers", "2")
-    victim = children(p.proc.pid)[0]
+    victim = child_pids(p.proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     p.wait_for_line(lambda r: "starting it again" in r.get("msg", ""))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (
-        victim in children(p.proc.pid) or len(children(p.proc.pid)) < 2
+        victim in child_pids(p.proc.pid) or len(child_pids(p.proc.pid)) < 2
     ):
         time.sleep(0.1)
-    assert len(children(p.proc.pid)) == 2 and victim not in children(p.proc.pid)
+    assert len(child_pids(p.proc.pid)) == 2 and victim not in child_pids(p.proc.pid)
     assert all(request(p) == 200 for _ in range(10))
 
 
 def test_workers_stop_cleanly(make_proxy, gateway):
     p = make_proxy("--workers", "2")
-    workers = children(p.proc.pid)
+    workers = child_pids(p.proc.pid)
     assert request(p) == 200
     p.signal(signal.SIGTERM)
     assert p.proc.wait(20) == 0
