@@ -440,6 +440,8 @@ def main() -> int:
                     "127.0.0.0/8",
                     "--allowed-ports",
                     f"443,{tunnel_port}",
+                    "--workers",
+                    "0",  # one per core
                 ],
                 env,
                 log=work / "ours.log",
