@@ -146,6 +146,10 @@ class UpstreamErrors:
         self._cancel(flow)
         info = route_info(flow)
         if info is not None and info.first_byte is not None:
+            message = flow.error.msg if flow.error else ""
+            if "client disconnected" in message.lower():
+                logger.info("client went away mid-response (request %s)", info.request_id)
+                return
             logger.warning(
                 "response from %s ended early after %d bytes: %s (request %s)",
                 _origin(info.upstream_url),

@@ -8,6 +8,7 @@ new configuration is logged and the old one stays) and drains on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ from mitmproxy.addons import core
 from mitmproxy.addons import next_layer
 from mitmproxy.addons import proxyserver
 from mitmproxy.addons import tlsconfig
+from mitmproxy.net import tls as net_tls
+from OpenSSL import SSL
 
 from addons import make_addons
 from certs.authority import CAError
@@ -44,6 +47,28 @@ from proxy.settings import SettingsError
 from proxy.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")
+
+
+def release_tls_buffers_when_idle() -> None:
+    """Have OpenSSL free each connection's read and write buffers while it is idle
+    (SSL_MODE_RELEASE_BUFFERS): an open SSE stream holds two TLS connections that are idle
+    most of the time, and this saves about 30 KB per stream. mitmproxy builds its contexts in
+    two cached functions; we wrap them once, before any context exists."""
+    if getattr(net_tls, "_aibridge_release_buffers", False):
+        return
+
+    def wrap(create):
+        @functools.lru_cache(maxsize=256)
+        def cached(**kwargs):
+            context = create(**kwargs)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            return context
+
+        return lambda **kwargs: cached(**kwargs)
+
+    net_tls.create_client_proxy_context = wrap(net_tls.create_client_proxy_context)
+    net_tls.create_proxy_server_context = wrap(net_tls.create_proxy_server_context)
+    net_tls._aibridge_release_buffers = True
 
 
 class StartupError(Exception):
@@ -197,6 +222,7 @@ class ProxyApp:
     # -- assembly ----------------------------------------------------------------------------
 
     def _build_master(self) -> master.Master:
+        release_tls_buffers_when_idle()
         ca, confdir, trust = prepare_engine_files(self.settings, self.engine_dir)
         self.ca = ca
         opts = options.Options()

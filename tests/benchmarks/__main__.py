@@ -544,8 +544,8 @@ def table(r: dict) -> str:
     def row(label, f, fmt="{:.2f}"):
         vals = [f(r[k]) for k in ("direct", "diy", "ours")]
         cells = [fmt.format(v) if v is not None else "-" for v in vals]
-        ratio_d = fmt.format(vals[2] / vals[1]) if vals[1] else "-"
-        ratio_x = fmt.format(vals[2] / vals[0]) if vals[0] else "-"
+        ratio_d = f"{vals[2] / vals[1]:.2f}" if vals[1] else "-"
+        ratio_x = f"{vals[2] / vals[0]:.2f}" if vals[0] else "-"
         rows.append((label, *cells, ratio_d, ratio_x))
 
     row("keep-alive p50 ms", lambda x: x["keepalive"]["p50_ms"])
