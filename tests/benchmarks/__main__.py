@@ -602,7 +602,9 @@ def table(r: dict) -> str:
         f"tunnel: direct {r['direct']['tunnel_MBps']:.0f} MB/s, ours {o['tunnel_MBps']:.0f} MB/s "
         f"({r['ratios']['tunnel_ours_over_direct']:.0%})",
         f"h2, 20 SSE streams on one connection: ours {o['h2']['twenty_streams_s']:.2f} s vs one stream "
-        f"{o['h2']['one_stream_s']:.2f} s (x{o['h2']['ratio']:.1f}); diy x{r['diy']['h2']['ratio']:.1f}; "
+        f"{o['h2']['one_stream_s']:.2f} s (x{o['h2']['ratio']:.1f}, complete: {o['h2']['complete']}); diy "
+        + (f"x{r['diy']['h2']['ratio']:.1f}" if r["diy"]["h2"]["complete"] else "streams cut short")
+        + "; "
         f"h2 upload without content-length intact: {o['h2']['upload_intact']}",
         f"failed requests: {failed}",
         f"machine: {r['machine']['cpus']} x {r['machine']['cpu']}, Python {r['machine']['python']}, {r['machine']['date']}",
