@@ -201,44 +201,37 @@ class TokenAuth:
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # another addon already answered
             return
-        try:
-            identity = await self._authenticate(flow, is_connect=True)
-        except AuthRejected as e:
-            self._reject(flow, e)
-            return
-        except Exception:  # fail closed
-            logger.exception("authentication failed unexpectedly")
-            self._reject(flow, AuthRejected(503, "internal_error", "authentication unavailable"))
-            return
-        self._by_client[flow.client_conn] = identity
-        self._by_flow[flow] = identity
+        identity = await self._identify(flow)
+        if identity is not None:
+            self._by_client[flow.client_conn] = identity  # every request in the tunnel inherits it
+            self._by_flow[flow] = identity
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        identity = self._by_client.get(flow.client_conn)
-        if identity is None:
-            # A plain proxied request (no CONNECT): each one carries its own credentials.
-            try:
-                identity = await self._authenticate(flow, is_connect=False)
-            except AuthRejected as e:
-                self._reject(flow, e)
-                return
-            except Exception:
-                logger.exception("authentication failed unexpectedly")
-                self._reject(
-                    flow, AuthRejected(503, "internal_error", "authentication unavailable")
-                )
-                return
-        flow.request.headers.pop("Proxy-Authorization", None)
-        self._by_flow[flow] = identity
+        # A plain proxied request (no CONNECT) carries its own credentials each time.
+        identity = self._by_client.get(flow.client_conn) or await self._identify(flow)
+        if identity is not None:
+            flow.request.headers.pop("Proxy-Authorization", None)
+            self._by_flow[flow] = identity
+
+    async def _identify(self, flow: http.HTTPFlow) -> Identity | None:
+        """The caller's identity, or None after answering the flow with the reason (fail closed)."""
+        try:
+            return await self._authenticate(flow)
+        except AuthRejected as e:
+            self._reject(flow, e)
+        except Exception:
+            logger.exception("authentication failed unexpectedly")
+            self._reject(flow, AuthRejected(503, "internal_error", "authentication unavailable"))
+        return None
 
     # -- helpers -----------------------------------------------------------------------------
 
     def identity(self, flow: http.HTTPFlow) -> Identity | None:
         return self._by_flow.get(flow) or self._by_client.get(flow.client_conn)
 
-    async def _authenticate(self, flow: http.HTTPFlow, is_connect: bool) -> Identity:
+    async def _authenticate(self, flow: http.HTTPFlow) -> Identity:
         connect_id = uuid.uuid4().hex
         address = _client_address(flow)
         header = flow.request.headers.get("Proxy-Authorization")

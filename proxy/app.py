@@ -382,14 +382,15 @@ class ProxyApp:
         logger.info("stopped")
 
     async def serve_forever(self) -> None:
-        """Start, install signal handlers, and return once stopped."""
-        await self.start()
+        """Install signal handlers, start, and return once stopped. The handlers come first:
+        a SIGTERM during start-up still ends in a clean stop."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
         loop.add_signal_handler(signal.SIGINT, stop_requested.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.started.is_set() and self.reload())
         try:
+            await self.start()
             await stop_requested.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

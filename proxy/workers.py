@@ -149,19 +149,27 @@ class Supervisor:
         st.proxy_scheme = "HTTPS" if s.tls_cert_file else "PROXY"
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()  # handlers first: a SIGTERM during start-up still stops cleanly
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.admin_state.listening and self.reload())
         ca, _, _ = prepare_engine_files(self.settings)  # the CA exists before workers start
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True, mode=0o700)
         for i in range(self.count):
             await self._spawn(i)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.ready.values())), 60)
-        except TimeoutError:
-            self.stopping = True
-            for proc in self.procs.values():
-                if proc.returncode is None:
-                    proc.terminate()
-            raise StartupError("workers did not start; see the log lines above") from None
+        all_ready = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in self.ready.values())))
+        stopped = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait(
+            {all_ready, stopped}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+        )
+        if all_ready not in done:
+            all_ready.cancel()
+            await self._stop_workers()
+            if stopped in done:
+                return
+            raise StartupError("workers did not start; see the log lines above")
         self._publish(ca.cert_pem())
         self.admin_state.listening = True
         if self.settings.admin_listen is not None:
@@ -184,13 +192,7 @@ class Supervisor:
             },
         )
         self.notifier.ready(f"{self.count} workers on port {self.port}")
-
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        await stop.wait()
+        await stopped
         self.notifier.stopping()
         self.admin_state.listening = False
         if self.settings.shutdown_delay:
