@@ -141,15 +141,17 @@ class GatewayRouter:
             original_host=host,
             original_path=request.path,
             upstream_url=original_url,
-            request_id=uuid.uuid4().hex if route is None else str(uuid.uuid4()),
+            request_id=str(uuid.uuid4()),
             started=time.monotonic(),
         )
         _ROUTES[flow] = info
         flow.metadata["aibridge.request_id"] = info.request_id
-        request.stream = info.count_in
         if route is None:
+            request.stream = info.count_in
             return
 
+        # Answer before turning on request streaming: mitmproxy refuses a response set in
+        # requestheaders once the request is streamed.
         identity = self.auth.identity(flow)
         if identity is None or identity.token is None:
             flow.response = challenge_response("routed requests need a Coder token")
@@ -180,6 +182,7 @@ class GatewayRouter:
         if token_header not in request.headers and not carries_token(request, identity.token):
             request.headers[token_header] = identity.token
         info.upstream_url = target.origin + new_path
+        request.stream = info.count_in
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Stream every response: SSE events must not wait for the end of the stream, and a

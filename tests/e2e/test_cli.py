@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import ROOT
 from tests.support import base_env
+from tests.support import free_port
 
 
 def cli(*args: str, env=None, timeout=30) -> subprocess.CompletedProcess:
@@ -326,3 +328,46 @@ def test_serve_warns_about_hosts_outside_the_constraints(make_proxy, tmp_path):
     p = make_proxy("--provider-presets", "xai", state_dir=state)
     line = p.wait_for_line(lambda r: "outside the CA's name constraints" in r.get("msg", ""))
     assert "api.x.ai" in line["msg"] and "ca init --force" in line["msg"]
+
+
+def test_mitmdump_without_a_gateway_answers_502(tmp_path):
+    """The addons alone, misconfigured: a clear 502, not an engine error."""
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            mitmdump,
+            "-q",
+            "-s",
+            str(ROOT / "addons" / "mitmdump_entry.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={tmp_path}",
+            "--set",
+            "aibridge_auth_mode=presence",
+        ],
+        env={**base_env(), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "mitmproxy-ca-cert.pem"))
+        with httpx.Client(
+            proxy=f"http://u:{ALICE}@127.0.0.1:{port}", verify=ctx, trust_env=False
+        ) as c:
+            r = c.get("https://api.openai.com/v1/models")
+        assert r.status_code == 502 and "no gateway is configured" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
