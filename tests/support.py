@@ -361,6 +361,22 @@ def raw_request(
         return b"".join(chunks)
 
 
+def private_tls_server(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, Path]:
+    """A server context for `localhost`/127.0.0.1 from a private CA of its own, and that CA's
+    file (which clients, or the proxy, must be told to trust)."""
+    from cryptography.hazmat.primitives import serialization
+
+    ca = generate_ca(f"{name} CA", 30, permitted_domains=None)
+    cert, key = issue_leaf(ca, ["localhost"], ips=["127.0.0.1"])
+    pem = tmp_path / f"{name}.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pem)
+    ca_file = tmp_path / f"{name}-ca.pem"
+    ca_file.write_bytes(ca.cert_pem())
+    return context, ca_file
+
+
 class TlsOrigin:
     """A TLS server on its own CA, standing in for a non-provider site on the internet."""
 

@@ -11,8 +11,8 @@ import ssl
 import stat
 import subprocess
 import sys
-import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -236,62 +236,59 @@ def test_bring_your_own_intermediate(make_proxy, gateway, tmp_path):
     assert gateway.last().path == "/api/v2/aibridge/openai/v1/models"
 
 
-def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
+@contextmanager
+def stock_mitmdump(tmp_path, *settings: str):
+    """mitmdump with our entry file, as an admin debugging flows would run it; yields the port."""
     mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    port = free_port()
+    cmd = [
+        mitmdump,
+        "-q",
+        "-s",
+        str(ROOT / "addons" / "mitmdump_entry.py"),
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={tmp_path}",
+    ]
+    for setting in settings:
+        cmd += ["--set", setting]
     proc = subprocess.Popen(
-        [
-            mitmdump,
-            "-s",
-            str(ROOT / "addons" / "mitmdump_entry.py"),
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            "0",
-            "--set",
-            f"confdir={tmp_path}",
-            "--set",
-            "connection_strategy=lazy",
-            "--set",
-            f"aibridge_gateway={gateway.url}",
-            "--set",
-            "aibridge_auth_mode=presence",
-        ],
-        env={**base_env(), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
+        cmd, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
     )
-    lines: list[str] = []
-    ready = threading.Event()
-    port = []
-
-    def pump():
-        for line in proc.stdout:
-            lines.append(line)
-            if m := re.search(r"proxy listening at [\d.]+:(\d+)", line):
-                port.append(int(m.group(1)))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
     try:
-        assert ready.wait(20) and port, "".join(lines)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "mitmdump exited"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_addons_load_in_stock_mitmdump(gateway, tmp_path):
+    with stock_mitmdump(
+        tmp_path, f"aibridge_gateway={gateway.url}", "aibridge_auth_mode=presence"
+    ) as port:
         ctx = ssl.create_default_context(cafile=str(tmp_path / "mitmproxy-ca-cert.pem"))
         with httpx.Client(
-            proxy=f"http://u:{ALICE}@127.0.0.1:{port[0]}", verify=ctx, trust_env=False
+            proxy=f"http://u:{ALICE}@127.0.0.1:{port}", verify=ctx, trust_env=False
         ) as c:
             r = c.post(
                 "https://api.anthropic.com/v1/messages",
                 json={"model": "m", "max_tokens": 1, "messages": []},
             )
-        assert r.status_code == 200
-        rec = gateway.last()
-        assert rec.path == "/api/v2/aibridge/anthropic/v1/messages"
-        assert rec.header("X-Coder-AI-Governance-Token") == ALICE
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    assert r.status_code == 200
+    rec = gateway.last()
+    assert rec.path == "/api/v2/aibridge/anthropic/v1/messages"
+    assert rec.header("X-Coder-AI-Governance-Token") == ALICE
 
 
 def test_demo_runs(tmp_path):
@@ -332,42 +329,10 @@ def test_serve_warns_about_hosts_outside_the_constraints(make_proxy, tmp_path):
 
 def test_mitmdump_without_a_gateway_answers_502(tmp_path):
     """The addons alone, misconfigured: a clear 502, not an engine error."""
-    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            mitmdump,
-            "-q",
-            "-s",
-            str(ROOT / "addons" / "mitmdump_entry.py"),
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--set",
-            f"confdir={tmp_path}",
-            "--set",
-            "aibridge_auth_mode=presence",
-        ],
-        env={**base_env(), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with stock_mitmdump(tmp_path, "aibridge_auth_mode=presence") as port:
         ctx = ssl.create_default_context(cafile=str(tmp_path / "mitmproxy-ca-cert.pem"))
         with httpx.Client(
             proxy=f"http://u:{ALICE}@127.0.0.1:{port}", verify=ctx, trust_env=False
         ) as c:
             r = c.get("https://api.openai.com/v1/models")
-        assert r.status_code == 502 and "no gateway is configured" in r.text
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    assert r.status_code == 502 and "no gateway is configured" in r.text

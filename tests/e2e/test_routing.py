@@ -8,13 +8,11 @@ import ssl
 import httpx
 import pytest
 
-from certs.authority import issue_leaf
-from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import LOOPBACK_INTERNET
 from tests.support import ThreadedGateway
-from tests.support import TlsOrigin
 from tests.support import free_port
+from tests.support import private_tls_server
 
 
 def client(p) -> httpx.Client:
@@ -76,16 +74,8 @@ def test_custom_target_and_header_names(make_proxy, gateway):
 
 @pytest.fixture
 def tls_gateway(tmp_path):
-    origin = TlsOrigin("localhost")  # reuse its private CA for the gateway's certificate
-    cert, key = issue_leaf(origin.ca, ["localhost"], ips=["127.0.0.1"])
-    from cryptography.hazmat.primitives import serialization
-
-    pem = tmp_path / "gw.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pem)
+    ctx, ca_file = private_tls_server(tmp_path, "gateway")
     gw = ThreadedGateway(ssl_context=ctx).start()
-    ca_file = origin.write_ca(tmp_path / "gateway-ca.pem")
     yield gw, ca_file
     gw.stop()
 

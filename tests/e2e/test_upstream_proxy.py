@@ -8,14 +8,11 @@ import ssl
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from certs.authority import issue_leaf
-from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import LOOPBACK_INTERNET
-from tests.support import TlsOrigin
 from tests.support import UpstreamTestProxy
+from tests.support import private_tls_server
 from tests.support import proxy_basic
 from tests.support import raw_request
 
@@ -78,15 +75,9 @@ def test_private_destinations_are_checked_before_the_upstream(make_proxy, upstre
 
 
 def test_https_upstream_with_its_own_ca(make_proxy, origin, tmp_path):
-    upstream_ca = TlsOrigin()  # borrow a private CA for the upstream proxy's certificate
-    cert, key = issue_leaf(upstream_ca.ca, ["localhost"], ips=["127.0.0.1"])
-    pem = tmp_path / "upstream.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pem)
+    ctx, ca_file = private_tls_server(tmp_path, "upstream")
     upstream = UpstreamTestProxy(ssl_context=ctx).start()
     try:
-        ca_file = upstream_ca.write_ca(tmp_path / "upstream-ca.pem")
         p = make_proxy(
             "--upstream-proxy",
             f"https://u:p@localhost:{upstream.port}",
