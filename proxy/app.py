@@ -209,6 +209,7 @@ class ProxyApp:
         self.settings = settings
         self.worker_index = worker_index  # set when one of several workers (proxy/workers.py)
         self.engine_dir = "engine" if worker_index is None else f"engine-{worker_index}"
+        self.parent_pid = os.getppid()  # a worker's supervisor, taken before anything can race it
         self.reload_settings = reload_settings
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
@@ -351,6 +352,15 @@ class ProxyApp:
         logger.info("configuration reloaded")
         return True
 
+    async def _stop_when_orphaned(self, stop_requested: asyncio.Event) -> None:
+        """A worker outlives a supervisor that was killed outright (SIGKILL, OOM): notice the
+        new parent and stop, rather than serve on unsupervised."""
+        while not stop_requested.is_set():
+            await asyncio.sleep(1)
+            if os.getppid() != self.parent_pid:
+                logger.warning("the supervisor is gone; worker %s stopping", self.worker_index)
+                stop_requested.set()
+
     def _count_reload(self, ok: bool) -> None:
         # with several workers, each reloads; one of them speaks for all in the metrics
         if self.worker_index in (None, 0):
@@ -389,6 +399,8 @@ class ProxyApp:
         loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
         loop.add_signal_handler(signal.SIGINT, stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.started.is_set() and self.reload())
+        if self.worker_index is not None:
+            loop.create_task(self._stop_when_orphaned(stop_requested))
         try:
             await self.start()
             await stop_requested.wait()

@@ -203,6 +203,7 @@ class ProxyProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: workers can be reaped with it
         )
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout):
@@ -290,6 +291,10 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        try:  # nothing of this proxy (its workers) may outlive the test
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         return self.proc.returncode
 
 

@@ -77,3 +77,22 @@ def test_workers_stop_cleanly(make_proxy, gateway):
     while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.05)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(make_proxy, gateway):
+    p = make_proxy("--workers", "2")
+    workers = child_pids(p.proc.pid)
+    os.kill(p.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
