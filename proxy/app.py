@@ -205,11 +205,13 @@ class ProxyApp:
         settings: Settings,
         reload_settings: Callable[[], Settings] | None = None,
         worker_index: int | None = None,
+        supervisor_pid: int | None = None,
     ):
         self.settings = settings
         self.worker_index = worker_index  # set when one of several workers (proxy/workers.py)
         self.engine_dir = "engine" if worker_index is None else f"engine-{worker_index}"
-        self.parent_pid = os.getppid()  # a worker's supervisor, taken before anything can race it
+        # a worker's supervisor, given by it: our own parent may already be someone else
+        self.supervisor_pid = supervisor_pid or os.getppid()
         self.reload_settings = reload_settings
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
@@ -357,7 +359,7 @@ class ProxyApp:
         new parent and stop, rather than serve on unsupervised."""
         while not stop_requested.is_set():
             await asyncio.sleep(1)
-            if os.getppid() != self.parent_pid:
+            if os.getppid() != self.supervisor_pid:
                 logger.warning("the supervisor is gone; worker %s stopping", self.worker_index)
                 stop_requested.set()
 

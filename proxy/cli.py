@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy")
     _add_setting_flags(serve)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     ca = sub.add_parser("ca", help="create or inspect the CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -158,7 +159,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.worker_index is not None:
         enable_reuse_port()
-        app = ProxyApp(settings, reload_settings=reload, worker_index=args.worker_index)
+        app = ProxyApp(
+            settings,
+            reload_settings=reload,
+            worker_index=args.worker_index,
+            supervisor_pid=args.supervisor_pid,
+        )
         run_event_loop(app.serve_forever())
     elif (count := worker_count(settings.workers)) > 1:
         run_event_loop(Supervisor(settings, args.serve_argv, reload, count).run())

@@ -106,6 +106,8 @@ class Supervisor:
             "0",
             "--worker-index",
             str(index),
+            "--supervisor-pid",
+            str(os.getpid()),
         ]
         self.ready[index] = asyncio.Event()
         proc = await asyncio.create_subprocess_exec(
