@@ -25,6 +25,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.proxy_authorization import ProxyAuthError
+from addons.proxy_authorization import is_header_name
 from addons.proxy_authorization import parse_proxy_authorization
 from addons.responses import challenge_response
 from addons.responses import plain_response
@@ -143,7 +144,7 @@ class TokenAuth:
         ):
             if name in updated and getattr(opts, name) < 0:
                 raise exceptions.OptionsError(f"{name} must not be negative")
-        if "aibridge_auth_header" in updated and not _is_token_header(opts.aibridge_auth_header):
+        if "aibridge_auth_header" in updated and not is_header_name(opts.aibridge_auth_header):
             raise exceptions.OptionsError(
                 f"aibridge_auth_header {opts.aibridge_auth_header!r} is not a valid header name"
             )
@@ -299,10 +300,6 @@ class TokenAuth:
 def _client_address(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
     return peer[0] if peer else "unknown"
-
-
-def _is_token_header(name: str) -> bool:
-    return bool(name) and all(c.isalnum() or c in "-_" for c in name)
 
 
 def _close_later(validator: GatewayTokenValidator) -> None:

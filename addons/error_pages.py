@@ -32,7 +32,6 @@ Renderer = Callable[[http.HTTPFlow], http.Response | None]
 
 _renderer: Renderer | None = None
 _original_handle_protocol_error = http_layer.HttpStream.handle_protocol_error
-_original_make_error_response = _http1.make_error_response
 
 
 def _plain_error(status: int, message: str = "") -> bytes:

@@ -22,6 +22,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.proxy_authorization import is_header_name
 from addons.responses import challenge_response
 from addons.responses import plain_response
 from addons.routing import Routing
@@ -37,7 +38,6 @@ class RouteInfo:
     """What we did with one request; read by the access log, metrics and error pages."""
 
     provider: str | None  # None: passed through to the original host
-    original_url: str
     original_host: str
     original_path: str
     upstream_url: str
@@ -115,7 +115,7 @@ class GatewayRouter:
         for name in ("aibridge_token_header", "aibridge_request_id_header"):
             if name in updated:
                 value = getattr(ctx.options, name)
-                if not value or not all(c.isalnum() or c in "-_" for c in value):
+                if not is_header_name(value):
                     raise exceptions.OptionsError(f"{name} {value!r} is not a valid header name")
         if "aibridge_gateway_timeout" in updated and ctx.options.aibridge_gateway_timeout <= 0:
             raise exceptions.OptionsError("aibridge_gateway_timeout must be a positive number")
@@ -133,14 +133,12 @@ class GatewayRouter:
         snapshot = self.routing.current
         request = flow.request
         host = request.host
-        original_url = request.pretty_url
         route = snapshot.table.route(host, request.path)
         info = RouteInfo(
             provider=route.provider if route else None,
-            original_url=original_url,
             original_host=host,
             original_path=request.path,
-            upstream_url=original_url,
+            upstream_url=request.pretty_url,  # until rewritten below
             request_id=str(uuid.uuid4()),
             started=time.monotonic(),
         )

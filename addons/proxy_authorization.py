@@ -79,6 +79,14 @@ def parse_proxy_authorization(value: str | bytes | None) -> ProxyCredentials:
     return ProxyCredentials(username=username, token=token)
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_header_name(name: str) -> bool:
+    """A header name we accept in settings (letters, digits, '-' and '_')."""
+    return bool(_HEADER_NAME.match(name or ""))
+
+
 def basic_credentials(username: str, token: str) -> str:
     """The header value a client would send; used by tests, `doctor` and upstream chaining."""
     return "Basic " + base64.b64encode(f"{username}:{token}".encode()).decode("ascii")

@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 
 from addons.providers import ProviderTable
 from certs.bundle import build_bundle
+from proxy.settings import Settings
 
 
 @dataclass
@@ -33,6 +34,18 @@ class AdminState:
     gateway: tuple[str, int] | None = None  # host, port checked by /readyz
     proxy_address: str | None = None  # host:port clients use, for the PAC file
     proxy_scheme: str = "PROXY"  # PAC keyword: PROXY, or HTTPS with a TLS listener
+
+    def publish(self, settings: Settings, ca_pem: bytes, port: int) -> None:
+        """Take the current settings and CA (at start and after each reload)."""
+        self.ca_pem = ca_pem
+        self.table = settings.provider_table
+        target = settings.routing_target
+        self.gateway = (target.host, target.port) if target else None
+        host = settings.listen[0]
+        self.proxy_address = settings.admin_proxy_address or (
+            f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None
+        )
+        self.proxy_scheme = "HTTPS" if settings.tls_cert_file else "PROXY"
 
 
 def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -> str:

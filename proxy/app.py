@@ -78,15 +78,19 @@ class StartupError(Exception):
 def ensure_ca(settings: Settings) -> CertificateAuthority:
     """Load the configured CA; with none configured and none on disk, create one there."""
     cert_path, key_path = settings.ca_cert_path, settings.ca_key_path
-    if settings.ca_cert_file is None and not cert_path.exists() and not key_path.exists():
-        ca = generate_ca(permitted_domains=constraint_domains(settings.provider_table.hosts()))
-        write_ca(ca, cert_path, key_path)
-        logger.info(
-            "generated a new CA",
-            extra={"fields": {"cert": str(cert_path), "fingerprint": ca.fingerprint}},
-        )
-        return ca
-    return load_ca(cert_path, key_path)
+    try:
+        if settings.ca_cert_file is None and not cert_path.exists() and not key_path.exists():
+            hosts = settings.provider_table.hosts()
+            ca = generate_ca(permitted_domains=constraint_domains(hosts))
+            write_ca(ca, cert_path, key_path)
+            logger.info(
+                "generated a new CA",
+                extra={"fields": {"cert": str(cert_path), "fingerprint": ca.fingerprint}},
+            )
+            return ca
+        return load_ca(cert_path, key_path)
+    except CAError as e:
+        raise StartupError(str(e)) from None
 
 
 def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
@@ -134,15 +138,10 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
     }
 
 
-def prepare_engine_files(
-    settings: Settings, engine_dir: str = "engine"
-) -> tuple[CertificateAuthority, Path, Path]:
-    """CA, mitmproxy confdir and upstream trust bundle, all derived from settings. Worker
-    processes each get their own engine directory."""
-    try:
-        ca = ensure_ca(settings)
-    except CAError as e:
-        raise StartupError(str(e)) from None
+def prepare_ca(settings: Settings) -> CertificateAuthority:
+    """Load (or create) the CA, warn about what an operator must act on, and write the client
+    bundle. Done once per process tree: by the supervisor when there are workers."""
+    ca = ensure_ca(settings)
     if warning := expiry_warning(ca):
         logger.warning(warning)
     if outside := uncovered_hosts(ca, settings.provider_table.hosts()):
@@ -151,6 +150,18 @@ def prepare_engine_files(
             "create a CA that covers them with `aibridge-proxy ca init --force`",
             ", ".join(outside),
         )
+    try:
+        write_client_bundle(ca, settings.client_bundle_path)
+    except BundleError as e:
+        raise StartupError(str(e)) from None
+    return ca
+
+
+def prepare_engine_files(
+    settings: Settings, ca: CertificateAuthority, engine_dir: str = "engine"
+) -> tuple[Path, Path]:
+    """mitmproxy's confdir (our CA) and the upstream trust bundle. Worker processes each get
+    their own engine directory."""
     confdir = engine_confdir(ca, settings.state_path / engine_dir)
     extra = [
         (p, name)
@@ -169,10 +180,9 @@ def prepare_engine_files(
         logger.warning("upstream_proxy_ca is ignored: the upstream proxy is plain http://")
     try:
         trust = write_bundle(confdir / "upstream-trust.pem", extra)
-        write_client_bundle(ca, settings.client_bundle_path)
     except BundleError as e:
         raise StartupError(str(e)) from None
-    return ca, confdir, trust
+    return confdir, trust
 
 
 def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
@@ -226,7 +236,8 @@ class ProxyApp:
 
     def _build_master(self) -> master.Master:
         release_tls_buffers_when_idle()
-        ca, confdir, trust = prepare_engine_files(self.settings, self.engine_dir)
+        ca = self._ca(self.settings)
+        confdir, trust = prepare_engine_files(self.settings, ca, self.engine_dir)
         self.ca = ca
         opts = options.Options()
         m = master.Master(opts)
@@ -310,20 +321,10 @@ class ProxyApp:
 
     def _publish(self) -> None:
         """Hand the current settings and CA to the admin endpoints and metrics."""
-        s = self.settings
-        st = self.admin_state
-        st.listening = True
-        st.ca_pem = self.ca.cert_pem() if self.ca else None
-        st.table = s.provider_table
-        target = s.routing_target
-        st.gateway = (target.host, target.port) if target else None
-        host, port = self.listen_address or s.listen
-        st.proxy_address = s.admin_proxy_address or (
-            f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None
-        )
-        st.proxy_scheme = "HTTPS" if s.tls_cert_file else "PROXY"
-        if self.ca is not None:
-            self.metrics.ca_expiry.set(self.ca.not_after.timestamp())
+        assert self.ca is not None and self.listen_address is not None
+        self.admin_state.publish(self.settings, self.ca.cert_pem(), self.listen_address[1])
+        self.admin_state.listening = True
+        self.metrics.ca_expiry.set(self.ca.not_after.timestamp())
 
     # -- reload and stop ---------------------------------------------------------------------
 
@@ -336,7 +337,8 @@ class ProxyApp:
             new = self.reload_settings()
             if new.listen != self.settings.listen:
                 raise SettingsError("listen: changing the address needs a restart")
-            ca, confdir, trust = prepare_engine_files(new, self.engine_dir)
+            ca = self._ca(new)
+            confdir, trust = prepare_engine_files(new, ca, self.engine_dir)
             opts = engine_options(new, confdir, trust)
             for key in ("listen_host", "listen_port", "mode"):
                 opts.pop(key)
@@ -353,6 +355,10 @@ class ProxyApp:
         self._count_reload(True)
         logger.info("configuration reloaded")
         return True
+
+    def _ca(self, settings: Settings) -> CertificateAuthority:
+        """A worker's supervisor has already created, checked and published the CA."""
+        return prepare_ca(settings) if self.worker_index is None else ensure_ca(settings)
 
     async def _stop_when_orphaned(self, stop_requested: asyncio.Event) -> None:
         """A worker outlives a supervisor that was killed outright (SIGKILL, OOM): notice the

@@ -25,6 +25,9 @@ from certs.bundle import build_bundle
 from proxy.app import ProxyApp
 from proxy.app import StartupError
 from proxy.app import write_client_bundle
+from proxy.clientsetup import ClientEnv
+from proxy.clientsetup import ide_settings
+from proxy.clientsetup import render
 from proxy.logs import configure_logging
 from proxy.settings import FIELDS
 from proxy.settings import Settings
@@ -216,30 +219,12 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
     )
     print(f"Certificate: {settings.ca_cert_path}")
     print()
-    print("# Client environment (bash/zsh):")
-    for line in client_env_lines(proxy_url, settings.ca_cert_path, settings.client_bundle_path):
-        print(line)
+    env = ClientEnv(proxy_url, settings.ca_cert_path, settings.client_bundle_path)
+    print(render(env, "bash"), end="")
     return 0
 
 
-def client_env_lines(proxy_url: str, ca_path: Path, bundle: Path) -> list[str]:
-    """The export lines a developer sets. Variables that replace the trust store get a bundle."""
-    return [
-        f'export HTTPS_PROXY="{proxy_url}"',
-        'export NO_PROXY="localhost,127.0.0.1,::1"',
-        f'export NODE_EXTRA_CA_CERTS="{ca_path}"',
-        f'export CODEX_CA_CERTIFICATE="{ca_path}"',
-        f'export SSL_CERT_FILE="{bundle}"        # system roots + our CA',
-        f'export REQUESTS_CA_BUNDLE="{bundle}"',
-        f'export CURL_CA_BUNDLE="{bundle}"',
-    ]
-
-
 def cmd_env(args: argparse.Namespace) -> int:
-    from proxy.clientsetup import ClientEnv
-    from proxy.clientsetup import ide_settings
-    from proxy.clientsetup import render
-
     try:
         ca_pem = args.ca.read_bytes()
         load_pem_x509_certificate(ca_pem)

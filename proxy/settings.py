@@ -24,6 +24,7 @@ from addons.providers import PRESETS
 from addons.providers import ProviderSpecError
 from addons.providers import ProviderTable
 from addons.providers import make_route
+from addons.proxy_authorization import is_header_name
 from addons.routing import GatewayTarget
 from addons.routing import TargetError
 from addons.routing import parse_base_url
@@ -667,7 +668,7 @@ def _check_combinations(
         raise fail(key, "is set alone; set both ca.cert_file and ca.key_file, or neither")
     for key in ("headers.token", "headers.request_id", "auth.header"):
         raw, _ = sources[key]
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(raw).strip()):
+        if not is_header_name(str(raw).strip()):
             raise fail(key, "is not a valid header name")
     from addons.egress import parse_cidrs
     from addons.egress import parse_ports

@@ -26,7 +26,7 @@ from prometheus_client import multiprocess
 from proxy.admin import AdminServer
 from proxy.admin import AdminState
 from proxy.app import StartupError
-from proxy.app import prepare_engine_files
+from proxy.app import prepare_ca
 from proxy.app import start_admin
 from proxy.settings import Settings
 from proxy.settings import SettingsError
@@ -137,26 +137,13 @@ class Supervisor:
             await asyncio.sleep(0.5)
             await self._spawn(index)
 
-    def _publish(self, ca_pem: bytes) -> None:
-        s = self.settings
-        st = self.admin_state
-        st.ca_pem = ca_pem
-        st.table = s.provider_table
-        target = s.routing_target
-        st.gateway = (target.host, target.port) if target else None
-        host = s.listen[0]
-        st.proxy_address = s.admin_proxy_address or (
-            f"{host}:{self.port}" if host not in ("", "0.0.0.0", "::") else None
-        )
-        st.proxy_scheme = "HTTPS" if s.tls_cert_file else "PROXY"
-
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()  # handlers first: a SIGTERM during start-up still stops cleanly
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.admin_state.listening and self.reload())
-        ca, _, _ = prepare_engine_files(self.settings)  # the CA exists before workers start
+        ca = prepare_ca(self.settings)  # the CA exists before workers start
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True, mode=0o700)
         for i in range(self.count):
@@ -172,7 +159,7 @@ class Supervisor:
             if stopped in done:
                 return
             raise StartupError("workers did not start; see the log lines above")
-        self._publish(ca.cert_pem())
+        self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
         self.admin_state.listening = True
         if self.settings.admin_listen is not None:
             registry = CollectorRegistry()
@@ -210,12 +197,12 @@ class Supervisor:
             new = self.reload_settings()
             if new.listen != self.settings.listen:
                 raise SettingsError("listen: changing the address needs a restart")
-            ca, _, _ = prepare_engine_files(new)
+            ca = prepare_ca(new)
         except (SettingsError, StartupError) as e:
             logger.error("configuration reload rejected, keeping the old one: %s", e)
             return
         self.settings = new
-        self._publish(ca.cert_pem())
+        self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGHUP)
