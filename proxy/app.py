@@ -42,6 +42,7 @@ from certs.bundle import build_bundle
 from certs.bundle import write_bundle
 from proxy.admin import AdminServer
 from proxy.admin import AdminState
+from proxy.reloading import ReloadRecorder
 from proxy.settings import Settings
 from proxy.settings import SettingsError
 from proxy.systemd import Notifier
@@ -225,6 +226,8 @@ class ProxyApp:
         self.reload_settings = reload_settings
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
+        # a worker's supervisor speaks for all its workers
+        self.reloads = ReloadRecorder(settings.state_path) if worker_index is None else None
         self.admin: AdminServer | None = None
         self.master: master.Master | None = None
         self.ca: CertificateAuthority | None = None
@@ -312,6 +315,7 @@ class ProxyApp:
             },
         )
         self.started.set()
+        self._record_reload(True, "started")
         self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
 
     @property
@@ -349,12 +353,18 @@ class ProxyApp:
         except (SettingsError, StartupError, exceptions.OptionsError) as e:
             self._count_reload(False)
             logger.error("configuration reload rejected, keeping the old one: %s", e)
+            self._record_reload(False, f"configuration reload rejected, keeping the old one: {e}")
             return False
         self.settings, self.ca = new, ca
         self._publish()
         self._count_reload(True)
         logger.info("configuration reloaded")
+        self._record_reload(True, "configuration reloaded")
         return True
+
+    def _record_reload(self, ok: bool, message: str) -> None:
+        if self.reloads is not None:
+            self.reloads.record(ok, message)
 
     def _ca(self, settings: Settings) -> CertificateAuthority:
         """A worker's supervisor has already created, checked and published the CA."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from proxy.clientsetup import render
 from proxy.logs import configure_logging
 from proxy.settings import FIELDS
 from proxy.settings import Settings
+from proxy.settings import default_state_dir
 from proxy.settings import SettingsError
 from proxy.settings import load_settings
 
@@ -81,12 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Forward proxy that routes AI-provider traffic to a Coder AI Bridge gateway.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
     _add_setting_flags(serve)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the running service re-read its configuration; fails if it was refused",
+    )
+    reload.add_argument("--pid", type=int, required=True, help="the service's main process")
+    reload.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the service's state_dir, if set in its configuration "
+        "(default: $STATE_DIRECTORY, as systemd sets it, or serve's default)",
+    )
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it")
 
     ca = sub.add_parser("ca", help="create or inspect the CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -176,14 +192,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_event_loop(main) -> None:
-    """uvloop where it exists (Linux, macOS): the proxy spends much of its time in the loop."""
+def version_line() -> str:
+    """Our version and the engine's, read from the installed metadata (no engine import)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"{PROG} {of('aibridge-proxy')} (mitmproxy {of('mitmproxy')}, Python {python})"
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from proxy.reloading import ReloadError
+    from proxy.reloading import request_reload
+
+    # The configuration is the service's to judge: read here, a broken file would never reach it
+    state_dir = args.state_dir or default_state_dir(os.environ)
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        print(request_reload(args.pid, state_dir, args.timeout))
+    except ReloadError as e:
+        print(f"{PROG} reload: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_event_loop(main) -> None:
+    """The standard library's event loop, on purpose. mitmproxy (12.3 and later) installs
+    asyncio's eager task factory on the running loop; that factory and the loop come from the
+    same interpreter only with the standard loop. A third-party loop (uvloop 0.23 on Python
+    3.13) calls the factory with arguments it does not take, and the service died at start-up.
+    tests/e2e/test_event_loop.py proves the pairing on every supported interpreter."""
+    asyncio.run(main)
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
@@ -331,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.serve_argv = argv[1:]  # for worker processes: the same settings as ours
     handlers = {
         "serve": cmd_serve,
+        "reload": cmd_reload,
         "demo": cmd_demo,
         "gateway": cmd_gateway,
         "env": cmd_env,

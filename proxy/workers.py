@@ -28,6 +28,7 @@ from proxy.admin import AdminState
 from proxy.app import StartupError
 from proxy.app import prepare_ca
 from proxy.app import start_admin
+from proxy.reloading import ReloadRecorder
 from proxy.settings import Settings
 from proxy.settings import SettingsError
 from proxy.systemd import Notifier
@@ -77,6 +78,7 @@ class Supervisor:
         self.count = count
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
+        self.reloads = ReloadRecorder(settings.state_path)
         self.admin: AdminServer | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.ready: dict[int, asyncio.Event] = {}
@@ -155,6 +157,7 @@ class Supervisor:
         )
         if all_ready not in done:
             all_ready.cancel()
+            await asyncio.gather(all_ready, return_exceptions=True)  # retrieve the cancellation
             await self._stop_workers()
             if stopped in done:
                 return
@@ -180,6 +183,7 @@ class Supervisor:
                 }
             },
         )
+        self.reloads.record(True, "started")
         self.notifier.ready(f"{self.count} workers on port {self.port}")
         await stopped
         self.notifier.stopping()
@@ -200,12 +204,15 @@ class Supervisor:
             ca = prepare_ca(new)
         except (SettingsError, StartupError) as e:
             logger.error("configuration reload rejected, keeping the old one: %s", e)
+            self.reloads.record(False, f"configuration reload rejected, keeping the old one: {e}")
             return
         self.settings = new
         self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGHUP)
+        logger.info("configuration reloaded; passed on to the workers")
+        self.reloads.record(True, "configuration reloaded")
 
     async def _stop_workers(self) -> None:
         self.stopping = True

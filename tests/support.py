@@ -167,8 +167,11 @@ class ProxyProcess:
         args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
         listen_port: int = 0,
+        command: Iterable[str] | None = None,
     ):
         self.listen_port = listen_port
+        # how `aibridge-proxy` is started: by default this interpreter's `-m proxy`
+        self.command = list(command or [sys.executable, "-m", "proxy"])
         self.state_dir = state_dir
         self.args = list(args)
         self.extra_env = dict(env or {})
@@ -182,9 +185,7 @@ class ProxyProcess:
         self.port = self.admin_port = None
         self._ready.clear()
         cmd = [
-            sys.executable,
-            "-m",
-            "proxy",
+            *self.command,
             "serve",
             "--listen",
             f"127.0.0.1:{self.listen_port}",
@@ -218,12 +219,20 @@ class ProxyProcess:
             if "admin listening" in line and self.admin_port is None:
                 if m := re.search(r'listen[=":]+([\d.]+):(\d+)', line):
                     self.admin_port = int(m.group(2))
-            if "proxy listening" in line and self.port is None:
+            # with workers, the supervisor's line (it names them) comes once all are listening
+            if "proxy listening" in line and self.port is None and (
+                not self._has_workers or '"workers"' in line
+            ):
                 m = re.search(r'listen[=":]+([\d.]+):(\d+)', line)
                 if m:
                     self.port = int(m.group(2))
                     self._ready.set()
         self._ready.set()
+
+    @property
+    def _has_workers(self) -> bool:
+        args = self.args
+        return "--workers" in args and args[args.index("--workers") + 1] not in ("1",)
 
     @property
     def output(self) -> str:

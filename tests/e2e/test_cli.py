@@ -179,9 +179,11 @@ def test_serve_refuses_group_readable_key(make_proxy, tmp_path):
 
 
 def _intermediate_from_company_pki(tmp_path) -> tuple:
-    """A root (trusted by clients) and an intermediate it issued for the proxy."""
+    """A root (trusted by clients) and an intermediate it issued for the proxy, with the key
+    identifiers a real PKI sets (Python 3.13's clients verify strictly and require them)."""
     root = generate_ca("Company Root", 365, permitted_domains=None)
     key = ec.generate_private_key(ec.SECP256R1())
+    root_ski = x509.SubjectKeyIdentifier.from_public_key(root.key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     inter = (
         x509.CertificateBuilder()
@@ -197,6 +199,10 @@ def _intermediate_from_company_pki(tmp_path) -> tuple:
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), False
         )
         .sign(root.key, hashes.SHA256())
     )
@@ -214,6 +220,7 @@ def _intermediate_from_company_pki(tmp_path) -> tuple:
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
+        .add_extension(root_ski, False)
         .sign(root.key, hashes.SHA256())
     )
     root = CertificateAuthority(root_cert, root.key)

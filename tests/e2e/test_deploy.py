@@ -34,7 +34,11 @@ def unit_directives() -> dict[str, list[str]]:
 def test_unit_has_what_the_service_needs():
     d = unit_directives()
     assert d["Type"] == ["notify"]
-    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert d["ExecStart"] == [
+        "/opt/aibridge-proxy/bin/aibridge-proxy serve --config /etc/aibridge-proxy/config.yaml"
+    ]
+    # our own command signals and waits for the verdict: no /bin/kill, refusals fail the reload
+    assert d["ExecReload"] == ["/opt/aibridge-proxy/bin/aibridge-proxy reload --pid $MAINPID"]
     assert d["DynamicUser"] == ["yes"]
     assert d["StateDirectory"] == ["aibridge-proxy"] and d["ConfigurationDirectory"] == [
         "aibridge-proxy"
@@ -61,7 +65,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path):
     exe = Path(sys.executable).with_name("aibridge-proxy")
     unit = tmp_path / "aibridge-proxy.service"
     unit.write_text(
-        UNIT.read_text().replace("/opt/aibridge-proxy/.venv/bin/aibridge-proxy", str(exe))
+        UNIT.read_text().replace("/opt/aibridge-proxy/bin/aibridge-proxy", str(exe))
     )
     r = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
