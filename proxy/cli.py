@@ -32,8 +32,8 @@ from proxy.clientsetup import render
 from proxy.logs import configure_logging
 from proxy.settings import FIELDS
 from proxy.settings import Settings
-from proxy.settings import default_state_dir
 from proxy.settings import SettingsError
+from proxy.settings import default_state_dir
 from proxy.settings import load_settings
 
 PROG = "aibridge-proxy"

@@ -71,7 +71,9 @@ def request_reload(pid: int, state_dir: Path, timeout: float = 30.0) -> str:
     except ProcessLookupError:
         raise ReloadError(f"no process {pid}") from None
     except PermissionError:
-        raise ReloadError(f"not allowed to signal process {pid}; run as the service's user") from None
+        raise ReloadError(
+            f"not allowed to signal process {pid}; run as the service's user"
+        ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = read_outcome(path)

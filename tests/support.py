@@ -220,8 +220,10 @@ class ProxyProcess:
                 if m := re.search(r'listen[=":]+([\d.]+):(\d+)', line):
                     self.admin_port = int(m.group(2))
             # with workers, the supervisor's line (it names them) comes once all are listening
-            if "proxy listening" in line and self.port is None and (
-                not self._has_workers or '"workers"' in line
+            if (
+                "proxy listening" in line
+                and self.port is None
+                and (not self._has_workers or '"workers"' in line)
             ):
                 m = re.search(r'listen[=":]+([\d.]+):(\d+)', line)
                 if m:

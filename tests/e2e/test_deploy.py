@@ -64,9 +64,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path):
     # the unit points at the install location; check it against this checkout's executable
     exe = Path(sys.executable).with_name("aibridge-proxy")
     unit = tmp_path / "aibridge-proxy.service"
-    unit.write_text(
-        UNIT.read_text().replace("/opt/aibridge-proxy/bin/aibridge-proxy", str(exe))
-    )
+    unit.write_text(UNIT.read_text().replace("/opt/aibridge-proxy/bin/aibridge-proxy", str(exe)))
     r = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
