@@ -642,3 +642,30 @@ class H2Tunnel:
                     r["ended"] = time.monotonic()
                     open_ids.discard(e.stream_id)
         return out
+
+
+def normalized(name: str) -> str:
+    """A distribution's name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    """name -> version pinned by a lock file (uv's requirements format, markers dropped)."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, _, rest = line.partition("==")
+            pins[normalized(name)] = rest.split(";")[0].split()[0].strip()
+    return pins
+
+
+def frozen_versions(freeze_output: str) -> dict[str, str]:
+    """name -> version from `pip freeze`, without pip itself and this project."""
+    out = {}
+    for line in freeze_output.splitlines():
+        if line.startswith(("#", "-e ")):
+            continue  # this checkout, installed editable
+        name, sep, version = line.strip().partition("==")
+        if sep and normalized(name) not in ("pip", "aibridge-proxy"):
+            out[normalized(name)] = version
+    return out
