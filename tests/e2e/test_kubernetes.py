@@ -79,5 +79,5 @@ def test_dockerfile_is_non_root_and_complete():
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     for src in re.findall(r"^COPY\s+(?!--from)(\S+)", text, re.M):
-        assert (ROOT / src).exists(), src
+        assert src == "dist/" or (ROOT / src).exists(), src  # dist/: what ./run wheel builds
     assert re.search(r"^ENTRYPOINT \[\"aibridge-proxy\"\]", text, re.M)
