@@ -24,17 +24,17 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.proxy_authorization import ProxyAuthError
-from addons.proxy_authorization import is_header_name
-from addons.proxy_authorization import parse_proxy_authorization
 from addons.responses import challenge_response
 from addons.responses import plain_response
 from addons.routing import Routing
-from addons.token_validation import FailureLimiter
-from addons.token_validation import GatewayTokenValidator
-from addons.token_validation import TokenCache
-from addons.token_validation import ValidationUnavailable
-from addons.token_validation import verifying_context
+from addons.rules.proxy_authorization import ProxyAuthError
+from addons.rules.proxy_authorization import is_header_name
+from addons.rules.proxy_authorization import parse_proxy_authorization
+from addons.rules.token_validation import FailureLimiter
+from addons.rules.token_validation import GatewayTokenValidator
+from addons.rules.token_validation import TokenCache
+from addons.rules.token_validation import ValidationUnavailable
+from addons.rules.token_validation import verifying_context
 
 logger = logging.getLogger(__name__)
 

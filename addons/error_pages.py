@@ -3,9 +3,8 @@ Upstream failures, answered our way: `502` naming the gateway when it cannot be 
 when it does not answer in time, always short plain text without internal detail.
 
 mitmproxy renders its own HTML error page (with socket errors and addresses) and cannot abort a
-request that waits for response headers. This module is the one place that reaches into its
-internals to change both; `tests/unit/test_error_pages.py` pins the behaviour so an engine
-upgrade that breaks it fails loudly.
+request that waits for response headers: `addons/engine/error_rendering.py` puts `render` in
+its place, and closing the upstream socket aborts a request that timed out.
 """
 
 from __future__ import annotations
@@ -13,70 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
 
 from mitmproxy import ctx
 from mitmproxy import http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers import http as http_layer
-from mitmproxy.proxy.layers.http import _http1
 
-from addons.connections import connection_handler
 from addons.egress import parse_refusal
+from addons.engine.connections import connection_handler
+from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.gateway import route_info
 from addons.responses import plain_response
 
 logger = logging.getLogger(__name__)
-
-Renderer = Callable[[http.HTTPFlow], http.Response | None]
-
-_renderer: Renderer | None = None
-_original_handle_protocol_error = http_layer.HttpStream.handle_protocol_error
-
-
-def _plain_error(status: int, message: str = "") -> bytes:
-    """mitmproxy's low-level error page (malformed requests), as plain text without detail."""
-    text = {400: "malformed request", 413: "request too large"}.get(status, "request failed")
-    return http1.assemble_response(plain_response(status, text, {"Connection": "close"}))
-
-
-def _handle_protocol_error(self, event):
-    """Run mitmproxy's handler, but replace the error it sends the client by our response."""
-    gen = _original_handle_protocol_error(self, event)
-    try:
-        command = next(gen)
-        while True:
-            if (
-                _renderer is not None
-                and isinstance(command, http_layer.SendHttp)
-                and isinstance(command.event, http_layer.ResponseProtocolError)
-                and command.connection == self.context.client
-                and self.flow.response is None
-                and (response := _renderer(self.flow)) is not None
-            ):
-                self.flow.response = response
-                sid = self.stream_id
-                yield http_layer.SendHttp(
-                    http_layer.ResponseHeaders(sid, response, False), self.context.client
-                )
-                yield http_layer.SendHttp(
-                    http_layer.ResponseData(sid, response.raw_content or b""), self.context.client
-                )
-                yield http_layer.SendHttp(http_layer.ResponseEndOfMessage(sid), self.context.client)
-                command = gen.send(None)
-                continue
-            result = yield command
-            command = gen.send(result)
-    except StopIteration as stop:
-        return stop.value
-
-
-def install(renderer: Renderer) -> None:
-    """Point mitmproxy's error path at `renderer` (idempotent; the last caller wins)."""
-    global _renderer
-    _renderer = renderer
-    http_layer.HttpStream.handle_protocol_error = _handle_protocol_error
-    _http1.make_error_response = _plain_error
 
 
 def classify(error: str) -> str:
@@ -100,13 +46,11 @@ def classify(error: str) -> str:
 class UpstreamErrors:
     """Owns the gateway response timeout and the wording of upstream failures."""
 
-    def __init__(self) -> None:
+    def __init__(self, rendering: ProtocolErrorRendering) -> None:
+        rendering.renderer = self.render
         self._timers: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = (
             weakref.WeakKeyDictionary()
         )
-
-    def load(self, loader):
-        install(self.render)
 
     def render(self, flow: http.HTTPFlow) -> http.Response | None:
         info = route_info(flow)

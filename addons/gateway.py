@@ -22,10 +22,10 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
-from addons.proxy_authorization import is_header_name
 from addons.responses import challenge_response
 from addons.responses import plain_response
 from addons.routing import Routing
+from addons.rules.proxy_authorization import is_header_name
 
 logger = logging.getLogger(__name__)
 

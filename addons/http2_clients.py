@@ -13,14 +13,11 @@ Upstream connections to the gateway are pinned to HTTP/1.1 so the framing above 
 
 from __future__ import annotations
 
-import asyncio
-import collections
-
 from mitmproxy import connection
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from addons.connections import connection_handler
+from addons.engine.connections import lift_upstream_connection_cap
 
 UPSTREAM_CONNECTIONS_PER_CLIENT = 256
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
@@ -28,11 +25,7 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
 
 class Http2Clients:
     def client_connected(self, client: connection.Client) -> None:
-        handler = connection_handler(client)
-        if handler is not None and hasattr(handler, "max_conns"):
-            handler.max_conns = collections.defaultdict(
-                lambda: asyncio.Semaphore(UPSTREAM_CONNECTIONS_PER_CLIENT)
-            )
+        lift_upstream_connection_cap(client, UPSTREAM_CONNECTIONS_PER_CLIENT)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request

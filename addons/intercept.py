@@ -13,10 +13,9 @@ import time
 from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.proxy import layer
-from mitmproxy.proxy import layers
-from mitmproxy.proxy.layers.http import HTTPMode
-from mitmproxy.proxy.layers.http import HttpStream
 
+from addons.engine.layer_stack import connect_stream_index
+from addons.engine.layer_stack import relay_raw_bytes
 from addons.routing import Routing
 
 logger = logging.getLogger(__name__)
@@ -28,28 +27,6 @@ def connection_established(http_version: str) -> http.Response:
     return http.Response(
         http_version, 200, b"Connection established", http.Headers(), b"", None, now, now
     )
-
-
-def _connect_stream_index(context) -> int | None:
-    """Index of the HttpStream that handled a CONNECT, when mitmproxy asks what runs inside
-    that tunnel; None for any other next-layer question.
-
-    mitmproxy's own NextLayer addon runs first and may already have pushed its choice (TLS
-    layers) onto `context.layers`, so we look for the HttpLayer/HttpStream pair rather than at
-    the end of the stack.
-    """
-    if context.server.address is None:
-        return None
-    stack = context.layers
-    for i in range(len(stack) - 1):
-        http_layer, stream = stack[i], stack[i + 1]
-        if (
-            isinstance(http_layer, layers.HttpLayer)
-            and http_layer.mode in (HTTPMode.regular, HTTPMode.upstream)
-            and isinstance(stream, HttpStream)
-        ):
-            return i + 1
-    return None
 
 
 class InterceptPolicy:
@@ -72,15 +49,13 @@ class InterceptPolicy:
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         context = nextlayer.context
-        stream_index = _connect_stream_index(context)
+        stream_index = connect_stream_index(context)
         if stream_index is None:
             return
         host = context.server.address[0]
         if self.routing.current.table.lookup(host) is not None:
             return  # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception
-        # Undo whatever mitmproxy's NextLayer stacked for this tunnel, then relay raw bytes.
-        del context.layers[stream_index + 1 :]
-        nextlayer.layer = layers.TCPLayer(context, ignore=True)
+        relay_raw_bytes(nextlayer, stream_index)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address

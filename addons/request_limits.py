@@ -3,8 +3,8 @@ Hostile input: limits on what a client may send before we act on it.
 
 - Request headers must arrive within `aibridge_header_timeout` seconds of connecting
   (slowloris), and a header block may not exceed `aibridge_max_header_bytes` (431).
-  mitmproxy buffers header bytes without limit (a FIXME in its HTTP/1 server), so this module
-  also wraps that reader; `tests/e2e/test_hostile_input.py` pins the behaviour.
+  mitmproxy buffers header bytes without limit (a FIXME in its HTTP/1 server), so the limit on
+  bytes still in flight is `addons/engine/header_limit.py`, configured from here.
 - Header names and values holding NUL, CR or LF are refused with 400: they would otherwise be
   forwarded, and are a classic request-smuggling and header-injection vector.
 """
@@ -20,33 +20,14 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands
-from mitmproxy.proxy import events
-from mitmproxy.proxy.layers.http import _http1
 
-from addons.connections import connection_handler
+from addons.engine.connections import connection_handler
+from addons.engine.header_limit import HeaderSizeLimit
 from addons.responses import plain_response
 
 logger = logging.getLogger(__name__)
 
 _BAD_HEADER_BYTES = (b"\x00", b"\r", b"\n")
-_limit = {"max_header_bytes": 65536}
-_original_read_headers = _http1.Http1Server.read_headers
-
-
-def _read_headers(self, event):
-    """mitmproxy's header reader, plus the size limit it lacks."""
-    yield from _original_read_headers(self, event)
-    if (
-        isinstance(event, events.DataReceived)
-        and self.state == self.read_headers
-        and len(self.buf) > _limit["max_header_bytes"]
-    ):
-        logger.info("request headers from %s exceed the limit", self.conn.peername)
-        response = plain_response(431, "request headers too large", {"Connection": "close"})
-        yield commands.SendData(self.conn, http1.assemble_response(response))
-        yield commands.CloseConnection(self.conn)
-        self.state = self.done
 
 
 def header_block_size(headers: http.Headers) -> int:
@@ -58,7 +39,8 @@ def has_bad_header_bytes(headers: http.Headers) -> bool:
 
 
 class RequestLimits:
-    def __init__(self) -> None:
+    def __init__(self, header_limit: HeaderSizeLimit) -> None:
+        self.header_limit = header_limit
         self._deadlines: weakref.WeakKeyDictionary[connection.Client, asyncio.TimerHandle] = (
             weakref.WeakKeyDictionary()
         )
@@ -76,7 +58,6 @@ class RequestLimits:
             65536,
             "Largest request header block accepted (bigger: 431).",
         )
-        _http1.Http1Server.read_headers = _read_headers
 
     def configure(self, updated):
         if "aibridge_header_timeout" in updated and ctx.options.aibridge_header_timeout <= 0:
@@ -84,7 +65,7 @@ class RequestLimits:
         if "aibridge_max_header_bytes" in updated:
             if ctx.options.aibridge_max_header_bytes < 1024:
                 raise exceptions.OptionsError("aibridge_max_header_bytes must be at least 1024")
-            _limit["max_header_bytes"] = ctx.options.aibridge_max_header_bytes
+            self.header_limit.max_bytes = ctx.options.aibridge_max_header_bytes
 
     # -- slowloris -----------------------------------------------------------------------------
 
@@ -127,7 +108,7 @@ class RequestLimits:
         self._headers_arrived(flow.client_conn)
         if flow.response is not None:
             return
-        if header_block_size(flow.request.headers) > _limit["max_header_bytes"]:
+        if header_block_size(flow.request.headers) > self.header_limit.max_bytes:
             flow.metadata["aibridge.reject_reason"] = "headers_too_large"
             flow.response = plain_response(431, "request headers too large")
         elif has_bad_header_bytes(flow.request.headers):

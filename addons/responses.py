@@ -7,7 +7,7 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
-from addons.proxy_authorization import REALM
+from addons.rules.proxy_authorization import REALM
 
 
 def reason_phrase(status: int) -> str:

@@ -4,58 +4,18 @@ proxy, while routed requests still go straight to the gateway.
 
 The engine runs in mitmproxy's upstream mode (`mode=upstream:http(s)://host:port`), which
 sends every server connection through that proxy; `GatewayRouter` takes routed requests back
-out of it. This addon supplies the credentials and the parsing shared with the settings.
+out of it. This addon supplies the credentials; parsing the setting is in
+addons/rules/upstream_proxy.py.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
-from dataclasses import field
-from urllib.parse import unquote
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
-
-
-@dataclass(frozen=True)
-class UpstreamProxy:
-    scheme: str
-    host: str
-    port: int
-    credentials: str | None = field(default=None, repr=False)  # "user:password"
-
-    @property
-    def mode_spec(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"upstream:{self.scheme}://{host}:{self.port}"
-
-
-def parse_upstream_proxy(url: str) -> UpstreamProxy:
-    """`http(s)://[user[:pass]@]host:port`. Credentials with both parts empty are refused."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"is not a valid URL: {e}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError("has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("must be only scheme, credentials, host and port")
-    credentials = None
-    if parts.username is not None or parts.password is not None:
-        user, password = unquote(parts.username or ""), unquote(parts.password or "")
-        if not user and not password:
-            raise ValueError("has credentials with both user name and password empty")
-        credentials = f"{user}:{password}"
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return UpstreamProxy(parts.scheme, parts.hostname, port, credentials)
 
 
 def upstream_address(modes) -> tuple[str, int] | None:

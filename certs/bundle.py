@@ -8,6 +8,7 @@ for clients whose CA variable replaces the trust store (`SSL_CERT_FILE`, `REQUES
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +62,12 @@ def build_bundle(extra: Iterable[tuple[Path, str]] = (), include_system: bool = 
     return b"".join(parts)
 
 
-def write_bundle(dest: Path, extra: Iterable[tuple[Path, str]] = ()) -> Path:
+def write_bundle(dest: Path, extra: Iterable[tuple[Path, str]] = (), tail: bytes = b"") -> Path:
+    """System roots + `extra` files + `tail`, written atomically: workers and clients may be
+    reading the file while a reload rewrites it."""
+    data = build_bundle(extra) + tail
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(build_bundle(extra))
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
     return dest

@@ -1,5 +1,5 @@
 """
-`aibridge-proxy`: serve | ca init | ca show | demo | gateway.
+`aibridge-proxy`: serve | reload | ca init | ca show | env | trust | doctor | demo | gateway.
 
 User mistakes end in one line on stderr and exit code 2, never a traceback.
 """
@@ -13,28 +13,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography.x509 import load_pem_x509_certificate
-
 from certs.authority import DEFAULT_COMMON_NAME
 from certs.authority import DEFAULT_VALIDITY_DAYS
 from certs.authority import CAError
-from certs.authority import constraint_domains
-from certs.authority import generate_ca
-from certs.authority import load_ca
-from certs.authority import write_ca
-from certs.bundle import build_bundle
-from proxy.app import ProxyApp
-from proxy.app import StartupError
-from proxy.app import write_client_bundle
-from proxy.clientsetup import ClientEnv
-from proxy.clientsetup import ide_settings
-from proxy.clientsetup import render
-from proxy.logs import configure_logging
-from proxy.settings import FIELDS
-from proxy.settings import Settings
-from proxy.settings import SettingsError
-from proxy.settings import default_state_dir
-from proxy.settings import load_settings
+from proxy.server.errors import StartupError
+from proxy.server.settings import FIELDS
+from proxy.server.settings import Settings
+from proxy.server.settings import SettingsError
+from proxy.server.settings import default_state_dir
+from proxy.server.settings import load_settings
+
+# Each subcommand imports its own code when it runs: `env`, `trust` and `doctor` on a
+# developer's laptop never load the engine (tests/e2e/test_cli.py checks it).
 
 PROG = "aibridge-proxy"
 
@@ -166,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.workers import Supervisor
-    from proxy.workers import enable_reuse_port
-    from proxy.workers import worker_count
+    from addons.engine.reuse_port import enable_reuse_port
+    from proxy.server.app import ProxyApp
+    from proxy.server.logs import configure_logging
+    from proxy.server.workers import Supervisor
+    from proxy.server.workers import worker_count
 
     settings = _settings_from(args, require_gateway=True)
     configure_logging(settings.log_level, settings.log_format)
@@ -208,8 +200,8 @@ def version_line() -> str:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from proxy.reloading import ReloadError
-    from proxy.reloading import request_reload
+    from proxy.server.reloading import ReloadError
+    from proxy.server.reloading import request_reload
 
     # The configuration is the service's to judge: read here, a broken file would never reach it
     state_dir = args.state_dir or default_state_dir(os.environ)
@@ -231,6 +223,11 @@ def run_event_loop(main) -> None:
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
+    from certs.authority import constraint_domains
+    from certs.authority import generate_ca
+    from certs.authority import write_ca
+    from certs.prepare import write_client_bundle
+
     settings = _settings_from(args, require_gateway=False)
     permitted = None if args.unconstrained else constraint_domains(settings.provider_table.hosts())
     ca = generate_ca(args.common_name, args.days, args.key_type, permitted)
@@ -250,6 +247,10 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
+    from certs.authority import load_ca
+    from proxy.client.env import ClientEnv
+    from proxy.client.env import render
+
     settings = _settings_from(args, require_gateway=False)
     ca = load_ca(settings.ca_cert_path, settings.ca_key_path, check_permissions=False)
     host, port = settings.listen
@@ -269,6 +270,13 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    from cryptography.x509 import load_pem_x509_certificate
+
+    from certs.bundle import build_bundle
+    from proxy.client.env import ClientEnv
+    from proxy.client.env import ide_settings
+    from proxy.client.env import render
+
     try:
         ca_pem = args.ca.read_bytes()
         load_pem_x509_certificate(ca_pem)
@@ -292,10 +300,10 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from proxy.trust import TrustError
-    from proxy.trust import detect_platform
-    from proxy.trust import execute
-    from proxy.trust import plan
+    from proxy.client.trust import TrustError
+    from proxy.client.trust import detect_platform
+    from proxy.client.trust import execute
+    from proxy.client.trust import plan
 
     try:
         ca_pem = args.ca.read_bytes()
@@ -329,20 +337,20 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import os
 
-    from proxy.doctor import run_doctor
+    from proxy.client.doctor import run_doctor
 
     return run_doctor(os.environ, target=args.host)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import run_demo
+    from proxy.devtools.demo import run_demo
 
     return asyncio.run(run_demo(keep=args.keep))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from proxy.localgateway import LocalGateway
-    from proxy.settings import parse_listen
+    from proxy.devtools.localgateway import LocalGateway
+    from proxy.server.settings import parse_listen
 
     try:
         host, port = parse_listen(args.listen)

@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from proxy.localgateway import LocalGateway
+from proxy.devtools.localgateway import LocalGateway
 
 
 async def main(port: int, certfile: str, token: str) -> None:

@@ -13,7 +13,7 @@ from certs.authority import constraint_domains
 from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
-from proxy.settings import load_settings
+from proxy.server.settings import load_settings
 from tests.support import BackgroundLoop
 from tests.support import start_tcp_server
 

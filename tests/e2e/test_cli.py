@@ -26,30 +26,10 @@ from certs.authority import generate_ca
 from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import ROOT
+from tests.support import assert_one_line_error
 from tests.support import base_env
+from tests.support import cli
 from tests.support import free_port
-
-
-def cli(*args: str, env=None, timeout=30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        env={**base_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result
-    # start-up log lines (JSON) may precede it; the error itself is one plain line, last
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("aibridge-proxy: "), result.stderr
-    assert all(line.startswith("{") for line in lines[:-1]), result.stderr
-    assert "Traceback" not in result.stderr
-    for f in fragments:
-        assert f in lines[-1]
 
 
 @pytest.mark.parametrize(

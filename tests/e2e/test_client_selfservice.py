@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
-from tests.e2e.test_cli import cli
 from tests.support import ALICE
 from tests.support import NODE_BIN
 from tests.support import ROOT
 from tests.support import BackgroundLoop
 from tests.support import base_env
+from tests.support import cli
 from tests.support import client_env
 from tests.support import free_port
 from tests.support import start_tcp_server

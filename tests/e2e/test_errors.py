@@ -4,24 +4,18 @@
 from __future__ import annotations
 
 import json
-import ssl
 import time
 
 import httpx
 
-from tests.support import ALICE
 from tests.support import free_port
-
-
-def client(p, **kw):
-    ctx = ssl.create_default_context(cafile=str(p.ca_path))
-    return httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False, timeout=30, **kw)
+from tests.support import proxy_client
 
 
 def test_gateway_unreachable_is_502_naming_it(make_proxy):
     dead = f"http://127.0.0.1:{free_port()}"
     p = make_proxy("--auth-mode", "presence", gateway=dead)
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.post("https://api.openai.com/v1/chat/completions", json={"model": "m"})
     assert r.status_code == 502
     assert r.headers["content-type"].startswith("text/plain")
@@ -34,7 +28,7 @@ def test_gateway_unreachable_is_502_naming_it(make_proxy):
 
 def test_gateway_too_slow_is_504_but_streams_are_not_cut(make_proxy, gateway):
     p = make_proxy("--gateway-timeout", "0.5")
-    with client(p) as c:
+    with proxy_client(p) as c:
         started = time.monotonic()
         r = c.get("https://api.openai.com/_diag/slow?delay=3")
         elapsed = time.monotonic() - started
@@ -52,7 +46,7 @@ def test_gateway_too_slow_is_504_but_streams_are_not_cut(make_proxy, gateway):
 
 def test_gateway_closes_mid_stream(proxy, gateway):
     """The client sees the stream end early; the proxy logs it and keeps serving."""
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         events = []
         try:
             with c.stream("GET", "https://api.openai.com/_diag/abort?events=3") as s:
@@ -69,7 +63,7 @@ def test_gateway_closes_mid_stream(proxy, gateway):
 def test_validation_service_down_fails_closed_with_503(make_proxy):
     dead = f"http://127.0.0.1:{free_port()}"
     p = make_proxy(gateway=dead)
-    with client(p) as c:
+    with proxy_client(p) as c:
         try:
             c.get("https://api.openai.com/v1/models")
         except httpx.ProxyError as e:

@@ -8,7 +8,7 @@ import json
 import subprocess
 import time
 
-from proxy.localgateway import download_bytes
+from proxy.devtools.localgateway import download_bytes
 from tests.support import ALICE
 from tests.support import H2Tunnel
 from tests.support import client_env

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.settings import load_settings
+from proxy.server.settings import load_settings
 from tests.support import ROOT
 
 K8S = ROOT / "deploy" / "kubernetes"

@@ -127,8 +127,8 @@ def test_tls_1_1_is_refused(tls_proxy, listener_cert):
 
 
 def test_cert_and_key_go_together(tmp_path, listener_cert):
-    from tests.e2e.test_cli import assert_one_line_error
-    from tests.e2e.test_cli import cli
+    from tests.support import assert_one_line_error
+    from tests.support import cli
 
     cert_file, _, _ = listener_cert
     r = cli("serve", "--gateway", "http://127.0.0.1:1", "--tls-cert-file", str(cert_file))

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 import warnings
@@ -18,37 +17,19 @@ from cryptography import x509
 
 from tests.support import ALICE
 from tests.support import free_port
-
-
-def client(p, timeout=30) -> httpx.Client:
-    return httpx.Client(
-        proxy=p.url(ALICE),
-        verify=ssl.create_default_context(cafile=str(p.ca_path)),
-        trust_env=False,
-        timeout=timeout,
-    )
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text format (0 if absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == {k: str(v) for k, v in labels.items()}:
-                return sample.value
-    return 0.0
+from tests.support import metric
+from tests.support import proxy_client
 
 
 def test_health_ready_ca_and_bundle(proxy, gateway):
-    assert proxy.admin("/healthz").text == "ok\n"
-    r = proxy.admin("/readyz")
+    assert proxy.server.admin("/healthz").text == "ok\n"
+    r = proxy.server.admin("/readyz")
     assert r.status_code == 200 and r.json() == {"ready": True, "problems": []}
-    ca = proxy.admin("/ca.pem")
+    ca = proxy.server.admin("/ca.pem")
     assert ca.headers["content-type"] == "application/x-pem-file"
     assert ca.content == proxy.ca_path.read_bytes()
     assert b"PRIVATE KEY" not in ca.content
-    bundle = proxy.admin("/ca-bundle.pem").content
+    bundle = proxy.server.admin("/ca-bundle.pem").content
     with warnings.catch_warnings():  # some system roots have non-positive serials
         warnings.simplefilter("ignore")
         certs = x509.load_pem_x509_certificates(bundle)
@@ -90,7 +71,7 @@ def test_pac_file(make_proxy):
 
 def test_metrics_count_what_happened(make_proxy, gateway):
     p = make_proxy()
-    with client(p) as c:
+    with proxy_client(p) as c:
         assert c.get("https://api.openai.com/v1/models").status_code == 200
         assert c.get("https://api.anthropic.com/_diag/status?code=429").status_code == 429
         with c.stream("GET", "https://api.openai.com/_diag/abort?events=2") as s:
@@ -134,7 +115,7 @@ def test_metrics_count_what_happened(make_proxy, gateway):
 
 def test_user_labels_when_enabled(make_proxy, gateway):
     p = make_proxy("--metrics-user-labels")
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.get("https://api.openai.com/v1/models")
     assert (
         metric(
@@ -154,7 +135,7 @@ def _stream_in_background(p, events: int, interval: float) -> dict:
 
     def run():
         try:
-            with client(p) as c:
+            with proxy_client(p) as c:
                 with c.stream(
                     "GET", f"https://api.openai.com/_diag/sse?events={events}&interval={interval}"
                 ) as s:
@@ -183,14 +164,14 @@ def test_reload_keeps_streams_and_applies_new_settings(make_proxy, gateway, tmp_
     config.write_text("providers: [[[\n")
     p.signal(signal.SIGHUP)
     p.wait_for_line(lambda r: "reload rejected" in r.get("msg", ""))
-    with client(p) as c:
+    with proxy_client(p) as c:
         assert c.get("https://api.example-ai.com/v1/x").status_code == 404  # still routed
     assert gateway.last().path == "/api/v2/aibridge/example/v1/x"
     # a good one takes effect for new requests
     config.write_text("providers:\n  api.example-ai.com: renamed\n")
     p.signal(signal.SIGHUP)
     p.wait_for_line(lambda r: r.get("msg") == "configuration reloaded")
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.get("https://api.example-ai.com/v1/x")
     assert gateway.last().path == "/api/v2/aibridge/renamed/v1/x"
     stream["thread"].join(15)
@@ -209,7 +190,7 @@ def test_open_tunnel_follows_the_new_table(make_proxy, gateway, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("providers:\n  api.example-ai.com: first\n")
     p = make_proxy("--config", str(config))
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.get("https://api.example-ai.com/a")
         config.write_text("providers:\n  api.example-ai.com: {provider: second, paths: [/v1/]}\n")
         p.signal(signal.SIGHUP)
@@ -273,7 +254,7 @@ def test_systemd_notify_protocol(make_proxy, tmp_path):
 def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
     dump = tmp_path / "dump"
     p = make_proxy("--dump-dir", str(dump))
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.post(
             "https://api.openai.com/v1/chat/completions?api_key=sk-q",
             json={"model": "m", "stream": True},
@@ -291,7 +272,7 @@ def test_dump_dir_writes_requests_and_responses(make_proxy, gateway, tmp_path):
 
 
 def test_one_structured_line_per_request(proxy, gateway):
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         c.post(
             "https://api.openai.com/v1/chat/completions?x=secret-ish",
             json={"model": "m"},
@@ -319,7 +300,7 @@ def test_one_structured_line_per_request(proxy, gateway):
 
 def test_text_log_format(make_proxy, gateway):
     p = make_proxy("--log-format", "text")
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.get("https://api.openai.com/v1/models")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and "aibridge.access" not in p.output:

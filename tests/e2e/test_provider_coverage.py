@@ -4,23 +4,12 @@ sign-in, and the opt-in presets for other gateways."""
 
 from __future__ import annotations
 
-import ssl
-
-import httpx
 import pytest
 
 from tests.support import ALICE
 from tests.support import connect_through
 from tests.support import proxy_basic
-
-
-def client(p) -> httpx.Client:
-    return httpx.Client(
-        proxy=p.url(ALICE),
-        verify=ssl.create_default_context(cafile=str(p.ca_path)),
-        trust_env=False,
-        timeout=30,
-    )
+from tests.support import proxy_client
 
 
 def connect_status(p, host: str) -> tuple[int, bytes]:
@@ -42,7 +31,7 @@ def test_copilot_every_plan_keeps_its_own_authorization(proxy, gateway, host, pr
         "Editor-Version": "vscode/1.99.0",
         "Copilot-Integration-Id": "vscode-chat",
     }
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         r = c.post(
             f"https://{host}/chat/completions",
             json={"model": "gpt-4o", "messages": []},
@@ -60,7 +49,7 @@ def test_copilot_every_plan_keeps_its_own_authorization(proxy, gateway, host, pr
 
 
 def test_copilot_models_and_agents_reach_the_gateway(proxy, gateway):
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         assert c.get("https://api.githubcopilot.com/models").status_code == 200
         c.get("https://api.githubcopilot.com/agents/x")
         c.get("https://api.githubcopilot.com/_ping")
@@ -92,7 +81,7 @@ def test_sign_in_telemetry_and_completion_hosts_are_tunnelled_by_default(proxy, 
 
 def test_completion_hosts_with_the_preset(make_proxy, gateway):
     p = make_proxy("--provider-presets", "copilot-completions")
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.post(
             "https://proxy.business.githubcopilot.com/v1/engines/copilot-codex/completions",
             json={"prompt": "x"},
@@ -109,14 +98,14 @@ def test_completion_hosts_with_the_preset(make_proxy, gateway):
 
 def test_ghe_com_data_residency_wildcard(make_proxy, gateway):
     p = make_proxy("--provider", "copilot-api.*.ghe.com=copilot-acme")
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.post("https://copilot-api.acme.ghe.com/chat/completions", json={})
     assert gateway.last().path == "/api/v2/aibridge/copilot-acme/chat/completions"
     assert connect_status(p, "acme.ghe.com")[0] == 502  # the tenant's web/API host stays a tunnel
 
 
 def test_chatgpt_codex_paths_only(proxy, gateway):
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         r = c.post("https://chatgpt.com/backend-api/codex/responses", json={"model": "m"})
         assert r.status_code == 404  # the local gateway has no chatgpt routes: it did reach it
         assert gateway.last().path == "/api/v2/aibridge/chatgpt/backend-api/codex/responses"
@@ -163,7 +152,7 @@ def test_chatgpt_codex_paths_only(proxy, gateway):
 )
 def test_presets(make_proxy, gateway, preset, url, path):
     p = make_proxy("--provider-presets", preset)
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.post(url, json={})
     assert gateway.last().path == path
     host = url.split("/")[2]
@@ -176,7 +165,7 @@ def test_preset_entries_can_be_changed(make_proxy, gateway, tmp_path):
         "provider_presets: [openrouter]\nproviders:\n  openrouter.ai: {provider: or, paths: [/api/v1/]}\n"
     )
     p = make_proxy("--config", str(config))
-    with client(p) as c:
+    with proxy_client(p) as c:
         c.post("https://openrouter.ai/api/v1/chat/completions", json={})
         r = c.get("https://openrouter.ai/api/v2/other")
     assert gateway.last().path == "/api/v2/aibridge/or/api/v1/chat/completions"
@@ -184,8 +173,8 @@ def test_preset_entries_can_be_changed(make_proxy, gateway, tmp_path):
 
 
 def test_unknown_preset_is_a_config_error():
-    from tests.e2e.test_cli import assert_one_line_error
-    from tests.e2e.test_cli import cli
+    from tests.support import assert_one_line_error
+    from tests.support import cli
 
     r = cli("serve", "--gateway", "http://127.0.0.1:1", "--provider-presets", "gemini,chatgpt-pro")
     assert_one_line_error(r, "provider_presets", "unknown preset 'chatgpt-pro'")

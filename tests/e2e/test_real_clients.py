@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from proxy.localgateway import REPLY
+from proxy.devtools.localgateway import REPLY
 from tests.support import ALICE
 from tests.support import NODE_BIN
 from tests.support import NODE_TOOLS

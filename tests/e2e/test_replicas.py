@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from proxy.localgateway import REPLY
+from proxy.devtools.localgateway import REPLY
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ProxyProcess

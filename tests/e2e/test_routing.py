@@ -3,9 +3,6 @@ names are configurable, and the gateway connection verifies TLS and ignores prox
 
 from __future__ import annotations
 
-import ssl
-
-import httpx
 import pytest
 
 from tests.support import ALICE
@@ -13,11 +10,7 @@ from tests.support import LOOPBACK_INTERNET
 from tests.support import ThreadedGateway
 from tests.support import free_port
 from tests.support import private_tls_server
-
-
-def client(p) -> httpx.Client:
-    ctx = ssl.create_default_context(cafile=str(p.ca_path))
-    return httpx.Client(proxy=p.url(ALICE), verify=ctx, trust_env=False, timeout=30)
+from tests.support import proxy_client
 
 
 def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin, tmp_path):
@@ -29,7 +22,7 @@ def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin,
         str(origin_ca),
         *LOOPBACK_INTERNET,
     )
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.post(f"https://localhost:{origin.port}/v1/chat/completions", json={"model": "m"})
         assert (
             r.status_code == 200
@@ -46,7 +39,7 @@ def test_path_scope_sends_other_paths_to_the_origin(make_proxy, gateway, origin,
 def test_origin_tls_is_verified(make_proxy, gateway, origin):
     """Without origin_ca_file the origin's private CA is not trusted: 502, not a silent MITM."""
     p = make_proxy("--provider", "localhost=openai@/v1/", *LOOPBACK_INTERNET)
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.get(f"https://localhost:{origin.port}/other")
     assert r.status_code == 502
     assert "TLS handshake failed" in r.text
@@ -63,7 +56,7 @@ def test_custom_target_and_header_names(make_proxy, gateway):
         "--auth-mode",
         "presence",
     )
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.get("https://api.openai.com/v1/models", headers={"Authorization": "Bearer sk-own"})
     rec = gateway.last()
     assert r.status_code == 404  # the local gateway serves /api/v2/aibridge only
@@ -84,12 +77,12 @@ def test_https_gateway_needs_its_ca(make_proxy, tls_gateway):
     gw, ca_file = tls_gateway
     url = f"https://localhost:{gw.gateway.port}"
     p = make_proxy("--auth-mode", "presence", gateway=url)
-    with client(p) as c:
+    with proxy_client(p) as c:
         r = c.get("https://api.openai.com/v1/models")
     assert r.status_code == 502 and "TLS handshake failed" in r.text
     assert not gw.records
     p2 = make_proxy("--gateway-ca-file", str(ca_file), gateway=url)  # validate mode over TLS too
-    with client(p2) as c:
+    with proxy_client(p2) as c:
         assert c.get("https://api.openai.com/v1/models").status_code == 200
     assert gw.last().path == "/api/v2/aibridge/openai/v1/models"
 
@@ -104,5 +97,5 @@ def test_gateway_connection_ignores_proxy_variables(make_proxy, gateway):
         "ALL_PROXY": dead,
     }
     p = make_proxy(env=env)  # validate mode: the token check must not use them either
-    with client(p) as c:
+    with proxy_client(p) as c:
         assert c.get("https://api.openai.com/v1/models").status_code == 200

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
 import time
 
-import httpx
 import pytest
 
-from proxy.localgateway import download_bytes
-from tests.support import ALICE
+from proxy.devtools.localgateway import download_bytes
+from tests.support import proxy_client
 
 MB = 1024 * 1024
 
 
-def client(proxy, **kw) -> httpx.Client:
-    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
-    return httpx.Client(proxy=proxy.url(ALICE), verify=ctx, timeout=60, trust_env=False, **kw)
-
-
 def test_sse_events_arrive_as_sent(proxy, gateway):
     interval = 0.25
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         with c.stream("GET", f"https://api.openai.com/_diag/sse?events=5&interval={interval}") as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             arrivals = []
@@ -44,7 +37,7 @@ def test_large_download_byte_exact(proxy, gateway):
     expected = hashlib.sha256(download_bytes(size)).hexdigest()
     for chunked in ("0", "1"):
         digest, n = hashlib.sha256(), 0
-        with client(proxy) as c:
+        with proxy_client(proxy) as c:
             url = f"https://api.openai.com/_diag/download?bytes={size}&chunked={chunked}"
             with c.stream("GET", url) as r:
                 assert r.status_code == 200
@@ -67,7 +60,7 @@ def _payload(size: int):
 def test_large_upload_byte_exact_chunked_and_length(proxy, gateway):
     size = 100 * MB
     expected = hashlib.sha256(b"".join(_payload(size))).hexdigest()
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         # generator body: chunked transfer-encoding
         r = c.post("https://api.openai.com/_diag/upload", content=_payload(size))
         assert r.status_code == 200
@@ -84,7 +77,7 @@ def test_large_upload_byte_exact_chunked_and_length(proxy, gateway):
 
 
 def test_keep_alive_on_both_sides(proxy, gateway):
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         for _ in range(4):
             assert c.get("https://api.openai.com/v1/models").status_code == 200
     peers = {rec.peer for rec in gateway.records}
@@ -98,7 +91,7 @@ def test_keep_alive_on_both_sides(proxy, gateway):
 @pytest.mark.parametrize("size", [0, 1, 65536 + 7])
 def test_small_bodies_both_framings(proxy, gateway, size):
     body = b"x" * size
-    with client(proxy) as c:
+    with proxy_client(proxy) as c:
         r = c.post("https://api.openai.com/_diag/echo", content=body)
         assert r.json()["body_length"] == size
         r = c.post("https://api.openai.com/_diag/echo", content=iter([body]) if size else b"")

@@ -93,8 +93,8 @@ def test_https_upstream_with_its_own_ca(make_proxy, origin, tmp_path):
 
 
 def test_bad_upstream_urls_are_config_errors():
-    from tests.e2e.test_cli import assert_one_line_error
-    from tests.e2e.test_cli import cli
+    from tests.support import assert_one_line_error
+    from tests.support import cli
 
     r = cli(
         "serve", "--gateway", "http://127.0.0.1:1", "--upstream-proxy", "socks5://u:hunter2@x:1"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.test_operations import metric
 from tests.support import ALICE
 from tests.support import child_pids
+from tests.support import metric
 
 
 def request(p, url="https://api.openai.com/v1/models") -> int:

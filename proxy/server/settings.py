@@ -15,22 +15,23 @@ import re
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from addons.providers import PRESETS
-from addons.providers import ProviderSpecError
-from addons.providers import ProviderTable
-from addons.providers import make_route
-from addons.proxy_authorization import is_header_name
-from addons.routing import GatewayTarget
-from addons.routing import TargetError
-from addons.routing import parse_base_url
-from addons.routing import resolve_target
-from addons.upstream_proxy import UpstreamProxy
-from addons.upstream_proxy import parse_upstream_proxy
+from addons.rules.gateway_target import GatewayTarget
+from addons.rules.gateway_target import TargetError
+from addons.rules.gateway_target import parse_base_url
+from addons.rules.gateway_target import resolve_target
+from addons.rules.providers import PRESETS
+from addons.rules.providers import ProviderSpecError
+from addons.rules.providers import ProviderTable
+from addons.rules.providers import make_route
+from addons.rules.proxy_authorization import is_header_name
+from addons.rules.upstream_proxy import UpstreamProxy
+from addons.rules.upstream_proxy import parse_upstream_proxy
 
 ENV_PREFIX = "AIBRIDGE_PROXY_"
 
@@ -240,6 +241,7 @@ class Field:
     help: str
     aliases: tuple[str, ...] = ()  # other environment variable names (Coder's)
     merge: bool = False  # mapping merged across sources rather than replaced
+    option: str | None = None  # the mitmproxy option this setting feeds (engine_options)
 
     @property
     def attr(self) -> str:
@@ -265,7 +267,11 @@ FIELDS: tuple[Field, ...] = (
         tuple(p + "LISTEN_ADDR" for p in _CODER),
     ),
     Field(
-        "gateway", _opt_url, None, "Base URL of the Coder deployment (https://coder.example.com)."
+        "gateway",
+        _opt_url,
+        None,
+        "Base URL of the Coder deployment (https://coder.example.com).",
+        option="aibridge_gateway",
     ),
     Field(
         "target",
@@ -273,6 +279,7 @@ FIELDS: tuple[Field, ...] = (
         None,
         "Full URL routed requests go to, instead of <gateway>/api/v2/aibridge.",
         tuple(p + "TARGET" for p in _CODER),
+        option="aibridge_target",
     ),
     Field(
         "providers",
@@ -306,40 +313,109 @@ FIELDS: tuple[Field, ...] = (
     Field("gateway_ca_file", _opt_path, None, "Extra CA (PEM) trusted for the gateway."),
     Field("origin_ca_file", _opt_path, None, "Extra CA (PEM) trusted for pass-through origins."),
     Field(
-        "gateway_timeout", _number(0.001), 300.0, "Seconds to wait for gateway response headers."
+        "gateway_timeout",
+        _number(0.001),
+        300.0,
+        "Seconds to wait for gateway response headers.",
+        option="aibridge_gateway_timeout",
     ),
     Field(
-        "header_timeout", _number(0.001), 10.0, "Seconds a client may take to send request headers."
+        "header_timeout",
+        _number(0.001),
+        10.0,
+        "Seconds a client may take to send request headers.",
+        option="aibridge_header_timeout",
     ),
     Field(
-        "max_header_bytes", _number(1024, True), 65536, "Largest request header block (431 above)."
+        "max_header_bytes",
+        _number(1024, True),
+        65536,
+        "Largest request header block (431 above).",
+        option="aibridge_max_header_bytes",
     ),
     Field(
         "headers.token",
         _str,
         "X-Coder-AI-Governance-Token",
         "Header that carries the Coder token when the client uses its own key.",
+        option="aibridge_token_header",
     ),
     Field(
         "headers.request_id",
         _str,
         "X-Coder-AI-Governance-Request-Id",
         "Header with a fresh id for each routed request.",
+        option="aibridge_request_id_header",
     ),
-    Field("auth.mode", _choice("validate", "presence"), "validate", "validate or presence."),
-    Field("auth.url", _opt_url, None, "Token check URL (default <gateway>/api/v2/users/me)."),
-    Field("auth.header", _str, "Coder-Session-Token", "Header carrying the token to auth.url."),
-    Field("auth.fail_open", _bool, False, "Accept tokens when validation is unavailable."),
-    Field("auth.cache_ttl", _number(0, True), 300, "Seconds a valid token is cached."),
-    Field("auth.negative_ttl", _number(0, True), 30, "Seconds an invalid token is cached."),
-    Field("auth.cache_size", _number(1, True), 10000, "Most tokens cached at once."),
-    Field("auth.max_failures", _number(0, True), 10, "Failures per client before 429 (0: off)."),
-    Field("auth.lockout", _number(1, True), 60, "Failure window and lockout, seconds."),
+    Field(
+        "auth.mode",
+        _choice("validate", "presence"),
+        "validate",
+        "validate or presence.",
+        option="aibridge_auth_mode",
+    ),
+    Field(
+        "auth.url",
+        _opt_url,
+        None,
+        "Token check URL (default <gateway>/api/v2/users/me).",
+        option="aibridge_auth_url",
+    ),
+    Field(
+        "auth.header",
+        _str,
+        "Coder-Session-Token",
+        "Header carrying the token to auth.url.",
+        option="aibridge_auth_header",
+    ),
+    Field(
+        "auth.fail_open",
+        _bool,
+        False,
+        "Accept tokens when validation is unavailable.",
+        option="aibridge_auth_fail_open",
+    ),
+    Field(
+        "auth.cache_ttl",
+        _number(0, True),
+        300,
+        "Seconds a valid token is cached.",
+        option="aibridge_auth_cache_ttl",
+    ),
+    Field(
+        "auth.negative_ttl",
+        _number(0, True),
+        30,
+        "Seconds an invalid token is cached.",
+        option="aibridge_auth_negative_ttl",
+    ),
+    Field(
+        "auth.cache_size",
+        _number(1, True),
+        10000,
+        "Most tokens cached at once.",
+        option="aibridge_auth_cache_size",
+    ),
+    Field(
+        "auth.max_failures",
+        _number(0, True),
+        10,
+        "Failures per client before 429 (0: off).",
+        option="aibridge_auth_max_failures",
+    ),
+    Field(
+        "auth.lockout",
+        _number(1, True),
+        60,
+        "Failure window and lockout, seconds.",
+        option="aibridge_auth_lockout",
+    ),
     Field(
         "auth.anonymous_tunnels",
         _bool,
         False,
         "Allow tunnels to non-routed hosts without credentials (makes an open relay).",
+        option="aibridge_anonymous_tunnels",
     ),
     Field(
         "tls_cert_file",
@@ -347,6 +423,7 @@ FIELDS: tuple[Field, ...] = (
         None,
         "Certificate (PEM + chain) for TLS between clients and the proxy (HTTPS_PROXY=https://).",
         tuple(p + "TLS_CERT_FILE" for p in _CODER),
+        option="aibridge_tls_cert_file",
     ),
     Field(
         "tls_key_file",
@@ -354,6 +431,7 @@ FIELDS: tuple[Field, ...] = (
         None,
         "Private key for tls_cert_file.",
         tuple(p + "TLS_KEY_FILE" for p in _CODER),
+        option="aibridge_tls_key_file",
     ),
     Field(
         "upstream_proxy",
@@ -369,13 +447,20 @@ FIELDS: tuple[Field, ...] = (
         "Extra CA (PEM) trusted for an https:// upstream proxy.",
         tuple(p + "UPSTREAM_CA" for p in _CODER),
     ),
-    Field("allowed_ports", _str_list, ("443", "80"), "Ports clients may CONNECT to."),
+    Field(
+        "allowed_ports",
+        _str_list,
+        ("443", "80"),
+        "Ports clients may CONNECT to.",
+        option="aibridge_allowed_ports",
+    ),
     Field(
         "allowed_private_cidrs",
         _str_list,
         (),
         "Non-public ranges the proxy may still reach for clients (CIDR list).",
         tuple(p + "ALLOWED_PRIVATE_CIDRS" for p in _CODER),
+        option="aibridge_allowed_private_cidrs",
     ),
     Field(
         "admin.listen",
@@ -405,13 +490,27 @@ FIELDS: tuple[Field, ...] = (
         "Seconds to keep accepting, with /readyz failing, before draining: lets a load balancer "
         "take this replica out first.",
     ),
-    Field("metrics.user_labels", _bool, False, "Count routed requests per user name too."),
+    Field(
+        "metrics.user_labels",
+        _bool,
+        False,
+        "Count routed requests per user name too.",
+        option="aibridge_metrics_user_labels",
+    ),
     Field(
         "dump_dir",
         _opt_path,
         None,
         "Write each routed request and response here, secrets redacted.",
         tuple(p + "DUMP_DIR" for p in _CODER),
+        option="aibridge_dump_dir",
+    ),
+    Field(
+        "websocket.negative_ttl",
+        _number(0, True),
+        600,
+        "Seconds to remember that a gateway route refused a WebSocket upgrade (426 meanwhile).",
+        option="aibridge_websocket_negative_ttl",
     ),
     Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", _choice("json", "text"), "json", "json or text."),
@@ -461,6 +560,7 @@ class Settings:
     shutdown_delay: float
     metrics_user_labels: bool
     dump_dir: Path | None
+    websocket_negative_ttl: int
     log_level: str
     log_format: str
     config_file: Path | None = None
@@ -468,13 +568,13 @@ class Settings:
     notify_socket: str | None = None
     watchdog_usec: int | None = None
 
-    # -- derived values ----------------------------------------------------------------------
+    # -- derived values, computed once per Settings --------------------------------------------
 
-    @property
+    @cached_property
     def provider_table(self) -> ProviderTable:
         return build_provider_table(self.providers, self.default_providers, self.provider_presets)
 
-    @property
+    @cached_property
     def routing_target(self) -> GatewayTarget | None:
         return resolve_target(self.gateway, self.target)
 
@@ -670,8 +770,8 @@ def _check_combinations(
         raw, _ = sources[key]
         if not is_header_name(str(raw).strip()):
             raise fail(key, "is not a valid header name")
-    from addons.egress import parse_cidrs
-    from addons.egress import parse_ports
+    from addons.rules.destinations import parse_cidrs
+    from addons.rules.destinations import parse_ports
 
     for key, parse in (("allowed_ports", parse_ports), ("allowed_private_cidrs", parse_cidrs)):
         try:

@@ -19,40 +19,22 @@ import socket
 import sys
 from collections.abc import Callable
 
-from mitmproxy.proxy import mode_servers
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess
 
-from proxy.admin import AdminServer
-from proxy.admin import AdminState
-from proxy.app import StartupError
-from proxy.app import prepare_ca
-from proxy.app import start_admin
-from proxy.reloading import ReloadRecorder
-from proxy.settings import Settings
-from proxy.settings import SettingsError
-from proxy.systemd import Notifier
+from proxy.server.admin import AdminServer
+from proxy.server.admin import AdminState
+from proxy.server.app import StartupError
+from proxy.server.app import prepare_ca
+from proxy.server.app import start_admin
+from proxy.server.reloading import ReloadRecorder
+from proxy.server.settings import Settings
+from proxy.server.settings import SettingsError
+from proxy.server.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-class _AsyncioWithReusePort:
-    """mitmproxy binds its listeners with `asyncio.start_server`; in a worker, the same call
-    with SO_REUSEPORT, so that every worker can bind the shared port."""
-
-    def __getattr__(self, name):
-        return getattr(asyncio, name)
-
-    @staticmethod
-    async def start_server(*args, **kwargs):
-        kwargs.setdefault("reuse_port", True)
-        return await asyncio.start_server(*args, **kwargs)
-
-
-def enable_reuse_port() -> None:
-    mode_servers.asyncio = _AsyncioWithReusePort()  # type: ignore[attr-defined]
 
 
 def resolve_port(host: str, port: int) -> int:

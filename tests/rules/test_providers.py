@@ -4,12 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.providers import DEFAULT_PROVIDERS
-from addons.providers import ProviderSpecError
-from addons.providers import ProviderTable
-from addons.providers import gateway_path
-from addons.providers import make_route
-from addons.providers import parse_route_spec
+from addons.rules.providers import DEFAULT_PROVIDERS
+from addons.rules.providers import ProviderSpecError
+from addons.rules.providers import ProviderTable
+from addons.rules.providers import gateway_path
+from addons.rules.providers import make_route
+from addons.rules.providers import parse_route_spec
 
 
 def table(*specs: str) -> ProviderTable:

@@ -92,7 +92,6 @@ class LocalGateway:
         self.websocket_closes: list[int | None] = []  # close codes the gateway saw
         self.records: list[Received] = []
         self.users_me_calls = 0
-        self.fail_users_me: int | None = None  # answer /users/me with this status (tests)
         self._runner: web.AppRunner | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -181,8 +180,6 @@ class LocalGateway:
 
     def _users_me(self, request: web.Request) -> web.Response:
         self.users_me_calls += 1
-        if self.fail_users_me is not None:
-            return _error(self.fail_users_me, "validation failure requested by the test")
         user = self.tokens.get(request.headers.get("Coder-Session-Token", ""))
         if user is None:
             return _error(401, "invalid session token")

@@ -23,15 +23,16 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+from aiohttp import web
 
-from addons.proxy_authorization import basic_credentials
+from addons.rules.proxy_authorization import basic_credentials
 from certs.authority import CertificateAuthority
 from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
-from proxy.localgateway import LocalGateway
+from proxy.devtools.localgateway import LocalGateway
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"tok-alice-0123456789": "alice", "tok-bob-0123456789": "bob"}
 ALICE = "tok-alice-0123456789"
 BOB = "tok-bob-0123456789"
@@ -128,13 +129,28 @@ async def start_tcp_server(handle, ssl_context: ssl.SSLContext | None = None) ->
     return server.sockets[0].getsockname()[1]
 
 
+class TestGateway(LocalGateway):
+    """The local gateway with what only tests need: a token check that fails on request."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.fail_users_me: int | None = None  # answer /users/me with this status
+
+    def _users_me(self, request):
+        if self.fail_users_me is not None:
+            self.users_me_calls += 1
+            body = {"error": {"message": "failure requested by the test"}}
+            return web.json_response(body, status=self.fail_users_me)
+        return super()._users_me(request)
+
+
 class ThreadedGateway:
-    """LocalGateway running on its own event loop in a daemon thread."""
+    """The test gateway running on its own event loop in a daemon thread."""
 
     def __init__(
         self, tokens: Mapping[str, str] = TOKENS, ssl_context: ssl.SSLContext | None = None, **kw
     ):
-        self.gateway = LocalGateway(tokens, ssl_context=ssl_context, **kw)
+        self.gateway = TestGateway(tokens, ssl_context=ssl_context, **kw)
         self.bg = BackgroundLoop()
 
     def start(self, port: int = 0) -> ThreadedGateway:
@@ -669,3 +685,45 @@ def frozen_versions(freeze_output: str) -> dict[str, str]:
         if sep and normalized(name) not in ("pip", "aibridge-proxy"):
             out[normalized(name)] = version
     return out
+
+
+def proxy_client(p, token: str | None = ALICE, timeout: float = 30, **kw):
+    """An httpx client that uses proxy `p` as a developer's machine would: trusting its CA,
+    ignoring the environment's proxy settings."""
+    import httpx
+
+    ctx = ssl.create_default_context(cafile=str(p.ca_path))
+    return httpx.Client(proxy=p.url(token), verify=ctx, trust_env=False, timeout=timeout, **kw)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {k: str(v) for k, v in labels.items()}:
+                return sample.value
+    return 0.0
+
+
+def cli(*args: str, env=None, timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env={**base_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result
+    # start-up log lines (JSON) may precede it; the error itself is one plain line, last
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("aibridge-proxy: "), result.stderr
+    assert all(line.startswith("{") for line in lines[:-1]), result.stderr
+    assert "Traceback" not in result.stderr
+    for f in fragments:
+        assert f in lines[-1]

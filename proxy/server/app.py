@@ -8,7 +8,6 @@ new configuration is logged and the old one stays) and drains on SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -24,87 +23,60 @@ from mitmproxy.addons import core
 from mitmproxy.addons import next_layer
 from mitmproxy.addons import proxyserver
 from mitmproxy.addons import tlsconfig
-from mitmproxy.net import tls as net_tls
-from OpenSSL import SSL
 
-from addons import make_addons
+from addons.chain import make_addons
+from addons.engine import EnginePatches
+from addons.engine.log_events import stop_log_redispatch
+from certs import prepare as certs_prepare
 from certs.authority import CAError
 from certs.authority import CertificateAuthority
-from certs.authority import constraint_domains
-from certs.authority import engine_confdir
-from certs.authority import expiry_warning
-from certs.authority import generate_ca
-from certs.authority import load_ca
-from certs.authority import uncovered_hosts
-from certs.authority import write_ca
 from certs.bundle import BundleError
-from certs.bundle import build_bundle
-from certs.bundle import write_bundle
-from proxy.admin import AdminServer
-from proxy.admin import AdminState
-from proxy.reloading import ReloadRecorder
-from proxy.settings import Settings
-from proxy.settings import SettingsError
-from proxy.systemd import Notifier
+from proxy.server.admin import AdminServer
+from proxy.server.admin import AdminState
+from proxy.server.errors import StartupError
+from proxy.server.reloading import ReloadRecorder
+from proxy.server.settings import FIELDS
+from proxy.server.settings import Settings
+from proxy.server.settings import SettingsError
+from proxy.server.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")
 
 
-def release_tls_buffers_when_idle() -> None:
-    """Have OpenSSL free each connection's read and write buffers while it is idle
-    (SSL_MODE_RELEASE_BUFFERS): an open SSE stream holds two TLS connections that are idle
-    most of the time, and this saves about 30 KB per stream. mitmproxy builds its contexts in
-    two cached functions; we wrap them once, before any context exists."""
-    if getattr(net_tls, "_aibridge_release_buffers", False):
-        return
-
-    def wrap(create):
-        @functools.lru_cache(maxsize=256)
-        def cached(**kwargs):
-            context = create(**kwargs)
-            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-            return context
-
-        return lambda **kwargs: cached(**kwargs)
-
-    net_tls.create_client_proxy_context = wrap(net_tls.create_client_proxy_context)
-    net_tls.create_proxy_server_context = wrap(net_tls.create_proxy_server_context)
-    net_tls._aibridge_release_buffers = True
-
-
-class StartupError(Exception):
-    """The service cannot start; the message is the one line shown to the operator."""
-
-
 def ensure_ca(settings: Settings) -> CertificateAuthority:
     """Load the configured CA; with none configured and none on disk, create one there."""
-    cert_path, key_path = settings.ca_cert_path, settings.ca_key_path
     try:
-        if settings.ca_cert_file is None and not cert_path.exists() and not key_path.exists():
-            hosts = settings.provider_table.hosts()
-            ca = generate_ca(permitted_domains=constraint_domains(hosts))
-            write_ca(ca, cert_path, key_path)
-            logger.info(
-                "generated a new CA",
-                extra={"fields": {"cert": str(cert_path), "fingerprint": ca.fingerprint}},
-            )
-            return ca
-        return load_ca(cert_path, key_path)
+        ca, created = certs_prepare.ensure_ca(
+            settings.ca_cert_path,
+            settings.ca_key_path,
+            brought=settings.ca_cert_file is not None,
+            routed_hosts=settings.provider_table.hosts(),
+        )
     except CAError as e:
         raise StartupError(str(e)) from None
+    if created:
+        logger.info(
+            "generated a new CA",
+            extra={"fields": {"cert": str(settings.ca_cert_path), "fingerprint": ca.fingerprint}},
+        )
+    return ca
 
 
 def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
-    """Our settings, spelt as mitmproxy options (core ones and our addons')."""
+    """Our settings, spelt as mitmproxy options: each setting that feeds an addon option says
+    so in its declaration (`Field.option`); the rest are the engine's own or derived."""
     host, port = settings.listen
     upstream = settings.upstream_proxy
+    fed = {f.option: option_value(getattr(settings, f.attr)) for f in FIELDS if f.option}
     return {
+        **fed,
         "listen_host": host,
         "listen_port": port,
         # upstream mode: tunnels and pass-through leave through the company proxy; routed
         # requests are sent straight to the gateway by GatewayRouter
         "mode": [upstream.mode_spec] if upstream else ["regular"],
         "aibridge_upstream_auth": upstream.credentials if upstream else None,
+        "aibridge_providers": settings.provider_table.to_specs(),
         "confdir": str(confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
@@ -112,47 +84,26 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "upstream_cert": False,
         "http2": True,  # see addons/http2_clients.py for what makes h2 -> h1 correct
         "ssl_verify_upstream_trusted_ca": str(upstream_trust),
-        "aibridge_gateway": settings.gateway,
-        "aibridge_target": settings.target,
-        "aibridge_providers": settings.provider_table.to_specs(),
-        "aibridge_token_header": settings.headers_token,
-        "aibridge_request_id_header": settings.headers_request_id,
-        "aibridge_gateway_timeout": float(settings.gateway_timeout),
-        "aibridge_header_timeout": float(settings.header_timeout),
-        "aibridge_max_header_bytes": settings.max_header_bytes,
-        "aibridge_auth_mode": settings.auth_mode,
-        "aibridge_auth_url": settings.auth_url,
-        "aibridge_auth_header": settings.auth_header,
-        "aibridge_auth_fail_open": settings.auth_fail_open,
-        "aibridge_auth_cache_ttl": settings.auth_cache_ttl,
-        "aibridge_auth_negative_ttl": settings.auth_negative_ttl,
-        "aibridge_auth_cache_size": settings.auth_cache_size,
-        "aibridge_auth_max_failures": settings.auth_max_failures,
-        "aibridge_auth_lockout": settings.auth_lockout,
-        "aibridge_anonymous_tunnels": settings.auth_anonymous_tunnels,
-        "aibridge_metrics_user_labels": settings.metrics_user_labels,
-        "aibridge_dump_dir": str(settings.dump_dir) if settings.dump_dir else None,
-        "aibridge_tls_cert_file": str(settings.tls_cert_file) if settings.tls_cert_file else None,
-        "aibridge_tls_key_file": str(settings.tls_key_file) if settings.tls_key_file else None,
-        "aibridge_allowed_ports": [str(p) for p in settings.allowed_ports],
-        "aibridge_allowed_private_cidrs": list(settings.allowed_private_cidrs),
     }
+
+
+def option_value(value: Any) -> Any:
+    """A typed setting as a mitmproxy option holds it: paths as text, sequences as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return value
 
 
 def prepare_ca(settings: Settings) -> CertificateAuthority:
     """Load (or create) the CA, warn about what an operator must act on, and write the client
     bundle. Done once per process tree: by the supervisor when there are workers."""
     ca = ensure_ca(settings)
-    if warning := expiry_warning(ca):
+    for warning in certs_prepare.ca_warnings(ca, settings.provider_table.hosts()):
         logger.warning(warning)
-    if outside := uncovered_hosts(ca, settings.provider_table.hosts()):
-        logger.warning(
-            "routed hosts outside the CA's name constraints (clients will reject them): %s; "
-            "create a CA that covers them with `aibridge-proxy ca init --force`",
-            ", ".join(outside),
-        )
     try:
-        write_client_bundle(ca, settings.client_bundle_path)
+        certs_prepare.write_client_bundle(ca, settings.client_bundle_path)
     except BundleError as e:
         raise StartupError(str(e)) from None
     return ca
@@ -163,7 +114,6 @@ def prepare_engine_files(
 ) -> tuple[Path, Path]:
     """mitmproxy's confdir (our CA) and the upstream trust bundle. Worker processes each get
     their own engine directory."""
-    confdir = engine_confdir(ca, settings.state_path / engine_dir)
     extra = [
         (p, name)
         for p, name in (
@@ -180,20 +130,9 @@ def prepare_engine_files(
     ):
         logger.warning("upstream_proxy_ca is ignored: the upstream proxy is plain http://")
     try:
-        trust = write_bundle(confdir / "upstream-trust.pem", extra)
+        return certs_prepare.write_engine_files(ca, settings.state_path / engine_dir, extra)
     except BundleError as e:
         raise StartupError(str(e)) from None
-    return confdir, trust
-
-
-def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
-    """System roots + our CA: for clients whose CA variable replaces the trust store. Written
-    atomically: workers and readers may be looking at it."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
-    tmp.write_bytes(build_bundle() + ca.cert_pem() + ca.chain_pem())
-    os.replace(tmp, dest)
-    return dest
 
 
 async def start_admin(state: AdminState, registry, listen: tuple[str, int]) -> AdminServer:
@@ -226,6 +165,7 @@ class ProxyApp:
         self.reload_settings = reload_settings
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
+        self.patches = EnginePatches()
         # a worker's supervisor speaks for all its workers
         self.reloads = ReloadRecorder(settings.state_path) if worker_index is None else None
         self.admin: AdminServer | None = None
@@ -238,23 +178,20 @@ class ProxyApp:
     # -- assembly ----------------------------------------------------------------------------
 
     def _build_master(self) -> master.Master:
-        release_tls_buffers_when_idle()
+        self.patches.install()
         ca = self._ca(self.settings)
         confdir, trust = prepare_engine_files(self.settings, ca, self.engine_dir)
         self.ca = ca
         opts = options.Options()
         m = master.Master(opts)
-        # mitmproxy re-emits every log record as an `add_log` hook to every addon, waking the
-        # event loop each time; nothing of ours uses that hook, and our access log writes one
-        # record per request. Our own handler (proxy.logs) writes the records instead.
-        m._legacy_log_events.uninstall()
+        stop_log_redispatch(m)
         lifecycle = _RunningSignal()
         m.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
-            *make_addons(),
+            *make_addons(self.patches),
             lifecycle,
         )
         self._lifecycle = lifecycle

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.proxy_authorization import ProxyAuthError
-from addons.proxy_authorization import basic_credentials
-from addons.proxy_authorization import parse_proxy_authorization
+from addons.rules.proxy_authorization import ProxyAuthError
+from addons.rules.proxy_authorization import basic_credentials
+from addons.rules.proxy_authorization import parse_proxy_authorization
 
 
 def enc(raw: bytes) -> str:

@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest
 
-from addons.providers import ProviderTable
+from addons.rules.providers import ProviderTable
 from certs.bundle import build_bundle
-from proxy.settings import Settings
+from proxy.server.settings import Settings
 
 
 @dataclass

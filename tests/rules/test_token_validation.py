@@ -4,11 +4,11 @@ import asyncio
 
 import pytest
 
-from addons.token_validation import FailureLimiter
-from addons.token_validation import TokenCache
-from addons.token_validation import ValidationUnavailable
-from addons.token_validation import Verdict
-from addons.token_validation import token_fingerprint
+from addons.rules.token_validation import FailureLimiter
+from addons.rules.token_validation import TokenCache
+from addons.rules.token_validation import ValidationUnavailable
+from addons.rules.token_validation import Verdict
+from addons.rules.token_validation import token_fingerprint
 
 
 class Clock:

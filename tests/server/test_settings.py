@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.settings import SettingsError
-from proxy.settings import load_settings
+from proxy.server.settings import SettingsError
+from proxy.server.settings import load_settings
 
 
 def load(flags=None, env=None, config=None, **kw):

@@ -14,18 +14,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from proxy.app import ProxyApp
-from proxy.democlients import CLIENTS
-from proxy.localgateway import LocalGateway
-from proxy.logs import configure_logging
-from proxy.settings import load_settings
+from proxy.devtools.democlients import CLIENTS
+from proxy.devtools.localgateway import LocalGateway
+from proxy.server.app import ProxyApp
+from proxy.server.logs import configure_logging
+from proxy.server.settings import load_settings
 
 
 async def _run_client(name: str, env: dict[str, str]) -> dict:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "proxy.democlients",
+        "proxy.devtools.democlients",
         name,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -1,0 +1,65 @@
+"""
+The addon chain: one concern per addon, in the order a request meets them.
+
+    CONNECT       request_limits (header size, slowloris) -> listener_tls (TLS to the proxy)
+                  -> auth (Proxy-Authorization -> token -> user) -> egress (ports, ranges)
+    TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
+    request       gateway (rewrite to <target>/<provider><path>, stream the body)
+                  -> http2_clients, upstream_proxy, websocket -> dump
+    answer        error_pages (502/504 in our words) -> accesslog, metrics
+
+Hook order, once for both runtimes. mitmproxy calls each hook on every addon in the order they
+were added, built-ins included:
+- `aibridge-proxy serve` (proxy/server/app.py) builds a slim master: Core, Proxyserver,
+  NextLayer, TlsConfig, then this chain. So NextLayer has already answered `next_layer` when
+  InterceptPolicy sees it, and TlsConfig has run `tls_clienthello` before us.
+- stock `mitmdump -s addons/mitmdump_entry.py` adds scripts through ScriptLoader, which sits
+  after ProxyAuth and Proxyserver but before NextLayer and TlsConfig in mitmproxy's default
+  list (and 25 other built-ins are around). There InterceptPolicy answers `next_layer` first.
+InterceptPolicy is written for either order: it finds the CONNECT's stream in the layer stack
+wherever NextLayer left it (engine/layer_stack.py). One difference it cannot undo: in mitmdump,
+TlsConfig's `tls_clienthello` runs after ours and sets `establish_server_tls_first` from
+`connection_strategy`, so there `connection_strategy=lazy` is required for routed hosts never
+to be dialled (our master runs eager, for tunnels, and InterceptPolicy has the last word).
+Between our own addons the order below holds in both runtimes.
+"""
+
+from __future__ import annotations
+
+from addons.accesslog import AccessLog
+from addons.auth import TokenAuth
+from addons.dump import ApiDump
+from addons.egress import EgressPolicy
+from addons.engine import EnginePatches
+from addons.error_pages import UpstreamErrors
+from addons.gateway import GatewayRouter
+from addons.http2_clients import Http2Clients
+from addons.intercept import InterceptPolicy
+from addons.listener_tls import ListenerTLS
+from addons.metrics import Metrics
+from addons.request_limits import RequestLimits
+from addons.routing import Routing
+from addons.upstream_proxy import UpstreamCredentials
+from addons.websocket import WebSocketFallback
+
+
+def make_addons(patches: EnginePatches) -> list:
+    """The chain, wired together; `patches` must be installed by the caller."""
+    routing = Routing()
+    auth = TokenAuth(routing)
+    return [
+        routing,
+        RequestLimits(patches.header_limit),
+        ListenerTLS(),
+        auth,
+        EgressPolicy(routing),
+        InterceptPolicy(routing),
+        GatewayRouter(routing, auth),
+        Http2Clients(),
+        UpstreamCredentials(),
+        WebSocketFallback(),
+        ApiDump(),
+        UpstreamErrors(patches.error_rendering),
+        AccessLog(auth),
+        Metrics(routing, auth),
+    ]

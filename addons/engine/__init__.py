@@ -1,0 +1,47 @@
+"""
+Every place aibridge-proxy reaches into mitmproxy's internals, and nothing else.
+
+Each is an object with its state on it, installed explicitly by whoever builds the engine
+(`proxy/server/app.py` for `aibridge-proxy serve`, `addons/mitmdump_entry.py` for stock
+`mitmdump -s`), never as a side effect of an addon's `load()`. Each is pinned by a contract
+test in `tests/engine/test_contracts.py` that fails, naming the internal, when an engine
+upgrade moves it:
+
+| module | internal | why |
+|---|---|---|
+| connections.py | `Proxyserver.connections`, `ConnectionHandler.max_conns` | close a client's sockets; lift the 5-connection cap per h2 client (mitmproxy#8322) |
+| header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
+| error_rendering.py | `HttpStream.handle_protocol_error`, `_http1.make_error_response` | our 502/504 text instead of mitmproxy's HTML page with socket detail |
+| layer_stack.py | `context.layers` of a CONNECT tunnel | undo the TLS layers mitmproxy's NextLayer stacked, relay raw bytes |
+| tls_buffers.py | `net.tls.create_client_proxy_context`, `create_proxy_server_context` | SSL_MODE_RELEASE_BUFFERS: ~30 KB less per idle stream |
+| log_events.py | `Master._legacy_log_events` | no `add_log` re-dispatch of every log record (our master only) |
+| reuse_port.py | `proxy.mode_servers.asyncio.start_server` | SO_REUSEPORT for worker processes (workers only) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+
+from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.header_limit import HeaderSizeLimit
+from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
+
+
+@dataclass
+class EnginePatches:
+    """The patches both runtimes install, handed to the addons that configure them."""
+
+    header_limit: HeaderSizeLimit = field(default_factory=HeaderSizeLimit)
+    error_rendering: ProtocolErrorRendering = field(default_factory=ProtocolErrorRendering)
+    tls_buffers: ReleaseIdleTlsBuffers = field(default_factory=ReleaseIdleTlsBuffers)
+
+    def install(self) -> None:
+        self.header_limit.install()
+        self.error_rendering.install()
+        self.tls_buffers.install()
+
+    def uninstall(self) -> None:
+        self.header_limit.uninstall()
+        self.error_rendering.uninstall()
+        self.tls_buffers.uninstall()

@@ -1,0 +1,143 @@
+"""Contracts with mitmproxy's internals: one test per place in addons/engine/ that reaches
+into them, against the installed mitmproxy. Each fails with a message naming the internal that
+moved, so an engine upgrade says at once which patch needs work (the end-to-end tests then say
+whether the behaviour still holds)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from mitmproxy import master
+from mitmproxy import options
+from mitmproxy.addons import proxyserver
+from mitmproxy.net import tls as net_tls
+from mitmproxy.proxy import layers
+from mitmproxy.proxy import mode_servers
+from mitmproxy.proxy import server
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.layers.http import _http1
+
+from addons.engine import EnginePatches
+from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.header_limit import HeaderSizeLimit
+from addons.engine.reuse_port import _AsyncioWithReusePort
+from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
+
+
+def moved(internal: str, why: str):
+    pytest.fail(f"mitmproxy internal moved: {internal}: {why}", pytrace=False)
+
+
+def params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_http1_server_reads_headers_with_a_buffer_and_states():
+    internal = "mitmproxy.proxy.layers.http._http1.Http1Server.read_headers"
+    reader = _http1.Http1Server.read_headers
+    if not inspect.isgeneratorfunction(reader) or params(reader) != ["self", "event"]:
+        moved(internal, "no longer a generator method (self, event)")
+    source = inspect.getsource(_http1.Http1Connection)
+    for name in ("self.buf", "self.state", "self.done", "self.conn"):
+        if name not in source + inspect.getsource(_http1.Http1Server):
+            moved(internal, f"{name} is gone (HeaderSizeLimit reads and sets it)")
+
+
+def test_protocol_error_handler_and_error_page():
+    internal = "mitmproxy.proxy.layers.http.HttpStream.handle_protocol_error"
+    handler = http_layer.HttpStream.handle_protocol_error
+    if not inspect.isgeneratorfunction(handler) or params(handler) != ["self", "event"]:
+        moved(internal, "no longer a generator method (self, event)")
+    for name in (
+        "SendHttp",
+        "ResponseProtocolError",
+        "ResponseHeaders",
+        "ResponseData",
+        "ResponseEndOfMessage",
+    ):
+        if not hasattr(http_layer, name):
+            moved(f"mitmproxy.proxy.layers.http.{name}", "ProtocolErrorRendering sends it")
+    maker = getattr(_http1, "make_error_response", None)
+    if maker is None or params(maker)[:2] != ["status_code", "message"]:
+        moved("mitmproxy.proxy.layers.http._http1.make_error_response", "signature changed")
+
+
+def test_connection_handlers_are_kept_by_client_id_with_a_connection_cap():
+    ps = proxyserver.Proxyserver()
+    if not isinstance(getattr(ps, "connections", None), dict):
+        moved("Proxyserver.connections", "no longer a dict of client id -> handler")
+    if "max_conns" not in server.ConnectionHandler.__annotations__:
+        moved("mitmproxy.proxy.server.ConnectionHandler.max_conns", "the per-address semaphore")
+
+
+def test_connect_streams_sit_in_the_layer_stack():
+    for cls, name in ((layers.HttpLayer, "HttpLayer"), (HttpStream, "HttpStream")):
+        if not inspect.isclass(cls):
+            moved(f"mitmproxy.proxy.layers.{name}", "layer_stack.py looks for it")
+    if not {"regular", "upstream"} <= {m.name for m in HTTPMode}:
+        moved("mitmproxy.proxy.layers.http.HTTPMode", "regular/upstream modes")
+    if "ignore" not in params(layers.TCPLayer.__init__):
+        moved("mitmproxy.proxy.layers.TCPLayer(context, ignore=True)", "the raw relay")
+
+
+def test_tls_context_factories_take_keyword_arguments():
+    for name in ("create_client_proxy_context", "create_proxy_server_context"):
+        fn = getattr(net_tls, name, None)
+        if fn is None or not hasattr(fn, "cache_info"):
+            moved(f"mitmproxy.net.tls.{name}", "no longer an lru-cached factory")
+        if any(p.kind is not p.KEYWORD_ONLY for p in inspect.signature(fn).parameters.values()):
+            moved(f"mitmproxy.net.tls.{name}", "takes positional arguments now")
+
+
+async def test_master_redispatches_log_records_through_legacy_events():
+    m = master.Master(options.Options())
+    try:
+        if not callable(getattr(getattr(m, "_legacy_log_events", None), "uninstall", None)):
+            moved("mitmproxy.master.Master._legacy_log_events", "log_events.py uninstalls it")
+    finally:
+        m._legacy_log_events.uninstall()
+
+
+def test_mode_servers_bind_through_their_asyncio_module():
+    if getattr(mode_servers, "asyncio", None) is not asyncio:
+        moved("mitmproxy.proxy.mode_servers.asyncio", "reuse_port.py swaps that module")
+    if "asyncio.start_server(" not in inspect.getsource(mode_servers):
+        moved("mitmproxy.proxy.mode_servers", "no longer binds with asyncio.start_server")
+    assert _AsyncioWithReusePort().sleep is asyncio.sleep  # everything else passes through
+
+
+@pytest.mark.parametrize(
+    "patch, target, attribute",
+    [
+        (HeaderSizeLimit(), _http1.Http1Server, "read_headers"),
+        (ProtocolErrorRendering(), http_layer.HttpStream, "handle_protocol_error"),
+        (ProtocolErrorRendering(), _http1, "make_error_response"),
+        (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
+    ],
+)
+def test_each_patch_installs_once_and_uninstalls_cleanly(patch, target, attribute):
+    original = getattr(target, attribute)
+    patch.install()
+    patched = getattr(target, attribute)
+    patch.install()  # idempotent
+    assert patched is not original and getattr(target, attribute) is patched
+    patch.uninstall()
+    assert getattr(target, attribute) is original
+
+
+def test_loading_the_chain_patches_nothing():
+    """Patches come only from EnginePatches.install(), called by the program or the mitmdump
+    entry, never as a side effect of an addon's load()."""
+    from mitmproxy.test import taddons
+
+    from addons.chain import make_addons
+
+    originals = (_http1.Http1Server.read_headers, http_layer.HttpStream.handle_protocol_error)
+    with taddons.context(*make_addons(EnginePatches())):
+        assert (_http1.Http1Server.read_headers, http_layer.HttpStream.handle_protocol_error) == (
+            originals
+        )

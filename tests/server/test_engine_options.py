@@ -1,0 +1,41 @@
+"""Each setting declared once: every option our addons declare is fed by exactly one setting
+(or is derived, named here), with the same default, and `engine_options` sets all of them."""
+
+from __future__ import annotations
+
+from mitmproxy.test import taddons
+
+from addons.chain import make_addons
+from addons.engine import EnginePatches
+from proxy.server.app import engine_options
+from proxy.server.app import option_value
+from proxy.server.settings import FIELDS
+from proxy.server.settings import load_settings
+
+DERIVED = {
+    "aibridge_providers": "providers + default_providers + provider_presets",
+    "aibridge_upstream_auth": "upstream_proxy's credentials",
+}
+
+
+def addon_options() -> dict:
+    with taddons.context(*make_addons(EnginePatches())) as tctx:
+        return {n: o for n, o in tctx.options._options.items() if n.startswith("aibridge_")}
+
+
+def test_every_addon_option_has_one_setting_with_the_same_default():
+    options = addon_options()
+    fed = [f for f in FIELDS if f.option]
+    assert len({f.option for f in fed}) == len(fed), "two settings feed one option"
+    assert set(options) == {f.option for f in fed} | set(DERIVED)
+    for f in fed:
+        assert option_value(f.parse(f.default)) == options[f.option].default, f.key
+
+
+def test_engine_options_set_every_addon_option(tmp_path):
+    settings = load_settings(
+        {"gateway": "https://coder.example.com", "state_dir": str(tmp_path)}, environ={}
+    )
+    produced = engine_options(settings, tmp_path, tmp_path / "trust.pem")
+    assert set(addon_options()) <= set(produced)
+    assert produced["aibridge_websocket_negative_ttl"] == 600  # a setting since this change
