@@ -103,7 +103,7 @@ def test_dashboard_queries_use_exported_metrics(proxy, gateway):
     ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
     with httpx.Client(proxy=proxy.url(ALICE), verify=ctx, trust_env=False) as c:
         c.get("https://api.openai.com/v1/models")
-    exported = exported_names(proxy.server.admin("/metrics").text)
+    exported = exported_names(proxy.admin("/metrics").text)
     dashboard = json.loads(DASHBOARD.read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]

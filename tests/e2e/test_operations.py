@@ -22,14 +22,14 @@ from tests.support import proxy_client
 
 
 def test_health_ready_ca_and_bundle(proxy, gateway):
-    assert proxy.server.admin("/healthz").text == "ok\n"
-    r = proxy.server.admin("/readyz")
+    assert proxy.admin("/healthz").text == "ok\n"
+    r = proxy.admin("/readyz")
     assert r.status_code == 200 and r.json() == {"ready": True, "problems": []}
-    ca = proxy.server.admin("/ca.pem")
+    ca = proxy.admin("/ca.pem")
     assert ca.headers["content-type"] == "application/x-pem-file"
     assert ca.content == proxy.ca_path.read_bytes()
     assert b"PRIVATE KEY" not in ca.content
-    bundle = proxy.server.admin("/ca-bundle.pem").content
+    bundle = proxy.admin("/ca-bundle.pem").content
     with warnings.catch_warnings():  # some system roots have non-positive serials
         warnings.simplefilter("ignore")
         certs = x509.load_pem_x509_certificates(bundle)
