@@ -204,13 +204,19 @@ class TokenAuth:
             return
         identity = await self._identify(flow)
         if identity is not None:
-            self._by_client[flow.client_conn] = identity  # every request in the tunnel inherits it
             self._by_flow[flow] = identity
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        """Only a CONNECT that succeeded lends its identity to the tunnel: after a refused one
+        (403, 502, a refused port) the connection carries nobody's identity."""
+        if (identity := self._by_flow.get(flow)) is not None:
+            self._by_client[flow.client_conn] = identity  # every request in the tunnel inherits it
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        # A plain proxied request (no CONNECT) carries its own credentials each time.
+        # Inside a tunnel: the CONNECT's identity. A plain proxied request (no CONNECT) carries
+        # its own credentials each time.
         identity = self._by_client.get(flow.client_conn) or await self._identify(flow)
         if identity is not None:
             flow.request.headers.pop("Proxy-Authorization", None)
@@ -253,7 +259,8 @@ class TokenAuth:
             raise AuthRejected(407, e.reason, str(e)) from None
         if self.limiter.is_blocked(address):
             # A token we already know to be valid still gets in: colleagues behind the same
-            # NAT address must not be locked out by one misconfigured client.
+            # NAT address must not be locked out by one misconfigured client. Anything else is
+            # refused here, without asking the gateway.
             known = self.cache.cached(creds.token) if self.cache is not None else None
             if known is None or not known.valid:
                 raise AuthRejected(429, "rate_limited", "too many failed authentications")
@@ -273,7 +280,8 @@ class TokenAuth:
         if not verdict.valid:
             self.limiter.record_failure(address)
             raise AuthRejected(407, "invalid_token", "token rejected by the gateway")
-        self.limiter.record_success(address)
+        # A success does not clear the address's failures: interleaving one valid token with
+        # guesses would otherwise lift the limit for every guess.
         return Identity(connect_id, creds.token, verdict.user)
 
     def _reject(self, flow: http.HTTPFlow, rejection: AuthRejected) -> None:

@@ -222,6 +222,3 @@ class FailureLimiter:
         self._failures.move_to_end(address)
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
-
-    def record_success(self, address: str) -> None:
-        self._failures.pop(address, None)
