@@ -1,7 +1,8 @@
 """
 Egress policy: where the proxy itself may connect on a client's behalf.
 
-- CONNECT only to allowed ports (default 443 and 80).
+- Only allowed ports (default 443 and 80), for CONNECTs, plain proxied requests and every
+  other dial.
 - Every connection we dial for a client (tunnels, plain proxied requests, pass-through to an
   origin) is resolved here, checked, and then dialled to exactly the address that passed the
   check, so a DNS answer cannot change in between. Private, loopback, link-local (cloud
@@ -107,7 +108,17 @@ class EgressPolicy:
             self._refuse_connect(flow, blocked.status, blocked.public)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None and (blocked := await self._precheck_upstream(flow)):
+        if flow.response is not None:
+            return
+        request = flow.request
+        if (
+            request.port not in self.allowed_ports
+            and self.routing.current.table.lookup(request.host) is None
+            and not self._is_gateway(request.host, request.port)
+        ):  # a plain proxied request (absolute form) names its port itself
+            flow.metadata["aibridge.reject_reason"] = "blocked_port"
+            flow.response = plain_response(403, f"port {request.port} is not allowed")
+        elif blocked := await self._precheck_upstream(flow):
             flow.response = plain_response(blocked.status, blocked.public)
 
     async def _precheck_upstream(self, flow: http.HTTPFlow) -> Blocked | None:
@@ -177,6 +188,9 @@ class EgressPolicy:
         return not is_forbidden(ip) or any(ip in net for net in self.allowed_cidrs)
 
     async def _resolve_allowed(self, host: str, port: int) -> str:
+        """The address to dial for a client, if the port and the destination are allowed."""
+        if port not in self.allowed_ports:
+            raise Blocked(403, f"port {port} is not allowed", f"{host}:{port}: port not allowed")
         ip = parse_ip(host)
         if ip is not None:
             candidates = [ip]

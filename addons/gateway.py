@@ -26,6 +26,7 @@ from addons.responses import challenge_response
 from addons.responses import plain_response
 from addons.routing import Routing
 from addons.rules.proxy_authorization import is_header_name
+from addons.rules.request_target import has_dot_segments
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,19 @@ class GatewayRouter:
         if target is None:
             flow.response = plain_response(502, "no gateway is configured (aibridge_gateway)")
             return
+        if has_dot_segments(request.path):
+            flow.metadata["aibridge.reject_reason"] = "dot_segments"
+            flow.response = plain_response(400, "the path holds . or .. segments")
+            return
+        token_header = ctx.options.aibridge_token_header
+        sent = request.headers.get(token_header)
+        if sent is not None and sent.strip() != identity.token:
+            # the gateway bills whoever this header names: only the authenticated user
+            flow.metadata["aibridge.reject_reason"] = "governance_token_mismatch"
+            flow.response = plain_response(
+                400, f"{token_header} does not match the token in the proxy credentials"
+            )
+            return
 
         new_path = target.url_for(route.provider, request.path)[len(target.origin) :]
         if flow.server_conn.via is not None:
@@ -176,8 +190,7 @@ class GatewayRouter:
         request.headers.pop("Proxy-Authorization", None)
         request.headers.pop("Proxy-Connection", None)
         request.headers[ctx.options.aibridge_request_id_header] = info.request_id
-        token_header = ctx.options.aibridge_token_header
-        if token_header not in request.headers and not carries_token(request, identity.token):
+        if sent is None and not carries_token(request, identity.token):
             request.headers[token_header] = identity.token
         info.upstream_url = target.origin + new_path
         request.stream = info.count_in

@@ -6,7 +6,9 @@ Hostile input: limits on what a client may send before we act on it.
   mitmproxy buffers header bytes without limit (a FIXME in its HTTP/1 server), so the limit on
   bytes still in flight is `addons/engine/header_limit.py`, configured from here.
 - Header names and values holding NUL, CR or LF are refused with 400: they would otherwise be
-  forwarded, and are a classic request-smuggling and header-injection vector.
+  forwarded, and are a classic request-smuggling and header-injection vector. So are methods
+  that are not tokens and targets with spaces or controls (HTTP/2 lets `:method` and `:path`
+  hold them; an HTTP/1.1 request line upstream cannot).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from mitmproxy.net.http import http1
 from addons.engine.connections import connection_handler
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.responses import plain_response
+from addons.rules.request_target import is_method
+from addons.rules.request_target import is_request_target
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +118,10 @@ class RequestLimits:
         elif has_bad_header_bytes(flow.request.headers):
             flow.metadata["aibridge.reject_reason"] = "malformed_header"
             flow.response = plain_response(400, "header holds NUL, CR or LF")
+        elif not is_method(flow.request.method):
+            flow.metadata["aibridge.reject_reason"] = "malformed_method"
+            flow.response = plain_response(400, "the method is not a token")
+        elif flow.request.method != "CONNECT" and not is_request_target(flow.request.path):
+            # HTTP/2 lets :path hold what an HTTP/1.1 request line cannot
+            flow.metadata["aibridge.reject_reason"] = "malformed_target"
+            flow.response = plain_response(400, "the request target holds spaces or controls")

@@ -11,16 +11,46 @@ from collections.abc import Sequence
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Ranges refused even though Python may call some of them global.
+# Every range the proxy refuses to dial for a client, with what lives there and an address
+# in it. The README's destination table and the tests are made from this one list. Python's
+# `is_global` covers most of it already; the list makes the policy explicit, and adds what it
+# calls global (CGNAT, NAT64, the Azure host agent, IPv4-compatible and site-local IPv6).
+REFUSED_DESTINATIONS: tuple[tuple[str, str, str], ...] = (
+    ("0.0.0.0/8", "this network", "0.0.0.1"),
+    ("10.0.0.0/8", "private (RFC 1918)", "10.1.2.3"),
+    ("100.64.0.0/10", "carrier-grade NAT", "100.64.0.1"),
+    ("127.0.0.0/8", "loopback", "127.0.0.2"),
+    ("168.63.129.16/32", "Azure WireServer (host agent, metadata)", "168.63.129.16"),
+    ("169.254.0.0/16", "link-local, cloud metadata (169.254.169.254)", "169.254.169.254"),
+    ("172.16.0.0/12", "private (RFC 1918)", "172.31.255.254"),
+    ("192.0.0.0/24", "IETF protocol assignments", "192.0.0.8"),
+    ("192.0.2.0/24", "documentation", "192.0.2.1"),
+    ("192.168.0.0/16", "private (RFC 1918)", "192.168.1.1"),
+    ("198.18.0.0/15", "benchmarking", "198.18.0.1"),
+    ("198.51.100.0/24", "documentation", "198.51.100.1"),
+    ("203.0.113.0/24", "documentation", "203.0.113.1"),
+    ("224.0.0.0/4", "multicast", "239.1.1.1"),
+    ("240.0.0.0/4", "reserved, broadcast", "255.255.255.255"),
+    ("::/96", "IPv4-compatible IPv6 (deprecated) and unspecified", "::a9fe:a9fe"),
+    ("::1/128", "IPv6 loopback", "::1"),
+    ("::ffff:0:0/96", "IPv4-mapped IPv6 (judged as its IPv4 address)", "::ffff:10.0.0.1"),
+    ("64:ff9b::/96", "NAT64 (RFC 6052): reaches IPv4 through a translator", "64:ff9b::a00:1"),
+    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)", "64:ff9b:1::1"),
+    ("100::/64", "discard-only", "100::1"),
+    ("2001::/32", "Teredo", "2001::1"),
+    ("2001:db8::/32", "documentation", "2001:db8::1"),
+    ("2002::/16", "6to4 (refused when it wraps a refused IPv4 address)", "2002:a00:1::1"),
+    ("fc00::/7", "unique local", "fd00::1"),
+    ("fe80::/10", "link-local", "fe80::1"),
+    ("fec0::/10", "site-local (deprecated)", "fec0::1"),
+    ("ff00::/8", "multicast", "ff02::1"),
+)
+
+# refused outright (the IPv4-mapped and 6to4 rows are judged by the IPv4 address inside)
 _ALWAYS_FORBIDDEN = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "64:ff9b::/96",  # NAT64 (RFC 6052): reaches IPv4 through a translator
-        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
-        "100.64.0.0/10",  # CGNAT
-        "192.0.0.0/24",  # IETF protocol assignments
-        "198.18.0.0/15",  # benchmarking
-    )
+    ipaddress.ip_network(net)
+    for net, _, _ in REFUSED_DESTINATIONS
+    if net not in ("::ffff:0:0/96", "2002::/16")
 )
 
 

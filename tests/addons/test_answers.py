@@ -35,6 +35,7 @@ def chain():
 async def request(chain, path="/v1/responses", headers=()):
     connect = connect_flow("api.openai.com")
     await chain["TokenAuth"].http_connect(connect)
+    chain["TokenAuth"].http_connected(connect)
     flow = request_in_tunnel(connect, method="GET", path=path, headers=headers, content=b"")
     await chain["TokenAuth"].requestheaders(flow)
     for name in ("GatewayRouter", "WebSocketFallback", "Metrics"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from mitmproxy import http
 from mitmproxy.test import taddons
+from mitmproxy.test import tflow
 
 from addons.egress import Blocked
 from addons.egress import EgressPolicy
@@ -61,3 +63,19 @@ async def _dial_checks(policy, monkeypatch):
     await policy.server_connect(data)
     assert parse_refusal(data.server.error) == (403, "destination is not allowed")
     assert data.server.address == ("rebind.example", 80)
+
+
+async def test_allowed_ports_hold_for_plain_requests_and_every_dial():
+    routing = Routing()
+    policy = EgressPolicy(routing)
+    with taddons.context(routing, policy):
+        flow = tflow.tflow(req=http.Request.make("GET", "http://example.org:2525/"))
+        await policy.requestheaders(flow)
+        assert flow.response.status_code == 403
+        assert flow.response.get_text() == "403 Forbidden: port 2525 is not allowed\n"
+        data = FakeData(("93.184.216.34", 2525))  # however the dial came about
+        await policy.server_connect(data)
+        assert parse_refusal(data.server.error) == (403, "port 2525 is not allowed")
+        allowed = tflow.tflow(req=http.Request.make("GET", "http://example.org/"))
+        await policy.requestheaders(allowed)
+        assert allowed.response is None

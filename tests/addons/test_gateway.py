@@ -28,6 +28,7 @@ async def routed(chain, path="/v1/chat/completions", headers=(), host="api.opena
     connect = connect_flow(host)
     await auth.http_connect(connect)
     assert connect.response is None  # accepted
+    auth.http_connected(connect)  # as mitmproxy calls it for a 2xx answer
     flow = request_in_tunnel(connect, path=path, headers=headers)
     await auth.requestheaders(flow)
     router.requestheaders(flow)
@@ -90,3 +91,20 @@ async def test_bad_credentials_are_challenged_with_the_reason(chain, header, rea
     await auth.http_connect(connect)
     assert connect.response.status_code == 407
     assert connect.metadata["aibridge.reject_reason"] == reason
+
+
+async def test_a_governance_token_of_someone_else_is_refused(chain):
+    flow = await routed(chain, headers=[(b"X-Coder-AI-Governance-Token", b"tok-bob")])
+    assert flow.response.status_code == 400
+    assert b"does not match the token in the proxy credentials" in flow.response.content
+    assert flow.request.host == "api.openai.com"  # not rewritten, never sent
+    same = await routed(chain, headers=[(b"X-Coder-AI-Governance-Token", b"tok-alice")])
+    assert same.response is None and same.request.headers["X-Coder-AI-Governance-Token"] == (
+        "tok-alice"
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/../../../users/me", "/v1/%2e%2e/%2E%2E/users/me"])
+async def test_paths_climbing_out_of_the_provider_prefix_are_refused(chain, path):
+    flow = await routed(chain, path=path)
+    assert flow.response.status_code == 400 and flow.request.host == "api.openai.com"

@@ -111,22 +111,27 @@ def test_requests_exact_body_and_query(proxy, gateway):
     body = bytes(range(256)) * 4 + b'{"a": "\\u00e9"}'
     code = f"""
 import requests, sys
-r = requests.post("https://api.openai.com/v1/files/a%2Fb//c?x=1%2F2&y=%20z&x=3",
-                  data={body!r}, headers={{"Content-Type": "application/octet-stream",
-                                            "X-Coder-AI-Governance-Token": "client-set"}})
+url = "https://api.openai.com/v1/files/a%2Fb//c?x=1%2F2&y=%20z&x=3"
+r = requests.post(url, data={body!r}, headers={{"Content-Type": "application/octet-stream"}})
 print(r.status_code)
+# a governance header naming someone else's token is refused before the gateway
+r = requests.post(url, data=b"x", headers={{"X-Coder-AI-Governance-Token": "tok-bob-9876543210"}})
+print(r.status_code, r.text.strip())
 """
     result = run_python(code, client_env(proxy))
     assert result.returncode == 0, result.stderr
-    # the gateway checks the governance header first, and the client's own value is not a
-    # Coder token: its 401 reaches the client unchanged
-    assert result.stdout.strip() == "401"
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "404"  # the local gateway has no files route; what matters is below
+    assert lines[1] == (
+        "400 400 Bad Request: X-Coder-AI-Governance-Token does not match the token in the "
+        "proxy credentials"
+    )
+    assert len(gateway.records) == 1  # the refused one never reached it
     rec = gateway.last()
     assert rec.path == "/api/v2/aibridge/openai/v1/files/a%2Fb//c"
     assert rec.query == "x=1%2F2&y=%20z&x=3"
     assert rec.body == body
-    # a governance header the client set is never overwritten
-    assert rec.header("X-Coder-AI-Governance-Token") == "client-set"
+    assert rec.header("X-Coder-AI-Governance-Token") == ALICE
 
 
 def test_curl(proxy, gateway):
