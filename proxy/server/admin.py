@@ -58,6 +58,7 @@ def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -
         for r in table.routes
         if r.is_wildcard
     ]
+    via = json.dumps(f"{keyword} {proxy_address}")  # a string literal, whatever it holds
     return (
         "// aibridge-proxy: AI provider hosts go through the proxy, everything else is direct.\n"
         "function FindProxyForURL(url, host) {\n"
@@ -65,10 +66,10 @@ def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -
         f"  var exact = {json.dumps(exact)};\n"
         f"  var patterns = {json.dumps(patterns)};\n"
         "  for (var i = 0; i < exact.length; i++) {\n"
-        f'    if (host == exact[i]) return "{keyword} {proxy_address}";\n'
+        f"    if (host == exact[i]) return {via};\n"
         "  }\n"
         "  for (var j = 0; j < patterns.length; j++) {\n"
-        f'    if (new RegExp(patterns[j]).test(host)) return "{keyword} {proxy_address}";\n'
+        f"    if (new RegExp(patterns[j]).test(host)) return {via};\n"
         "  }\n"
         '  return "DIRECT";\n'
         "}\n"
@@ -166,7 +167,15 @@ class AdminServer:
     async def proxy_pac(self, request: web.Request) -> web.Response:
         if self.state.table is None:
             return web.Response(status=503, text="not ready\n")
-        address = self.state.proxy_address or f"{request.host.rsplit(':', 1)[0]}:8888"
+        address = self.state.proxy_address
+        if address is None:
+            # Never from the request's Host header: a crafted one would write its own proxy
+            # into every developer's PAC file.
+            return web.Response(
+                status=503,
+                text="set admin.proxy_address (the host:port clients use for the proxy) "
+                "to serve /proxy.pac\n",
+            )
         return web.Response(
             text=pac_file(self.state.table, address, self.state.proxy_scheme),
             content_type="application/x-ns-proxy-autoconfig",

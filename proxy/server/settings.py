@@ -143,6 +143,24 @@ def _opt_listen(value: Any) -> tuple[str, int] | None:
     return None if s is None or s.lower() in ("off", "none", "false") else parse_listen(s)
 
 
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def _opt_proxy_address(value: Any) -> str | None:
+    """host:port as clients reach the proxy (it goes into /proxy.pac): a DNS name or an IP."""
+    s = _opt_str(value)
+    if s is None:
+        return None
+    host, port = parse_listen(s)
+    if not host:
+        raise ValueError("must name the host clients use, e.g. proxy.example.com:8888")
+    if ":" not in host and not _HOST_NAME.match(host):
+        raise ValueError("must be a DNS name or an IP address with a port")
+    return s
+
+
 def _opt_url(value: Any) -> str | None:
     s = _opt_str(value)
     if s is None:
@@ -470,7 +488,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "admin.proxy_address",
-        _opt_str,
+        _opt_proxy_address,
         None,
         "host:port clients use for the proxy, written into /proxy.pac.",
     ),
