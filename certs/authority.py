@@ -71,15 +71,21 @@ def fingerprint(cert: x509.Certificate) -> str:
 def constraint_domains(host_patterns: Iterable[str]) -> list[str]:
     """The name-constraint subtrees that cover the given host patterns.
 
-    An exact host permits itself (and, by RFC 5280, its subdomains); a pattern with wildcards
-    permits the literal suffix after its last `*` label.
+    An exact host permits itself (and, by RFC 5280, its subdomains); `*.suffix` permits the
+    suffix. A `*` further right has no subtree but its whole suffix (all of amazonaws.com for
+    `bedrock-runtime.*.amazonaws.com`), so such patterns are refused here: spell them out first
+    (addons/rules/providers.py `constraint_hosts`).
     """
     out: list[str] = []
     for pattern in host_patterns:
         labels = pattern.lower().rstrip(".").split(".")
-        if "*" in labels:
-            last = max(i for i, lbl in enumerate(labels) if lbl == "*")
-            labels = labels[last + 1 :]
+        if "*" in labels[1:]:
+            raise CAError(
+                f"{pattern}: a wildcard inside a host name cannot be name-constrained; "
+                "list the concrete hosts"
+            )
+        if labels[0] == "*":
+            labels = labels[1:]
         domain = ".".join(labels)
         if domain and domain not in out:
             out.append(domain)
@@ -166,8 +172,8 @@ def uncovered_hosts(ca: CertificateAuthority, host_patterns: Iterable[str]) -> l
         return []
     out = []
     for pattern in host_patterns:
-        covered_by = constraint_domains([pattern])[0]
-        if not any(covered_by == d or covered_by.endswith("." + d) for d in permitted):
+        name = pattern.lower().removeprefix("*.")
+        if "*" in name or not any(name == d or name.endswith("." + d) for d in permitted):
             out.append(pattern)
     return out
 

@@ -32,9 +32,24 @@ def ensure_ca(
     return load_ca(cert_path, key_path), False
 
 
-def ca_warnings(ca: CertificateAuthority, routed_hosts: Iterable[str]) -> list[str]:
-    """What an operator must act on: an expiring CA, routed hosts it cannot sign for."""
+def ca_warnings(
+    ca: CertificateAuthority, routed_hosts: Iterable[str], uncoverable: Iterable[str] = ()
+) -> list[str]:
+    """What an operator must act on: a CA without name constraints, an expiring CA, routed
+    hosts it cannot sign for."""
     warnings = [w] if (w := expiry_warning(ca)) else []
+    if ca.permitted_domains() is None:
+        warnings.append(
+            "THIS CA HAS NO NAME CONSTRAINTS: anyone who obtains its key can impersonate any "
+            "site to every client that trusts it; create a constrained one with "
+            "`aibridge-proxy ca init --force`"
+        )
+    if uncoverable := list(uncoverable):
+        warnings.append(
+            "routed patterns with a wildcard inside a name are left out of the CA's name "
+            f"constraints (they could only permit the whole suffix): {', '.join(uncoverable)}; "
+            "route the concrete hosts instead"
+        )
     if outside := uncovered_hosts(ca, routed_hosts):
         warnings.append(
             "routed hosts outside the CA's name constraints (clients will reject them): "

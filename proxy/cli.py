@@ -229,7 +229,14 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     from certs.prepare import write_client_bundle
 
     settings = _settings_from(args, require_gateway=False)
-    permitted = None if args.unconstrained else constraint_domains(settings.provider_table.hosts())
+    hosts, uncoverable = settings.ca_hosts
+    permitted = None if args.unconstrained else constraint_domains(hosts)
+    if uncoverable and not args.unconstrained:
+        print(
+            "warning: not in the name constraints (a wildcard inside a name could only permit "
+            f"its whole suffix): {', '.join(uncoverable)}; route the concrete hosts instead",
+            file=sys.stderr,
+        )
     ca = generate_ca(args.common_name, args.days, args.key_type, permitted)
     write_ca(ca, settings.ca_cert_path, settings.ca_key_path, force=args.force)
     write_client_bundle(ca, settings.client_bundle_path)

@@ -49,6 +49,48 @@ PRESETS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "bedrock": (("bedrock-runtime.*.amazonaws.com", "bedrock", ()),),
 }
 
+# The regions where Amazon Bedrock's runtime API is served (AWS's Bedrock endpoints and
+# quotas page, "Amazon Bedrock Runtime APIs"; checked 2026-12). The CA's name constraints list
+# these concrete hosts for the bedrock preset: a subtree for `bedrock-runtime.*.amazonaws.com`
+# could only be all of amazonaws.com (S3 included). Add a missing region as a `providers:` entry.
+BEDROCK_RUNTIME_REGIONS = (
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "us-gov-east-1", "us-gov-west-1",
+    "ca-central-1", "ca-west-1", "sa-east-1", "mx-central-1",
+    "eu-central-1", "eu-central-2", "eu-north-1", "eu-south-1", "eu-south-2",
+    "eu-west-1", "eu-west-2", "eu-west-3",
+    "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1",
+    "ap-south-2", "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4",
+    "ap-southeast-5", "ap-southeast-7", "me-central-1", "me-south-1", "il-central-1",
+)  # fmt: skip
+
+# Host patterns whose `*` is not the leftmost label, spelt out as the concrete names the CA
+# may sign for.
+CONCRETE_HOSTS: Mapping[str, tuple[str, ...]] = {
+    "bedrock-runtime.*.amazonaws.com": tuple(
+        f"bedrock-runtime.{region}.amazonaws.com" for region in BEDROCK_RUNTIME_REGIONS
+    ),
+}
+
+
+def has_inner_wildcard(pattern: str) -> bool:
+    """`*` anywhere but as the leftmost label: no name-constraint subtree matches it exactly."""
+    return "*" in pattern.split(".")[1:]
+
+
+def constraint_hosts(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The hosts the CA's name constraints should permit for these routed patterns, and the
+    patterns they cannot cover (an inner wildcard with no known concrete names)."""
+    hosts, uncoverable = [], []
+    for pattern in patterns:
+        if not has_inner_wildcard(pattern):
+            hosts.append(pattern)
+        elif pattern in CONCRETE_HOSTS:
+            hosts.extend(CONCRETE_HOSTS[pattern])
+        else:
+            uncoverable.append(pattern)
+    return hosts, uncoverable
+
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 

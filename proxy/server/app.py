@@ -50,7 +50,7 @@ def ensure_ca(settings: Settings) -> CertificateAuthority:
             settings.ca_cert_path,
             settings.ca_key_path,
             brought=settings.ca_cert_file is not None,
-            routed_hosts=settings.provider_table.hosts(),
+            routed_hosts=settings.ca_hosts[0],
         )
     except CAError as e:
         raise StartupError(str(e)) from None
@@ -100,7 +100,7 @@ def prepare_ca(settings: Settings) -> CertificateAuthority:
     """Load (or create) the CA, warn about what an operator must act on, and write the client
     bundle. Done once per process tree: by the supervisor when there are workers."""
     ca = ensure_ca(settings)
-    for warning in certs_prepare.ca_warnings(ca, settings.provider_table.hosts()):
+    for warning in certs_prepare.ca_warnings(ca, *settings.ca_hosts):
         logger.warning(warning)
     try:
         certs_prepare.write_client_bundle(ca, settings.client_bundle_path)

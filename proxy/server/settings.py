@@ -28,6 +28,7 @@ from addons.rules.gateway_target import resolve_target
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderSpecError
 from addons.rules.providers import ProviderTable
+from addons.rules.providers import constraint_hosts
 from addons.rules.providers import make_route
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.upstream_proxy import UpstreamProxy
@@ -591,6 +592,12 @@ class Settings:
     @cached_property
     def provider_table(self) -> ProviderTable:
         return build_provider_table(self.providers, self.default_providers, self.provider_presets)
+
+    @cached_property
+    def ca_hosts(self) -> tuple[list[str], list[str]]:
+        """What the CA's name constraints permit for the routed hosts, and the routed patterns
+        they cannot cover (see addons/rules/providers.py `constraint_hosts`)."""
+        return constraint_hosts(self.provider_table.hosts())
 
     @cached_property
     def routing_target(self) -> GatewayTarget | None:

@@ -12,11 +12,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from addons.rules.providers import PRESETS
+from addons.rules.providers import constraint_hosts
 from certs.authority import CAError
 from certs.authority import constraint_domains
 from certs.authority import expiry_warning
 from certs.authority import generate_ca
 from certs.authority import load_ca
+from certs.authority import uncovered_hosts
 from certs.authority import write_ca
 
 
@@ -54,14 +57,25 @@ def test_rsa_and_custom_name_and_validity():
 
 def test_constraint_domains():
     assert constraint_domains(
-        [
-            "api.openai.com",
-            "*.openai.azure.com",
-            "bedrock-runtime.*.amazonaws.com",
-            "x.api.openai.com",
-            "api.openai.com",
-        ]
-    ) == ["api.openai.com", "openai.azure.com", "amazonaws.com"]
+        ["api.openai.com", "*.openai.azure.com", "x.api.openai.com", "api.openai.com"]
+    ) == ["api.openai.com", "openai.azure.com"]
+    # a wildcard inside a name has no subtree narrower than its whole suffix
+    with pytest.raises(CAError, match="bedrock-runtime.\\*.amazonaws.com: a wildcard inside"):
+        constraint_domains(["bedrock-runtime.*.amazonaws.com"])
+
+
+def test_the_bedrock_preset_is_constrained_to_its_regions_not_amazonaws_com():
+    hosts, uncoverable = constraint_hosts(
+        ["api.openai.com", *(h for h, _, _ in PRESETS["bedrock"])]
+    )
+    permitted = constraint_domains(hosts)
+    assert uncoverable == [] and "amazonaws.com" not in permitted
+    assert "bedrock-runtime.us-east-1.amazonaws.com" in permitted
+    ca = generate_ca(permitted_domains=permitted)
+    assert uncovered_hosts(ca, ["s3.amazonaws.com", "bedrock-runtime.eu-west-1.amazonaws.com"]) == [
+        "s3.amazonaws.com"
+    ]
+    assert constraint_hosts(["a.*.example.com"]) == ([], ["a.*.example.com"])
 
 
 def test_write_and_load(tmp_path):

@@ -323,3 +323,11 @@ def test_mitmdump_without_a_gateway_answers_502(tmp_path):
         ) as c:
             r = c.get("https://api.openai.com/v1/models")
     assert r.status_code == 502 and "no gateway is configured" in r.text
+
+
+def test_serve_warns_loudly_with_an_unconstrained_ca(make_proxy, tmp_path):
+    state = tmp_path / "state"
+    assert cli("ca", "init", "--state-dir", str(state), "--unconstrained").returncode == 0
+    p = make_proxy(state_dir=state)
+    line = p.wait_for_line(lambda r: "NO NAME CONSTRAINTS" in r.get("msg", ""))
+    assert line["level"] == "warning" and "ca init --force" in line["msg"]
