@@ -96,12 +96,24 @@ def test_completion_hosts_with_the_preset(make_proxy, gateway):
     ]
 
 
-def test_ghe_com_data_residency_wildcard(make_proxy, gateway):
-    p = make_proxy("--provider", "copilot-api.*.ghe.com=copilot-acme")
+def test_ghe_com_data_residency_tenant(make_proxy, gateway):
+    p = make_proxy("--provider", "copilot-api.acme.ghe.com=copilot-acme")
     with proxy_client(p) as c:
         c.post("https://copilot-api.acme.ghe.com/chat/completions", json={})
     assert gateway.last().path == "/api/v2/aibridge/copilot-acme/chat/completions"
     assert connect_status(p, "acme.ghe.com")[0] == 502  # the tenant's web/API host stays a tunnel
+
+
+def test_a_wildcard_inside_a_name_is_kept_out_of_the_ca_constraints(make_proxy):
+    """`copilot-api.*.ghe.com` could only be constrained as all of ghe.com (every tenant)."""
+    p = make_proxy("--provider", "copilot-api.*.ghe.com=copilot-acme")
+    line = p.wait_for_line(lambda r: "left out of the CA's name constraints" in r.get("msg", ""))
+    assert "copilot-api.*.ghe.com" in line["msg"]
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate(p.ca_path.read_bytes())
+    nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert "ghe.com" not in [n.value for n in nc.permitted_subtrees]
 
 
 def test_chatgpt_codex_paths_only(proxy, gateway):
