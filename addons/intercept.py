@@ -14,6 +14,9 @@ from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.proxy import layer
 
+from addons.engine.connections import close_client
+from addons.engine.layer_stack import NEEDS_MORE_DATA
+from addons.engine.layer_stack import client_hello_sni
 from addons.engine.layer_stack import connect_stream_index
 from addons.engine.layer_stack import relay_raw_bytes
 from addons.routing import Routing
@@ -30,7 +33,9 @@ def connection_established(http_version: str) -> http.Response:
 
 
 class InterceptPolicy:
-    """Routed hosts get mitmproxy's TLS interception; all others get a raw TCP tunnel.
+    """Routed hosts get mitmproxy's TLS interception; all others get a raw TCP tunnel, unless
+    its TLS handshake names a routed host. A routed CONNECT whose handshake names a host we do
+    not route is refused: the gateway is never bypassed on a routed host.
 
     The engine runs with `connection_strategy=eager`, so a tunnel's destination is dialled
     before the CONNECT is answered (a refused or failed dial becomes 403/502 on the CONNECT).
@@ -53,8 +58,22 @@ class InterceptPolicy:
         if stream_index is None:
             return
         host = context.server.address[0]
-        if self.routing.current.table.lookup(host) is not None:
+        table = self.routing.current.table
+        if table.lookup(host) is not None:
             return  # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception
+        # A tunnel is decided on its first bytes: a TLS handshake that names a routed host
+        # (a CONNECT to a provider's IP address with the provider's SNI) would reach the
+        # provider around the gateway. Clients speak first in TLS and HTTP; a server that
+        # greets first (data from the server, none from the client) is relayed at once.
+        sni = client_hello_sni(nextlayer.data_client())
+        if sni is NEEDS_MORE_DATA and not nextlayer.data_server():
+            return  # asked again when more bytes arrive
+        if isinstance(sni, str) and table.lookup(sni) is not None:
+            logger.warning(
+                "tunnel to %s asks for routed host %s in its TLS handshake: refused", host, sni
+            )
+            close_client(context.client)
+            return
         relay_raw_bytes(nextlayer, stream_index)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
@@ -70,7 +89,8 @@ class InterceptPolicy:
         # routed: never reach for the provider's certificate before answering the client
         data.establish_server_tls_first = False
         if sni and table.lookup(sni) is None:
-            # CONNECT named a routed host but the TLS handshake asks for another name: we do
-            # not mint certificates for names we do not route, so pass the bytes through.
-            logger.info("SNI %s differs from routed CONNECT host %s: tunnelling", sni, server[0])
-            data.ignore_connection = True
+            # CONNECT named a routed host but the TLS handshake asks for another name. Passing
+            # the bytes through would reach the provider around the gateway; we do not mint
+            # certificates for names we do not route either. Refused.
+            logger.warning("SNI %s differs from routed CONNECT host %s: refused", sni, server[0])
+            close_client(data.context.client)

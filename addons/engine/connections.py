@@ -26,3 +26,9 @@ def lift_upstream_connection_cap(client: connection.Client, limit: int) -> bool:
         return False
     handler.max_conns = collections.defaultdict(lambda: asyncio.Semaphore(limit))
     return True
+
+
+def close_client(client: connection.Client) -> None:
+    """Close a client's connection from within a hook (a refused tunnel or handshake)."""
+    if (handler := connection_handler(client)) is not None:
+        handler.close_connection(client)

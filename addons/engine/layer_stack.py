@@ -1,7 +1,8 @@
 """
 Turning a CONNECT tunnel into raw bytes after mitmproxy's own NextLayer addon has already
 stacked TLS layers for it: we find the HttpLayer/HttpStream pair that handled the CONNECT in
-`context.layers`, cut what follows, and put a TCP relay in its place.
+`context.layers`, cut what follows, and put a TCP relay in its place. Before that, the tunnel's
+first bytes are read with mitmproxy's ClientHello parser, to see which name they ask for.
 """
 
 from __future__ import annotations
@@ -10,6 +11,23 @@ from mitmproxy.proxy import layer
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.layers.tls import parse_client_hello
+
+NEEDS_MORE_DATA = object()
+
+
+def client_hello_sni(data: bytes):
+    """The SNI of the TLS ClientHello at the start of a tunnel's first bytes: a name, None
+    (not TLS, or no SNI), or NEEDS_MORE_DATA while the ClientHello is incomplete."""
+    if not data:
+        return NEEDS_MORE_DATA
+    if data[0] != 0x16:  # not a TLS handshake record
+        return None
+    try:
+        hello = parse_client_hello(data)
+    except ValueError:
+        return None
+    return NEEDS_MORE_DATA if hello is None else hello.sni
 
 
 def connect_stream_index(context) -> int | None:
