@@ -1,10 +1,12 @@
-"""Log formatting: one JSON object (or one key=value line) per record, on stderr."""
+"""Log formatting: one JSON object (or one key=value line) per record, on stderr; and what no
+record may carry out of the engine: request bytes, which hold credentials."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import logging
+import re
 import sys
 from typing import TextIO
 
@@ -47,9 +49,43 @@ class TextFormatter(logging.Formatter):
         return head + (" " + tail if tail else "") + ("\n" + exc if exc else "")
 
 
+# A Python bytes literal, as mitmproxy writes raw request data into its messages
+# ("client disconnected before completing request headers: b'GET ... Proxy-Authorization: ...'")
+_BYTES_LITERAL = re.compile(r"(?<!\w)b'(?:[^'\\]|\\.)*'" + r'|(?<!\w)b"(?:[^"\\]|\\.)*"')
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b(proxy-authorization|authorization|x-api-key|api-key|cookie|set-cookie|"
+    r"coder-session-token|x-coder-ai-governance-token)(\s*[:=]\s*|'\s*,\s*')[^\r\n'\",)]*"
+)
+# libraries below mitmproxy that log protocol frames and header blocks as they pass
+_FRAME_LOGGERS = ("hpack", "h2", "h11", "wsproto")
+
+
+class EngineRecordFilter(logging.Filter):
+    """Engine records may echo what a client sent: HTTP/2 header blocks (the `hpack` logger
+    prints a client's `Authorization`), partial request heads of connections that closed or
+    timed out, invalid header lines. Frame loggers are dropped; mitmproxy's own records keep
+    their words with the bytes and credential values replaced. At every level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in _FRAME_LOGGERS:
+            return False
+        if record.name.startswith("mitmproxy"):
+            message = record.getMessage()
+            cleaned = redact_request_bytes(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+def redact_request_bytes(text: str) -> str:
+    text = _BYTES_LITERAL.sub(lambda m: f"<{len(m.group(0))} bytes withheld>", text)
+    return _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}<withheld>", text)
+
+
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(EngineRecordFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -4,6 +4,7 @@ in its state directory, answers to clients) is searched for the tokens and keys 
 from __future__ import annotations
 
 import ssl
+import subprocess
 
 import httpx
 
@@ -11,6 +12,7 @@ from tests.support import ALICE
 from tests.support import LOOPBACK_INTERNET
 from tests.support import TlsOrigin
 from tests.support import UpstreamTestProxy
+from tests.support import client_env
 from tests.support import proxy_basic
 from tests.support import raw_request
 
@@ -34,6 +36,8 @@ def test_no_token_or_key_in_anything_written(make_proxy, gateway, tmp_path):
             str(dump),
             "--upstream-proxy",
             f"http://corp:{UPSTREAM_PASSWORD}@127.0.0.1:{upstream.port}",
+            "--header-timeout",
+            "1",
             *LOOPBACK_INTERNET,
         )
         answers: list[bytes] = []
@@ -74,6 +78,26 @@ def test_no_token_or_key_in_anything_written(make_proxy, gateway, tmp_path):
                 f"GET http://10.0.0.1/?k={PROVIDER_KEY} HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode(),
             )
         )
+        # HTTP/2 inside the tunnel: mitmproxy's hpack logger prints header blocks at debug
+        h2 = subprocess.run(
+            ["curl", "-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}"]
+            + ["-H", f"Authorization: Bearer {PROVIDER_KEY}", "-H", f"x-api-key: {ANTHROPIC_KEY}"]
+            + ["https://api.openai.com/v1/models"],
+            env=client_env(p),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert h2.stdout == "2", h2.stderr
+        # broken requests, each carrying credentials: closed mid-headers, an invalid header
+        # line, and headers that never finish (the header timeout closes it)
+        head = f"GET http://example.org/ HTTP/1.1\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n"
+        for data, until_close in (
+            (head.encode(), False),
+            (head.encode() + f"Bad Header {PROVIDER_KEY}\r\n\r\n".encode(), True),
+            ((head + f"Authorization: Bearer {PROVIDER_KEY}\r\n").encode(), True),
+        ):
+            answers.append(raw_request(p.port, data, timeout=3, read_until_close=until_close))
         with httpx.Client(
             proxy=p.url(ALICE),
             verify=ssl.create_default_context(cafile=str(origin.write_ca(tmp_path / "o.pem"))),
