@@ -25,7 +25,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.responses import challenge_response
-from addons.responses import plain_response
+from addons.responses import refusal_response
 from addons.routing import Routing
 from addons.rules.proxy_authorization import ProxyAuthError
 from addons.rules.proxy_authorization import is_header_name
@@ -298,11 +298,11 @@ class TokenAuth:
         if rejection.status == 407:
             flow.response = challenge_response(str(rejection))
         elif rejection.status == 429:
-            flow.response = plain_response(
+            flow.response = refusal_response(
                 429, str(rejection), {"Retry-After": str(ctx.options.aibridge_auth_lockout)}
             )
         else:
-            flow.response = plain_response(rejection.status, str(rejection))
+            flow.response = refusal_response(rejection.status, str(rejection))
 
 
 def _client_address(flow: http.HTTPFlow) -> str:

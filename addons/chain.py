@@ -1,7 +1,8 @@
 """
 The addon chain: one concern per addon, in the order a request meets them.
 
-    CONNECT       request_limits (header size, slowloris) -> listener_tls (TLS to the proxy)
+    CONNECT       connection_deadlines (headers, handshake, idle) -> request_limits (header
+                  size and bytes) -> listener_tls (TLS to the proxy)
                   -> auth (Proxy-Authorization -> token -> user) -> egress (ports, ranges)
     TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
     request       gateway (rewrite to <target>/<provider><path>, stream the body)
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from addons.accesslog import AccessLog
 from addons.auth import TokenAuth
+from addons.connection_deadlines import ConnectionDeadlines
 from addons.dump import ApiDump
 from addons.egress import EgressPolicy
 from addons.engine import EnginePatches
@@ -47,13 +49,15 @@ def make_addons(patches: EnginePatches) -> list:
     """The chain, wired together; `patches` must be installed by the caller."""
     routing = Routing()
     auth = TokenAuth(routing)
+    deadlines = ConnectionDeadlines(patches.header_limit)
     return [
         routing,
+        deadlines,
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
         EgressPolicy(routing),
-        InterceptPolicy(routing),
+        InterceptPolicy(routing, deadlines),
         GatewayRouter(routing, auth),
         Http2Clients(),
         UpstreamCredentials(),

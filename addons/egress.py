@@ -25,6 +25,7 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from addons.responses import plain_response
+from addons.responses import refusal_response
 from addons.routing import Routing
 from addons.rules.destinations import IPAddress
 from addons.rules.destinations import IPNetwork
@@ -151,7 +152,7 @@ class EgressPolicy:
         flow.metadata["aibridge.reject_reason"] = (
             "blocked_destination" if status == 403 else "dial_failed"
         )
-        flow.response = plain_response(status, text)
+        flow.response = refusal_response(status, text)
 
     # -- every dial: resolve, check, pin -------------------------------------------------------
 

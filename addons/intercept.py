@@ -14,6 +14,7 @@ from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.proxy import layer
 
+from addons.connection_deadlines import ConnectionDeadlines
 from addons.engine.connections import close_client
 from addons.engine.layer_stack import NEEDS_MORE_DATA
 from addons.engine.layer_stack import client_hello_sni
@@ -43,8 +44,9 @@ class InterceptPolicy:
     never contacted.
     """
 
-    def __init__(self, routing: Routing):
+    def __init__(self, routing: Routing, deadlines: ConnectionDeadlines):
         self.routing = routing
+        self.deadlines = deadlines
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -75,6 +77,7 @@ class InterceptPolicy:
             close_client(context.client)
             return
         relay_raw_bytes(nextlayer, stream_index)
+        self.deadlines.tunnel_relaying(context.client)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address

@@ -1,8 +1,8 @@
 """
 Hostile input: limits on what a client may send before we act on it.
 
-- Request headers must arrive within `aibridge_header_timeout` seconds of connecting
-  (slowloris), and a header block may not exceed `aibridge_max_header_bytes` (431).
+- A header block may not exceed `aibridge_max_header_bytes` (431); how long it may take to
+  arrive is connection_deadlines.py's.
   mitmproxy buffers header bytes without limit (a FIXME in its HTTP/1 server), so the limit on
   bytes still in flight is `addons/engine/header_limit.py`, configured from here.
 - Header names and values holding NUL, CR or LF are refused with 400: they would otherwise be
@@ -13,17 +13,12 @@ Hostile input: limits on what a client may send before we act on it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 
-from mitmproxy import connection
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
-from mitmproxy.net.http import http1
 
-from addons.engine.connections import connection_handler
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.responses import plain_response
 from addons.rules.request_target import is_method
@@ -45,17 +40,8 @@ def has_bad_header_bytes(headers: http.Headers) -> bool:
 class RequestLimits:
     def __init__(self, header_limit: HeaderSizeLimit) -> None:
         self.header_limit = header_limit
-        self._deadlines: weakref.WeakKeyDictionary[connection.Client, asyncio.TimerHandle] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def load(self, loader):
-        loader.add_option(
-            "aibridge_header_timeout",
-            float,
-            10.0,
-            "Seconds a new client connection may take to send its first request headers.",
-        )
         loader.add_option(
             "aibridge_max_header_bytes",
             int,
@@ -64,41 +50,10 @@ class RequestLimits:
         )
 
     def configure(self, updated):
-        if "aibridge_header_timeout" in updated and ctx.options.aibridge_header_timeout <= 0:
-            raise exceptions.OptionsError("aibridge_header_timeout must be positive")
         if "aibridge_max_header_bytes" in updated:
             if ctx.options.aibridge_max_header_bytes < 1024:
                 raise exceptions.OptionsError("aibridge_max_header_bytes must be at least 1024")
             self.header_limit.max_bytes = ctx.options.aibridge_max_header_bytes
-
-    # -- slowloris -----------------------------------------------------------------------------
-
-    def client_connected(self, client: connection.Client) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadlines[client] = loop.call_later(
-            ctx.options.aibridge_header_timeout, self._expire, client
-        )
-
-    def client_disconnected(self, client: connection.Client) -> None:
-        self._headers_arrived(client)
-
-    def _headers_arrived(self, client: connection.Client) -> None:
-        if timer := self._deadlines.pop(client, None):
-            timer.cancel()
-
-    def _expire(self, client: connection.Client) -> None:
-        self._deadlines.pop(client, None)
-        handler = connection_handler(client)
-        if handler is None:
-            return
-        logger.info("closing %s: no request headers within the timeout", client.peername)
-        io = handler.transports.get(client)
-        if io is not None and io.writer is not None and not client.tls:
-            response = plain_response(
-                408, "request headers not received in time", {"Connection": "close"}
-            )
-            io.writer.write(http1.assemble_response(response))
-        handler.close_connection(client)
 
     # -- header checks ---------------------------------------------------------------------
 
@@ -109,7 +64,6 @@ class RequestLimits:
         self._check(flow)
 
     def _check(self, flow: http.HTTPFlow) -> None:
-        self._headers_arrived(flow.client_conn)
         if flow.response is not None:
             return
         if header_block_size(flow.request.headers) > self.header_limit.max_bytes:

@@ -26,11 +26,15 @@ def plain_response(status: int, text: str, headers: dict[str, str] | None = None
     return resp
 
 
+def refusal_response(status: int, text: str, headers: dict[str, str] | None = None):
+    """A refusal after which the connection closes: the client learns why, and holds nothing
+    open for free (mitmproxy closes after a response that says `Connection: close`)."""
+    return plain_response(
+        status, text, {"Connection": "close", "Proxy-Connection": "close", **(headers or {})}
+    )
+
+
 def challenge_response(text: str) -> http.Response:
     """407 with the Basic challenge: clients such as Copilot in VS Code only send credentials
-    after seeing it."""
-    return plain_response(
-        407,
-        text,
-        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "Proxy-Connection": "close"},
-    )
+    after seeing it, on a new connection."""
+    return refusal_response(407, text, {"Proxy-Authenticate": f'Basic realm="{REALM}"'})

@@ -1,7 +1,8 @@
 """
 A size limit on request header blocks, which mitmproxy's HTTP/1 server lacks: it buffers
 header bytes without bound until the blank line (a FIXME in `Http1Server.read_headers`).
-Over the limit the client gets `431` and the connection closes.
+Over the limit the client gets `431` and the connection closes. The same reader tells when a
+request head starts, which no hook does (for the per-request header timeout).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class HeaderSizeLimit:
 
     def __init__(self, max_bytes: int = 65536):
         self.max_bytes = max_bytes
+        # told when the first bytes of a request head arrive (ConnectionDeadlines)
+        self.on_request_start = lambda client: None
         self._original = None
 
     def install(self) -> None:
@@ -32,6 +35,8 @@ class HeaderSizeLimit:
         limit = self
 
         def read_headers(server, event):
+            if isinstance(event, events.DataReceived) and len(server.buf) == len(event.data):
+                limit.on_request_start(server.conn)  # nothing buffered before: a new head
             yield from original(server, event)
             if (
                 isinstance(event, events.DataReceived)

@@ -346,6 +346,13 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_header_timeout",
     ),
     Field(
+        "idle_timeout",
+        _number(0.001),
+        300.0,
+        "Seconds a client connection may sit between requests before it is closed.",
+        option="aibridge_idle_timeout",
+    ),
+    Field(
         "max_header_bytes",
         _number(1024, True),
         65536,
@@ -553,6 +560,7 @@ class Settings:
     origin_ca_file: Path | None
     gateway_timeout: float
     header_timeout: float
+    idle_timeout: float
     max_header_bytes: int
     headers_token: str
     headers_request_id: str
