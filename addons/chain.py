@@ -61,7 +61,7 @@ def make_addons(patches: EnginePatches) -> list:
         GatewayRouter(routing, auth),
         Http2Clients(),
         UpstreamCredentials(),
-        WebSocketFallback(),
+        WebSocketFallback(patches.websocket_cap),
         ApiDump(),
         UpstreamErrors(patches.error_rendering),
         AccessLog(auth),

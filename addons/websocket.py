@@ -6,6 +6,7 @@ both ways once the gateway answers 101. When the gateway has no WebSocket route 
 and the like) the client gets `426 Upgrade Required` — Codex falls back to HTTPS at once on
 426, but retries for seconds on anything else — and the route is remembered for a while, so the
 next upgrade gets its 426 without a round trip. Authentication failures pass through unchanged.
+Once open, messages are relayed, not recorded, and one message is capped in size.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 from collections import OrderedDict
 
 from mitmproxy import ctx
+from mitmproxy import exceptions
 from mitmproxy import http
 
+from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.gateway import route_info
 from addons.responses import plain_response
 
@@ -37,7 +40,8 @@ def refused_upgrade() -> http.Response:
 
 
 class WebSocketFallback:
-    def __init__(self) -> None:
+    def __init__(self, message_cap: WebSocketMessageCap) -> None:
+        self.message_cap = message_cap
         self._no_websocket: OrderedDict[str, float] = OrderedDict()  # gateway route -> until
 
     def load(self, loader):
@@ -47,6 +51,25 @@ class WebSocketFallback:
             600,
             "Seconds to remember that a gateway route refused a WebSocket upgrade.",
         )
+        loader.add_option(
+            "aibridge_websocket_max_message",
+            int,
+            16 * 1024 * 1024,
+            "Largest WebSocket message, in bytes (fragments counted together); a bigger one "
+            "closes the connection with 1009.",
+        )
+
+    def configure(self, updated):
+        if "aibridge_websocket_max_message" in updated:
+            if ctx.options.aibridge_websocket_max_message < 1024:
+                raise exceptions.OptionsError("aibridge_websocket_max_message must be >= 1024")
+            self.message_cap.max_bytes = ctx.options.aibridge_websocket_max_message
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy keeps every message of a flow for the life of the connection; we relay,
+        we do not record. Only the current one stays (later addons may look at it)."""
+        assert flow.websocket is not None
+        del flow.websocket.messages[:-1]
 
     def _key(self, flow: http.HTTPFlow) -> str | None:
         info = route_info(flow)

@@ -532,6 +532,13 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_dump_dir",
     ),
     Field(
+        "websocket.max_message",
+        _number(1024, True),
+        16 * 1024 * 1024,
+        "Largest WebSocket message in bytes (fragments together); bigger closes with 1009.",
+        option="aibridge_websocket_max_message",
+    ),
+    Field(
         "websocket.negative_ttl",
         _number(0, True),
         600,
@@ -588,6 +595,7 @@ class Settings:
     metrics_user_labels: bool
     dump_dir: Path | None
     websocket_negative_ttl: int
+    websocket_max_message: int
     log_level: str
     log_format: str
     config_file: Path | None = None

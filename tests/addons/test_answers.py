@@ -9,6 +9,7 @@ from mitmproxy.test import tflow
 
 from addons.auth import TokenAuth
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
 from addons.metrics import Metrics
@@ -26,7 +27,13 @@ def chain():
     routing = Routing()
     auth = TokenAuth(routing)
     router = GatewayRouter(routing, auth)
-    addons = [routing, auth, router, WebSocketFallback(), UpstreamErrors(ProtocolErrorRendering())]
+    addons = [
+        routing,
+        auth,
+        router,
+        WebSocketFallback(WebSocketMessageCap()),
+        UpstreamErrors(ProtocolErrorRendering()),
+    ]
     addons.append(Metrics(routing, auth))
     with loaded(*addons, aibridge_auth_mode="presence"):
         yield {type(a).__name__: a for a in addons}

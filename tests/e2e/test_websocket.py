@@ -105,3 +105,41 @@ async def test_auth_failures_pass_through_unchanged(make_proxy, gateway):
                 pass
         assert e.value.response.status_code == 401  # the gateway's answer, not 426
     assert len(gateway.records) == 2  # and never remembered as "no WebSocket"
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_message_over_the_cap_closes_with_1009_even_in_fragments(make_proxy, gateway):
+    p = make_proxy("--websocket-max-message", "65536")
+    async with ws_connect(p, "wss://api.openai.com/_diag/ws") as ws:
+        await ws.send(b"x" * 60000)  # under the cap: relayed
+        assert len(await ws.recv()) == 60000
+        await ws.send([b"y" * 40000, b"y" * 40000])  # fragments adding up past it
+        with pytest.raises(ConnectionClosed) as e:
+            await ws.recv()
+    assert e.value.rcvd.code == 1009
+    for _ in range(100):
+        if 1009 in gateway.gateway.websocket_closes:
+            break
+        await asyncio.sleep(0.05)
+    assert 1009 in gateway.gateway.websocket_closes  # the gateway was told too
+
+
+async def test_memory_stays_flat_over_a_long_websocket_session(make_proxy, gateway):
+    p = make_proxy()
+    message = b"z" * (1024 * 1024)
+    async with ws_connect(p, "wss://api.openai.com/_diag/ws") as ws:
+        for _ in range(10):  # warm up: buffers, caches
+            await ws.send(message)
+            await ws.recv()
+        before = rss_mb(p.proc.pid)
+        for _ in range(120):  # 120 MB each way; the proxy used to keep all of it
+            await ws.send(message)
+            assert len(await ws.recv()) == len(message)
+        after = rss_mb(p.proc.pid)
+    assert after - before < 40, (before, after)

@@ -20,12 +20,14 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.websocket import WebsocketConnection
 
 from addons.engine import EnginePatches
 from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.reuse_port import _AsyncioWithReusePort
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
+from addons.engine.websocket_cap import WebSocketMessageCap
 
 
 def moved(internal: str, why: str):
@@ -110,6 +112,23 @@ def test_mode_servers_bind_through_their_asyncio_module():
     assert _AsyncioWithReusePort().sleep is asyncio.sleep  # everything else passes through
 
 
+def test_websocket_connections_buffer_fragments_and_inherit_wsproto_events():
+    import wsproto
+    from mitmproxy.proxy.layers import websocket as ws_layer
+
+    internal = "mitmproxy.proxy.layers.websocket.WebsocketConnection"
+    cls = getattr(ws_layer, "WebsocketConnection", None)
+    if cls is None or not issubclass(cls, wsproto.Connection):
+        moved(internal, "no longer a wsproto.Connection subclass")
+    if "events" in cls.__dict__:
+        moved(f"{internal}.events", "overridden: WebSocketMessageCap wraps the inherited one")
+    if "frame_buf" not in cls.__annotations__ or "conn" not in cls.__annotations__:
+        moved(f"{internal}.frame_buf", "the reassembly buffer the cap measures")
+    relay = inspect.getsource(ws_layer.WebsocketLayer)
+    if "wsproto.events.CloseConnection" not in relay or "frame_buf" not in relay:
+        moved("WebsocketLayer.relay_messages", "no longer closes both sides on a close event")
+
+
 @pytest.mark.parametrize(
     "patch, target, attribute",
     [
@@ -117,6 +136,7 @@ def test_mode_servers_bind_through_their_asyncio_module():
         (ProtocolErrorRendering(), http_layer.HttpStream, "handle_protocol_error"),
         (ProtocolErrorRendering(), _http1, "make_error_response"),
         (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
+        (WebSocketMessageCap(), WebsocketConnection, "events"),
     ],
 )
 def test_each_patch_installs_once_and_uninstalls_cleanly(patch, target, attribute):
