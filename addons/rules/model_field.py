@@ -1,0 +1,82 @@
+"""
+The model a request asks for, where the API puts it: the JSON body's top-level `model`, or the
+path for Gemini (`/v1beta/models/<model>:generateContent`). Replacing it changes only that
+value's bytes: everything else the client sent reaches the gateway as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+_GEMINI_PATH = re.compile(r"/models/([^/:?]+):")
+_DECODER = json.JSONDecoder()
+_WS = " \t\n\r"
+
+
+class ModelUnreadable(ValueError):
+    """The body is not a JSON object, so a rule that needs the model cannot be applied."""
+
+
+def model_in_path(path: str) -> str | None:
+    m = _GEMINI_PATH.search(path.split("?", 1)[0])
+    return m.group(1) if m else None
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
+def model_span(body: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """The top-level `model` string of a JSON object body and its character span (quotes
+    included); (None, None) when the object has none. Raises ModelUnreadable."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelUnreadable("the body is not UTF-8 JSON") from None
+    i = _skip(text, 0)
+    if not text.startswith("{", i):
+        raise ModelUnreadable("the body is not a JSON object")
+    found: tuple[str | None, tuple[int, int] | None] = (None, None)
+    i = _skip(text, i + 1)
+    try:
+        if text.startswith("}", i):
+            return found
+        while True:
+            key, i = json.decoder.scanstring(text, i + 1) if text[i] == '"' else (None, -1)
+            if key is None:
+                raise ModelUnreadable("the body is not a JSON object")
+            i = _skip(text, i)
+            if not text.startswith(":", i):
+                raise ModelUnreadable("the body is not a JSON object")
+            start = _skip(text, i + 1)
+            value, end = _DECODER.raw_decode(text, start)
+            if key == "model" and isinstance(value, str):
+                found = (value, (start, end))
+            i = _skip(text, end)
+            if text.startswith("}", i):
+                if _skip(text, i + 1) != len(text):
+                    raise ModelUnreadable("the body holds more than one JSON value")
+                return found
+            if not text.startswith(",", i):
+                raise ModelUnreadable("the body is not a JSON object")
+            i = _skip(text, i + 1)
+    except (ValueError, IndexError) as e:
+        if isinstance(e, ModelUnreadable):
+            raise
+        raise ModelUnreadable("the body is not valid JSON") from None
+
+
+def replace_model(body: bytes, model: str) -> bytes:
+    """The body with only its top-level `model` value replaced (added when absent)."""
+    text = body.decode("utf-8")
+    _, span = model_span(body)
+    literal = json.dumps(model, ensure_ascii=False)
+    if span is None:
+        brace = text.index("{")
+        rest = text[brace + 1 :]
+        sep = "" if rest.strip().startswith("}") else ","
+        return (text[: brace + 1] + f'"model":{literal}{sep}' + rest).encode()
+    return (text[: span[0]] + literal + text[span[1] :]).encode()

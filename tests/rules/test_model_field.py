@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from addons.rules.model_field import ModelUnreadable
+from addons.rules.model_field import model_in_path
+from addons.rules.model_field import model_span
+from addons.rules.model_field import replace_model
+
+
+def test_only_the_model_value_changes():
+    body = b'{ "messages": [{"role":"user","model":"inner"}],\n  "model" : "gpt-4o", "x": 1.50}'
+    out = replace_model(body, "qwen/qwen3-coder")
+    assert (
+        out
+        == b'{ "messages": [{"role":"user","model":"inner"}],\n  "model" : "qwen/qwen3-coder", "x": 1.50}'
+    )
+
+
+def test_model_is_added_when_absent():
+    assert json.loads(replace_model(b'{"a": 1}', "m")) == {"model": "m", "a": 1}
+    assert json.loads(replace_model(b"{}", "m")) == {"model": "m"}
+
+
+@pytest.mark.parametrize("body", [b"[1]", b"not json", b'{"a": }', b"\xff", b'{"a":1} {}'])
+def test_unreadable_bodies_say_so(body):
+    with pytest.raises(ModelUnreadable):
+        model_span(body)
+
+
+def test_gemini_puts_the_model_in_the_path():
+    assert (
+        model_in_path("/v1beta/models/gemini-2.5-pro:generateContent?alt=sse") == "gemini-2.5-pro"
+    )
+    assert model_in_path("/v1/chat/completions") is None
+
+
+@given(
+    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=4),
+    st.text(min_size=1, max_size=10),
+)
+def test_replacing_keeps_every_other_field(obj, model):
+    body = json.dumps({**obj, "model": "old"}).encode()
+    assert json.loads(replace_model(body, model)) == {**obj, "model": model}
+    assert model_span(body)[0] == "old"
