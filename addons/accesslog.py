@@ -42,6 +42,12 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
         "bytes_out": info.bytes_out,
         "duration_ms": round((now - info.started) * 1000, 2),
         "ttfb_ms": round((info.first_byte - info.started) * 1000, 2) if info.first_byte else None,
+        "workspace": identity.workspace if identity else None,
+        "rule": info.rule,
+        "profile": info.profile,
+        "gateway": info.gateway,
+        "model": info.model,
+        "model_sent": info.model_sent,
     }
 
 

@@ -27,6 +27,7 @@ from mitmproxy import http
 from addons.responses import challenge_response
 from addons.responses import refusal_response
 from addons.routing import Routing
+from addons.rules.policy import workspace_of
 from addons.rules.proxy_authorization import ProxyAuthError
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.proxy_authorization import parse_proxy_authorization
@@ -48,6 +49,7 @@ class Identity:
     connect_id: str
     token: str | None = field(repr=False)
     user: str | None = None
+    workspace: str | None = None  # the proxy user name, unless empty or "coder"
 
     @property
     def anonymous(self) -> bool:
@@ -161,6 +163,7 @@ class TokenAuth:
             "aibridge_auth_cache_size",
             "aibridge_gateway",
             "aibridge_target",
+            "aibridge_policy",  # its first `url` gateway is where tokens are checked
             "ssl_verify_upstream_trusted_ca",
         }
         if not relevant & set(updated):
@@ -264,8 +267,9 @@ class TokenAuth:
             known = self.cache.cached(creds.token) if self.cache is not None else None
             if known is None or not known.valid:
                 raise AuthRejected(429, "rate_limited", "too many failed authentications")
+        workspace = workspace_of(creds.username)
         if self.cache is None:  # presence mode
-            return Identity(connect_id, creds.token, None)
+            return Identity(connect_id, creds.token, None, workspace)
         try:
             verdict, cached = await self.cache.check(creds.token)
             self.on_cache_result(cached)
@@ -273,7 +277,7 @@ class TokenAuth:
             self.on_cache_result(False)
             if ctx.options.aibridge_auth_fail_open:
                 logger.warning("token validation unavailable, accepting (fail open): %s", e)
-                return Identity(connect_id, creds.token, None)
+                return Identity(connect_id, creds.token, None, workspace)
             raise AuthRejected(
                 503, "validation_unavailable", "token validation service unavailable"
             ) from None
@@ -282,7 +286,7 @@ class TokenAuth:
             raise AuthRejected(407, "invalid_token", "token rejected by the gateway")
         # A success does not clear the address's failures: interleaving one valid token with
         # guesses would otherwise lift the limit for every guess.
-        return Identity(connect_id, creds.token, verdict.user)
+        return Identity(connect_id, creds.token, verdict.user, workspace)
 
     def _reject(self, flow: http.HTTPFlow, rejection: AuthRejected) -> None:
         client = _client_address(flow)

@@ -5,7 +5,8 @@ The addon chain: one concern per addon, in the order a request meets them.
                   size and bytes) -> listener_tls (TLS to the proxy)
                   -> auth (Proxy-Authorization -> token -> user) -> egress (ports, ranges)
     TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
-    request       gateway (rewrite to <target>/<provider><path>, stream the body)
+    request       policy (routing rules: route, origin or deny; reads the model if needed)
+                  -> gateway (rewrite to <target>/<provider><path>, stream the body)
                   -> http2_clients, upstream_proxy, websocket -> dump
     answer        error_pages (502/504 in our words) -> accesslog, metrics
 
@@ -39,6 +40,7 @@ from addons.http2_clients import Http2Clients
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
 from addons.metrics import Metrics
+from addons.policy import RoutingRules
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.upstream_proxy import UpstreamCredentials
@@ -58,6 +60,7 @@ def make_addons(patches: EnginePatches) -> list:
         auth,
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
+        RoutingRules(routing, auth),
         GatewayRouter(routing, auth),
         Http2Clients(),
         UpstreamCredentials(),

@@ -182,7 +182,7 @@ class EgressPolicy:
             return True
         return any(
             t is not None and t.host == host.lower() and t.port == port
-            for t in (snap.target, snap.gateway)
+            for t in (snap.target, snap.gateway, *snap.policy.gateways.values())
         )
 
     def _allowed(self, ip: IPAddress) -> bool:

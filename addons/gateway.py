@@ -22,9 +22,17 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.policy import PendingModel
+from addons.policy import decision_for
 from addons.responses import challenge_response
 from addons.responses import plain_response
+from addons.responses import provider_error_response
 from addons.routing import Routing
+from addons.rules.model_field import model_span
+from addons.rules.model_field import replace_model
+from addons.rules.policy import Decision
+from addons.rules.policy import Deny
+from addons.rules.policy import Origin
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.request_target import has_dot_segments
 
@@ -48,6 +56,12 @@ class RouteInfo:
     timed_out: bool = False
     bytes_in: int = 0  # request body bytes from the client
     bytes_out: int = 0  # response body bytes to the client
+    awaiting_body: bool = False  # its rule needs the model: routed in the `request` hook
+    rule: str | None = None  # the routing rule that decided, if one did
+    profile: str | None = None  # the profile that rule came from
+    gateway: str | None = None  # the named gateway it went to
+    model: str | None = None  # the model the client asked for, where a rule replaced it
+    model_sent: str | None = None  # the model sent instead
     # Other addons may watch the bodies as they stream by (the dump does).
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)
@@ -130,14 +144,24 @@ class GatewayRouter:
             logger.exception("could not route %s", flow.request.pretty_url)
             flow.response = plain_response(500, "the proxy could not route this request")
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A request whose rule needed the model was read whole; decided now (RoutingRules)."""
+        info = route_info(flow)
+        if info is None or not info.awaiting_body or flow.response is not None:
+            return
+        info.awaiting_body = False
+        try:
+            self._apply(flow, info, streaming=False)
+        except Exception:  # fail closed, as in requestheaders
+            logger.exception("could not route %s", flow.request.pretty_url)
+            flow.response = plain_response(500, "the proxy could not route this request")
+
     def _route(self, flow: http.HTTPFlow) -> None:
-        snapshot = self.routing.current
         request = flow.request
-        host = request.host
-        route = snapshot.table.route(host, request.path)
+        route = self.routing.current.table.route(request.host, request.path)
         info = RouteInfo(
             provider=route.provider if route else None,
-            original_host=host,
+            original_host=request.host,
             original_path=request.path,
             upstream_url=request.pretty_url,  # until rewritten below
             request_id=str(uuid.uuid4()),
@@ -145,8 +169,36 @@ class GatewayRouter:
         )
         _ROUTES[flow] = info
         flow.metadata["aibridge.request_id"] = info.request_id
-        if route is None:
-            request.stream = info.count_in
+        if isinstance(decision_for(flow), PendingModel):
+            info.awaiting_body = True  # RoutingRules reads the model first
+            return
+        self._apply(flow, info, streaming=True)
+
+    def _apply(self, flow: http.HTTPFlow, info: RouteInfo, streaming: bool) -> None:
+        """Send the request where its rule (or else the provider table) says."""
+        snapshot = self.routing.current
+        request = flow.request
+        decision = decision_for(flow)
+        provider, target, model = info.provider, snapshot.target, None
+        if isinstance(decision, Decision):
+            action = decision.rule.action
+            info.rule, info.profile = decision.rule.name, decision.profile
+            if isinstance(action, Deny):
+                flow.metadata["aibridge.reject_reason"] = "rule_denied"
+                flow.response = provider_error_response(
+                    provider, info.original_host, action.status,
+                    f"{action.message} (rule {decision.rule.name})",
+                )  # fmt: skip
+                return
+            if isinstance(action, Origin):
+                provider = None
+            else:
+                provider, model = action.provider, action.model
+                target = snapshot.policy.gateway(action.gateway)
+                info.gateway = action.gateway or snapshot.policy.default_gateway
+        info.provider = provider
+        if provider is None:  # to the original host, unchanged
+            self._count_body(flow, info, streaming)
             return
 
         # Answer before turning on request streaming: mitmproxy refuses a response set in
@@ -155,7 +207,6 @@ class GatewayRouter:
         if identity is None or identity.token is None:
             flow.response = challenge_response("routed requests need a Coder token")
             return
-        target = snapshot.target
         if target is None:
             flow.response = plain_response(502, "no gateway is configured (aibridge_gateway)")
             return
@@ -173,7 +224,7 @@ class GatewayRouter:
             )
             return
 
-        new_path = target.url_for(route.provider, request.path)[len(target.origin) :]
+        new_path = target.url_for(provider, request.path)[len(target.origin) :]
         if flow.server_conn.via is not None:
             # A fresh server connection spec without `via`: routed requests go straight to the
             # gateway even when tunnels leave through an upstream proxy.
@@ -192,8 +243,19 @@ class GatewayRouter:
         request.headers[ctx.options.aibridge_request_id_header] = info.request_id
         if sent is None and not carries_token(request, identity.token):
             request.headers[token_header] = identity.token
+        if model is not None and not streaming:
+            info.model, _ = model_span(request.raw_content or b"")
+            request.content = replace_model(request.raw_content or b"", model)
+            info.model_sent = model
         info.upstream_url = target.origin + new_path
-        request.stream = info.count_in
+        self._count_body(flow, info, streaming)
+
+    @staticmethod
+    def _count_body(flow: http.HTTPFlow, info: RouteInfo, streaming: bool) -> None:
+        if streaming:
+            flow.request.stream = info.count_in
+        else:
+            info.count_in(flow.request.raw_content or b"")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Stream every response: SSE events must not wait for the end of the stream, and a

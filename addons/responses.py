@@ -7,6 +7,8 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
+from addons.rules.provider_errors import api_family
+from addons.rules.provider_errors import error_body
 from addons.rules.proxy_authorization import REALM
 
 
@@ -38,3 +40,14 @@ def challenge_response(text: str) -> http.Response:
     """407 with the Basic challenge: clients such as Copilot in VS Code only send credentials
     after seeing it, on a new connection."""
     return refusal_response(407, text, {"Proxy-Authenticate": f'Basic realm="{REALM}"'})
+
+
+def provider_error_response(
+    provider: str | None, host: str, status: int, message: str
+) -> http.Response:
+    """A refusal the client's SDK shows as an error with our message: in the JSON shape of
+    the API it spoke (OpenAI/Copilot, Anthropic or Gemini)."""
+    body = error_body(api_family(provider, host), status, message)
+    resp = http.Response.make(status, body, {"Content-Type": "application/json"})
+    resp.reason = reason_phrase(status)
+    return resp

@@ -1,5 +1,6 @@
 """
-What is routed where: the provider table and the gateway target, as one immutable snapshot.
+What is routed where: the provider table, the gateway target and the routing rules (with their
+gateways, groups and profiles), as one immutable snapshot.
 
 Other addons hold a reference to `Routing` and read `routing.current` once per decision, so a
 reload (which swaps the snapshot) never gives one request half of the old table and half of
@@ -8,6 +9,7 @@ the new one.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,10 @@ from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
+from addons.rules.policy import POLICY_KEYS
+from addons.rules.policy import Policy
+from addons.rules.policy import PolicyError
+from addons.rules.policy import parse_policy
 from addons.rules.providers import ProviderSpecError
 from addons.rules.providers import ProviderTable
 
@@ -30,6 +36,7 @@ class RoutingSnapshot:
     table: ProviderTable
     target: GatewayTarget | None
     gateway: GatewayTarget | None  # the gateway's own base URL (for /users/me and exemptions)
+    policy: Policy = Policy()
 
 
 class Routing:
@@ -61,9 +68,17 @@ class Routing:
             "Routed hosts, each as host=provider[@/path/prefix,...]. `*` matches one DNS label. "
             "With path prefixes, other paths on that host go to the original host unchanged.",
         )
+        loader.add_option(
+            "aibridge_policy",
+            str,
+            "{}",
+            "Routing rules as JSON: {gateways, groups, rules, profiles, default_profile}, as in "
+            "the configuration file (see README, Routing rules and profiles).",
+        )
 
     def configure(self, updated):
-        if not {"aibridge_gateway", "aibridge_target", "aibridge_providers"} & set(updated):
+        options = {"aibridge_gateway", "aibridge_target", "aibridge_providers", "aibridge_policy"}
+        if not options & set(updated):
             return
         try:
             table = ProviderTable.from_specs(ctx.options.aibridge_providers)
@@ -73,6 +88,20 @@ class Routing:
                 if ctx.options.aibridge_gateway
                 else target
             )
-        except (ProviderSpecError, TargetError) as e:
+            policy = policy_from_json(ctx.options.aibridge_policy, target)
+            if target is None and policy.gateways:  # `gateways:` alone: the first is the default
+                target = policy.gateway(None)
+                gateway = policy.deployments.get(policy.default_gateway or "", target)
+        except (ProviderSpecError, TargetError, PolicyError) as e:
             raise exceptions.OptionsError(str(e)) from e
-        self.current = RoutingSnapshot(table, target, gateway)
+        self.current = RoutingSnapshot(table, target, gateway, policy)
+
+
+def policy_from_json(text: str, fallback_gateway: GatewayTarget | None) -> Policy:
+    try:
+        raw = json.loads(text or "{}")
+    except ValueError:
+        raise PolicyError("aibridge_policy is not JSON") from None
+    if not isinstance(raw, dict) or set(raw) - set(POLICY_KEYS):
+        raise PolicyError(f"aibridge_policy takes {', '.join(POLICY_KEYS)}")
+    return parse_policy(**{k: raw.get(k) for k in POLICY_KEYS}, fallback_gateway=fallback_gateway)

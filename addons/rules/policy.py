@@ -21,8 +21,10 @@ from typing import Any
 
 from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
+from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
 
+POLICY_KEYS = ("gateways", "groups", "rules", "profiles", "default_profile")
 CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model")
 NO_WORKSPACE = ("", "coder")  # proxy user names that mean "no workspace"
 
@@ -142,6 +144,8 @@ NEEDS_MODEL = "needs-model"  # decide() needs the request's model to go on
 class Policy:
     gateways: Mapping[str, GatewayTarget] = field(default_factory=dict)
     default_gateway: str | None = None
+    # the Coder deployment of each gateway given by `url` (where tokens are checked)
+    deployments: Mapping[str, GatewayTarget] = field(default_factory=dict)
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)  # group -> users
     rules: tuple[Rule, ...] = ()
     profiles: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
@@ -194,6 +198,11 @@ def parse_policy(
     """Build the Policy from the configuration's values; PolicyError names what is wrong.
     `fallback_gateway` is the one `gateway:`/`target:` give, used when `gateways` is empty."""
     targets = _parse_gateways(gateways or {})
+    deployments = {
+        name: parse_base_url(spec["url"] if isinstance(spec, Mapping) else spec, "url")
+        for name, spec in (gateways or {}).items()
+        if isinstance(spec, str) or "url" in spec
+    }
     default = next(iter(targets), None)
     if not targets and fallback_gateway is not None:
         targets, default = {"default": fallback_gateway}, "default"
@@ -209,7 +218,7 @@ def parse_policy(
             f"default_profile: {default_profile!r} is not one of profiles "
             f"({', '.join(profile_table) or 'none defined'})"
         )
-    return Policy(targets, default, group_table, top, profile_table, default_profile)
+    return Policy(targets, default, deployments, group_table, top, profile_table, default_profile)
 
 
 def _parse_gateways(raw: Mapping[str, Any]) -> dict[str, GatewayTarget]:

@@ -6,7 +6,6 @@ parse error: OpenAI and Copilot, Anthropic, Gemini.
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 
 _GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                   404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED"}  # fmt: skip
@@ -36,10 +35,3 @@ def error_body(family: str, status: int, message: str, code: str = "policy_denie
         kind = "invalid_request_error" if status != 403 else "permission_denied"
         body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     return json.dumps(body).encode()
-
-
-def reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"

@@ -26,6 +26,8 @@ from dataclasses import field
 from aiohttp import web
 
 REPLY = "Hello from the aibridge-proxy local gateway."
+# providers whose chat completions speak OpenAI's shape (OpenRouter at /api/v1/...)
+OPENAI_COMPATIBLE = frozenset({"openai", "openrouter", "xai", "deepseek", "mistral", "groq"})
 COPILOT_PROVIDERS = ("copilot", "copilot-business", "copilot-enterprise")
 BODY_KEEP_LIMIT = 8 * 1024 * 1024
 
@@ -160,7 +162,11 @@ class LocalGateway:
         body = _json_body(rec.body)
         stream = bool(body.get("stream"))
         model = str(body.get("model") or "local-model")
-        if provider == "openai" and rest == "/v1/chat/completions" and request.method == "POST":
+        if (
+            provider in OPENAI_COMPATIBLE
+            and rest.endswith("/v1/chat/completions")
+            and request.method == "POST"
+        ):
             return await self._chat_completion(request, model, stream)
         if (
             provider in COPILOT_PROVIDERS

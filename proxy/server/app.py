@@ -8,6 +8,7 @@ new configuration is logged and the old one stays) and drains on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from mitmproxy.addons import tlsconfig
 from addons.chain import make_addons
 from addons.engine import EnginePatches
 from addons.engine.log_events import stop_log_redispatch
+from addons.rules.policy import gateway_ca_files
 from certs import prepare as certs_prepare
 from certs.authority import CAError
 from certs.authority import CertificateAuthority
@@ -77,6 +79,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "mode": [upstream.mode_spec] if upstream else ["regular"],
         "aibridge_upstream_auth": upstream.credentials if upstream else None,
         "aibridge_providers": settings.provider_table.to_specs(),
+        "aibridge_policy": json.dumps(settings.policy_config),
         "confdir": str(confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
@@ -120,6 +123,7 @@ def prepare_engine_files(
             (settings.gateway_ca_file, "gateway_ca_file"),
             (settings.origin_ca_file, "origin_ca_file"),
             (settings.upstream_proxy_ca, "upstream_proxy_ca"),
+            *((Path(f), "gateways' ca_file") for f in gateway_ca_files(settings.gateways)),
         )
         if p
     ]

@@ -25,6 +25,10 @@ from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
+from addons.rules.policy import POLICY_KEYS
+from addons.rules.policy import Policy
+from addons.rules.policy import PolicyError
+from addons.rules.policy import parse_policy
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderSpecError
 from addons.rules.providers import ProviderTable
@@ -186,6 +190,25 @@ def _opt_upstream(value: Any) -> UpstreamProxy | None:
     return parse_upstream_proxy(s) if s else None
 
 
+def _structured(kind: type) -> Callable[[Any], Any]:
+    """A mapping or list as written in YAML; from a flag or the environment, as YAML text.
+    Its contents are checked with the rest of the routing rules (addons/rules/policy.py)."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError("is not valid YAML") from None
+        if value is None:
+            return None
+        if not isinstance(value, kind):
+            raise ValueError(f"must be a {'mapping' if kind is dict else 'list'}")
+        return value
+
+    return parse
+
+
 def _str_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -308,6 +331,28 @@ FIELDS: tuple[Field, ...] = (
         merge=True,
     ),
     Field("default_providers", _bool, True, "Start from the built-in provider table."),
+    Field(
+        "gateways",
+        _structured(dict),
+        None,
+        "Named gateways, the first the default: name: {url: ...} or {target: ..., ca_file: ...}.",
+    ),
+    Field("groups", _structured(dict), None, "Groups of users: group: [user, ...]."),
+    Field(
+        "rules",
+        _structured(list),
+        None,
+        "Routing rules, first match decides: {name, match: {...}, route|origin|deny: {...}}.",
+    ),
+    Field("profiles", _structured(dict), None, "Named sets of rules a workspace can switch to."),
+    Field("default_profile", _opt_str, None, "The profile a workspace uses until it picks one."),
+    Field(
+        "model_body_limit",
+        _number(1024, True),
+        16 * 1024 * 1024,
+        "Largest request body read to find the model when a rule needs it (bigger: 413).",
+        option="aibridge_rules_max_body",
+    ),
     Field(
         "provider_presets",
         _presets,
@@ -560,6 +605,12 @@ class Settings:
     providers: ProviderOverrides
     default_providers: bool
     provider_presets: tuple[str, ...]
+    gateways: dict | None
+    groups: dict | None
+    rules: list | None
+    profiles: dict | None
+    default_profile: str | None
+    model_body_limit: int
     state_dir: Path | None
     ca_cert_file: Path | None
     ca_key_file: Path | None
@@ -614,6 +665,15 @@ class Settings:
         """What the CA's name constraints permit for the routed hosts, and the routed patterns
         they cannot cover (see addons/rules/providers.py `constraint_hosts`)."""
         return constraint_hosts(self.provider_table.hosts())
+
+    @cached_property
+    def policy_config(self) -> dict:
+        """The routing rules' part of the configuration, as the Routing addon takes it."""
+        return {k: getattr(self, k) for k in POLICY_KEYS}
+
+    @cached_property
+    def policy(self) -> Policy:
+        return parse_policy(**self.policy_config, fallback_gateway=self.routing_target)
 
     @cached_property
     def routing_target(self) -> GatewayTarget | None:
@@ -787,15 +847,26 @@ def _check_combinations(
         target = s.routing_target
     except TargetError as e:
         raise SettingsError(str(e)) from None
-    if require_gateway and target is None:
+    try:
+        policy = s.policy
+    except PolicyError as e:
+        source = next(
+            (src for key in POLICY_KEYS if (src := sources[key][1]).kind != "default"), None
+        )
+        raise SettingsError(f"{e} (in {source})" if source else str(e)) from None
+    if require_gateway and target is None and not policy.gateways:
         raise SettingsError(
             "gateway: not set; pass --gateway https://coder.example.com "
             "(or AIBRIDGE_PROXY_GATEWAY, or gateway: in the config file)"
         )
-    if require_gateway and s.auth_mode == "validate" and not (s.gateway or s.auth_url):
+    if (
+        require_gateway
+        and s.auth_mode == "validate"
+        and not (s.gateway or s.auth_url or policy.deployments)
+    ):
         raise SettingsError(
-            "auth.mode: 'validate' needs gateway or auth.url to check tokens against; "
-            "set one, or use auth.mode: presence"
+            "auth.mode: 'validate' needs gateway (or a gateways entry with url) or auth.url "
+            "to check tokens against; set one, or use auth.mode: presence"
         )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         key = "tls_cert_file" if s.tls_cert_file is not None else "tls_key_file"

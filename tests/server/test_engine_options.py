@@ -15,6 +15,7 @@ from proxy.server.settings import load_settings
 DERIVED = {
     "aibridge_providers": "providers + default_providers + provider_presets",
     "aibridge_upstream_auth": "upstream_proxy's credentials",
+    "aibridge_policy": "gateways + groups + rules + profiles + default_profile",
 }
 
 

@@ -1,0 +1,135 @@
+"""
+Routing rules at request time: which rule decides each intercepted request, from who sends it
+(user, workspace, groups, address), what it asks for (host, path, method) and, only when a rule
+needs it, the model in its body.
+
+Most requests are decided in `requestheaders` and stream as before. When going on needs the
+model, the body is read first (up to `aibridge_rules_max_body` bytes, with a Content-Length)
+and the decision is made in `request`; GatewayRouter applies it in the same hook. A body that a
+model rule needs but cannot read is answered with a clear 4xx, never routed elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+
+from addons.auth import TokenAuth
+from addons.responses import provider_error_response
+from addons.routing import Routing
+from addons.rules.model_field import ModelUnreadable
+from addons.rules.model_field import model_in_path
+from addons.rules.model_field import model_span
+from addons.rules.policy import NEEDS_MODEL
+from addons.rules.policy import Decision
+from addons.rules.policy import Facts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingModel:
+    """Decided once the body is in: the facts so far and the profile in force."""
+
+    facts: Facts
+    profile: str | None
+
+
+_DECISIONS: weakref.WeakKeyDictionary[http.HTTPFlow, Decision | PendingModel] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def decision_for(flow: http.HTTPFlow) -> Decision | PendingModel | None:
+    return _DECISIONS.get(flow)
+
+
+class RoutingRules:
+    def __init__(self, routing: Routing, auth: TokenAuth):
+        self.routing = routing
+        self.auth = auth
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_rules_max_body",
+            int,
+            16 * 1024 * 1024,
+            "Largest request body read to find the model when a rule needs it (bigger: 413).",
+        )
+
+    def configure(self, updated):
+        if "aibridge_rules_max_body" in updated and ctx.options.aibridge_rules_max_body < 1024:
+            raise exceptions.OptionsError("aibridge_rules_max_body must be at least 1024")
+
+    def active_profile(self, user: str | None, workspace: str | None) -> str | None:
+        return self.routing.current.policy.default_profile
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        snapshot = self.routing.current
+        policy, request = snapshot.policy, flow.request
+        route = snapshot.table.lookup(request.host)
+        identity = self.auth.identity(flow)
+        if policy.empty or route is None or identity is None:
+            return  # rules govern what we intercept, for someone we know
+        path_model = model_in_path(request.path)
+        peer = flow.client_conn.peername
+        facts = Facts(
+            host=request.host,
+            path=request.path,
+            method=request.method,
+            workspace=identity.workspace,
+            user=identity.user,
+            groups=policy.groups_of(identity.user),
+            client=peer[0] if peer else None,
+            model=path_model,
+            model_known=path_model is not None,
+        )
+        profile = self.active_profile(identity.user, identity.workspace)
+        decision = policy.decide(facts, profile)
+        if decision is None:
+            return
+        if decision != NEEDS_MODEL:
+            _DECISIONS[flow] = decision
+            return
+        limit = ctx.options.aibridge_rules_max_body
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            self._refuse(flow, 411, "a routing rule needs this request's model: send the body "
+                         "with a Content-Length")  # fmt: skip
+        elif int(length) > limit:
+            self._refuse(flow, 413, f"a routing rule needs this request's model, and the body "
+                         f"is larger than model_body_limit ({limit} bytes)")  # fmt: skip
+        else:
+            request.stream = False  # read it whole: `request` decides
+            _DECISIONS[flow] = PendingModel(facts, profile)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        pending = _DECISIONS.get(flow)
+        if not isinstance(pending, PendingModel) or flow.response is not None:
+            return
+        try:
+            model, _ = model_span(flow.request.raw_content or b"")
+        except ModelUnreadable as e:
+            self._refuse(flow, 400, f"a routing rule needs this request's model, but {e}")
+            return
+        facts = Facts(**{**pending.facts.__dict__, "model": model, "model_known": True})
+        decision = self.routing.current.policy.decide(facts, pending.profile)
+        if decision is None:
+            del _DECISIONS[flow]
+        else:
+            _DECISIONS[flow] = decision
+
+    def _refuse(self, flow: http.HTTPFlow, status: int, message: str) -> None:
+        _DECISIONS.pop(flow, None)
+        route = self.routing.current.table.lookup(flow.request.host)
+        flow.metadata["aibridge.reject_reason"] = "model_unreadable"
+        flow.response = provider_error_response(
+            route.provider if route else None, flow.request.host, status, message
+        )

@@ -1,0 +1,150 @@
+"""Routing rules through the real proxy, with the official SDKs configured only by environment:
+per-workspace routing to another gateway and provider with the model replaced (the gateway
+receives the client's bytes but for that field), group and model denies that each SDK shows
+with the rule's message, and the access log naming the rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.support import ALICE
+from tests.support import BOB
+from tests.support import ThreadedGateway
+from tests.support import client_env
+from tests.support import run_python
+
+OPENAI = """
+import json, sys, openai
+client = openai.OpenAI()
+try:
+    r = client.chat.completions.create(model=sys.argv[1], messages=[{"role": "user", "content": "hi"}])
+    print(json.dumps({"text": r.choices[0].message.content}))
+except openai.APIStatusError as e:
+    print(json.dumps({"status": e.status_code, "error": e.message, "kind": type(e).__name__}))
+"""
+
+ANTHROPIC = """
+import json, sys, anthropic
+client = anthropic.Anthropic()
+try:
+    m = client.messages.create(model=sys.argv[1], max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    print(json.dumps({"text": m.content[0].text}))
+except anthropic.APIStatusError as e:
+    print(json.dumps({"status": e.status_code, "error": e.message, "kind": type(e).__name__}))
+"""
+
+
+@pytest.fixture
+def second_gateway():
+    gw = ThreadedGateway(prefix="/api/v2/ai-gateway").start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def ruled(make_proxy, gateway, second_gateway, tmp_path):
+    config = {
+        "gateways": {
+            "coder": {"url": gateway.url},
+            "standalone": {"target": f"{second_gateway.url}/api/v2/ai-gateway"},
+        },
+        "groups": {"ml-team": ["alice"]},
+        "rules": [
+            {
+                "name": "fast-workspaces",
+                "match": {"workspace": ["fast-*"], "host": ["api.openai.com"]},
+                "route": {
+                    "gateway": "standalone",
+                    "provider": "openrouter",
+                    "model": "qwen/qwen3-coder",
+                },
+            },
+            {
+                "name": "no-reasoning-models",
+                "match": {"model": ["o1*", "o3*"], "group": ["!ml-team"]},
+                "deny": {"status": 403, "message": "reasoning models need the ml-team group"},
+            },
+        ],
+    }
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return make_proxy("--config", str(path), gateway="")
+
+
+def env_for(p, token=ALICE, workspace="coder", **extra):
+    url = p.url(token, user=workspace)
+    keys = {"OPENAI_API_KEY": "sk-own", "ANTHROPIC_API_KEY": "sk-ant-own", **extra}
+    return client_env(p, token, HTTPS_PROXY=url, HTTP_PROXY=url, **keys)
+
+
+def run(code, env, model):
+    out = subprocess.run(
+        [sys.executable, "-c", code, model], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_workspace_rule_routes_to_another_gateway_with_the_model_replaced(
+    ruled, gateway, second_gateway
+):
+    out = run(OPENAI, env_for(ruled, workspace="fast-1", OPENAI_API_KEY="sk-own"), "gpt-4o")
+    assert "text" in out, out
+    assert not any("/chat/completions" in r.path for r in gateway.records)
+    rec = second_gateway.last()
+    assert rec.path == "/api/v2/ai-gateway/openrouter/v1/chat/completions"
+    assert json.loads(rec.body)["model"] == "qwen/qwen3-coder"
+    assert rec.header("Authorization") == "Bearer sk-own"
+    assert rec.header("X-Coder-AI-Governance-Token") == ALICE
+    line = ruled.wait_for_line(lambda r: r.get("rule") == "fast-workspaces")
+    assert (line["workspace"], line["gateway"], line["model"], line["model_sent"]) == (
+        "fast-1",
+        "standalone",
+        "gpt-4o",
+        "qwen/qwen3-coder",
+    )
+
+
+def test_only_the_model_field_changes_in_the_bytes_sent(ruled, second_gateway):
+    body = b'{ "model" : "gpt-4o",\n "messages": [{"role":"user","content":"h\\u00e9"}], "x": 1.50}'
+    code = f"""
+import requests
+r = requests.post("https://api.openai.com/v1/chat/completions?q=1", data={body!r},
+                  headers={{"Content-Type": "application/json"}})
+print(r.status_code)
+"""
+    result = run_python(code, env_for(ruled, workspace="fast-2"))
+    assert result.stdout.strip() == "200", result.stderr
+    rec = second_gateway.last()
+    assert rec.query == "q=1"
+    assert rec.body == body.replace(b'"gpt-4o"', b'"qwen/qwen3-coder"')
+
+
+def test_other_workspaces_follow_the_provider_table_to_the_first_gateway(ruled, gateway):
+    out = run(OPENAI, env_for(ruled, workspace="slow-1"), "gpt-4o")
+    assert "text" in out, out
+    assert gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
+    assert json.loads(gateway.last().body)["model"] == "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    "code, kind", [(OPENAI, "PermissionDeniedError"), (ANTHROPIC, "PermissionDeniedError")]
+)
+def test_a_model_deny_is_shown_by_the_sdk_with_the_rules_message(ruled, gateway, code, kind):
+    out = run(code, env_for(ruled, token=BOB), "o3-mini")
+    assert out["status"] == 403 and out["kind"] == kind
+    assert "reasoning models need the ml-team group (rule no-reasoning-models)" in out["error"]
+    assert all(
+        "chat/completions" not in r.path and "messages" not in r.path for r in gateway.records
+    )  # never reached the gateway
+
+
+def test_the_group_may_use_the_model(ruled, gateway):
+    out = run(OPENAI, env_for(ruled, token=ALICE), "o3-mini")
+    assert "text" in out, out
+    assert json.loads(gateway.last().body)["model"] == "o3-mini"
