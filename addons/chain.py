@@ -3,7 +3,9 @@ The addon chain: one concern per addon, in the order a request meets them.
 
     CONNECT       connection_deadlines (headers, handshake, idle) -> request_limits (header
                   size and bytes) -> listener_tls (TLS to the proxy)
-                  -> auth (Proxy-Authorization -> token -> user) -> egress (ports, ranges)
+                  -> auth (Proxy-Authorization -> token -> user, workspace)
+                  -> self_service (aibridge-proxy.internal: answered here, never forwarded)
+                  -> egress (ports, ranges)
     TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
     request       policy (routing rules: route, origin or deny; reads the model if needed)
                   -> gateway (rewrite to <target>/<provider><path>, stream the body)
@@ -43,6 +45,8 @@ from addons.metrics import Metrics
 from addons.policy import RoutingRules
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
+from addons.rules.profile_choices import ProfileChoices
+from addons.self_service import SelfService
 from addons.upstream_proxy import UpstreamCredentials
 from addons.websocket import WebSocketFallback
 
@@ -52,15 +56,17 @@ def make_addons(patches: EnginePatches) -> list:
     routing = Routing()
     auth = TokenAuth(routing)
     deadlines = ConnectionDeadlines(patches.header_limit)
+    choices = ProfileChoices(None)  # its file comes with the options
     return [
         routing,
         deadlines,
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
+        SelfService(routing, auth, choices),
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
-        RoutingRules(routing, auth),
+        RoutingRules(routing, auth, choices),
         GatewayRouter(routing, auth),
         Http2Clients(),
         UpstreamCredentials(),

@@ -109,8 +109,8 @@ class EgressPolicy:
             self._refuse_connect(flow, blocked.status, blocked.public)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return
+        if flow.response is not None or flow.metadata.get("aibridge.self_service"):
+            return  # never dialled
         request = flow.request
         if (
             request.port not in self.allowed_ports

@@ -136,8 +136,8 @@ class GatewayRouter:
             raise exceptions.OptionsError("aibridge_gateway_timeout must be a positive number")
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return
+        if flow.response is not None or flow.metadata.get("aibridge.self_service"):
+            return  # answered, or answered by the proxy itself (self_service.py)
         try:
             self._route(flow)
         except Exception:  # fail closed: never let a half-rewritten request out

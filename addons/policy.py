@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -28,6 +29,7 @@ from addons.rules.model_field import model_span
 from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Decision
 from addons.rules.policy import Facts
+from addons.rules.profile_choices import ProfileChoices
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,10 @@ def decision_for(flow: http.HTTPFlow) -> Decision | PendingModel | None:
 
 
 class RoutingRules:
-    def __init__(self, routing: Routing, auth: TokenAuth):
+    def __init__(self, routing: Routing, auth: TokenAuth, choices: ProfileChoices):
         self.routing = routing
         self.auth = auth
+        self.choices = choices
 
     def load(self, loader):
         loader.add_option(
@@ -61,13 +64,25 @@ class RoutingRules:
             16 * 1024 * 1024,
             "Largest request body read to find the model when a rule needs it (bigger: 413).",
         )
+        loader.add_option(
+            "aibridge_profile_store",
+            str | None,
+            None,
+            "JSON file keeping each (user, workspace)'s chosen profile (default: in memory).",
+        )
 
     def configure(self, updated):
         if "aibridge_rules_max_body" in updated and ctx.options.aibridge_rules_max_body < 1024:
             raise exceptions.OptionsError("aibridge_rules_max_body must be at least 1024")
+        if "aibridge_profile_store" in updated:
+            store = ctx.options.aibridge_profile_store
+            self.choices.path = Path(store) if store else None
 
     def active_profile(self, user: str | None, workspace: str | None) -> str | None:
-        return self.routing.current.policy.default_profile
+        """The profile this (user, workspace) chose, while it exists, else the default."""
+        policy = self.routing.current.policy
+        chosen = self.choices.get(user, workspace)
+        return chosen if chosen in policy.profiles else policy.default_profile
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

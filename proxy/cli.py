@@ -1,5 +1,6 @@
 """
-`aibridge-proxy`: serve | reload | ca init | ca show | env | trust | doctor | demo | gateway.
+`aibridge-proxy`: serve | reload | explain | ca init | ca show | env | trust | doctor | profile |
+demo | gateway.
 
 User mistakes end in one line on stderr and exit code 2, never a traceback.
 """
@@ -93,6 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $STATE_DIRECTORY, as systemd sets it, or serve's default)",
     )
     reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it")
+
+    explain = sub.add_parser(
+        "explain", help="show what the proxy would do with a request (nothing is sent)"
+    )
+    _add_setting_flags(explain)
+    explain.add_argument("url", help="e.g. https://api.openai.com/v1/chat/completions")
+    explain.add_argument("--method", default="POST")
+    explain.add_argument("--user", help="the Coder user name")
+    explain.add_argument("--workspace", help="the workspace (the proxy user name)")
+    explain.add_argument("--model", help="the model in the request body")
+    explain.add_argument("--client", help="the client's IP address")
+    explain.add_argument("--profile", help="the profile in force (default: the configured one)")
+
+    profile = sub.add_parser(
+        "profile", help="show or switch your routing profile (through your HTTPS_PROXY)"
+    )
+    profile_sub = profile.add_subparsers(dest="profile_command", required=True)
+    profile_sub.add_parser("list", help="the profiles this proxy offers")
+    profile_sub.add_parser("show", help="the profile your workspace uses")
+    use = profile_sub.add_parser("use", help="switch your workspace to a profile")
+    use.add_argument("name", nargs="?", help="the profile (omit with --default)")
+    use.add_argument("--default", action="store_true", help="back to the configured default")
 
     ca = sub.add_parser("ca", help="create or inspect the CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -210,6 +233,37 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except ReloadError as e:
         print(f"{PROG} reload: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from proxy.server.explain import explain
+
+    settings = _settings_from(args, require_gateway=False)
+    for line in explain(
+        settings, args.url, args.method, args.user, args.workspace, args.model, args.client,
+        args.profile,
+    ):  # fmt: skip
+        print(line)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from proxy.client.profile import ProfileError
+    from proxy.client.profile import call
+    from proxy.client.profile import render
+
+    try:
+        if args.profile_command == "use":
+            if bool(args.name) == bool(args.default):
+                raise UsageError("profile use: name a profile, or pass --default")
+            state = call(os.environ, None if args.default else args.name, switch=True)
+        else:
+            state = call(os.environ)
+    except ProfileError as e:
+        print(f"{PROG} profile: {e}", file=sys.stderr)
+        return 1
+    print(render(state, args.profile_command), end="")
     return 0
 
 
@@ -391,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "serve": cmd_serve,
         "reload": cmd_reload,
+        "explain": cmd_explain,
+        "profile": cmd_profile,
         "demo": cmd_demo,
         "gateway": cmd_gateway,
         "env": cmd_env,

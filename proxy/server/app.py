@@ -29,6 +29,7 @@ from addons.chain import make_addons
 from addons.engine import EnginePatches
 from addons.engine.log_events import stop_log_redispatch
 from addons.rules.policy import gateway_ca_files
+from addons.rules.profile_choices import CHOICES_FILE
 from certs import prepare as certs_prepare
 from certs.authority import CAError
 from certs.authority import CertificateAuthority
@@ -80,6 +81,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_upstream_auth": upstream.credentials if upstream else None,
         "aibridge_providers": settings.provider_table.to_specs(),
         "aibridge_policy": json.dumps(settings.policy_config),
+        "aibridge_profile_store": str(settings.state_path / CHOICES_FILE),
         "confdir": str(confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled

@@ -15,7 +15,11 @@ import yaml
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ThreadedGateway
+from tests.support import assert_one_line_error
+from tests.support import base_env
+from tests.support import cli
 from tests.support import client_env
+from tests.support import proxy_client
 from tests.support import run_python
 
 OPENAI = """
@@ -70,10 +74,21 @@ def ruled(make_proxy, gateway, second_gateway, tmp_path):
                 "deny": {"status": 403, "message": "reasoning models need the ml-team group"},
             },
         ],
+        "profiles": {
+            "careful": [
+                {
+                    "name": "careful-openrouter",
+                    "match": {"host": ["api.openai.com"]},
+                    "route": {"gateway": "standalone", "provider": "openrouter"},
+                }
+            ]
+        },
     }
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(config))
-    return make_proxy("--config", str(path), gateway="")
+    p = make_proxy("--config", str(path), gateway="")
+    p.config_path = path
+    return p
 
 
 def env_for(p, token=ALICE, workspace="coder", **extra):
@@ -148,3 +163,124 @@ def test_the_group_may_use_the_model(ruled, gateway):
     out = run(OPENAI, env_for(ruled, token=ALICE), "o3-mini")
     assert "text" in out, out
     assert json.loads(gateway.last().body)["model"] == "o3-mini"
+
+
+def profile_cli(p, *args, token=ALICE, workspace="slow-1"):
+    url = p.url(token, user=workspace)
+    env = {**base_env(), "HTTPS_PROXY": url, "HTTP_PROXY": url}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "profile", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_profile_switch_applies_on_an_open_connection_and_survives_a_restart(
+    ruled, gateway, second_gateway
+):
+    assert profile_cli(ruled, "show").stdout == "alice, workspace slow-1: profile none (default)\n"
+    with proxy_client(ruled, user="slow-1") as c:
+        c.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o"})
+        assert gateway.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
+        r = profile_cli(ruled, "use", "careful")
+        assert r.returncode == 0 and "profile careful (your choice)" in r.stdout, r.stderr
+        c.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o"})
+    assert second_gateway.last().path == "/api/v2/aibridge/openrouter/v1/chat/completions".replace(
+        "aibridge", "ai-gateway"
+    )
+    after = ruled.wait_for_line(lambda r: r.get("rule") == "careful-openrouter")
+    before = ruled.wait_for_line(lambda r: r.get("provider") == "openai")
+    assert after["profile"] == "careful"
+    assert after["connect_id"] == before["connect_id"]  # the same kept-alive tunnel
+    # nobody else's choice changed: bob's, and alice's other workspace
+    assert "profile none (default)" in profile_cli(ruled, "show", token=BOB).stdout
+    assert "profile none (default)" in profile_cli(ruled, "show", workspace="other").stdout
+    ruled.stop()
+    ruled.start()
+    assert "profile careful (your choice)" in profile_cli(ruled, "show").stdout
+    r = profile_cli(ruled, "use", "nonexistent")
+    assert r.returncode == 1 and "no profile named 'nonexistent'" in r.stderr
+    assert profile_cli(ruled, "use", "--default").returncode == 0
+    assert "profile none (default)" in profile_cli(ruled, "list").stdout
+
+
+@pytest.mark.parametrize(
+    "token, workspace, model, expected",
+    [
+        (ALICE, "fast-3", "gpt-4o", "/api/v2/ai-gateway/openrouter/v1/chat/completions"),
+        (ALICE, "slow-1", "o3-mini", "/api/v2/aibridge/openai/v1/chat/completions"),
+        (BOB, "slow-1", "o3-mini", "403"),
+    ],
+)
+def test_explain_agrees_with_what_the_proxy_does(
+    ruled, gateway, second_gateway, token, workspace, model, expected
+):
+    user = "alice" if token == ALICE else "bob"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "explain",
+            "--config",
+            str(ruled.config_path),
+            "--user",
+            user,
+            "--workspace",
+            workspace,
+            "--model",
+            model,
+            "https://api.openai.com/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        timeout=30,
+    ).stdout
+    with proxy_client(ruled, token=token, user=workspace) as c:
+        r = c.post("https://api.openai.com/v1/chat/completions", json={"model": model})
+    if expected == "403":
+        assert r.status_code == 403 and "answer:   403 " in out
+        assert json.loads(out.split("answer:   403 ", 1)[1])["error"]["message"] in r.text
+    else:
+        upstream = out.split("upstream: ", 1)[1].strip()
+        got = (second_gateway if "ai-gateway" in expected else gateway).last()
+        assert got.path == expected and upstream.endswith(expected)
+
+
+def test_a_broken_rule_is_one_line_naming_the_rule_and_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "gateway: https://coder.example.com\nrules:\n  - name: oops\n    match: {colour: red}\n    origin: true\n"
+    )
+    r = cli("serve", "--config", str(bad))
+    assert_one_line_error(r, "rules[0] (oops): match.colour is not a condition", str(bad))
+
+
+def test_rules_reload_atomically_and_a_broken_one_keeps_the_old(ruled, gateway):
+    import signal
+
+    config = yaml.safe_load(ruled.config_path.read_text())
+    config["rules"].insert(
+        0,
+        {
+            "name": "all-to-origin-deny",
+            "match": {"path": ["/v1/embeddings"]},
+            "deny": {"status": 451, "message": "no embeddings here"},
+        },
+    )
+    ruled.config_path.write_text(yaml.safe_dump(config))
+    ruled.signal(signal.SIGHUP)
+    ruled.wait_for_line(lambda r: r.get("msg") == "configuration reloaded")
+    with proxy_client(ruled) as c:
+        r = c.post("https://api.openai.com/v1/embeddings", json={"model": "e"})
+    assert r.status_code == 451 and "no embeddings here (rule all-to-origin-deny)" in r.text
+    config["rules"][0]["match"] = {"colour": ["red"]}
+    ruled.config_path.write_text(yaml.safe_dump(config))
+    ruled.signal(signal.SIGHUP)
+    line = ruled.wait_for_line(lambda r: "reload rejected" in r.get("msg", ""))
+    assert "rules[0] (all-to-origin-deny): match.colour is not a condition" in line["msg"]
+    with proxy_client(ruled) as c:
+        assert c.post("https://api.openai.com/v1/embeddings", json={}).status_code == 451

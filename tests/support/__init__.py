@@ -687,13 +687,14 @@ def frozen_versions(freeze_output: str) -> dict[str, str]:
     return out
 
 
-def proxy_client(p, token: str | None = ALICE, timeout: float = 30, **kw):
+def proxy_client(p, token: str | None = ALICE, timeout: float = 30, user: str = "coder", **kw):
     """An httpx client that uses proxy `p` as a developer's machine would: trusting its CA,
-    ignoring the environment's proxy settings."""
+    ignoring the environment's proxy settings. `user` is the proxy user name (the workspace)."""
     import httpx
 
     ctx = ssl.create_default_context(cafile=str(p.ca_path))
-    return httpx.Client(proxy=p.url(token), verify=ctx, trust_env=False, timeout=timeout, **kw)
+    proxy = p.url(token, user=user)
+    return httpx.Client(proxy=proxy, verify=ctx, trust_env=False, timeout=timeout, **kw)
 
 
 def metric(text: str, name: str, **labels) -> float:
