@@ -38,6 +38,7 @@ from addons.egress import EgressPolicy
 from addons.engine import EnginePatches
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
+from addons.gateway_health import GatewayHealth
 from addons.http2_clients import Http2Clients
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
@@ -57,6 +58,7 @@ def make_addons(patches: EnginePatches) -> list:
     auth = TokenAuth(routing)
     deadlines = ConnectionDeadlines(patches.header_limit)
     choices = ProfileChoices(None)  # its file comes with the options
+    health = GatewayHealth(routing)
     return [
         routing,
         deadlines,
@@ -67,12 +69,13 @@ def make_addons(patches: EnginePatches) -> list:
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
         RoutingRules(routing, auth, choices),
-        GatewayRouter(routing, auth),
+        GatewayRouter(routing, auth, health),
+        health,
         Http2Clients(),
         UpstreamCredentials(),
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),
         UpstreamErrors(patches.error_rendering),
         AccessLog(auth),
-        Metrics(routing, auth),
+        Metrics(routing, auth, health),
     ]

@@ -22,6 +22,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.gateway_health import GatewayHealth
 from addons.policy import PendingModel
 from addons.policy import decision_for
 from addons.responses import challenge_response
@@ -58,6 +59,7 @@ class RouteInfo:
     bytes_out: int = 0  # response body bytes to the client
     awaiting_body: bool = False  # its rule needs the model: routed in the `request` hook
     rule: str | None = None  # the routing rule that decided, if one did
+    action: str | None = None  # what it decided: route, origin or deny
     profile: str | None = None  # the profile that rule came from
     gateway: str | None = None  # the named gateway it went to
     model: str | None = None  # the model the client asked for, where a rule replaced it
@@ -100,9 +102,10 @@ def carries_token(request: http.Request, token: str) -> bool:
 class GatewayRouter:
     """Rewrites routed requests to the gateway and turns on streaming both ways."""
 
-    def __init__(self, routing: Routing, auth: TokenAuth):
+    def __init__(self, routing: Routing, auth: TokenAuth, health: GatewayHealth):
         self.routing = routing
         self.auth = auth
+        self.health = health
 
     def load(self, loader):
         loader.add_option(
@@ -135,28 +138,28 @@ class GatewayRouter:
         if "aibridge_gateway_timeout" in updated and ctx.options.aibridge_gateway_timeout <= 0:
             raise exceptions.OptionsError("aibridge_gateway_timeout must be a positive number")
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.metadata.get("aibridge.self_service"):
             return  # answered, or answered by the proxy itself (self_service.py)
         try:
-            self._route(flow)
+            await self._route(flow)
         except Exception:  # fail closed: never let a half-rewritten request out
             logger.exception("could not route %s", flow.request.pretty_url)
             flow.response = plain_response(500, "the proxy could not route this request")
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         """A request whose rule needed the model was read whole; decided now (RoutingRules)."""
         info = route_info(flow)
         if info is None or not info.awaiting_body or flow.response is not None:
             return
         info.awaiting_body = False
         try:
-            self._apply(flow, info, streaming=False)
+            await self._apply(flow, info, streaming=False)
         except Exception:  # fail closed, as in requestheaders
             logger.exception("could not route %s", flow.request.pretty_url)
             flow.response = plain_response(500, "the proxy could not route this request")
 
-    def _route(self, flow: http.HTTPFlow) -> None:
+    async def _route(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         route = self.routing.current.table.route(request.host, request.path)
         info = RouteInfo(
@@ -172,9 +175,9 @@ class GatewayRouter:
         if isinstance(decision_for(flow), PendingModel):
             info.awaiting_body = True  # RoutingRules reads the model first
             return
-        self._apply(flow, info, streaming=True)
+        await self._apply(flow, info, streaming=True)
 
-    def _apply(self, flow: http.HTTPFlow, info: RouteInfo, streaming: bool) -> None:
+    async def _apply(self, flow: http.HTTPFlow, info: RouteInfo, streaming: bool) -> None:
         """Send the request where its rule (or else the provider table) says."""
         snapshot = self.routing.current
         request = flow.request
@@ -183,6 +186,7 @@ class GatewayRouter:
         if isinstance(decision, Decision):
             action = decision.rule.action
             info.rule, info.profile = decision.rule.name, decision.profile
+            info.action = type(action).__name__.lower()
             if isinstance(action, Deny):
                 flow.metadata["aibridge.reject_reason"] = "rule_denied"
                 flow.response = provider_error_response(
@@ -194,8 +198,16 @@ class GatewayRouter:
                 provider = None
             else:
                 provider, model = action.provider, action.model
-                target = snapshot.policy.gateway(action.gateway)
-                info.gateway = action.gateway or snapshot.policy.default_gateway
+                names = action.gateways or (snapshot.policy.default_gateway or "",)
+                if len(names) > 1:  # failover: the first that takes a connection now
+                    if (chosen := await self.health.choose(names)) is None:
+                        flow.response = plain_response(
+                            502, f"no gateway of {', '.join(names)} can be reached"
+                        )
+                        return
+                    info.gateway, target = chosen
+                else:
+                    info.gateway, target = names[0] or None, snapshot.policy.gateway(names[0])
         info.provider = provider
         if provider is None:  # to the original host, unchanged
             self._count_body(flow, info, streaming)

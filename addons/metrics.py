@@ -27,6 +27,7 @@ from prometheus_client import disable_created_metrics
 
 from addons.auth import TokenAuth
 from addons.gateway import route_info
+from addons.gateway_health import GatewayHealth
 from addons.routing import Routing
 
 PREFIX = "aibridge_proxy_"
@@ -50,7 +51,11 @@ class _ProviderSeries:
 
 class Metrics:
     def __init__(
-        self, routing: Routing, auth: TokenAuth, registry: CollectorRegistry | None = None
+        self,
+        routing: Routing,
+        auth: TokenAuth,
+        health: GatewayHealth | None = None,
+        registry: CollectorRegistry | None = None,
     ):
         self.routing = routing
         self.registry = registry or CollectorRegistry()
@@ -140,6 +145,26 @@ class Metrics:
             PREFIX + "token_cache_misses", "Token checks that asked the gateway.", registry=r
         )
         auth.on_cache_result = lambda hit: (self.cache_hits if hit else self.cache_misses).inc()
+        self.gateway_requests = Counter(
+            PREFIX + "gateway_requests",
+            "Routed requests by named gateway (routing rules).",
+            ["gateway"],
+            registry=r,
+        )
+        self.gateway_failovers = Counter(
+            PREFIX + "gateway_failovers",
+            "Times a named gateway was found down and skipped.",
+            ["gateway"],
+            registry=r,
+        )
+        self.rule_decisions = Counter(
+            PREFIX + "rule_decisions",
+            "Requests decided by a routing rule, by rule and action.",
+            ["rule", "action"],
+            registry=r,
+        )
+        if health is not None:
+            health.on_failover = lambda name: self.gateway_failovers.labels(gateway=name).inc()
         self.auth = auth
         self._by_provider: dict[str, _ProviderSeries] = {}
         self._inflight: dict[str, str] = {}  # flow id -> provider label
@@ -222,6 +247,10 @@ class Metrics:
             series.ttfb.observe(info.first_byte - info.started)
         series.bytes_in.inc(info.bytes_in)
         series.bytes_out.inc(info.bytes_out)
+        if info.gateway is not None:
+            self.gateway_requests.labels(gateway=info.gateway).inc()
+        if info.rule is not None:
+            self.rule_decisions.labels(rule=info.rule, action=info.action or "").inc()
         if ctx.options.aibridge_metrics_user_labels and info.provider is not None:
             identity = self.auth.identity(flow)
             if identity is not None and identity.user:

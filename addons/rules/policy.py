@@ -78,7 +78,7 @@ def _match(pattern: str, value: str, kind: str) -> bool:
 @dataclass(frozen=True)
 class Route:
     provider: str
-    gateway: str | None = None  # None: the default gateway
+    gateways: tuple[str, ...] = ()  # in failover order; empty: the default gateway
     model: str | None = None  # replacement for the request's model
 
 
@@ -320,16 +320,20 @@ def _parse_action(entry: Mapping, label: str, gateways: Mapping[str, GatewayTarg
     provider = spec.get("provider")
     if not isinstance(provider, str) or not provider:
         raise PolicyError(f"{label}: route.provider is required")
-    gateway = spec.get("gateway")
-    if gateway is not None and gateway not in gateways:
-        raise PolicyError(
-            f"{label}: route.gateway {gateway!r} is not one of gateways "
-            f"({', '.join(gateways) or 'none defined'})"
-        )
+    named = spec.get("gateway")
+    names = [] if named is None else [named] if isinstance(named, str) else named
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PolicyError(f"{label}: route.gateway must be a gateway name or a list of them")
+    for gateway in names:
+        if gateway not in gateways:
+            raise PolicyError(
+                f"{label}: route.gateway {gateway!r} is not one of gateways "
+                f"({', '.join(gateways) or 'none defined'})"
+            )
     model = spec.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise PolicyError(f"{label}: route.model must be a model name")
-    return Route(provider, gateway, model)
+    return Route(provider, tuple(names), model)
 
 
 def workspace_of(proxy_user: str) -> str | None:

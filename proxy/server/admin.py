@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -32,6 +33,7 @@ class AdminState:
     ca_pem: bytes | None = None
     table: ProviderTable | None = None
     gateway: tuple[str, int] | None = None  # host, port checked by /readyz
+    gateways: dict = field(default_factory=dict)  # named gateways (routing rules): name -> address
     proxy_address: str | None = None  # host:port clients use, for the PAC file
     proxy_scheme: str = "PROXY"  # PAC keyword: PROXY, or HTTPS with a TLS listener
 
@@ -41,6 +43,9 @@ class AdminState:
         self.table = settings.provider_table
         target = settings.routing_target
         self.gateway = (target.host, target.port) if target else None
+        self.gateways = {
+            name: (t.host, t.port) for name, t in settings.policy.gateways.items()
+        } if settings.gateways else {}  # fmt: skip
         host = settings.listen[0]
         self.proxy_address = settings.admin_proxy_address or (
             f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None
@@ -82,13 +87,13 @@ class GatewayProbe:
     def __init__(self, ttl: float = 5.0, timeout: float = 2.0):
         self.ttl = ttl
         self.timeout = timeout
-        self._last: tuple[float, tuple[str, int] | None, str | None] = (0.0, None, None)
+        self._last: dict[tuple[str, int], tuple[float, str | None]] = {}
 
     async def problem(self, address: tuple[str, int] | None) -> str | None:
         if address is None:
             return "no gateway configured"
-        at, checked, result = self._last
-        if checked == address and time.monotonic() - at < self.ttl:
+        at, result = self._last.get(address, (0.0, None))
+        if address in self._last and time.monotonic() - at < self.ttl:
             return result
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.timeout)
@@ -96,7 +101,7 @@ class GatewayProbe:
             result = None
         except (OSError, TimeoutError) as e:
             result = f"gateway {address[0]}:{address[1]} unreachable: {type(e).__name__}"
-        self._last = (time.monotonic(), address, result)
+        self._last[address] = (time.monotonic(), result)
         return result
 
 
@@ -140,9 +145,17 @@ class AdminServer:
             problems.append("proxy listener not bound (starting or stopping)")
         if not self.state.ca_pem:
             problems.append("CA not loaded")
-        if problem := await self.probe.problem(self.state.gateway):
-            problems.append(problem)
+        named = {}
+        for name, address in self.state.gateways.items():
+            named[name] = await self.probe.problem(address) or "ok"
+        if not named:
+            if problem := await self.probe.problem(self.state.gateway):
+                problems.append(problem)
+        elif "ok" not in named.values():  # one reachable gateway is enough to serve
+            problems.append("no gateway reachable: " + "; ".join(named.values()))
         body = {"ready": not problems, "problems": problems}
+        if named:
+            body["gateways"] = named
         return web.json_response(body, status=200 if not problems else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -60,8 +60,10 @@ def explain(
             return [*lines, f"answer:   {action.status} {body.decode()}"]
         if isinstance(action, Origin):
             return [*lines, f"upstream: {url} (the original host, unchanged)"]
-        target, provider, new_model = policy.gateway(action.gateway), action.provider, action.model
-        lines.append(f"gateway:  {action.gateway or policy.default_gateway}")
+        names = action.gateways or (policy.default_gateway,)
+        target, provider, new_model = policy.gateway(names[0]), action.provider, action.model
+        order = " then ".join(n for n in names if n)
+        lines.append(f"gateway:  {order}" + (" (failover in this order)" if len(names) > 1 else ""))
     elif not route.covers_path(path or "/"):
         return ["rule:     none (provider table)", f"upstream: {url} (outside {host}'s paths)"]
     else:

@@ -347,6 +347,20 @@ FIELDS: tuple[Field, ...] = (
     Field("profiles", _structured(dict), None, "Named sets of rules a workspace can switch to."),
     Field("default_profile", _opt_str, None, "The profile a workspace uses until it picks one."),
     Field(
+        "health.interval",
+        _number(0),
+        10.0,
+        "Seconds between health checks of each named gateway (0: none).",
+        option="aibridge_health_interval",
+    ),
+    Field(
+        "health.path",
+        _str,
+        "/api/v2/buildinfo",
+        "Path checked on each gateway's origin; a 5xx or no answer marks it down.",
+        option="aibridge_health_path",
+    ),
+    Field(
         "model_body_limit",
         _number(1024, True),
         16 * 1024 * 1024,
@@ -611,6 +625,8 @@ class Settings:
     profiles: dict | None
     default_profile: str | None
     model_body_limit: int
+    health_interval: float
+    health_path: str
     state_dir: Path | None
     ca_cert_file: Path | None
     ca_key_file: Path | None

@@ -12,6 +12,7 @@ from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.error_pages import UpstreamErrors
 from addons.gateway import GatewayRouter
+from addons.gateway_health import GatewayHealth
 from addons.metrics import Metrics
 from addons.routing import Routing
 from addons.websocket import WebSocketFallback
@@ -26,7 +27,7 @@ UPGRADE = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth)
+    router = GatewayRouter(routing, auth, GatewayHealth(routing))
     addons = [
         routing,
         auth,
@@ -45,7 +46,8 @@ async def request(chain, path="/v1/responses", headers=()):
     chain["TokenAuth"].http_connected(connect)
     flow = request_in_tunnel(connect, method="GET", path=path, headers=headers, content=b"")
     await chain["TokenAuth"].requestheaders(flow)
-    for name in ("GatewayRouter", "WebSocketFallback", "Metrics"):
+    await chain["GatewayRouter"].requestheaders(flow)
+    for name in ("WebSocketFallback", "Metrics"):
         chain[name].requestheaders(flow)
     return flow
 

@@ -8,6 +8,7 @@ import pytest
 from addons.auth import TokenAuth
 from addons.gateway import GatewayRouter
 from addons.gateway import route_info
+from addons.gateway_health import GatewayHealth
 from addons.routing import Routing
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
@@ -18,7 +19,7 @@ from tests.addons.chain import request_in_tunnel
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth)
+    router = GatewayRouter(routing, auth, GatewayHealth(routing))
     with loaded(routing, auth, router, aibridge_auth_mode="presence"):
         yield auth, router
 
@@ -31,7 +32,7 @@ async def routed(chain, path="/v1/chat/completions", headers=(), host="api.opena
     auth.http_connected(connect)  # as mitmproxy calls it for a 2xx answer
     flow = request_in_tunnel(connect, path=path, headers=headers)
     await auth.requestheaders(flow)
-    router.requestheaders(flow)
+    await router.requestheaders(flow)
     return flow
 
 

@@ -47,7 +47,7 @@ def test_first_matching_rule_decides():
     p = policy()
     d = p.decide(facts(workspace="fast-1", model_known=True, model="gpt-4o"), None)
     assert d.rule.name == "fast-workspaces"
-    assert d.rule.action == Route("openrouter", "standalone", "qwen/qwen3-coder")
+    assert d.rule.action == Route("openrouter", ("standalone",), "qwen/qwen3-coder")
     assert p.gateway("standalone").url == "https://aigw.example.com/api/v2/ai-gateway"
     assert p.gateway(None).url == "https://coder.example.com/api/v2/aibridge"  # the first
 

@@ -135,6 +135,12 @@ class TestGateway(LocalGateway):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.fail_users_me: int | None = None  # answer /users/me with this status
+        self.health_status = 200  # what GET /api/v2/buildinfo answers
+
+    async def _dispatch(self, request):
+        if request.path == "/api/v2/buildinfo":
+            return web.json_response({"version": "test"}, status=self.health_status)
+        return await super()._dispatch(request)
 
     def _users_me(self, request):
         if self.fail_users_me is not None:
@@ -158,8 +164,12 @@ class ThreadedGateway:
         return self
 
     def stop(self) -> None:
+        """Stop listening (new connections are refused); idempotent."""
+        if self.bg is None:
+            return
         self.bg.run(self.gateway.stop())
         self.bg.close()
+        self.bg = None
 
     @property
     def url(self) -> str:
