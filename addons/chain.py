@@ -43,10 +43,10 @@ from addons.http2_clients import Http2Clients
 from addons.intercept import InterceptPolicy
 from addons.listener_tls import ListenerTLS
 from addons.metrics import Metrics
+from addons.policy import ChoiceStore
 from addons.policy import RoutingRules
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
-from addons.rules.profile_choices import ProfileChoices
 from addons.self_service import SelfService
 from addons.upstream_proxy import UpstreamCredentials
 from addons.websocket import WebSocketFallback
@@ -57,7 +57,7 @@ def make_addons(patches: EnginePatches) -> list:
     routing = Routing()
     auth = TokenAuth(routing)
     deadlines = ConnectionDeadlines(patches.header_limit)
-    choices = ProfileChoices(None)  # its file comes with the options
+    choices = ChoiceStore()  # the store itself comes with the options
     health = GatewayHealth(routing)
     return [
         routing,

@@ -11,6 +11,7 @@ model rule needs but cannot read is answered with a clear 4xx, never routed else
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.profile_store import RedisProfileChoices
 from addons.responses import provider_error_response
 from addons.routing import Routing
 from addons.rules.model_field import ModelUnreadable
@@ -51,11 +53,27 @@ def decision_for(flow: http.HTTPFlow) -> Decision | PendingModel | None:
     return _DECISIONS.get(flow)
 
 
+class ChoiceStore:
+    """Holds the profile-choice store in use: a file in the state directory, or Redis."""
+
+    def __init__(self) -> None:
+        self.store: ProfileChoices | RedisProfileChoices = ProfileChoices(None)
+
+    async def replace(self, store: ProfileChoices | RedisProfileChoices) -> None:
+        old, self.store = self.store, store
+        if isinstance(store, RedisProfileChoices):
+            await store.load()
+            store.start()
+        if isinstance(old, RedisProfileChoices):
+            await old.close()
+
+
 class RoutingRules:
-    def __init__(self, routing: Routing, auth: TokenAuth, choices: ProfileChoices):
+    def __init__(self, routing: Routing, auth: TokenAuth, choices: ChoiceStore):
         self.routing = routing
         self.auth = auth
         self.choices = choices
+        self._tasks: set[asyncio.Task] = set()
 
     def load(self, loader):
         loader.add_option(
@@ -68,20 +86,32 @@ class RoutingRules:
             "aibridge_profile_store",
             str | None,
             None,
-            "JSON file keeping each (user, workspace)'s chosen profile (default: in memory).",
+            "Where each (user, workspace)'s chosen profile is kept: a JSON file, or a "
+            "redis:// URL that several replicas share (default: in memory).",
         )
 
     def configure(self, updated):
         if "aibridge_rules_max_body" in updated and ctx.options.aibridge_rules_max_body < 1024:
             raise exceptions.OptionsError("aibridge_rules_max_body must be at least 1024")
         if "aibridge_profile_store" in updated:
-            store = ctx.options.aibridge_profile_store
-            self.choices.path = Path(store) if store else None
+            where = ctx.options.aibridge_profile_store or ""
+            if where.startswith(("redis://", "rediss://", "unix://")):
+                task = asyncio.get_running_loop().create_task(
+                    self.choices.replace(RedisProfileChoices(where))
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self.choices.store = ProfileChoices(Path(where) if where else None)
+
+    async def done(self):
+        if isinstance(self.choices.store, RedisProfileChoices):
+            await self.choices.store.close()
 
     def active_profile(self, user: str | None, workspace: str | None) -> str | None:
         """The profile this (user, workspace) chose, while it exists, else the default."""
         policy = self.routing.current.policy
-        chosen = self.choices.get(user, workspace)
+        chosen = self.choices.store.get(user, workspace)
         return chosen if chosen in policy.profiles else policy.default_profile
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

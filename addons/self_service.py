@@ -14,9 +14,9 @@ import json
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.policy import ChoiceStore
 from addons.responses import plain_response
 from addons.routing import Routing
-from addons.rules.profile_choices import ProfileChoices
 
 RESERVED_HOST = "aibridge-proxy.internal"
 
@@ -28,7 +28,7 @@ def json_response(status: int, body: dict) -> http.Response:
 
 
 class SelfService:
-    def __init__(self, routing: Routing, auth: TokenAuth, choices: ProfileChoices):
+    def __init__(self, routing: Routing, auth: TokenAuth, choices: ChoiceStore):
         self.routing = routing
         self.auth = auth
         self.choices = choices
@@ -49,7 +49,7 @@ class SelfService:
         elif request.method not in ("GET", "PUT", "POST"):
             flow.response = plain_response(405, "GET shows the profile, PUT switches it")
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get("aibridge.self_service") or flow.response is not None:
             return
         identity = self.auth.identity(flow)
@@ -71,8 +71,8 @@ class SelfService:
                     404, f"no profile named {wanted!r} (profiles: {known})"
                 )
                 return
-            self.choices.set(identity.user, identity.workspace, wanted)
-        chosen = self.choices.get(identity.user, identity.workspace)
+            await self.choices.store.set(identity.user, identity.workspace, wanted)
+        chosen = self.choices.store.get(identity.user, identity.workspace)
         flow.response = json_response(
             200,
             {

@@ -49,7 +49,10 @@ class ProfileChoices:
             return None
         return self._fresh().get(choice_key(user, workspace))
 
-    def set(self, user: str, workspace: str | None, profile: str | None) -> None:
+    async def set(self, user: str, workspace: str | None, profile: str | None) -> None:
+        self.write(user, workspace, profile)
+
+    def write(self, user: str, workspace: str | None, profile: str | None) -> None:
         with self._lock:
             choices = dict(self._fresh())
             key = choice_key(user, workspace)

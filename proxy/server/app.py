@@ -81,7 +81,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_upstream_auth": upstream.credentials if upstream else None,
         "aibridge_providers": settings.provider_table.to_specs(),
         "aibridge_policy": json.dumps(settings.policy_config),
-        "aibridge_profile_store": str(settings.state_path / CHOICES_FILE),
+        "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
         "confdir": str(confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled

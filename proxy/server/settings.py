@@ -347,6 +347,13 @@ FIELDS: tuple[Field, ...] = (
     Field("profiles", _structured(dict), None, "Named sets of rules a workspace can switch to."),
     Field("default_profile", _opt_str, None, "The profile a workspace uses until it picks one."),
     Field(
+        "profile_store",
+        _opt_str,
+        None,
+        "Where profile choices are kept: redis://host:6379/0 for several replicas "
+        "(default: <state_dir>/profiles.json).",
+    ),
+    Field(
         "health.interval",
         _number(0),
         10.0,
@@ -626,6 +633,7 @@ class Settings:
     default_profile: str | None
     model_body_limit: int
     health_interval: float
+    profile_store: str | None
     health_path: str
     state_dir: Path | None
     ca_cert_file: Path | None

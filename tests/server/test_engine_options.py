@@ -16,7 +16,7 @@ DERIVED = {
     "aibridge_providers": "providers + default_providers + provider_presets",
     "aibridge_upstream_auth": "upstream_proxy's credentials",
     "aibridge_policy": "gateways + groups + rules + profiles + default_profile",
-    "aibridge_profile_store": "state_dir/profiles.json",
+    "aibridge_profile_store": "profile_store, else state_dir/profiles.json",
 }
 
 
