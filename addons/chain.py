@@ -68,7 +68,7 @@ def make_addons(patches: EnginePatches) -> list:
         SelfService(routing, auth, choices),
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
-        RoutingRules(routing, auth, choices),
+        RoutingRules(routing, auth, choices, patches.websocket_cap),
         GatewayRouter(routing, auth, health),
         health,
         Http2Clients(),

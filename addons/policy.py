@@ -3,7 +3,9 @@ Routing rules at request time: which rule decides each intercepted request, from
 (user, workspace, groups, address), what it asks for (host, path, method) and, only when a rule
 needs it, the model in its body.
 
-Most requests are decided in `requestheaders` and stream as before. When going on needs the
+Most requests are decided in `requestheaders` and stream as before. A WebSocket session is
+decided on its upgrade, and model rules then apply to each `response.create` message: a denied
+model closes the session with 1008 and the rule's message, a replaced one is rewritten. When going on needs the
 model, the body is read first (up to `aibridge_rules_max_body` bytes, with a Content-Length)
 and the decision is made in `request`; GatewayRouter applies it in the same hook. A body that a
 model rule needs but cannot read is answered with a clear 4xx, never routed elsewhere.
@@ -12,6 +14,7 @@ model rule needs but cannot read is answered with a clear 4xx, never routed else
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from dataclasses import dataclass
@@ -22,16 +25,21 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.profile_store import RedisProfileChoices
 from addons.responses import provider_error_response
 from addons.routing import Routing
 from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_in_path
 from addons.rules.model_field import model_span
+from addons.rules.model_field import replace_model
 from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Decision
+from addons.rules.policy import Deny
 from addons.rules.policy import Facts
+from addons.rules.policy import Route
 from addons.rules.profile_choices import ProfileChoices
+from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,9 @@ class PendingModel:
 _DECISIONS: weakref.WeakKeyDictionary[http.HTTPFlow, Decision | PendingModel] = (
     weakref.WeakKeyDictionary()
 )
+# WebSocket sessions: what the upgrade was decided on, for the messages that follow
+_SESSIONS: weakref.WeakKeyDictionary[http.HTTPFlow, PendingModel] = weakref.WeakKeyDictionary()
+POLICY_VIOLATION = 1008
 
 
 def decision_for(flow: http.HTTPFlow) -> Decision | PendingModel | None:
@@ -69,10 +80,17 @@ class ChoiceStore:
 
 
 class RoutingRules:
-    def __init__(self, routing: Routing, auth: TokenAuth, choices: ChoiceStore):
+    def __init__(
+        self,
+        routing: Routing,
+        auth: TokenAuth,
+        choices: ChoiceStore,
+        websocket_closer: WebSocketMessageCap | None = None,
+    ):
         self.routing = routing
         self.auth = auth
         self.choices = choices
+        self.websocket_closer = websocket_closer or WebSocketMessageCap()
         self._tasks: set[asyncio.Task] = set()
 
     def load(self, loader):
@@ -137,6 +155,11 @@ class RoutingRules:
             model_known=path_model is not None,
         )
         profile = self.active_profile(identity.user, identity.workspace)
+        if is_websocket_upgrade(request.headers):
+            # a session: decided on its headers now (model rules cannot match yet, model
+            # replacements route it), then model rules apply to each response.create message
+            facts = Facts(**{**facts.__dict__, "model_known": True})
+            _SESSIONS[flow] = PendingModel(facts, profile)
         decision = policy.decide(facts, profile)
         if decision is None:
             return
@@ -170,6 +193,33 @@ class RoutingRules:
             del _DECISIONS[flow]
         else:
             _DECISIONS[flow] = decision
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Codex's Responses API over WebSocket: each `response.create` names its model."""
+        session = _SESSIONS.get(flow)
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        if session is None or not message.from_client or not message.is_text:
+            return
+        try:
+            event = json.loads(message.content)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("type") != "response.create":
+            return
+        model = event.get("model") if isinstance(event.get("model"), str) else None
+        facts = Facts(**{**session.facts.__dict__, "model": model, "model_known": True})
+        decision = self.routing.current.policy.decide(facts, session.profile)
+        if not isinstance(decision, Decision):
+            return
+        action = decision.rule.action
+        if isinstance(action, Deny):
+            message.drop()
+            reason = f"{action.message} (rule {decision.rule.name})"[:120]  # fits a close frame
+            logger.info("closing a WebSocket session: %s", reason)
+            self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, reason)
+        elif isinstance(action, Route) and action.model and model != action.model:
+            message.content = replace_model(message.content, action.model)
 
     def _refuse(self, flow: http.HTTPFlow, status: int, message: str) -> None:
         _DECISIONS.pop(flow, None)

@@ -22,15 +22,12 @@ from mitmproxy import http
 from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.gateway import route_info
 from addons.responses import plain_response
+from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
 
 NO_WEBSOCKET_ROUTE = frozenset({400, 404, 405, 426, 501})
 MAX_REMEMBERED = 1024
-
-
-def is_websocket_upgrade(request: http.Request) -> bool:
-    return request.headers.get("upgrade", "").lower() == "websocket"
 
 
 def refused_upgrade() -> http.Response:
@@ -78,7 +75,7 @@ class WebSocketFallback:
         return info.upstream_url.split("?", 1)[0]
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not is_websocket_upgrade(flow.request):
+        if flow.response is not None or not is_websocket_upgrade(flow.request.headers):
             return
         key = self._key(flow)
         if key is None:
@@ -92,7 +89,7 @@ class WebSocketFallback:
         response = flow.response
         if (
             response is None
-            or not is_websocket_upgrade(flow.request)
+            or not is_websocket_upgrade(flow.request.headers)
             or response.status_code == 101
         ):
             return

@@ -37,3 +37,8 @@ def has_dot_segments(path: str) -> bool:
         ):
             return True
     return False
+
+
+def is_websocket_upgrade(headers) -> bool:
+    """A request asking to switch to WebSocket (any mapping of header names to values)."""
+    return headers.get("upgrade", "").lower() == "websocket"

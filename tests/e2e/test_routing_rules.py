@@ -284,3 +284,36 @@ def test_rules_reload_atomically_and_a_broken_one_keeps_the_old(ruled, gateway):
     assert "rules[0] (all-to-origin-deny): match.colour is not a condition" in line["msg"]
     with proxy_client(ruled) as c:
         assert c.post("https://api.openai.com/v1/embeddings", json={}).status_code == 451
+
+
+async def _responses_over_websocket(p, token, workspace, model):
+    import ssl as _ssl
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    ctx = _ssl.create_default_context(cafile=str(p.ca_path))
+    async with connect("wss://api.openai.com/v1/responses", proxy=p.url(token, user=workspace),
+                       ssl=ctx, open_timeout=10) as ws:  # fmt: skip
+        await ws.send(json.dumps({"type": "response.create", "model": model, "input": "hi"}))
+        received = []
+        try:
+            while True:
+                event = json.loads(await ws.recv())
+                received.append(event)
+                if event.get("type") == "response.completed":
+                    return received, None
+        except ConnectionClosed as e:
+            return received, e.rcvd
+
+
+async def test_model_rules_apply_to_each_websocket_response_create(ruled, gateway, second_gateway):
+    events, closed = await _responses_over_websocket(ruled, BOB, "slow-1", "o3-mini")
+    assert events == [] and closed.code == 1008
+    assert "reasoning models need the ml-team group" in closed.reason
+    events, closed = await _responses_over_websocket(ruled, ALICE, "slow-1", "o3-mini")
+    assert closed is None and events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["model"] == "o3-mini"
+    events, closed = await _responses_over_websocket(ruled, ALICE, "fast-1", "gpt-4o")
+    assert closed is None and events[-1]["response"]["model"] == "qwen/qwen3-coder"
+    assert second_gateway.last().path == "/api/v2/ai-gateway/openrouter/v1/responses"
