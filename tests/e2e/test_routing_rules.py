@@ -12,6 +12,10 @@ import sys
 import pytest
 import yaml
 
+from proxy.devtools.localgateway import REPLY
+from tests.e2e.test_real_clients import CODEX
+from tests.e2e.test_real_clients import run as run_tool
+from tests.e2e.test_real_clients import tool_env
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ThreadedGateway
@@ -67,6 +71,11 @@ def ruled(make_proxy, gateway, second_gateway, tmp_path):
                     "provider": "openrouter",
                     "model": "qwen/qwen3-coder",
                 },
+            },
+            {
+                "name": "blocked-workspaces",
+                "match": {"workspace": ["blocked-*"], "model": ["*"]},
+                "deny": {"status": 403, "message": "this workspace may not use AI models"},
             },
             {
                 "name": "no-reasoning-models",
@@ -317,3 +326,20 @@ async def test_model_rules_apply_to_each_websocket_response_create(ruled, gatewa
     events, closed = await _responses_over_websocket(ruled, ALICE, "fast-1", "gpt-4o")
     assert closed is None and events[-1]["response"]["model"] == "qwen/qwen3-coder"
     assert second_gateway.last().path == "/api/v2/ai-gateway/openrouter/v1/responses"
+
+
+@pytest.mark.skipif(not CODEX.exists(), reason="Codex CLI not installed (./run setup)")
+def test_codex_cli_follows_the_rules_over_websocket(ruled, second_gateway, tmp_path):
+    env = tool_env(ruled, tmp_path, CODEX_CA_CERTIFICATE=str(ruled.ca_path), OPENAI_API_KEY=ALICE,
+                   HTTPS_PROXY=ruled.url(ALICE, user="fast-7"))  # fmt: skip
+    r, _ = run_tool([str(CODEX), "exec", "--skip-git-repo-check", "say hi"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert REPLY in r.stdout
+    upgrades = [rec for rec in second_gateway.records if rec.header("Upgrade") == "websocket"]
+    assert upgrades and upgrades[-1].path == "/api/v2/ai-gateway/openrouter/v1/responses"
+    line = ruled.wait_for_line(lambda rec: rec.get("rule") == "fast-workspaces")
+    assert line["workspace"] == "fast-7"
+
+    blocked = {**env, "HTTPS_PROXY": ruled.url(ALICE, user="blocked-1")}
+    r, _ = run_tool([str(CODEX), "exec", "--skip-git-repo-check", "say hi"], blocked, tmp_path)
+    assert "this workspace may not use AI models" in r.stdout + r.stderr
