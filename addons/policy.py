@@ -73,8 +73,7 @@ class ChoiceStore:
     async def replace(self, store: ProfileChoices | RedisProfileChoices) -> None:
         old, self.store = self.store, store
         if isinstance(store, RedisProfileChoices):
-            await store.load()
-            store.start()
+            store.start()  # loads the choices, and keeps retrying while Redis is away
         if isinstance(old, RedisProfileChoices):
             await old.close()
 

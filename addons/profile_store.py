@@ -81,5 +81,5 @@ class RedisProfileChoices:
                         else:
                             await self.load()
             except (redis.exceptions.RedisError, OSError) as e:
-                logger.warning("profile store %s unavailable: %s; retrying", self.url, e)
+                logger.warning("profile store unavailable (%s); retrying", type(e).__name__)
                 await asyncio.sleep(2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from mitmproxy import http
+from redis.exceptions import RedisError
 
 from addons.auth import TokenAuth
 from addons.policy import ChoiceStore
@@ -71,7 +72,13 @@ class SelfService:
                     404, f"no profile named {wanted!r} (profiles: {known})"
                 )
                 return
-            await self.choices.store.set(identity.user, identity.workspace, wanted)
+            try:
+                await self.choices.store.set(identity.user, identity.workspace, wanted)
+            except (OSError, RedisError) as e:  # nothing changed: say so, do not guess
+                flow.response = plain_response(
+                    503, f"the profile store is unavailable ({type(e).__name__})"
+                )
+                return
         chosen = self.choices.store.get(identity.user, identity.workspace)
         flow.response = json_response(
             200,
