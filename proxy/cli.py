@@ -179,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from addons.engine.reuse_port import enable_reuse_port
-    from proxy.server.app import ProxyApp
+    # the supervisor of several workers never imports the engine: only workers run it
     from proxy.server.logs import configure_logging
     from proxy.server.workers import Supervisor
     from proxy.server.workers import worker_count
@@ -192,6 +191,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _settings_from(args, require_gateway=True)
 
     if args.worker_index is not None:
+        from addons.engine.reuse_port import enable_reuse_port
+        from proxy.server.app import ProxyApp
+
         enable_reuse_port()
         app = ProxyApp(
             settings,
@@ -203,6 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif (count := worker_count(settings.workers)) > 1:
         run_event_loop(Supervisor(settings, args.serve_argv, reload, count).run())
     else:
+        from proxy.server.app import ProxyApp
+
         run_event_loop(ProxyApp(settings, reload_settings=reload).serve_forever())
     return 0
 

@@ -31,7 +31,6 @@ from addons.engine.log_events import stop_log_redispatch
 from addons.rules.policy import gateway_ca_files
 from addons.rules.profile_choices import CHOICES_FILE
 from certs import prepare as certs_prepare
-from certs.authority import CAError
 from certs.authority import CertificateAuthority
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
@@ -41,28 +40,12 @@ from proxy.server.reloading import ReloadRecorder
 from proxy.server.settings import FIELDS
 from proxy.server.settings import Settings
 from proxy.server.settings import SettingsError
+from proxy.server.startup import ensure_ca
+from proxy.server.startup import prepare_ca
+from proxy.server.startup import start_admin
 from proxy.server.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")
-
-
-def ensure_ca(settings: Settings) -> CertificateAuthority:
-    """Load the configured CA; with none configured and none on disk, create one there."""
-    try:
-        ca, created = certs_prepare.ensure_ca(
-            settings.ca_cert_path,
-            settings.ca_key_path,
-            brought=settings.ca_cert_file is not None,
-            routed_hosts=settings.ca_hosts[0],
-        )
-    except CAError as e:
-        raise StartupError(str(e)) from None
-    if created:
-        logger.info(
-            "generated a new CA",
-            extra={"fields": {"cert": str(settings.ca_cert_path), "fingerprint": ca.fingerprint}},
-        )
-    return ca
 
 
 def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
@@ -101,19 +84,6 @@ def option_value(value: Any) -> Any:
     return value
 
 
-def prepare_ca(settings: Settings) -> CertificateAuthority:
-    """Load (or create) the CA, warn about what an operator must act on, and write the client
-    bundle. Done once per process tree: by the supervisor when there are workers."""
-    ca = ensure_ca(settings)
-    for warning in certs_prepare.ca_warnings(ca, *settings.ca_hosts):
-        logger.warning(warning)
-    try:
-        certs_prepare.write_client_bundle(ca, settings.client_bundle_path)
-    except BundleError as e:
-        raise StartupError(str(e)) from None
-    return ca
-
-
 def prepare_engine_files(
     settings: Settings, ca: CertificateAuthority, engine_dir: str = "engine"
 ) -> tuple[Path, Path]:
@@ -139,20 +109,6 @@ def prepare_engine_files(
         return certs_prepare.write_engine_files(ca, settings.state_path / engine_dir, extra)
     except BundleError as e:
         raise StartupError(str(e)) from None
-
-
-async def start_admin(state: AdminState, registry, listen: tuple[str, int]) -> AdminServer:
-    """Bind the admin listener, or fail with the one line an operator needs."""
-    admin = AdminServer(state, registry)
-    try:
-        host, port = await admin.start(*listen)
-    except OSError as e:
-        raise StartupError(
-            f"admin.listen: cannot bind {listen[0] or '*'}:{listen[1]}: {e.strerror}; "
-            "choose another with --admin-listen (or off)"
-        ) from None
-    logger.info("admin listening", extra={"fields": {"listen": f"{host}:{port}"}})
-    return admin
 
 
 class ProxyApp:

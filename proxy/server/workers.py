@@ -24,12 +24,12 @@ from prometheus_client import multiprocess
 
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
-from proxy.server.app import StartupError
-from proxy.server.app import prepare_ca
-from proxy.server.app import start_admin
+from proxy.server.errors import StartupError
 from proxy.server.reloading import ReloadRecorder
 from proxy.server.settings import Settings
 from proxy.server.settings import SettingsError
+from proxy.server.startup import prepare_ca
+from proxy.server.startup import start_admin
 from proxy.server.systemd import Notifier
 
 logger = logging.getLogger("aibridge.proxy")

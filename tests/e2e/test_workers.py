@@ -96,3 +96,11 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_the_supervisor_does_not_load_the_engine(make_proxy):
+    """Only workers run mitmproxy; the supervisor serves admin and supervises (~40 MB less)."""
+    p = make_proxy("--workers", "2")
+    maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
+    assert "mitmproxy" not in maps
+    assert all("mitmproxy" in Path(f"/proc/{w}/maps").read_text() for w in child_pids(p.proc.pid))
