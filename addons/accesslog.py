@@ -57,6 +57,24 @@ class AccessLog:
     def __init__(self, auth: TokenAuth | None = None):
         self.auth = auth
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A refused CONNECT (auth, port, destination, egress policy) gets its line too."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        identity = self.auth.identity(flow) if self.auth else None
+        peer = flow.client_conn.peername
+        fields = {
+            "client": f"{peer[0]}:{peer[1]}" if peer else None,
+            "user": identity.user if identity else None,
+            "workspace": identity.workspace if identity else None,
+            "method": "CONNECT",
+            "host": flow.request.host,
+            "port": flow.request.port,
+            "status": flow.response.status_code if flow.response else None,
+            "reason": flow.metadata.get("aibridge.reject_reason"),
+        }
+        logger.info("connect refused", extra={"fields": fields})
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._emit(flow)
 

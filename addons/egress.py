@@ -27,6 +27,7 @@ from mitmproxy.proxy import server_hooks
 from addons.responses import plain_response
 from addons.responses import refusal_response
 from addons.routing import Routing
+from addons.rules.destinations import HostPolicy
 from addons.rules.destinations import IPAddress
 from addons.rules.destinations import IPNetwork
 from addons.rules.destinations import PortSet
@@ -70,6 +71,7 @@ class EgressPolicy:
         self.allowed_ports = PortSet([(443, 443), (80, 80)])
         self.allowed_cidrs: tuple[IPNetwork, ...] = ()
         self.upstream: tuple[str, int] | None = None  # the company proxy, when chaining
+        self.hosts = HostPolicy()
 
     def load(self, loader):
         loader.add_option(
@@ -85,6 +87,18 @@ class EgressPolicy:
             "Non-public address ranges the proxy may still connect to for clients "
             "(e.g. 10.20.0.0/16 for an internal service).",
         )
+        loader.add_option(
+            "aibridge_deny_hosts",
+            Sequence[str],
+            [],
+            "Host patterns clients may never reach (403 before any TLS), e.g. *.cursor.sh.",
+        )
+        loader.add_option(
+            "aibridge_allow_hosts",
+            Sequence[str],
+            [],
+            "If set, the only host patterns clients may reach besides the routed hosts.",
+        )
 
     def configure(self, updated):
         try:
@@ -92,6 +106,10 @@ class EgressPolicy:
                 self.allowed_ports = parse_ports(ctx.options.aibridge_allowed_ports)
             if "aibridge_allowed_private_cidrs" in updated:
                 self.allowed_cidrs = parse_cidrs(ctx.options.aibridge_allowed_private_cidrs)
+            if {"aibridge_deny_hosts", "aibridge_allow_hosts"} & set(updated):
+                self.hosts = HostPolicy(
+                    ctx.options.aibridge_deny_hosts, ctx.options.aibridge_allow_hosts
+                )
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from None
         if "mode" in updated:
@@ -105,6 +123,10 @@ class EgressPolicy:
         if flow.request.port not in self.allowed_ports:
             self._refuse_connect(flow, 403, f"CONNECT to port {flow.request.port} is not allowed")
             return
+        if why := self._host_refusal(flow.request.host):
+            flow.metadata["aibridge.reject_reason"] = "denied_host"
+            flow.response = refusal_response(403, why)
+            return
         if blocked := await self._precheck_upstream(flow):
             self._refuse_connect(flow, blocked.status, blocked.public)
 
@@ -112,7 +134,10 @@ class EgressPolicy:
         if flow.response is not None or flow.metadata.get("aibridge.self_service"):
             return  # never dialled
         request = flow.request
-        if (
+        if why := self._host_refusal(request.host):
+            flow.metadata["aibridge.reject_reason"] = "denied_host"
+            flow.response = refusal_response(403, why)
+        elif (
             request.port not in self.allowed_ports
             and self.routing.current.table.lookup(request.host) is None
             and not self._is_gateway(request.host, request.port)
@@ -174,6 +199,15 @@ class EgressPolicy:
             server.error = refusal_marker(Blocked(502, "cannot connect to the destination", ""))
             return
         server.address = (address, port)
+
+    def _host_refusal(self, host: str) -> str | None:
+        routed = self.routing.current.table.lookup(host) is not None
+        return None if self._is_gateway_host(host) else self.hosts.refusal(host, routed)
+
+    def _is_gateway_host(self, host: str) -> bool:
+        snap = self.routing.current
+        targets = (snap.target, snap.gateway, *snap.policy.gateways.values())
+        return any(t is not None and t.host == host.lower() for t in targets)
 
     def _is_gateway(self, host: str, port: int) -> bool:
         """The gateway (and the upstream proxy we chain to) are always reachable."""

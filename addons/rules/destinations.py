@@ -5,6 +5,7 @@ operator exempts a range) and allowed ports.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from collections.abc import Sequence
 
@@ -109,3 +110,22 @@ def parse_cidrs(values: Sequence[str]) -> tuple[IPNetwork, ...]:
         except ValueError:
             raise ValueError(f"{v!r} is not a CIDR range") from None
     return tuple(nets)
+
+
+class HostPolicy:
+    """Which host names a client may reach: `deny` patterns always refuse; with `allow`
+    patterns, only those hosts (and the routed ones) are reached. Glob patterns, matched
+    case-insensitively on the whole name (`*.example.com` does not match example.com)."""
+
+    def __init__(self, deny: Sequence[str] = (), allow: Sequence[str] = ()):
+        self.deny = tuple(p.strip().lower() for p in deny if p.strip())
+        self.allow = tuple(p.strip().lower() for p in allow if p.strip())
+
+    def refusal(self, host: str, routed: bool) -> str | None:
+        """Why `host` is refused, naming the setting, or None."""
+        name = host.lower().rstrip(".")
+        if any(fnmatch.fnmatchcase(name, p) for p in self.deny):
+            return f"{name} is denied by the proxy's egress policy (egress.deny_hosts)"
+        if self.allow and not routed and not any(fnmatch.fnmatchcase(name, p) for p in self.allow):
+            return f"{name} is not in the proxy's egress policy (egress.allow_hosts)"
+        return None

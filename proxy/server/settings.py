@@ -555,6 +555,20 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_allowed_private_cidrs",
     ),
     Field(
+        "egress.deny_hosts",
+        _str_list,
+        (),
+        "Host patterns clients may never reach (403 before any TLS), e.g. *.cursor.sh.",
+        option="aibridge_deny_hosts",
+    ),
+    Field(
+        "egress.allow_hosts",
+        _str_list,
+        (),
+        "If set, the only host patterns clients may reach besides the routed hosts.",
+        option="aibridge_allow_hosts",
+    ),
+    Field(
         "admin.listen",
         _opt_listen,
         "127.0.0.1:8889",
@@ -662,6 +676,8 @@ class Settings:
     upstream_proxy_ca: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
+    egress_deny_hosts: tuple[str, ...]
+    egress_allow_hosts: tuple[str, ...]
     admin_listen: tuple[str, int] | None
     admin_proxy_address: str | None
     workers: int
