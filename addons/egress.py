@@ -123,9 +123,7 @@ class EgressPolicy:
         if flow.request.port not in self.allowed_ports:
             self._refuse_connect(flow, 403, f"CONNECT to port {flow.request.port} is not allowed")
             return
-        if why := self._host_refusal(flow.request.host):
-            flow.metadata["aibridge.reject_reason"] = "denied_host"
-            flow.response = refusal_response(403, why)
+        if self._refuse_host(flow):
             return
         if blocked := await self._precheck_upstream(flow):
             self._refuse_connect(flow, blocked.status, blocked.public)
@@ -134,10 +132,9 @@ class EgressPolicy:
         if flow.response is not None or flow.metadata.get("aibridge.self_service"):
             return  # never dialled
         request = flow.request
-        if why := self._host_refusal(request.host):
-            flow.metadata["aibridge.reject_reason"] = "denied_host"
-            flow.response = refusal_response(403, why)
-        elif (
+        if self._refuse_host(flow):
+            return
+        if (
             request.port not in self.allowed_ports
             and self.routing.current.table.lookup(request.host) is None
             and not self._is_gateway(request.host, request.port)
@@ -200,24 +197,28 @@ class EgressPolicy:
             return
         server.address = (address, port)
 
-    def _host_refusal(self, host: str) -> str | None:
+    def _refuse_host(self, flow: http.HTTPFlow) -> bool:
+        """Answer 403 if the host policy refuses this host (the gateways are never refused)."""
+        host = flow.request.host
+        if any(t.host == host.lower() for t in self._gateway_targets()):
+            return False
         routed = self.routing.current.table.lookup(host) is not None
-        return None if self._is_gateway_host(host) else self.hosts.refusal(host, routed)
+        if (why := self.hosts.refusal(host, routed)) is None:
+            return False
+        flow.metadata["aibridge.reject_reason"] = "denied_host"
+        flow.response = refusal_response(403, why)
+        return True
 
-    def _is_gateway_host(self, host: str) -> bool:
+    def _gateway_targets(self) -> list:
         snap = self.routing.current
         targets = (snap.target, snap.gateway, *snap.policy.gateways.values())
-        return any(t is not None and t.host == host.lower() for t in targets)
+        return [t for t in targets if t is not None]
 
     def _is_gateway(self, host: str, port: int) -> bool:
         """The gateway (and the upstream proxy we chain to) are always reachable."""
-        snap = self.routing.current
         if self.upstream is not None and (host.lower(), port) == self.upstream:
             return True
-        return any(
-            t is not None and t.host == host.lower() and t.port == port
-            for t in (snap.target, snap.gateway, *snap.policy.gateways.values())
-        )
+        return any(t.host == host.lower() and t.port == port for t in self._gateway_targets())
 
     def _allowed(self, ip: IPAddress) -> bool:
         return not is_forbidden(ip) or any(ip in net for net in self.allowed_cidrs)

@@ -18,6 +18,7 @@ import json
 import logging
 import weakref
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from mitmproxy import ctx
@@ -157,7 +158,7 @@ class RoutingRules:
         if is_websocket_upgrade(request.headers):
             # a session: decided on its headers now (model rules cannot match yet, model
             # replacements route it), then model rules apply to each response.create message
-            facts = Facts(**{**facts.__dict__, "model_known": True})
+            facts = replace(facts, model_known=True)
             _SESSIONS[flow] = PendingModel(facts, profile)
         decision = policy.decide(facts, profile)
         if decision is None:
@@ -186,7 +187,7 @@ class RoutingRules:
         except ModelUnreadable as e:
             self._refuse(flow, 400, f"a routing rule needs this request's model, but {e}")
             return
-        facts = Facts(**{**pending.facts.__dict__, "model": model, "model_known": True})
+        facts = replace(pending.facts, model=model, model_known=True)
         decision = self.routing.current.policy.decide(facts, pending.profile)
         if decision is None:
             del _DECISIONS[flow]
@@ -207,7 +208,7 @@ class RoutingRules:
         if not isinstance(event, dict) or event.get("type") != "response.create":
             return
         model = event.get("model") if isinstance(event.get("model"), str) else None
-        facts = Facts(**{**session.facts.__dict__, "model": model, "model_known": True})
+        facts = replace(session.facts, model=model, model_known=True)
         decision = self.routing.current.policy.decide(facts, session.profile)
         if not isinstance(decision, Decision):
             return

@@ -43,9 +43,9 @@ class AdminState:
         self.table = settings.provider_table
         target = settings.routing_target
         self.gateway = (target.host, target.port) if target else None
-        self.gateways = {
-            name: (t.host, t.port) for name, t in settings.policy.gateways.items()
-        } if settings.gateways else {}  # fmt: skip
+        # named gateways only: a lone `gateway:` is the single gateway checked above
+        named = settings.policy.gateways if settings.gateways else {}
+        self.gateways = {name: (t.host, t.port) for name, t in named.items()}
         host = settings.listen[0]
         self.proxy_address = settings.admin_proxy_address or (
             f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None

@@ -196,9 +196,7 @@ def test_a_profile_switch_applies_on_an_open_connection_and_survives_a_restart(
         r = profile_cli(ruled, "use", "careful")
         assert r.returncode == 0 and "profile careful (your choice)" in r.stdout, r.stderr
         c.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o"})
-    assert second_gateway.last().path == "/api/v2/aibridge/openrouter/v1/chat/completions".replace(
-        "aibridge", "ai-gateway"
-    )
+    assert second_gateway.last().path == "/api/v2/ai-gateway/openrouter/v1/chat/completions"
     after = ruled.wait_for_line(lambda r: r.get("rule") == "careful-openrouter")
     before = ruled.wait_for_line(lambda r: r.get("provider") == "openai")
     assert after["profile"] == "careful"
