@@ -2,7 +2,7 @@
 One structured line per request, written when the request is over (answered or failed).
 
 The fields are plain values; the program's log formatter turns them into JSON or text. No
-header values are logged, so no token can end up here.
+header value but the User-Agent is logged, so no token can end up here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import time
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.gateway import RouteInfo
 from addons.gateway import route_info
+from addons.rules.ai_catalog import load_catalog
+from addons.rules.user_agents import tool_of
 
 logger = logging.getLogger("aibridge.access")
 
@@ -25,7 +28,9 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
     identity = auth.identity(flow) if auth else None
     now = time.monotonic()
     peer = flow.client_conn.peername
-    return {
+    usage = info.usage
+    user_agent = flow.request.headers.get("user-agent")
+    fields = {
         "connect_id": identity.connect_id if identity else None,
         "request_id": info.request_id,
         "client": f"{peer[0]}:{peer[1]}" if peer else None,
@@ -46,9 +51,35 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
         "rule": info.rule,
         "profile": info.profile,
         "gateway": info.gateway,
-        "model": info.model,
+        "model": info.model or (usage.model if usage else None),
         "model_sent": info.model_sent,
+        "outcome": outcome(flow, info),
+        "observed": info.observed,
+        "tool": tool_name(info, user_agent),
+        "user_agent": user_agent[:200] if user_agent else None,
     }
+    if usage is not None:  # absent, not zero, when the response did not say
+        fields.update(usage.token_fields())
+    return fields
+
+
+DENIALS = {"denied_host", "rule_denied"}
+
+
+def outcome(flow: http.HTTPFlow, info: RouteInfo) -> str:
+    """routed, observed, origin (a routed host's path sent on unchanged) or denied."""
+    if flow.metadata.get("aibridge.reject_reason") in DENIALS:
+        return "denied"
+    if info.provider is not None:
+        return "routed"
+    return "observed" if info.observed is not None else "origin"
+
+
+def tool_name(info: RouteInfo, user_agent: str | None) -> str | None:
+    """The catalog entry an observed host belongs to names the tool; else the User-Agent."""
+    if info.observed is not None and (entry := load_catalog().entries.get(info.observed)):
+        return entry.name
+    return tool_of(user_agent)
 
 
 class AccessLog:
@@ -72,8 +103,15 @@ class AccessLog:
             "port": flow.request.port,
             "status": flow.response.status_code if flow.response else None,
             "reason": flow.metadata.get("aibridge.reject_reason"),
+            "outcome": "denied" if flow.metadata.get("aibridge.reject_reason") in DENIALS else None,
+            "tool": self._catalog_tool(flow.request.host),
         }
         logger.info("connect refused", extra={"fields": fields})
+
+    @staticmethod
+    def _catalog_tool(host: str) -> str | None:
+        entry = load_catalog().owner(host)
+        return entry.name if entry else None
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._emit(flow)

@@ -249,7 +249,7 @@ class TokenAuth:
         if (
             header is None
             and ctx.options.aibridge_anonymous_tunnels
-            and self.routing.current.table.lookup(flow.request.host) is None
+            and not self.routing.current.intercepts(flow.request.host)
         ):
             return Identity(connect_id, None, None)
         try:

@@ -10,7 +10,8 @@ The addon chain: one concern per addon, in the order a request meets them.
     request       policy (routing rules: route, origin or deny; reads the model if needed)
                   -> gateway (rewrite to <target>/<provider><path>, stream the body)
                   -> http2_clients, upstream_proxy, websocket -> dump
-    answer        error_pages (502/504 in our words) -> accesslog, metrics
+    answer        token_usage (read as it streams) -> error_pages (502/504 in our words)
+                  -> accesslog, metrics
 
 Hook order, once for both runtimes. mitmproxy calls each hook on every addon in the order they
 were added, built-ins included:
@@ -48,6 +49,7 @@ from addons.policy import RoutingRules
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.self_service import SelfService
+from addons.token_usage import TokenUsage
 from addons.upstream_proxy import UpstreamCredentials
 from addons.websocket import WebSocketFallback
 
@@ -75,6 +77,7 @@ def make_addons(patches: EnginePatches) -> list:
         UpstreamCredentials(),
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),
+        TokenUsage(),
         UpstreamErrors(patches.error_rendering),
         AccessLog(auth),
         Metrics(routing, auth, health),

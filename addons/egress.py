@@ -27,6 +27,7 @@ from mitmproxy.proxy import server_hooks
 from addons.responses import plain_response
 from addons.responses import refusal_response
 from addons.routing import Routing
+from addons.rules.ai_catalog import expand
 from addons.rules.destinations import HostPolicy
 from addons.rules.destinations import IPAddress
 from addons.rules.destinations import IPNetwork
@@ -91,13 +92,15 @@ class EgressPolicy:
             "aibridge_deny_hosts",
             Sequence[str],
             [],
-            "Host patterns clients may never reach (403 before any TLS), e.g. *.cursor.sh.",
+            "Host patterns or AI host catalog entries clients may never reach (403 before any "
+            "TLS), e.g. *.cursor.sh or cursor.",
         )
         loader.add_option(
             "aibridge_allow_hosts",
             Sequence[str],
             [],
-            "If set, the only host patterns clients may reach besides the routed hosts.",
+            "If set, the only host patterns (or catalog entries) clients may reach besides the "
+            "routed and observed hosts.",
         )
 
     def configure(self, updated):
@@ -108,7 +111,8 @@ class EgressPolicy:
                 self.allowed_cidrs = parse_cidrs(ctx.options.aibridge_allowed_private_cidrs)
             if {"aibridge_deny_hosts", "aibridge_allow_hosts"} & set(updated):
                 self.hosts = HostPolicy(
-                    ctx.options.aibridge_deny_hosts, ctx.options.aibridge_allow_hosts
+                    expand(ctx.options.aibridge_deny_hosts),
+                    expand(ctx.options.aibridge_allow_hosts),
                 )
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from None
@@ -202,8 +206,7 @@ class EgressPolicy:
         host = flow.request.host
         if any(t.host == host.lower() for t in self._gateway_targets()):
             return False
-        routed = self.routing.current.table.lookup(host) is not None
-        if (why := self.hosts.refusal(host, routed)) is None:
+        if (why := self.hosts.refusal(host, self.routing.current.intercepts(host))) is None:
             return False
         flow.metadata["aibridge.reject_reason"] = "denied_host"
         flow.response = refusal_response(403, why)

@@ -36,6 +36,8 @@ from addons.rules.policy import Deny
 from addons.rules.policy import Origin
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.request_target import has_dot_segments
+from addons.rules.token_usage import Usage
+from addons.rules.token_usage import UsageReader
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class RouteInfo:
     gateway: str | None = None  # the named gateway it went to
     model: str | None = None  # the model the client asked for, where a rule replaced it
     model_sent: str | None = None  # the model sent instead
+    observed: str | None = None  # an observed host: its catalog entry, else the host pattern
+    usage_reader: UsageReader | None = None  # token_usage.py, while the response streams
+    usage: Usage | None = None  # what the response reported, once it is over
     # Other addons may watch the bodies as they stream by (the dump does).
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)
@@ -161,7 +166,9 @@ class GatewayRouter:
 
     async def _route(self, flow: http.HTTPFlow) -> None:
         request = flow.request
-        route = self.routing.current.table.route(request.host, request.path)
+        snapshot = self.routing.current
+        route = snapshot.table.route(request.host, request.path)
+        observed = snapshot.observed.lookup(request.host) if route is None else None
         info = RouteInfo(
             provider=route.provider if route else None,
             original_host=request.host,
@@ -169,6 +176,7 @@ class GatewayRouter:
             upstream_url=request.pretty_url,  # until rewritten below
             request_id=str(uuid.uuid4()),
             started=time.monotonic(),
+            observed=(observed.entry or observed.pattern) if observed else None,
         )
         _ROUTES[flow] = info
         flow.metadata["aibridge.request_id"] = info.request_id

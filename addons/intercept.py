@@ -1,5 +1,6 @@
 """
-Intercept or tunnel: decrypt only the hosts we route; every other CONNECT becomes raw bytes.
+Intercept or tunnel: decrypt only the hosts we route or observe; every other CONNECT becomes
+raw bytes.
 
 The decision is taken on the CONNECT target before the client's first TLS byte is read, so a
 tunnelled client talks to the real server and sees the real server's certificate.
@@ -34,14 +35,15 @@ def connection_established(http_version: str) -> http.Response:
 
 
 class InterceptPolicy:
-    """Routed hosts get mitmproxy's TLS interception; all others get a raw TCP tunnel, unless
-    its TLS handshake names a routed host. A routed CONNECT whose handshake names a host we do
-    not route is refused: the gateway is never bypassed on a routed host.
+    """Routed and observed hosts get mitmproxy's TLS interception; all others get a raw TCP
+    tunnel, unless its TLS handshake names an intercepted host. An intercepted CONNECT whose
+    handshake names a host we do not intercept is refused: the gateway (or the observation) is
+    never bypassed.
 
     The engine runs with `connection_strategy=eager`, so a tunnel's destination is dialled
     before the CONNECT is answered (a refused or failed dial becomes 403/502 on the CONNECT).
-    Routed CONNECTs are answered here, before the engine would dial: the provider host is
-    never contacted.
+    Intercepted CONNECTs are answered here, before the engine would dial: a provider host is
+    never contacted, and an observed origin is dialled per request (egress-checked then).
     """
 
     def __init__(self, routing: Routing, deadlines: ConnectionDeadlines):
@@ -51,7 +53,7 @@ class InterceptPolicy:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        if self.routing.current.table.lookup(flow.request.host) is not None:
+        if self.routing.current.intercepts(flow.request.host):
             flow.response = connection_established(flow.request.http_version)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
@@ -60,8 +62,8 @@ class InterceptPolicy:
         if stream_index is None:
             return
         host = context.server.address[0]
-        table = self.routing.current.table
-        if table.lookup(host) is not None:
+        snapshot = self.routing.current
+        if snapshot.intercepts(host):
             return  # mitmproxy's own NextLayer peeks at the bytes and sets up TLS interception
         # A tunnel is decided on its first bytes: a TLS handshake that names a routed host
         # (a CONNECT to a provider's IP address with the provider's SNI) would reach the
@@ -70,9 +72,9 @@ class InterceptPolicy:
         sni = client_hello_sni(nextlayer.data_client())
         if sni is NEEDS_MORE_DATA and not nextlayer.data_server():
             return  # asked again when more bytes arrive
-        if isinstance(sni, str) and table.lookup(sni) is not None:
+        if isinstance(sni, str) and snapshot.intercepts(sni):
             logger.warning(
-                "tunnel to %s asks for routed host %s in its TLS handshake: refused", host, sni
+                "tunnel to %s asks for intercepted host %s in its TLS handshake: refused", host, sni
             )
             close_client(context.client)
             return
@@ -84,16 +86,17 @@ class InterceptPolicy:
         if server is None:
             return  # the handshake with the proxy itself (TLS listener)
         sni = data.client_hello.sni
-        table = self.routing.current.table
-        if table.lookup(server[0]) is None:
+        snapshot = self.routing.current
+        if not snapshot.intercepts(server[0]):
             # The table changed since this tunnel's CONNECT: do not decrypt it any more.
             data.ignore_connection = True
             return
-        # routed: never reach for the provider's certificate before answering the client
+        # never reach for the provider's certificate before answering the client (and an
+        # observed origin's certificate may name hosts our CA's constraints exclude)
         data.establish_server_tls_first = False
-        if sni and table.lookup(sni) is None:
+        if sni and not snapshot.intercepts(sni):
             # CONNECT named a routed host but the TLS handshake asks for another name. Passing
             # the bytes through would reach the provider around the gateway; we do not mint
             # certificates for names we do not route either. Refused.
-            logger.warning("SNI %s differs from routed CONNECT host %s: refused", sni, server[0])
+            logger.warning("SNI %s differs from CONNECT host %s: refused", sni, server[0])
             close_client(data.context.client)

@@ -26,6 +26,7 @@ from prometheus_client import Histogram
 from prometheus_client import disable_created_metrics
 
 from addons.auth import TokenAuth
+from addons.gateway import RouteInfo
 from addons.gateway import route_info
 from addons.gateway_health import GatewayHealth
 from addons.routing import Routing
@@ -163,6 +164,18 @@ class Metrics:
             ["rule", "action"],
             registry=r,
         )
+        self.tokens = Counter(
+            PREFIX + "tokens",
+            "Tokens the responses reported, by provider (or observed tool), model and kind.",
+            ["provider", "model", "kind"],
+            registry=r,
+        )
+        self.user_tokens = Counter(
+            PREFIX + "user_tokens",
+            "Tokens per user (only with user labels on).",
+            ["user", "provider", "model", "kind"],
+            registry=r,
+        )
         if health is not None:
             health.on_failover = lambda name: self.gateway_failovers.labels(gateway=name).inc()
         self.auth = auth
@@ -188,8 +201,11 @@ class Metrics:
     # -- CONNECTs ----------------------------------------------------------------------------
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
-        if self.routing.current.table.lookup(flow.request.host) is not None:
+        snapshot = self.routing.current
+        if snapshot.table.lookup(flow.request.host) is not None:
             self.connects.labels(outcome="intercepted", reason="").inc()
+        elif snapshot.observed.lookup(flow.request.host) is not None:
+            self.connects.labels(outcome="observed", reason="").inc()
         else:
             self.connects.labels(outcome="tunnelled", reason="").inc()
             self._tunnels[flow.client_conn] = time.monotonic()
@@ -251,10 +267,25 @@ class Metrics:
             self.gateway_requests.labels(gateway=info.gateway).inc()
         if info.rule is not None:
             self.rule_decisions.labels(rule=info.rule, action=info.action or "").inc()
-        if ctx.options.aibridge_metrics_user_labels and info.provider is not None:
+        user = None
+        if ctx.options.aibridge_metrics_user_labels:
             identity = self.auth.identity(flow)
-            if identity is not None and identity.user:
-                self.user_requests.labels(user=identity.user, provider=provider).inc()
+            user = identity.user if identity is not None else None
+        if user and info.provider is not None:
+            self.user_requests.labels(user=user, provider=provider).inc()
+        if info.usage is not None:
+            self._count_tokens(info.provider or info.observed or ORIGIN, info, user)
+
+    def _count_tokens(self, provider: str, info: RouteInfo, user: str | None) -> None:
+        assert info.usage is not None
+        model = (info.model or info.usage.model or "")[:64]
+        for kind, count in info.usage.token_fields().items():
+            kind = kind.removesuffix("_tokens")
+            self.tokens.labels(provider=provider, model=model, kind=kind).inc(count)
+            if user:
+                self.user_tokens.labels(user=user, provider=provider, model=model, kind=kind).inc(
+                    count
+                )
 
     def _series(self, provider: str) -> _ProviderSeries:
         """The per-provider children, looked up once (label lookups cost on every request)."""

@@ -137,9 +137,8 @@ class RoutingRules:
             return
         snapshot = self.routing.current
         policy, request = snapshot.policy, flow.request
-        route = snapshot.table.lookup(request.host)
         identity = self.auth.identity(flow)
-        if policy.empty or route is None or identity is None:
+        if policy.empty or identity is None or not snapshot.intercepts(request.host):
             return  # rules govern what we intercept, for someone we know
         path_model = model_in_path(request.path)
         peer = flow.client_conn.peername

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from addons.rules.ai_catalog import CatalogError
+from addons.rules.ai_catalog import ObservedHosts
 from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
@@ -37,6 +39,11 @@ class RoutingSnapshot:
     target: GatewayTarget | None
     gateway: GatewayTarget | None  # the gateway's own base URL (for /users/me and exemptions)
     policy: Policy = Policy()
+    observed: ObservedHosts = ObservedHosts()
+
+    def intercepts(self, host: str) -> bool:
+        """Routed or observed: we decrypt it (everything else is a raw tunnel)."""
+        return self.table.lookup(host) is not None or self.observed.lookup(host) is not None
 
 
 class Routing:
@@ -75,9 +82,20 @@ class Routing:
             "Routing rules as JSON: {gateways, groups, rules, profiles, default_profile}, as in "
             "the configuration file (see README, Routing rules and profiles).",
         )
+        loader.add_option(
+            "aibridge_observe",
+            Sequence[str],
+            [],
+            "Hosts to decrypt only to record who uses them, how much (tokens) and how, then "
+            "forward unchanged: AI host catalog entries (cursor, windsurf, ...) or host names "
+            "and *.suffix patterns.",
+        )
 
     def configure(self, updated):
-        options = {"aibridge_gateway", "aibridge_target", "aibridge_providers", "aibridge_policy"}
+        options = {
+            "aibridge_gateway", "aibridge_target", "aibridge_providers", "aibridge_policy",
+            "aibridge_observe",
+        }  # fmt: skip
         if not options & set(updated):
             return
         try:
@@ -89,12 +107,13 @@ class Routing:
                 else target
             )
             policy = policy_from_json(ctx.options.aibridge_policy, target)
+            observed = ObservedHosts(ctx.options.aibridge_observe)
             if target is None and policy.gateways:  # `gateways:` alone: the first is the default
                 target = policy.gateway(None)
                 gateway = policy.deployments.get(policy.default_gateway or "", target)
-        except (ProviderSpecError, TargetError, PolicyError) as e:
+        except (ProviderSpecError, TargetError, PolicyError, CatalogError) as e:
             raise exceptions.OptionsError(str(e)) from e
-        self.current = RoutingSnapshot(table, target, gateway, policy)
+        self.current = RoutingSnapshot(table, target, gateway, policy, observed)
 
 
 def policy_from_json(text: str, fallback_gateway: GatewayTarget | None) -> Policy:

@@ -52,7 +52,8 @@ def ca_warnings(
         )
     if outside := uncovered_hosts(ca, routed_hosts):
         warnings.append(
-            "routed hosts outside the CA's name constraints (clients will reject them): "
+            "routed or observed hosts outside the CA's name constraints (clients will reject "
+            "them): "
             f"{', '.join(outside)}; create a CA that covers them with "
             "`aibridge-proxy ca init --force`"
         )

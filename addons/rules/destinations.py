@@ -114,18 +114,29 @@ def parse_cidrs(values: Sequence[str]) -> tuple[IPNetwork, ...]:
 
 class HostPolicy:
     """Which host names a client may reach: `deny` patterns always refuse; with `allow`
-    patterns, only those hosts (and the routed ones) are reached. Glob patterns, matched
-    case-insensitively on the whole name (`*.example.com` does not match example.com)."""
+    patterns, only those hosts (and the intercepted ones) are reached. Glob patterns, matched
+    case-insensitively on the whole name (`*.example.com` does not match example.com). Each
+    pattern may come with the catalog entry it was expanded from, named in the refusal."""
 
-    def __init__(self, deny: Sequence[str] = (), allow: Sequence[str] = ()):
-        self.deny = tuple(p.strip().lower() for p in deny if p.strip())
-        self.allow = tuple(p.strip().lower() for p in allow if p.strip())
+    def __init__(
+        self,
+        deny: Sequence[tuple[str, str | None]] = (),
+        allow: Sequence[tuple[str, str | None]] = (),
+    ):
+        self.deny = tuple((p.strip().lower(), e) for p, e in deny if p.strip())
+        self.allow = tuple(p.strip().lower() for p, _ in allow if p.strip())
 
-    def refusal(self, host: str, routed: bool) -> str | None:
+    def refusal(self, host: str, intercepted: bool) -> str | None:
         """Why `host` is refused, naming the setting, or None."""
         name = host.lower().rstrip(".")
-        if any(fnmatch.fnmatchcase(name, p) for p in self.deny):
-            return f"{name} is denied by the proxy's egress policy (egress.deny_hosts)"
-        if self.allow and not routed and not any(fnmatch.fnmatchcase(name, p) for p in self.allow):
+        for pattern, entry in self.deny:
+            if fnmatch.fnmatchcase(name, pattern):
+                why = f"egress.deny_hosts: {entry}" if entry else "egress.deny_hosts"
+                return f"{name} is denied by the proxy's egress policy ({why})"
+        if (
+            self.allow
+            and not intercepted
+            and not any(fnmatch.fnmatchcase(name, p) for p in self.allow)
+        ):
             return f"{name} is not in the proxy's egress policy (egress.allow_hosts)"
         return None

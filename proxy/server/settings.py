@@ -21,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from addons.rules.ai_catalog import CatalogError
+from addons.rules.ai_catalog import ObservedHosts
+from addons.rules.ai_catalog import expand
 from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
@@ -217,6 +220,25 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(_str(x) for x in value)
     raise ValueError("must be a list")
+
+
+def _host_items(value: Any) -> tuple[str, ...]:
+    """Host patterns and AI host catalog entries (a word without a dot names an entry)."""
+    items = _str_list(value)
+    try:
+        expand(items)
+    except CatalogError as e:
+        raise ValueError(str(e)) from None
+    return tuple(i.strip().lower() for i in items)
+
+
+def _observed(value: Any) -> tuple[str, ...]:
+    items = _host_items(value)
+    try:
+        ObservedHosts(items)
+    except CatalogError as e:
+        raise ValueError(str(e).removeprefix("observe: ")) from None
+    return items
 
 
 # Provider overrides: host -> (provider, paths) or None for "remove".
@@ -555,17 +577,27 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_allowed_private_cidrs",
     ),
     Field(
-        "egress.deny_hosts",
-        _str_list,
+        "observe",
+        _observed,
         (),
-        "Host patterns clients may never reach (403 before any TLS), e.g. *.cursor.sh.",
+        "Hosts to decrypt only to see and account for (who, tool, model, tokens), then forward "
+        "unchanged: AI host catalog entries (cursor, windsurf, ...) or host names and *.suffix.",
+        option="aibridge_observe",
+    ),
+    Field(
+        "egress.deny_hosts",
+        _host_items,
+        (),
+        "Host patterns or catalog entries clients may never reach (403 before any TLS), "
+        "e.g. *.cursor.sh or cursor.",
         option="aibridge_deny_hosts",
     ),
     Field(
         "egress.allow_hosts",
-        _str_list,
+        _host_items,
         (),
-        "If set, the only host patterns clients may reach besides the routed hosts.",
+        "If set, the only host patterns (or catalog entries) clients may reach besides the "
+        "routed and observed hosts.",
         option="aibridge_allow_hosts",
     ),
     Field(
@@ -676,6 +708,7 @@ class Settings:
     upstream_proxy_ca: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
+    observe: tuple[str, ...]
     egress_deny_hosts: tuple[str, ...]
     egress_allow_hosts: tuple[str, ...]
     admin_listen: tuple[str, int] | None
@@ -702,9 +735,13 @@ class Settings:
 
     @cached_property
     def ca_hosts(self) -> tuple[list[str], list[str]]:
-        """What the CA's name constraints permit for the routed hosts, and the routed patterns
-        they cannot cover (see addons/rules/providers.py `constraint_hosts`)."""
-        return constraint_hosts(self.provider_table.hosts())
+        """What the CA's name constraints permit for the routed and observed hosts, and the
+        patterns they cannot cover (see addons/rules/providers.py `constraint_hosts`)."""
+        return constraint_hosts(self.provider_table.hosts() + self.observed_hosts.patterns)
+
+    @cached_property
+    def observed_hosts(self) -> ObservedHosts:
+        return ObservedHosts(self.observe)
 
     @cached_property
     def policy_config(self) -> dict:

@@ -1,0 +1,219 @@
+"""
+Token usage, read from a response body as it streams past: never holding a byte back.
+
+Providers report usage in their own shapes; `Usage` is one shape for all of them:
+- input_tokens: every prompt token, cached ones included (Anthropic reports cache reads and
+  writes apart from `input_tokens`; they are added here, as OpenAI already counts them).
+- output_tokens: every generated token, reasoning included (Gemini counts thoughts apart).
+- cached_tokens: prompt tokens served from the provider's cache; reasoning_tokens: thinking.
+
+Shapes read: OpenAI Chat Completions and Responses (JSON, SSE; also Copilot, which speaks the
+Chat Completions shape), Anthropic Messages (JSON; `message_start` and `message_delta` in SSE)
+and Gemini (`usageMetadata`, JSON, JSON arrays and SSE). A body that cannot be read yields no
+usage, never a zero.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from dataclasses import fields
+from dataclasses import replace
+from typing import Any
+
+try:
+    import brotli  # a dependency of mitmproxy's
+except ImportError:  # pragma: no cover
+    brotli = None
+
+JSON_LIMIT = 4 * 1024 * 1024  # a JSON body larger than this (decoded) is not read
+LINE_LIMIT = 1024 * 1024  # one SSE line longer than this is skipped
+
+
+@dataclass(frozen=True)
+class Usage:
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def merged(self, later: Usage) -> Usage:
+        """Fields `later` knows replace ours (SSE usage counts are running totals)."""
+        changes = {f.name: v for f in fields(later) if (v := getattr(later, f.name)) is not None}
+        return replace(self, **changes) if changes else self
+
+    @property
+    def known(self) -> bool:
+        return self.input_tokens is not None or self.output_tokens is not None
+
+    def token_fields(self) -> dict[str, int]:
+        """The counts that are known, for a log line (absent, not zero, when unknown)."""
+        names = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _add(*values: int | None) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def usage_of_block(u: Any) -> Usage:
+    """One provider `usage` object (OpenAI, Anthropic) in our shape."""
+    if not isinstance(u, dict):
+        return Usage()
+    if "prompt_tokens" in u or "completion_tokens" in u:  # Chat Completions, Copilot
+        return Usage(
+            input_tokens=_int(u.get("prompt_tokens")),
+            output_tokens=_int(u.get("completion_tokens")),
+            cached_tokens=_int((u.get("prompt_tokens_details") or {}).get("cached_tokens")),
+            reasoning_tokens=_int(
+                (u.get("completion_tokens_details") or {}).get("reasoning_tokens")
+            ),
+        )
+    if "input_tokens_details" in u or "output_tokens_details" in u:  # Responses API
+        return Usage(
+            input_tokens=_int(u.get("input_tokens")),
+            output_tokens=_int(u.get("output_tokens")),
+            cached_tokens=_int((u.get("input_tokens_details") or {}).get("cached_tokens")),
+            reasoning_tokens=_int((u.get("output_tokens_details") or {}).get("reasoning_tokens")),
+        )
+    # Anthropic Messages: cache reads and writes are not part of input_tokens
+    cache_read = _int(u.get("cache_read_input_tokens"))
+    cache_write = _int(u.get("cache_creation_input_tokens"))
+    plain_input = _int(u.get("input_tokens"))
+    return Usage(
+        input_tokens=_add(plain_input, cache_read, cache_write)
+        if plain_input is not None
+        else None,
+        output_tokens=_int(u.get("output_tokens")),
+        cached_tokens=cache_read,
+    )
+
+
+def _gemini(meta: Any) -> Usage:
+    if not isinstance(meta, dict):
+        return Usage()
+    thoughts = _int(meta.get("thoughtsTokenCount"))
+    candidates = _int(meta.get("candidatesTokenCount"))
+    return Usage(
+        input_tokens=_int(meta.get("promptTokenCount")),
+        output_tokens=_add(candidates, thoughts),
+        cached_tokens=_int(meta.get("cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
+    )
+
+
+def usage_of_message(obj: Any) -> Usage:
+    """Usage (and model) from one JSON body or SSE event, in any of the known shapes."""
+    if not isinstance(obj, dict):
+        return Usage()
+    found = Usage()
+    if isinstance(obj.get("response"), dict):  # Responses API events: response.completed, ...
+        found = found.merged(usage_of_message(obj["response"]))
+    if isinstance(obj.get("message"), dict):  # Anthropic message_start
+        found = found.merged(usage_of_message(obj["message"]))
+    model = obj.get("model") or obj.get("modelVersion")
+    if isinstance(model, str) and model:
+        found = found.merged(Usage(model=model))
+    if "usage" in obj:
+        found = found.merged(usage_of_block(obj["usage"]))
+    if "usageMetadata" in obj:
+        found = found.merged(_gemini(obj["usageMetadata"]))
+    return found
+
+
+class _Decoder:
+    """Undoes a Content-Encoding chunk by chunk (gzip, deflate, br); None when unknown."""
+
+    def __init__(self, encoding: str):
+        encoding = encoding.strip().lower()
+        self._z = self._br = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+        elif encoding == "br" and brotli is not None:
+            self._br = brotli.Decompressor()
+        self.ok = encoding in ("", "identity") or self._z is not None or self._br is not None
+
+    def decode(self, chunk: bytes) -> bytes:
+        if self._z is not None:
+            return self._z.decompress(chunk)
+        if self._br is not None:
+            return self._br.process(chunk)
+        return chunk
+
+
+class UsageReader:
+    """Fed each response chunk as it is relayed; `finish` says what the body reported."""
+
+    def __init__(self, content_type: str, content_encoding: str = ""):
+        media = content_type.split(";", 1)[0].strip().lower()
+        self.sse = media == "text/event-stream"
+        self.json = media == "application/json" or media.endswith("+json")
+        self._decoder = _Decoder(content_encoding)
+        self.active = (self.sse or self.json) and self._decoder.ok
+        self._buffer = bytearray()
+        self._skipping_line = False
+        self._usage = Usage()
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.active or not chunk:
+            return
+        try:
+            data = self._decoder.decode(chunk)
+        except Exception:  # a broken encoding: we read nothing more, the bytes still flow
+            self.active = False
+            return
+        if self.sse:
+            self._feed_sse(data)
+        else:
+            self._buffer += data
+            if len(self._buffer) > JSON_LIMIT:
+                self.active = False
+                self._buffer.clear()
+
+    def _feed_sse(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if self._skipping_line:
+                self._skipping_line = False
+                continue
+            self._sse_line(line)
+        if len(self._buffer) > LINE_LIMIT:  # a giant event: skip to its end
+            self._buffer.clear()
+            self._skipping_line = True
+
+    def _sse_line(self, line: bytes) -> None:
+        if not line.startswith(b"data:"):
+            return
+        payload = line[5:].strip()
+        # Parse only what can carry a model or usage: every event of a long stream otherwise.
+        if self._usage.model is not None and b"usage" not in payload:
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return  # e.g. OpenAI's [DONE]
+        self._usage = self._usage.merged(usage_of_message(event))
+
+    def finish(self) -> Usage | None:
+        """The usage the body reported, or None when it reported none we could read."""
+        if self.active and self.json and self._buffer:
+            try:
+                body = json.loads(self._buffer)
+            except ValueError:
+                body = None
+            for item in body if isinstance(body, list) else [body]:  # Gemini streams arrays
+                self._usage = self._usage.merged(usage_of_message(item))
+            self._buffer.clear()
+        elif self.sse and self._buffer and not self._skipping_line:
+            self._sse_line(bytes(self._buffer))  # a last line without its newline
+            self._buffer.clear()
+        return self._usage if self._usage.known else None

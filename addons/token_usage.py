@@ -1,0 +1,40 @@
+"""
+Token usage of routed and observed responses, read as they stream to the client (the reader
+sees each chunk after it has been handed on, so no byte waits for it). The access log and the
+metrics read the result from the request's RouteInfo when the response is over.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addons.gateway import route_info
+from addons.rules.token_usage import UsageReader
+
+
+class TokenUsage:
+    """Attaches a usage reader to every response we route or observe."""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        info = route_info(flow)
+        if info is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        reader = UsageReader(headers.get("content-type", ""), headers.get("content-encoding", ""))
+        if reader.active:
+            info.usage_reader = reader
+            info.response_taps.append(reader.feed)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)  # a stream cut short may still have said what it used so far
+
+    @staticmethod
+    def _finish(flow: http.HTTPFlow) -> None:
+        info = route_info(flow)
+        if info is None or info.usage_reader is None:
+            return
+        info.usage = info.usage_reader.finish()
+        info.usage_reader = None
