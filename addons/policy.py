@@ -45,6 +45,11 @@ from addons.rules.request_target import is_websocket_upgrade
 logger = logging.getLogger(__name__)
 
 
+def _json_with_length(headers) -> bool:
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media.endswith(("/json", "+json")) and headers.get("content-length", "").isdigit()
+
+
 @dataclass
 class PendingModel:
     """Decided once the body is in: the facts so far and the profile in force."""
@@ -154,6 +159,11 @@ class RoutingRules:
             model_known=path_model is not None,
         )
         profile = self.active_profile(identity.user, identity.workspace)
+        observed = snapshot.table.lookup(request.host) is None
+        if observed and not _json_with_length(request.headers):
+            # An observed tool's own protocol (protobuf, bidirectional streams): never held
+            # back to look for a model; rules on the model do not apply to it.
+            facts = replace(facts, model_known=True)
         if is_websocket_upgrade(request.headers):
             # a session: decided on its headers now (model rules cannot match yet, model
             # replacements route it), then model rules apply to each response.create message
@@ -184,8 +194,11 @@ class RoutingRules:
         try:
             model, _ = model_span(flow.request.raw_content or b"")
         except ModelUnreadable as e:
-            self._refuse(flow, 400, f"a routing rule needs this request's model, but {e}")
-            return
+            if self.routing.current.table.lookup(flow.request.host) is None:
+                model = None  # observed: the tool keeps working; model rules do not apply
+            else:
+                self._refuse(flow, 400, f"a routing rule needs this request's model, but {e}")
+                return
         facts = replace(pending.facts, model=model, model_known=True)
         decision = self.routing.current.policy.decide(facts, pending.profile)
         if decision is None:

@@ -165,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check this machine's client set-up, step by step")
     doctor.add_argument("--host", default="api.openai.com", help="provider host to test with")
 
+    usage = sub.add_parser(
+        "usage", help="requests, tokens and bytes per user, tool or model, from the access log"
+    )
+    usage.add_argument("--config", help="YAML configuration file (env AIBRIDGE_PROXY_CONFIG)")
+    usage.add_argument(
+        "--log",
+        type=Path,
+        help="the access log (default: log.access_file from the configuration; - reads stdin)",
+    )
+    usage.add_argument("--since", default="7d", help="7d, 24h, 30m or a date (default 7d)")
+    usage.add_argument("--until", default=None, help="a date or time (default: now)")
+    usage.add_argument("--by", default="user", help="user, tool, model, workspace or provider")
+    usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
+
+    catalog = sub.add_parser("catalog", help="list the AI host catalog (entries for observe)")
+    catalog.add_argument("--format", default="table", choices=("table", "markdown", "json"))
+
     gw = sub.add_parser("gateway", help="run the embedded local gateway on its own")
     gw.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default %(default)s)")
     gw.add_argument(
@@ -185,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server.workers import worker_count
 
     settings = _settings_from(args, require_gateway=True)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_file=settings.log_access_file)
 
     def reload() -> Settings:
         return _settings_from(args, require_gateway=True)
@@ -413,6 +430,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(keep=args.keep))
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    import datetime
+
+    from proxy.server import usage_report
+
+    path = args.log
+    if path is None:
+        settings = load_settings({}, config_file=args.config, require_gateway=False)
+        if settings.log_access_file is None:
+            raise UsageError(
+                "no access log is configured: set log.access_file in the proxy's configuration, "
+                "or pass --log FILE (--log - reads standard input, e.g. from journalctl -o cat)"
+            )
+        path = settings.log_access_file
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        since = usage_report.parse_since(args.since, now)
+        until = usage_report.parse_since(args.until, now) if args.until else None
+        records = usage_report.read_lines(usage_report.log_files(path), stdin=sys.stdin)
+        rows = usage_report.summarize(records, args.by, since, until)
+    except OSError as e:
+        raise UsageError(f"cannot read the access log {path}: {e.strerror}") from None
+    except usage_report.ReportError as e:
+        raise UsageError(str(e)) from None
+    print(usage_report.render(rows, args.by, args.format))
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    import json
+
+    from addons.rules.ai_catalog import load_catalog
+    from addons.rules.ai_catalog import markdown_table
+
+    catalog = load_catalog()
+    if args.format == "markdown":
+        print(markdown_table(catalog))
+    elif args.format == "json":
+        print(json.dumps({e.id: {"name": e.name, "hosts": catalog.hosts_of(e.id)}
+                          for e in catalog.entries.values()}, indent=2))  # fmt: skip
+    else:
+        for entry in catalog.entries.values():
+            print(f"{entry.id:20} {entry.name}: {', '.join(catalog.hosts_of(entry.id))}")
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from proxy.devtools.localgateway import LocalGateway
     from proxy.server.settings import parse_listen
@@ -456,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": cmd_env,
         "trust": cmd_trust,
         "doctor": cmd_doctor,
+        "usage": cmd_usage,
+        "catalog": cmd_catalog,
     }
     if args.command == "ca":
         handler = cmd_ca_init if args.ca_command == "init" else cmd_ca_show

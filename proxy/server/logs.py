@@ -6,9 +6,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import logging.handlers
 import re
 import sys
+from pathlib import Path
 from typing import TextIO
+
+from proxy.server.settings import SettingsError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -82,7 +86,25 @@ def redact_request_bytes(text: str) -> str:
     return _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}<withheld>", text)
 
 
-def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str, fmt: str, stream: TextIO | None = None, access_file: Path | None = None
+) -> None:
+    """Logs to standard error (journald under systemd); access lines also to `access_file`,
+    as JSON whatever `fmt` says (the usage report reads them)."""
+    access = logging.getLogger("aibridge.access")
+    for old in list(access.handlers):
+        access.removeHandler(old)
+        old.close()
+    if access_file is not None:
+        try:
+            to_file = logging.handlers.WatchedFileHandler(access_file, encoding="utf-8")
+        except OSError as e:
+            raise SettingsError(
+                f"log.access_file {str(access_file)!r} cannot be opened ({e.strerror}): "
+                "give a writable path"
+            ) from None
+        to_file.setFormatter(JsonFormatter())
+        access.addHandler(to_file)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(EngineRecordFilter())

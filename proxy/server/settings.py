@@ -659,6 +659,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("log.level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", _choice("json", "text"), "json", "json or text."),
+    Field(
+        "log.access_file",
+        _opt_path,
+        None,
+        "Also append every access line, as JSON, to this file (reopened when logrotate moves "
+        "it); `aibridge-proxy usage` reads it.",
+    ),
 )
 
 FIELDS_BY_KEY = {f.key: f for f in FIELDS}
@@ -722,6 +729,7 @@ class Settings:
     websocket_max_message: int
     log_level: str
     log_format: str
+    log_access_file: Path | None
     config_file: Path | None = None
     # Set by systemd, not by the operator: where to send sd_notify messages.
     notify_socket: str | None = None

@@ -7,8 +7,11 @@ Vendor hosts are a local TLS server on its own CA (trusted as origin_ca_file), r
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +20,7 @@ from cryptography import x509
 
 from tests.support import ALICE
 from tests.support import BOB
+from tests.support import ROOT
 from tests.support import client_env
 from tests.support import metric
 from tests.support import proxy_basic
@@ -243,3 +247,85 @@ def test_observed_hosts_count_as_intercepted_connects(observing, vendor):
     time.sleep(0.1)
     metrics = observing.admin("/metrics").text
     assert metric(metrics, "aibridge_proxy_connects_total", outcome="observed", reason="") >= 1
+
+
+def test_the_usage_report_matches_a_known_traffic_mix(vendor, gateway_server, tmp_path):
+    """Through a proxy of its own: routed, observed and denied traffic of two users, the log
+    rotated (and gzipped) half-way, and the report adds up exactly."""
+    from tests.support import ProxyProcess
+
+    log = tmp_path / "logs" / "access.log"
+    log.parent.mkdir()
+    config = {
+        "gateway": gateway_server.url,
+        "observe": ["cursor", "mistral"],
+        "egress": {"deny_hosts": ["windsurf"]},
+        "origin_ca_file": str(vendor.write_ca(tmp_path / "vendor-ca.pem")),
+        "allowed_private_cidrs": ["127.0.0.0/8"],
+        "allowed_ports": ["1-65535"],
+        "log": {"access_file": str(log)},
+        "rules": [{"name": "no-large", "match": {"model": ["*-large*"]},
+                   "deny": {"message": "no large models"}}],
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    p = ProxyProcess(tmp_path / "state", ["--config", str(tmp_path / "config.yaml")]).start()
+    chat = f"https://{MISTRAL}:{vendor.port}/v1/chat/completions"
+    got = {"alice": {"bytes_out": 0}, "bob": {"bytes_out": 0}}
+    try:
+        with proxy_client(p, ALICE) as c:
+            for _ in range(2):  # observed, 11 in / 7 out / 3 cached each
+                got["alice"]["bytes_out"] += len(
+                    c.post(chat, json={"model": "m", "stream": True}).content
+                )
+            routed = c.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt"})
+            assert routed.status_code == 200  # the local gateway: 5 in / 8 out
+            got["alice"]["routed_out"] = len(routed.content)
+        p.wait_for_line(lambda r: r.get("msg") == "request" and r.get("provider") == "openai")
+        log.rename(log.with_name("access.log.1"))  # logrotate's move; the proxy reopens
+        answer = raw_request(
+            p.port, b"CONNECT windsurf.com:443 HTTP/1.1\r\nHost: windsurf.com:443\r\n"
+            b"Proxy-Authorization: " + proxy_basic(ALICE).encode() + b"\r\n\r\n",
+        )  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 403")
+        with proxy_client(p, BOB) as c:
+            r = c.post(f"https://{CURSOR}:{vendor.port}/x", content=b"x" * 100)
+            got["bob"]["bytes_out"] += len(r.content)
+            assert c.post(chat, json={"model": "mistral-large-2"}).status_code == 403
+        p.wait_for_line(lambda r: r.get("msg") == "request" and r.get("rule") == "no-large")
+    finally:
+        p.stop()
+    rotated = log.with_name("access.log.1")
+    log.with_name("access.log.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+    rotated.unlink()
+
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "usage", "--log", str(log), "--by", "user",
+         "--format", "json"], capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {(r["user"], r["traffic"]): r for r in json.loads(out.stdout)}
+    counts = lambda r: (r["requests"], r["input_tokens"], r["output_tokens"], r["cached_tokens"])  # noqa: E731
+    assert counts(rows["alice", "observed"]) == (2, 22, 14, 6)
+    assert rows["alice", "observed"]["bytes_out"] == got["alice"]["bytes_out"]
+    assert counts(rows["alice", "routed"]) == (1, 5, 8, 0)
+    assert rows["alice", "routed"]["bytes_out"] == got["alice"]["routed_out"]
+    assert counts(rows["alice", "denied"]) == (1, 0, 0, 0)  # the CONNECT to windsurf.com
+    assert counts(rows["bob", "observed"]) == (1, 0, 0, 0)
+    assert rows["bob", "observed"]["bytes_in"] == 100
+    assert rows["bob", "observed"]["bytes_out"] == got["bob"]["bytes_out"]
+    assert counts(rows["bob", "denied"]) == (1, 0, 0, 0)  # the rule on the large model
+    assert counts(rows["total", "observed"]) == (3, 22, 14, 6)
+    assert set(rows) == {
+        ("alice", "observed"), ("alice", "routed"), ("alice", "denied"),
+        ("bob", "observed"), ("bob", "denied"),
+        ("total", "routed"), ("total", "observed"), ("total", "denied"),
+    }  # fmt: skip
+    table = subprocess.run(
+        [sys.executable, "-m", "proxy", "usage", "--log", str(log), "--by", "tool"],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^Mistral AI\s+observed\s+2\s+22\s+14\s+6\s", table.stdout, re.M), (
+        table.stdout
+    )
+    assert re.search(r"^Windsurf\s+denied\s+1\s", table.stdout, re.M), table.stdout

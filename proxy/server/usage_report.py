@@ -1,0 +1,192 @@
+"""
+`aibridge-proxy usage`: requests, tokens and bytes per user, tool or model, read from the
+access log (JSON lines; the rotated files beside it, gzipped or not, included).
+
+Traffic kinds are kept apart: routed (sent to a gateway), observed (an AI tool's own backend,
+seen and forwarded unchanged), origin (a routed host's other paths, sent on unchanged) and
+denied (a host or rule refused it). Lines that are not requests, and refused CONNECTs that
+were not a policy denial (a missing token, a blocked port), are not usage and are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import gzip
+import io
+import json
+import re
+from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+GROUPINGS = ("user", "tool", "model", "workspace", "provider")
+KINDS = ("routed", "observed", "origin", "denied")
+COUNTS = (
+    "requests", "input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out",
+)  # fmt: skip
+_SPAN = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class ReportError(ValueError):
+    """A bad argument or an unreadable log; the message names it and the fix."""
+
+
+@dataclass
+class Row:
+    group: str
+    traffic: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
+    """`7d`, `24h`, `30m`, `2w`, or an ISO date or time (UTC unless it says otherwise)."""
+    if m := _SPAN.match(text.strip()):
+        return now - datetime.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ReportError(
+            f"--since {text!r}: give a span such as 7d, 24h or 30m, or a date such as 2026-11-01"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
+def log_files(path: Path) -> list[Path]:
+    """The log and its rotations (`access.log.1`, `access.log.2.gz`, `access.log-20261130`)."""
+    if str(path) == "-":
+        return [path]
+    rotated = [
+        p
+        for p in path.parent.glob(f"{path.name}[.-]*")
+        if p.is_file() and not p.name.endswith((".tmp", ".lock"))
+    ]
+    files = ([path] if path.is_file() else []) + sorted(rotated)
+    if not files:
+        raise ReportError(
+            f"no access log at {path}: set log.access_file in the proxy's configuration "
+            "(or pass --log FILE, or --log - to read standard input)"
+        )
+    return files
+
+
+def read_lines(files: Iterable[Path], stdin: TextIO | None = None) -> Iterator[dict]:
+    for path in files:
+        if str(path) == "-":
+            yield from _records(stdin or io.StringIO())
+        elif path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+                yield from _records(handle)
+        else:
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                yield from _records(handle)
+
+
+def _records(handle: TextIO) -> Iterator[dict]:
+    for text in handle:
+        text = text.strip()
+        if not text.startswith("{"):
+            continue  # journald prefixes, blank lines
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def traffic_of(record: dict) -> str | None:
+    """Which kind of traffic an access line is, or None when it is not usage."""
+    msg = record.get("msg")
+    if msg == "connect refused":
+        return "denied" if record.get("outcome") == "denied" else None
+    if msg != "request" or record.get("logger", "aibridge.access") != "aibridge.access":
+        return None
+    outcome = record.get("outcome")
+    if outcome in KINDS:
+        return outcome
+    return "routed" if record.get("routed") else "origin"  # lines from before `outcome`
+
+
+def _time_of(record: dict) -> datetime.datetime | None:
+    try:
+        when = datetime.datetime.fromisoformat(str(record.get("time")))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
+def summarize(
+    records: Iterable[dict],
+    by: str,
+    since: datetime.datetime | None = None,
+    until: datetime.datetime | None = None,
+) -> list[Row]:
+    """One row per (group, traffic kind), sorted, with a `total` row per kind at the end."""
+    if by not in GROUPINGS:
+        raise ReportError(f"--by {by!r}: choose one of {', '.join(GROUPINGS)}")
+    rows: dict[tuple[str, str], Row] = {}
+    totals: dict[str, Row] = {}
+    for record in records:
+        kind = traffic_of(record)
+        if kind is None:
+            continue
+        if since is not None or until is not None:
+            when = _time_of(record)
+            if when is None or (since and when < since) or (until and when >= until):
+                continue
+        group = str(record.get(by) or "-")
+        for target in (
+            rows.setdefault((group, kind), Row(group, kind)),
+            totals.setdefault(kind, Row("total", kind)),
+        ):
+            target.requests += 1
+            for name in COUNTS[1:]:
+                value = record.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    setattr(target, name, getattr(target, name) + value)
+    order = {k: i for i, k in enumerate(KINDS)}
+    body = sorted(rows.values(), key=lambda r: (r.group, order[r.traffic]))
+    return body + sorted(totals.values(), key=lambda r: order[r.traffic])
+
+
+def render(rows: list[Row], by: str, fmt: str) -> str:
+    header = [by, "traffic", *COUNTS]
+    table = [[r.group, r.traffic, *(getattr(r, c) for c in COUNTS)] for r in rows]
+    if fmt == "json":
+        return json.dumps(
+            [
+                {by: r.group, "traffic": r.traffic, **{c: getattr(r, c) for c in COUNTS}}
+                for r in rows
+            ],
+            indent=2,
+        )
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(table)
+        return out.getvalue().rstrip("\n")
+    if not table:
+        return "no usage in this period"
+    cells = [header, *[[str(c) for c in row] for row in table]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The usage report's arithmetic, periods, rotated files and formats; its CLI errors."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+
+import pytest
+
+from proxy.server.usage_report import ReportError
+from proxy.server.usage_report import log_files
+from proxy.server.usage_report import parse_since
+from proxy.server.usage_report import read_lines
+from proxy.server.usage_report import render
+from proxy.server.usage_report import summarize
+from tests.support import assert_one_line_error
+from tests.support import cli
+
+NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def line(when: str, **fields) -> dict:
+    return {"time": when, "logger": "aibridge.access", "msg": "request", **fields}
+
+
+LINES = [
+    line("2026-12-01T11:00:00+00:00", user="alice", outcome="routed", model="gpt",
+         input_tokens=10, output_tokens=2, bytes_in=5, bytes_out=7),
+    line("2026-12-01T11:30:00+00:00", user="alice", outcome="observed", tool="Cursor",
+         bytes_in=1, bytes_out=1),
+    line("2026-11-20T00:00:00+00:00", user="alice", outcome="routed", input_tokens=1000),
+    line("2026-12-01T10:00:00+00:00", user="bob", routed=True, input_tokens=3, output_tokens=4,
+         cached_tokens=1),  # a line written before `outcome` existed
+    line("2026-12-01T10:00:00+00:00", user="bob", routed=False),  # likewise: origin
+    {"time": "2026-12-01T10:00:00+00:00", "msg": "connect refused", "user": "bob",
+     "outcome": "denied", "tool": "Windsurf"},
+    {"time": "2026-12-01T10:00:00+00:00", "msg": "connect refused", "status": 407},  # no usage
+    {"time": "2026-12-01T10:00:00+00:00", "msg": "configuration reloaded"},
+]  # fmt: skip
+
+
+def test_rows_per_group_and_traffic_kind_with_totals():
+    rows = summarize(LINES, "user", since=parse_since("7d", NOW))
+    got = {(r.group, r.traffic): (r.requests, r.input_tokens, r.output_tokens) for r in rows}
+    assert got == {
+        ("alice", "routed"): (1, 10, 2),
+        ("alice", "observed"): (1, 0, 0),
+        ("bob", "routed"): (1, 3, 4),
+        ("bob", "origin"): (1, 0, 0),
+        ("bob", "denied"): (1, 0, 0),
+        ("total", "routed"): (2, 13, 6),
+        ("total", "observed"): (1, 0, 0),
+        ("total", "origin"): (1, 0, 0),
+        ("total", "denied"): (1, 0, 0),
+    }
+    assert [r.group for r in rows][-4:] == ["total"] * 4
+
+
+def test_by_tool_and_model_and_the_period():
+    by_tool = {(r.group, r.traffic) for r in summarize(LINES, "tool")}
+    assert ("Cursor", "observed") in by_tool and ("Windsurf", "denied") in by_tool
+    old = summarize(LINES, "model", since=parse_since("2026-11-01", NOW),
+                    until=parse_since("2026-11-21", NOW))  # fmt: skip
+    assert [(r.group, r.input_tokens) for r in old] == [("-", 1000), ("total", 1000)]
+
+
+@pytest.mark.parametrize("text", ["7 days", "yesterday", "-3d", "1y"])
+def test_bad_periods_say_what_to_give(text):
+    with pytest.raises(ReportError, match="give a span such as 7d"):
+        parse_since(text, NOW)
+
+
+def test_rotated_and_gzipped_files_are_read(tmp_path):
+    log = tmp_path / "access.log"
+    log.write_text(json.dumps(LINES[0]) + "\nnot json\n")
+    (tmp_path / "access.log.1").write_text(json.dumps(LINES[1]) + "\n")
+    (tmp_path / "access.log.2.gz").write_bytes(gzip.compress(json.dumps(LINES[3]).encode()))
+    (tmp_path / "other.log").write_text(json.dumps(LINES[4]) + "\n")
+    files = log_files(log)
+    assert [f.name for f in files] == ["access.log", "access.log.1", "access.log.2.gz"]
+    assert [r["user"] for r in read_lines(files)] == ["alice", "alice", "bob"]
+
+
+def test_formats():
+    rows = summarize(LINES[:2], "user")
+    table = render(rows, "user", "table").splitlines()
+    assert table[0].split() == ["user", "traffic", "requests", "input_tokens", "output_tokens",
+                                "cached_tokens", "bytes_in", "bytes_out"]  # fmt: skip
+    assert table[2].split() == ["alice", "routed", "1", "10", "2", "0", "5", "7"]
+    assert render(rows, "user", "csv").splitlines()[1] == "alice,routed,1,10,2,0,5,7"
+    assert json.loads(render(rows, "user", "json"))[0] == {
+        "user": "alice", "traffic": "routed", "requests": 1, "input_tokens": 10,
+        "output_tokens": 2, "cached_tokens": 0, "bytes_in": 5, "bytes_out": 7,
+    }  # fmt: skip
+    assert render([], "user", "table") == "no usage in this period"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    assert_one_line_error(
+        cli("usage", "--log", str(tmp_path / "missing.log")),
+        "no access log at", "set log.access_file",
+    )  # fmt: skip
+    (tmp_path / "a.log").write_text("")
+    assert_one_line_error(
+        cli("usage", "--log", str(tmp_path / "a.log"), "--since", "last week"), "--since"
+    )
+    assert_one_line_error(cli("usage", "--log", str(tmp_path / "a.log"), "--by", "colour"), "--by")
+    config = tmp_path / "c.yaml"
+    config.write_text("listen: 127.0.0.1:0\n")
+    assert_one_line_error(cli("usage", "--config", str(config)), "set log.access_file")
+
+
+def test_an_access_file_that_cannot_be_opened_stops_serve_with_one_line(tmp_path):
+    result = cli(
+        "serve", "--gateway", "http://127.0.0.1:9", "--state-dir", str(tmp_path / "state"),
+        "--listen", "127.0.0.1:0", "--admin-listen", "off",
+        "--log-access-file", str(tmp_path / "no-such-dir" / "access.log"),
+    )  # fmt: skip
+    assert_one_line_error(result, "log.access_file", "cannot be opened", "writable path")
