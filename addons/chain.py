@@ -74,7 +74,7 @@ def make_addons(patches: EnginePatches) -> list:
         GatewayRouter(routing, auth, health),
         health,
         Http2Clients(),
-        UpstreamCredentials(),
+        UpstreamCredentials(patches.upstream_handshake),
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),
         TokenUsage(),

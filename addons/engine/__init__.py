@@ -13,6 +13,7 @@ upgrade moves it:
 | header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
 | error_rendering.py | `HttpStream.handle_protocol_error`, `_http1.make_error_response` | our 502/504 text instead of mitmproxy's HTML page with socket detail |
 | layer_stack.py | `context.layers` of a CONNECT tunnel | undo the TLS layers mitmproxy's NextLayer stacked, relay raw bytes |
+| upstream_handshake.py | `HttpUpstreamProxy.receive_handshake_data` | a second CONNECT on the same connection for NTLM and Negotiate upstream proxies |
 | websocket_cap.py | `WebsocketConnection` (wsproto `events()`, `frame_buf`) | a cap on one message: mitmproxy reassembles fragments without a bound |
 | tls_buffers.py | `net.tls.create_client_proxy_context`, `create_proxy_server_context` | SSL_MODE_RELEASE_BUFFERS: ~30 KB less per idle stream |
 | log_events.py | `Master._legacy_log_events` | no `add_log` re-dispatch of every log record (our master only) |
@@ -27,6 +28,7 @@ from dataclasses import field
 from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
+from addons.engine.upstream_handshake import UpstreamAuthHandshake
 from addons.engine.websocket_cap import WebSocketMessageCap
 
 
@@ -38,9 +40,16 @@ class EnginePatches:
     error_rendering: ProtocolErrorRendering = field(default_factory=ProtocolErrorRendering)
     tls_buffers: ReleaseIdleTlsBuffers = field(default_factory=ReleaseIdleTlsBuffers)
     websocket_cap: WebSocketMessageCap = field(default_factory=WebSocketMessageCap)
+    upstream_handshake: UpstreamAuthHandshake = field(default_factory=UpstreamAuthHandshake)
 
     def _all(self):
-        return (self.header_limit, self.error_rendering, self.tls_buffers, self.websocket_cap)
+        return (
+            self.header_limit,
+            self.error_rendering,
+            self.tls_buffers,
+            self.websocket_cap,
+            self.upstream_handshake,
+        )
 
     def install(self) -> None:
         for patch in self._all():

@@ -45,3 +45,12 @@ def parse_upstream_proxy(url: str) -> UpstreamProxy:
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     return UpstreamProxy(parts.scheme, parts.hostname, port, credentials)
+
+
+def kerberos_available() -> bool:
+    """pyspnego speaks Kerberos only through the `gssapi` package (the `kerberos` extra)."""
+    try:
+        import gssapi  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -39,6 +39,7 @@ from addons.rules.providers import constraint_hosts
 from addons.rules.providers import make_route
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.upstream_proxy import UpstreamProxy
+from addons.rules.upstream_proxy import kerberos_available
 from addons.rules.upstream_proxy import parse_upstream_proxy
 
 ENV_PREFIX = "AIBRIDGE_PROXY_"
@@ -555,6 +556,21 @@ FIELDS: tuple[Field, ...] = (
         tuple(p + "UPSTREAM" for p in _CODER),
     ),
     Field(
+        "upstream_proxy_auth",
+        _choice("basic", "ntlm", "negotiate"),
+        "basic",
+        "How to authenticate to upstream_proxy: basic, ntlm or negotiate (Kerberos with the "
+        "credential cache or keytab, else NTLM inside Negotiate).",
+        option="aibridge_upstream_auth_scheme",
+    ),
+    Field(
+        "upstream_proxy_spn",
+        _opt_str,
+        None,
+        "Kerberos service of the upstream proxy (default HTTP@<its host>).",
+        option="aibridge_upstream_spn",
+    ),
+    Field(
         "upstream_proxy_ca",
         _opt_path,
         None,
@@ -712,6 +728,8 @@ class Settings:
     tls_cert_file: Path | None
     tls_key_file: Path | None
     upstream_proxy: UpstreamProxy | None
+    upstream_proxy_auth: str
+    upstream_proxy_spn: str | None
     upstream_proxy_ca: Path | None
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
@@ -953,6 +971,22 @@ def _check_combinations(
             "auth.mode: 'validate' needs gateway (or a gateways entry with url) or auth.url "
             "to check tokens against; set one, or use auth.mode: presence"
         )
+    if s.upstream_proxy_auth != "basic":
+        upstream = s.upstream_proxy
+        if upstream is None:
+            raise fail("upstream_proxy_auth", "needs upstream_proxy")
+        if upstream.credentials is None and s.upstream_proxy_auth == "ntlm":
+            raise fail(
+                "upstream_proxy_auth",
+                "needs a user name and password in upstream_proxy "
+                "(http://DOMAIN%5Cuser:password@host:port)",
+            )
+        if upstream.credentials is None and not kerberos_available():
+            raise fail(
+                "upstream_proxy_auth",
+                "without a password signs in with Kerberos (the credential cache or keytab), "
+                "which needs the gssapi package: pip install 'aibridge-proxy[kerberos]'",
+            )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         key = "tls_cert_file" if s.tls_cert_file is not None else "tls_key_file"
         raise fail(key, "is set alone; set both tls_cert_file and tls_key_file, or neither")

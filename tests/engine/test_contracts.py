@@ -20,6 +20,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.proxy.layers.websocket import WebsocketConnection
 
 from addons.engine import EnginePatches
@@ -27,6 +28,7 @@ from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.reuse_port import _AsyncioWithReusePort
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
+from addons.engine.upstream_handshake import UpstreamAuthHandshake
 from addons.engine.websocket_cap import WebSocketMessageCap
 
 
@@ -129,6 +131,19 @@ def test_websocket_connections_buffer_fragments_and_inherit_wsproto_events():
         moved("WebsocketLayer.relay_messages", "no longer closes both sides on a close event")
 
 
+def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
+    internal = "layers.http._upstream_proxy.HttpUpstreamProxy"
+    cls = _upstream_proxy.HttpUpstreamProxy
+    if params(cls.receive_handshake_data) != ["self", "data"]:
+        moved(f"{internal}.receive_handshake_data", "no longer (self, data)")
+    source = inspect.getsource(cls)
+    for needed in ("self.send_connect", "self.tunnel_connection", "HttpConnectUpstreamHook"):
+        if needed not in source:
+            moved(internal, f"no longer uses {needed}")
+    if "_upstream_proxy.HttpUpstreamProxy.make" not in inspect.getsource(http_layer):
+        moved("layers.http", "no longer looks HttpUpstreamProxy up on its module at call time")
+
+
 @pytest.mark.parametrize(
     "patch, target, attribute",
     [
@@ -137,6 +152,7 @@ def test_websocket_connections_buffer_fragments_and_inherit_wsproto_events():
         (ProtocolErrorRendering(), _http1, "make_error_response"),
         (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
         (WebSocketMessageCap(), WebsocketConnection, "events"),
+        (UpstreamAuthHandshake(), _upstream_proxy.HttpUpstreamProxy, "receive_handshake_data"),
     ],
 )
 def test_each_patch_installs_once_and_uninstalls_cleanly(patch, target, attribute):
