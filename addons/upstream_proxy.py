@@ -133,10 +133,13 @@ class UpstreamCredentials:
         user, password = self.credentials
         assert self.upstream is not None
         service, _, host = (ctx.options.aibridge_upstream_spn or "").partition("@")
-        # Negotiate offers Kerberos when it can; without it, what Windows sends without a KDC:
-        # raw NTLM in the Negotiate header (an SPNEGO wrapper around NTLM is refused by many
-        # proxies' Negotiate helpers).
-        kerberos = self.scheme == "negotiate" and kerberos_available()
+        # Negotiate signs in with Kerberos where it can: with no password (the credential
+        # cache or keytab) or a principal (user@REALM) and its password. A DOMAIN\\user account,
+        # or no gssapi, gets what Windows sends without a KDC: raw NTLM in the Negotiate header
+        # (an SPNEGO wrapper around NTLM is refused by many proxies' Negotiate helpers).
+        kerberos = (
+            self.scheme == "negotiate" and kerberos_available() and (user is None or "@" in user)
+        )
         return spnego.client(
             user,
             password,

@@ -116,3 +116,5 @@ def configure_logging(
     # mitmproxy logs every client and server connection at INFO: keep that for debug level.
     logging.getLogger("mitmproxy").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pyspnego logs the NTLM and Kerberos messages it exchanges at debug level: never ours
+    logging.getLogger("spnego").setLevel(logging.WARNING)
