@@ -1,6 +1,7 @@
 """
 API dump: each routed request and its response written to `<dump_dir>/<provider>/<request id>`
-(`.req.txt` and `.resp.txt`), with credentials redacted. For debugging a client or the gateway;
+(`.req.txt` and `.resp.txt`), with credentials redacted; observed ones to
+`<dump_dir>/observed/<catalog entry or host pattern>/`. For debugging a client or the gateway;
 a failure to write never affects the traffic.
 """
 
@@ -61,10 +62,10 @@ class ApiDump:
 
     def _open(self, flow: http.HTTPFlow, suffix: str, head: str) -> BinaryIO | None:
         info = route_info(flow)
-        if self.dir is None or info is None or info.provider is None:
+        if self.dir is None or info is None or (info.provider or info.observed) is None:
             return None
         try:
-            folder = self.dir / info.provider
+            folder = self.dir / (info.provider or observed_folder(info.observed or ""))
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(
                 folder / f"{info.request_id}.{suffix}.txt",
@@ -85,7 +86,8 @@ class ApiDump:
         head = (
             f"{r.method} {info.original_host}{redact_query(info.original_path)} {r.http_version}\n"
         )
-        head += f"# routed to {redact_query(info.upstream_url)}\n"
+        verb = "observed, sent on to" if info.provider is None else "routed to"
+        head += f"# {verb} {redact_query(info.upstream_url)}\n"
         head += "".join(f"{k}: {v}\n" for k, v in redact_headers(r.headers)) + "\n"
         if f := self._open(flow, "req", head):
             info.request_taps.append(_writer(f))
@@ -116,6 +118,11 @@ class ApiDump:
                 f.close()
             except OSError:
                 pass
+
+
+def observed_folder(observed: str) -> str:
+    """`observed/<catalog entry>`, or the host pattern spelt as a file name."""
+    return "observed/" + re.sub(r"[^a-z0-9.-]", "_", observed.replace("*", "any"))
 
 
 def _writer(f: BinaryIO):

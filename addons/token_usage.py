@@ -1,7 +1,8 @@
 """
-Token usage of routed and observed responses, read as they stream to the client (the reader
-sees each chunk after it has been handed on, so no byte waits for it). The access log and the
-metrics read the result from the request's RouteInfo when the response is over.
+Token usage of routed and observed responses, read as they stream to the client: each chunk
+passes through the reader on its way and is never held back for more (an SSE event is parsed
+only when it can carry a model or usage; a JSON body is read at its end). The access log and
+the metrics take the result from the request's RouteInfo when the response is over.
 """
 
 from __future__ import annotations

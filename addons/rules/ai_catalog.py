@@ -96,22 +96,24 @@ def host_matches(pattern: str, host: str) -> bool:
     return fnmatch.fnmatchcase(host, pattern)
 
 
-def is_entry_id(item: str) -> bool:
-    return "." not in item and "*" not in item
-
-
 def expand(items: Iterable[str], catalog: Catalog | None = None) -> list[tuple[str, str | None]]:
-    """Host patterns for a list of entry ids and patterns: (pattern, entry id or None)."""
+    """Host patterns for a list of entry ids and patterns: (pattern, entry id or None).
+
+    A word without a dot is an entry when the catalog has it; one that only looks like an
+    entry's id (`cursr`) is a mistake, said so; any other word is a host (`localhost`)."""
     out: list[tuple[str, str | None]] = []
     for raw in items:
         item = raw.strip().lower()
         if not item:
             continue
-        if is_entry_id(item):
+        if "." not in item and "*" not in item:
             catalog = catalog or load_catalog()
-            out.extend((h, item) for h in catalog.hosts_of(item))
-        else:
-            out.append((item, None))
+            if item in catalog.entries or difflib.get_close_matches(
+                item, list(catalog.entries), n=1, cutoff=0.75
+            ):
+                out.extend((h, item) for h in catalog.hosts_of(item))  # or the did-you-mean
+                continue
+        out.append((item, None))
     return out
 
 

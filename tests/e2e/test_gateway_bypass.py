@@ -45,14 +45,14 @@ def test_routed_connect_with_another_sni_is_refused(bypass_proxy, origin):
     ca = origin.ca.cert_pem().decode()
     result = handshake_through(bypass_proxy.port, f"localhost:{origin.port}", "example.org", ca)
     assert result != "origin"
-    bypass_proxy.wait_for_line(lambda r: "differs from routed CONNECT host" in r.get("msg", ""))
+    bypass_proxy.wait_for_line(lambda r: "differs from CONNECT host" in r.get("msg", ""))
 
 
 def test_tunnel_whose_handshake_names_a_routed_host_is_refused(bypass_proxy, origin):
     ca = origin.ca.cert_pem().decode()
     result = handshake_through(bypass_proxy.port, f"127.0.0.1:{origin.port}", "localhost", ca)
     assert result != "origin"
-    bypass_proxy.wait_for_line(lambda r: "asks for routed host localhost" in r.get("msg", ""))
+    bypass_proxy.wait_for_line(lambda r: "asks for intercepted host localhost" in r.get("msg", ""))
 
 
 def test_tunnels_naming_other_hosts_still_pass_untouched(bypass_proxy, origin):

@@ -72,7 +72,9 @@ def test_entries_expand_to_their_hosts_and_those_they_use():
     kiro = expand(["kiro"], catalog)
     assert ("*.kiro.dev", "kiro") in kiro
     assert ("codewhisperer.us-east-1.amazonaws.com", "kiro") in kiro  # through amazon-q
-    assert expand(["*.Example.com", ""], catalog) == [("*.example.com", None)]
+    assert expand(["*.Example.com", "", "localhost"], catalog) == [
+        ("*.example.com", None), ("localhost", None),
+    ]  # fmt: skip
     with pytest.raises(CatalogError, match="'cursr' is not in the AI host catalog .*'cursor'"):
         expand(["cursr"], catalog)
 

@@ -233,7 +233,7 @@ class ProxyProcess:
             start_new_session=True,  # its own process group: workers can be reaped with it
         )
         threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(timeout):
+        if not self._ready.wait(timeout) or self.port is None:
             self.stop()
             raise RuntimeError("proxy did not start:\n" + self.output)
         return self

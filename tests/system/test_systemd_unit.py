@@ -43,6 +43,7 @@ class Service:
             f'admin:\n  listen: "127.0.0.1:{self.admin_port}"\n'
             # loopback stands in for the internet here (the tunnel's origin)
             'allowed_private_cidrs: "127.0.0.0/8"\nallowed_ports: "1-65535"\n'
+            "log:\n  access_file: /var/log/aibridge-proxy/access.log\n"
             f"{providers}{extra}"
         )
 
@@ -211,3 +212,16 @@ def test_journal_holds_json_lines_and_no_token(service):
     assert any(r.get("logger") == "aibridge.access" and r.get("user") == "alice" for r in ours)
     assert {"time", "level", "logger", "msg"} <= set(ours[0])
     assert ALICE not in service.machine.run("journalctl --no-pager -o export").stdout
+
+
+def test_the_usage_report_reads_the_services_access_log(service):
+    """The unit's LogsDirectory holds log.access_file; the operator's report reads it."""
+    service.systemctl("start")
+    with service.client() as c:
+        assert c.get("https://api.openai.com/v1/models").status_code == 200
+    report = service.machine.run(
+        "/opt/aibridge-proxy/bin/aibridge-proxy usage --config /etc/aibridge-proxy/config.yaml"
+        " --by user --format json"
+    ).stdout
+    rows = {(r["user"], r["traffic"]): r for r in json.loads(report)}
+    assert rows["alice", "routed"]["requests"] >= 1
