@@ -4,14 +4,15 @@ The addon chain: one concern per addon, in the order a request meets them.
     CONNECT       connection_deadlines (headers, handshake, idle) -> request_limits (header
                   size and bytes) -> listener_tls (TLS to the proxy)
                   -> auth (Proxy-Authorization -> token -> user, workspace)
-                  -> self_service (aibridge-proxy.internal: answered here, never forwarded)
+                  -> self_service (aibridge-proxy.internal and the setup check: answered here,
+                     never forwarded)
                   -> egress (ports, ranges)
     TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
     request       policy (routing rules: route, origin or deny; reads the model if needed)
                   -> gateway (rewrite to <target>/<provider><path>, stream the body)
                   -> http2_clients, upstream_proxy, websocket -> dump
     answer        token_usage (read as it streams) -> error_pages (502/504 in our words)
-                  -> accesslog, metrics
+                  -> accesslog, metrics, recent_requests (the developer page's list)
 
 Hook order, once for both runtimes. mitmproxy calls each hook on every addon in the order they
 were added, built-ins included:
@@ -46,6 +47,7 @@ from addons.listener_tls import ListenerTLS
 from addons.metrics import Metrics
 from addons.policy import ChoiceStore
 from addons.policy import RoutingRules
+from addons.recent_requests import RecentRequests
 from addons.request_limits import RequestLimits
 from addons.routing import Routing
 from addons.self_service import SelfService
@@ -61,13 +63,14 @@ def make_addons(patches: EnginePatches) -> list:
     deadlines = ConnectionDeadlines(patches.header_limit)
     choices = ChoiceStore()  # the store itself comes with the options
     health = GatewayHealth(routing)
+    recent = RecentRequests(auth)
     return [
         routing,
         deadlines,
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
-        SelfService(routing, auth, choices),
+        SelfService(routing, auth, choices, recent),
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
         RoutingRules(routing, auth, choices, patches.websocket_cap),
@@ -81,4 +84,5 @@ def make_addons(patches: EnginePatches) -> list:
         UpstreamErrors(patches.error_rendering),
         AccessLog(auth),
         Metrics(routing, auth, health),
+        recent,
     ]

@@ -1,71 +1,335 @@
 """
-What the proxy answers itself, for the developer behind a request: the reserved plain-HTTP host
-`aibridge-proxy.internal` (under `.internal`, which no one can register, like mitmproxy's
-`mitm.it`) is never forwarded. Requests to it carry the developer's own proxy credentials, so
-the proxy knows who asks: `GET /profile` shows the active routing profile of this workspace,
-`PUT /profile` with `{"profile": NAME}` (or null for the default) switches it. Nobody can see
-or change another user's choice: the key is the authenticated user and their workspace.
+What the proxy answers itself, for the developer behind a request; never forwarded.
+
+- The reserved plain-HTTP host `aibridge-proxy.internal` (under `.internal`, which no one can
+  register, like mitmproxy's `mitm.it`). Requests to it carry the developer's own proxy
+  credentials, so the proxy knows who asks:
+  `/` the developer page (set up this machine, check it, my recent requests, my profile),
+  `/ca.pem`, `/ca.cer` (DER), `/ca-bundle.pem`, `/requests` (my recent requests as JSON), and
+  `/profile`: GET shows the active routing profile of this workspace, PUT `{"profile": NAME}`
+  (or null for the default) or the page's form switches it. Nobody sees or changes another
+  user's traffic or choice: everything is keyed by the authenticated user and workspace.
+- `/.well-known/aibridge-proxy/check` on a routed host: the page's "check my setup". Reaching
+  it at all proves this browser trusts our CA and passed the proxy's sign-in; the answer says
+  as whom. Only the developer page's origin may read it (CORS).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
+from pathlib import Path
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import ctx
 from mitmproxy import http
 from redis.exceptions import RedisError
 
 from addons.auth import TokenAuth
 from addons.policy import ChoiceStore
+from addons.recent_requests import RecentRequest
+from addons.recent_requests import RecentRequests
 from addons.responses import plain_response
 from addons.routing import Routing
+from certs.authority import fingerprint
+from certs.bundle import build_bundle
+from proxy.client.verdicts import CONNECT_VERDICTS
+from proxy.pages.render import CHECK_PATH
+from proxy.pages.render import RESERVED_HOST
+from proxy.pages.render import SHELLS
+from proxy.pages.render import DeveloperPage
+from proxy.pages.render import ProfileView
+from proxy.pages.render import RecentRow
+from proxy.pages.render import content_security_policy
+from proxy.pages.render import nonce
+from proxy.pages.render import origin_of
+from proxy.pages.render import platform_of
+from proxy.pages.render import render_developer
 
-RESERVED_HOST = "aibridge-proxy.internal"
+logger = logging.getLogger(__name__)
+PAGE_ORIGIN = f"http://{RESERVED_HOST}"
+# The proxy's refusals of a developer's credentials that the page explains (others: a 407).
+EXPLAINED = {"invalid_token": 407, "rate_limited": 429, "internal_error": 503}
 
 
-def json_response(status: int, body: dict) -> http.Response:
+def json_response(status: int, body: dict | list, headers: dict | None = None) -> http.Response:
     return http.Response.make(
-        status, json.dumps(body, indent=2).encode() + b"\n", {"Content-Type": "application/json"}
+        status,
+        json.dumps(body, indent=2).encode() + b"\n",
+        {"Content-Type": "application/json", "Cache-Control": "no-store", **(headers or {})},
     )
 
 
+def recent_rows(entries: list[RecentRequest]) -> list[RecentRow]:
+    def tokens(e: RecentRequest) -> str:
+        if e.input_tokens is None and e.output_tokens is None:
+            return ""
+        return f"{e.input_tokens if e.input_tokens is not None else '?'} / " + (
+            f"{e.output_tokens if e.output_tokens is not None else '?'}"
+        )
+
+    return [
+        RecentRow(
+            time=datetime.datetime.fromtimestamp(e.time, datetime.UTC).strftime("%H:%M:%S"),
+            tool=e.tool or "",
+            where=e.provider or e.host,
+            model=e.model or "",
+            status=str(e.status) if e.status is not None else "failed",
+            duration=f"{e.duration_ms:.0f} ms",
+            tokens=tokens(e),
+            problem=e.problem or "",
+            fix=e.fix or "",
+        )
+        for e in entries
+    ]
+
+
 class SelfService:
-    def __init__(self, routing: Routing, auth: TokenAuth, choices: ChoiceStore):
+    def __init__(
+        self,
+        routing: Routing,
+        auth: TokenAuth,
+        choices: ChoiceStore,
+        recent: RecentRequests | None = None,
+    ):
         self.routing = routing
         self.auth = auth
         self.choices = choices
+        self.recent = recent
+        self.ca_pem: bytes | None = None
+        self.ca_fingerprint = ""
+
+    def load(self, loader):
+        loader.add_option(
+            "aibridge_proxy_address",
+            str | None,
+            None,
+            "host:port developers use for the proxy, for the lines the developer page shows "
+            "(default: the address the browser connected to).",
+        )
+
+    def configure(self, updated):
+        if "confdir" not in updated:
+            return
+        path = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
+        try:
+            self.ca_pem = path.read_bytes()
+            cert = x509.load_pem_x509_certificate(self.ca_pem)
+        except (OSError, ValueError):
+            self.ca_pem, self.ca_fingerprint = None, ""
+            return
+        self.ca_fingerprint = fingerprint(cert)
+
+    # -- routing of our own requests -----------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
-        if request.host.lower() != RESERVED_HOST:
-            return
-        flow.metadata["aibridge.self_service"] = True
-        if flow.response is not None:  # e.g. the 407 of a request without credentials
-            return
+        host = request.host.lower()
+        if host == RESERVED_HOST:
+            flow.metadata["aibridge.self_service"] = True
+            self._reserved_headers(flow)
+        elif (
+            request.path.split("?", 1)[0] == CHECK_PATH
+            and self.routing.current.table.lookup(host) is not None
+        ):
+            flow.metadata["aibridge.self_service"] = True
+            self._check(flow)
+
+    def _reserved_headers(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        if flow.response is not None:
+            reason = flow.metadata.get("aibridge.reject_reason")
+            if reason in EXPLAINED and request.method == "GET" and self._path(flow) == "/":
+                flow.response = self._page(flow, verdict=CONNECT_VERDICTS[EXPLAINED[reason]])
+            return  # e.g. the 407 of a request without credentials: the browser then sends them
         request.stream = False
-        identity = self.auth.identity(flow)
-        if identity is None:
+        if self.auth.identity(flow) is None:
             flow.response = plain_response(407, "proxy credentials needed")
-        elif request.path.split("?", 1)[0] != "/profile":
-            flow.response = plain_response(404, f"{RESERVED_HOST} answers /profile")
-        elif request.method not in ("GET", "PUT", "POST"):
+            return
+        path = self._path(flow)
+        if path not in ("/", "/ca.pem", "/ca.cer", "/ca-bundle.pem", "/requests", "/profile"):
+            flow.response = plain_response(
+                404, f"{RESERVED_HOST} answers /, /ca.pem, /ca.cer, /ca-bundle.pem, /requests "
+                "and /profile",
+            )  # fmt: skip
+        elif path == "/profile" and request.method not in ("GET", "PUT", "POST"):
             flow.response = plain_response(405, "GET shows the profile, PUT switches it")
+        elif path != "/profile" and request.method not in ("GET", "HEAD"):
+            flow.response = plain_response(405, f"{path} answers GET")
+
+    @staticmethod
+    def _path(flow: http.HTTPFlow) -> str:
+        return flow.request.path.split("?", 1)[0]
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get("aibridge.self_service") or flow.response is not None:
             return
+        path = self._path(flow)
+        if path == "/profile":
+            await self._profile(flow)
+        elif path == "/":
+            flow.response = self._page(flow)
+        elif path == "/requests":
+            flow.response = self._recent_json(flow)
+        else:
+            flow.response = self._download(path)
+
+    # -- the page and the files ------------------------------------------------------------------
+
+    def _page(self, flow: http.HTTPFlow, verdict=None, notice: str | None = None) -> http.Response:
+        if self.ca_pem is None:
+            return plain_response(503, "the proxy's CA is not loaded")
+        query = parse_qs(urlsplit(flow.request.path).query)
+        platform = query.get("os", [""])[0]
+        if platform not in ("linux", "macos", "windows"):
+            platform = platform_of(flow.request.headers.get("user-agent"))
+        shell = query.get("shell", [""])[0]
+        if shell not in SHELLS:
+            shell = "powershell" if platform == "windows" else "bash"
+        if notice is None and (switched := query.get("switched")) is not None:
+            notice = (
+                f"Switched to the profile {switched[0]}."
+                if switched[0]
+                else ("Switched back to the default profile.")
+            )
+        identity = self.auth.identity(flow) if verdict is None else None
+        user = identity.user if identity else None
+        check = self._check_url()
+        page = DeveloperPage(
+            proxy_address=self._proxy_address(flow),
+            ca_fingerprint=self.ca_fingerprint,
+            platform=platform,
+            shell=shell,
+            user=user or (("(not validated: presence mode)") if identity else None),
+            workspace=identity.workspace if identity else None,
+            verdict=verdict,
+            check_url=check,
+            recent=recent_rows(self.recent.of(user)) if self.recent and user else None,
+            profiles=self._profiles(identity) if identity and user else None,
+            notice=notice,
+            links={"ca_pem": "/ca.pem", "ca_der": "/ca.cer", "bundle": "/ca-bundle.pem"},
+        )
+        page_nonce = nonce()
+        body = render_developer(page, self.ca_pem, page_nonce).encode()
+        return http.Response.make(
+            200,
+            body,
+            {
+                "Content-Type": "text/html; charset=utf-8",
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": content_security_policy(page_nonce, origin_of(check)),
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin",  # no-referrer would make Origin "null"
+            },
+        )
+
+    def _check_url(self) -> str | None:
+        """The check on api.openai.com when it is routed, else on the first routed host."""
+        hosts = [r.host for r in self.routing.current.table.routes if "*" not in r.host]
+        if not hosts:
+            return None
+        host = "api.openai.com" if "api.openai.com" in hosts else hosts[0]
+        return f"https://{host}{CHECK_PATH}"
+
+    @staticmethod
+    def _proxy_address(flow: http.HTTPFlow) -> str:
+        if ctx.options.aibridge_proxy_address:
+            return ctx.options.aibridge_proxy_address
+        sock = flow.client_conn.sockname
+        if not sock:
+            return "proxy.example.com:8888"
+        host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
+        return f"{host}:{sock[1]}"
+
+    def _download(self, path: str) -> http.Response:
+        assert self.ca_pem is not None
+        if path == "/ca.cer":
+            der = x509.load_pem_x509_certificate(self.ca_pem).public_bytes(
+                serialization.Encoding.DER
+            )
+            return self._file(der, "application/pkix-cert", "aibridge-proxy-ca.cer")
+        if path == "/ca-bundle.pem":
+            bundle = build_bundle() + self.ca_pem
+            return self._file(bundle, "application/x-pem-file", "aibridge-proxy-ca-bundle.pem")
+        return self._file(self.ca_pem, "application/x-pem-file", "aibridge-proxy-ca.pem")
+
+    @staticmethod
+    def _file(data: bytes, media: str, name: str) -> http.Response:
+        return http.Response.make(
+            200,
+            data,
+            {"Content-Type": media, "Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    def _recent_json(self, flow: http.HTTPFlow) -> http.Response:
+        identity = self.auth.identity(flow)
+        if identity is None or not identity.user or self.recent is None:
+            return plain_response(403, "recent requests need a validated Coder user")
+        return json_response(200, [e.__dict__ for e in self.recent.of(identity.user)])
+
+    # -- the check ---------------------------------------------------------------------------------
+
+    def _check(self, flow: http.HTTPFlow) -> None:
+        cors = {"Access-Control-Allow-Origin": PAGE_ORIGIN, "Vary": "Origin"}
+        if flow.response is not None:
+            return
+        identity = self.auth.identity(flow)
+        if identity is None:  # not through a signed-in tunnel: never reached here
+            flow.response = plain_response(407, "proxy credentials needed")
+            return
+        who = identity.user or "a user the proxy did not validate (presence mode)"
+        where = f" (workspace {identity.workspace})" if identity.workspace else ""
+        flow.response = json_response(
+            200,
+            {
+                "ok": True,
+                "user": identity.user,
+                "workspace": identity.workspace,
+                "summary": f"this browser trusts the proxy's CA and reaches the proxy signed "
+                f"in as {who}{where}.",
+            },
+            cors,
+        )
+
+    # -- profiles ----------------------------------------------------------------------------------
+
+    def _profiles(self, identity) -> ProfileView | None:
+        policy = self.routing.current.policy
+        if not policy.profiles:
+            return None
+        chosen = self.choices.store.get(identity.user, identity.workspace)
+        active = chosen if chosen in policy.profiles else policy.default_profile
+        return ProfileView(active, policy.default_profile, tuple(policy.profiles))
+
+    async def _profile(self, flow: http.HTTPFlow) -> None:
         identity = self.auth.identity(flow)
         policy = self.routing.current.policy
+        request = flow.request
         if identity is None or not identity.user:
             flow.response = plain_response(
                 403, "profiles need a validated Coder user (auth.mode: validate)"
             )
             return
-        if flow.request.method in ("PUT", "POST"):
-            try:
-                wanted = json.loads(flow.request.raw_content or b"{}").get("profile")
-            except (ValueError, AttributeError):
-                flow.response = plain_response(400, 'send {"profile": "<name>"} as JSON')
-                return
+        form = request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        )
+        if request.method in ("PUT", "POST"):
+            if form:
+                if not self._same_origin(request):
+                    flow.response = plain_response(403, "profile switches come from the page only")
+                    return
+                values = parse_qs((request.raw_content or b"").decode("utf-8", "replace"))
+                wanted = values.get("profile", [""])[0] or None
+            else:
+                try:
+                    wanted = json.loads(request.raw_content or b"{}").get("profile")
+                except (ValueError, AttributeError):
+                    flow.response = plain_response(400, 'send {"profile": "<name>"} as JSON')
+                    return
             if wanted is not None and wanted not in policy.profiles:
                 known = ", ".join(policy.profiles) or "none are configured"
                 flow.response = plain_response(
@@ -77,6 +341,13 @@ class SelfService:
             except (OSError, RedisError) as e:  # nothing changed: say so, do not guess
                 flow.response = plain_response(
                     503, f"the profile store is unavailable ({type(e).__name__})"
+                )
+                return
+            if form:  # back to the page, which shows the switch
+                flow.response = http.Response.make(
+                    303,
+                    b"",
+                    {"Location": "/?switched=" + (wanted or ""), "Cache-Control": "no-store"},
                 )
                 return
         chosen = self.choices.store.get(identity.user, identity.workspace)
@@ -93,3 +364,10 @@ class SelfService:
                 },
             },
         )
+
+    @staticmethod
+    def _same_origin(request: http.Request) -> bool:
+        """A form post from our page: a browser says where it comes from (another site's form
+        could otherwise switch a developer's profile with their proxy credentials)."""
+        origin = request.headers.get("origin") or origin_of(request.headers.get("referer"))
+        return origin == PAGE_ORIGIN

@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--shell", choices=("bash", "zsh", "fish", "powershell"), default="bash")
     env.add_argument("--no-proxy", default="localhost,127.0.0.1,::1", help="hosts that stay direct")
     env.add_argument("--ide", action="store_true", help="also print VS Code and JetBrains settings")
+    env.add_argument(
+        "--tool",
+        help="only what one tool needs: copilot-vscode, copilot-jetbrains, copilot-cli, "
+        "claude-code, codex, opencode, python, node, go, curl",
+    )
 
     trust = sub.add_parser("trust", help="add the CA to (or --remove it from) the OS trust store")
     trust.add_argument("--ca", required=True, type=Path, help="the proxy's CA certificate (ca.pem)")
@@ -355,10 +360,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     from cryptography.x509 import load_pem_x509_certificate
 
     from certs.bundle import build_bundle
+    from proxy.client.env import TOOLS_BY_ID
     from proxy.client.env import ClientEnv
     from proxy.client.env import ide_settings
     from proxy.client.env import render
+    from proxy.client.env import render_tool
 
+    if args.tool is not None and args.tool not in TOOLS_BY_ID:
+        raise UsageError(f"--tool {args.tool!r}: choose one of {', '.join(TOOLS_BY_ID)}")
     try:
         ca_pem = args.ca.read_bytes()
         load_pem_x509_certificate(ca_pem)
@@ -374,7 +383,11 @@ def cmd_env(args: argparse.Namespace) -> int:
                 f"--bundle: cannot write {bundle}: {e.strerror}; pass --bundle PATH"
             ) from None
     env = ClientEnv(args.proxy_url, args.ca.resolve(), bundle.resolve(), args.no_proxy)
-    print(render(env, "bash" if args.shell == "zsh" else args.shell), end="")
+    shell = "bash" if args.shell == "zsh" else args.shell
+    if args.tool is not None:
+        print(render_tool(env, args.tool, shell), end="")
+        return 0
+    print(render(env, shell), end="")
     if args.ide:
         print()
         print(ide_settings(env), end="")

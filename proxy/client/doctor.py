@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
+from proxy.client.verdicts import GATEWAY_REJECTED_TOKEN
+from proxy.client.verdicts import NO_TOKEN
+from proxy.client.verdicts import connect_verdict
+
 TIMEOUT = 10.0
 
 
@@ -118,35 +122,12 @@ class ProxyProbe:
         if status == 200:
             return sock
         sock.close()
-        fixes = {
-            407: (
-                "the proxy rejected the token",
-                "get a fresh token (coder tokens create) and put it in HTTPS_PROXY",
-            ),
-            429: (
-                "the proxy is refusing this address after repeated failures",
-                "fix the token, then wait a minute",
-            ),
-            503: (
-                "the proxy cannot check tokens right now (gateway unreachable)",
-                "tell the proxy's administrator",
-            ),
-            403: (
-                "the proxy refused the connection",
-                "check with the proxy's administrator (TLS required?)",
-            ),
-        }
-        problem, fix = fixes.get(
-            status,
-            (f"the proxy answered {status or 'nothing'} to CONNECT", "check the proxy's logs"),
-        )
-        raise CheckFailed(problem, fix)
+        verdict = connect_verdict(status)
+        raise CheckFailed(verdict.problem, verdict.fix)
 
     def token(self) -> str:
         if not self.proxy.token:
-            raise CheckFailed(
-                "HTTPS_PROXY carries no token", "use http://coder:<your Coder token>@host:port"
-            )
+            raise CheckFailed(NO_TOKEN.problem, NO_TOKEN.fix)
         self.connect().close()
         return f"CONNECT {self.target}:443 accepted"
 
@@ -186,7 +167,7 @@ class ProxyProbe:
                 "tell the proxy's administrator",
             )
         if status == 401:
-            raise CheckFailed("the gateway rejected the token (401)", "get a fresh Coder token")
+            raise CheckFailed(GATEWAY_REJECTED_TOKEN.problem, GATEWAY_REJECTED_TOKEN.fix)
         return f"the gateway answered GET {self.target}/v1/models with {status}"
 
 

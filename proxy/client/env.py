@@ -74,6 +74,40 @@ class ClientEnv:
         ]
 
 
+@dataclass(frozen=True)
+class ToolSetup:
+    """What one tool needs: which of the variables above, and what else (IDE settings)."""
+
+    id: str
+    name: str
+    variables: tuple[str, ...]
+    note: str = ""
+    ide: str | None = None  # "vscode" or "jetbrains": settings instead of variables
+
+
+_PROXY = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+TOOLS: tuple[ToolSetup, ...] = (
+    ToolSetup("copilot-vscode", "GitHub Copilot in VS Code", (),
+              "VS Code takes its proxy from settings.json and its CAs from the OS trust store "
+              "only (NODE_EXTRA_CA_CERTS is ignored): trust the CA in the OS first.",
+              ide="vscode"),
+    ToolSetup("copilot-jetbrains", "GitHub Copilot in JetBrains IDEs", (),
+              "JetBrains IDEs take the proxy from their own settings; trust the CA in the OS "
+              "(or the IDE's Server Certificates).", ide="jetbrains"),
+    ToolSetup("copilot-cli", "Copilot CLI", (*_PROXY, "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY")),
+    ToolSetup("claude-code", "Claude Code", (*_PROXY, "NODE_EXTRA_CA_CERTS")),
+    ToolSetup("codex", "Codex CLI", (*_PROXY, "CODEX_CA_CERTIFICATE")),
+    ToolSetup("opencode", "OpenCode", (*_PROXY, "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY")),
+    ToolSetup("python", "Python (openai, anthropic, requests, httpx)",
+              (*_PROXY, "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")),
+    ToolSetup("node", "Node (openai and anthropic npm, fetch)",
+              (*_PROXY, "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY")),
+    ToolSetup("go", "Go", (*_PROXY, "SSL_CERT_FILE")),
+    ToolSetup("curl", "curl", (*_PROXY, "CURL_CA_BUNDLE")),
+)  # fmt: skip
+TOOLS_BY_ID = {t.id: t for t in TOOLS}
+
+
 def _quote_sh(value: str) -> str:
     # Keep $VARIABLES expandable (e.g. the token), quote everything else.
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
@@ -83,27 +117,37 @@ def _quote_ps(value: str) -> str:
     return '"' + value.replace("`", "``").replace('"', '`"') + '"'
 
 
+def assignment(shell: str, name: str, value: str) -> str:
+    """One variable set for the rest of the session, in `shell`'s syntax."""
+    if shell == "bash":
+        return f"export {name}={_quote_sh(value)}"
+    if shell == "fish":
+        return f"set -gx {name} {_quote_sh(value)}"
+    # $CODER_SESSION_TOKEN -> $env:CODER_SESSION_TOKEN
+    return f"$env:{name} = {_quote_ps(value.replace('$', '$env:'))}"
+
+
 def render(env: ClientEnv, shell: str) -> str:
     lines = [f"# aibridge-proxy client settings ({'bash/zsh' if shell == 'bash' else shell})"]
     for comment, pairs in env.groups():
         lines.append(f"# {comment}")
-        for name, value in pairs:
-            if shell == "bash":
-                lines.append(f"export {name}={_quote_sh(value)}")
-            elif shell == "fish":
-                lines.append(f"set -gx {name} {_quote_sh(value)}")
-            else:
-                ps_value = value
-                if "$" in ps_value:  # $CODER_SESSION_TOKEN -> $env:CODER_SESSION_TOKEN
-                    ps_value = ps_value.replace("$", "$env:")
-                lines.append(f"$env:{name} = {_quote_ps(ps_value)}")
+        lines += [assignment(shell, name, value) for name, value in pairs]
     return "\n".join(lines) + "\n"
 
 
-def ide_settings(env: ClientEnv) -> str:
-    parts = urlsplit(env.proxy_url.replace("$", "%24"))
-    host = parts.hostname or "proxy"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+def render_tool(env: ClientEnv, tool_id: str, shell: str) -> str:
+    """The lines one tool needs, in `shell`'s syntax (`aibridge-proxy env --tool`, and the
+    developer page: both print exactly this)."""
+    tool = TOOLS_BY_ID[tool_id]
+    if tool.ide == "vscode":
+        return vscode_settings(env)
+    if tool.ide == "jetbrains":
+        return jetbrains_settings(env)
+    values = dict(pair for _, pairs in env.groups() for pair in pairs)
+    return "\n".join(assignment(shell, name, values[name]) for name in tool.variables) + "\n"
+
+
+def vscode_settings(env: ClientEnv) -> str:
     vscode = {
         "http.proxy": env.proxy_url,
         "http.proxySupport": "override",
@@ -111,12 +155,24 @@ def ide_settings(env: ClientEnv) -> str:
         "http.noProxy": env.no_proxy.split(","),
     }
     return (
-        "# VS Code (settings.json; Remote/Dev Containers: the Remote tab). Settings do not expand\n"
-        "# variables: write the token itself. Copilot in VS Code reads CAs from the OS trust\n"
-        "# store only: run `aibridge-proxy trust` once.\n"
-        + json.dumps(vscode, indent=2)
-        + "\n\n# JetBrains IDEs: Settings > Appearance & Behavior > System Settings > HTTP Proxy\n"
+        "// VS Code settings.json (Remote/Dev Containers: the Remote tab). Settings do not expand\n"
+        "// variables: write the token itself. Copilot in VS Code reads CAs from the OS trust\n"
+        "// store only: run `aibridge-proxy trust` once.\n" + json.dumps(vscode, indent=2) + "\n"
+    )
+
+
+def jetbrains_settings(env: ClientEnv) -> str:
+    parts = urlsplit(env.proxy_url.replace("$", "%24"))
+    host = parts.hostname or "proxy"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    user = parts.username or "coder"
+    return (
+        "# JetBrains IDEs: Settings > Appearance & Behavior > System Settings > HTTP Proxy\n"
         f"#   Manual proxy configuration, HTTP, host {host}, port {port}\n"
-        "#   Proxy authentication: login coder, password = your Coder token, Remember\n"
+        f"#   Proxy authentication: login {user}, password = your Coder token, Remember\n"
         "#   Trust the CA: `aibridge-proxy trust`, or Settings > Tools > Server Certificates\n"
     )
+
+
+def ide_settings(env: ClientEnv) -> str:
+    return vscode_settings(env) + "\n" + jetbrains_settings(env)

@@ -8,6 +8,7 @@ proxy faces developers. Nothing here ever serves the CA key.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import time
@@ -24,6 +25,9 @@ from addons.rules.providers import ProviderTable
 from certs.bundle import build_bundle
 from proxy.server.settings import Settings
 
+TRAFFIC_WINDOW = 15 * 60  # seconds of "requests in the last minutes" on the admin page
+TRAFFIC_SAMPLE = 15.0
+
 
 @dataclass
 class AdminState:
@@ -36,6 +40,8 @@ class AdminState:
     gateways: dict = field(default_factory=dict)  # named gateways (routing rules): name -> address
     proxy_address: str | None = None  # host:port clients use, for the PAC file
     proxy_scheme: str = "PROXY"  # PAC keyword: PROXY, or HTTPS with a TLS listener
+    listen: str = ""  # the proxy listener, as bound
+    gateway_urls: dict = field(default_factory=dict)  # name -> base URL, for the admin page
 
     def publish(self, settings: Settings, ca_pem: bytes, port: int) -> None:
         """Take the current settings and CA (at start and after each reload)."""
@@ -50,6 +56,9 @@ class AdminState:
         self.proxy_address = settings.admin_proxy_address or (
             f"{host}:{port}" if host not in ("", "0.0.0.0", "::") else None
         )
+        self.listen = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+        urls = {name: t.origin + t.path for name, t in named.items()}
+        self.gateway_urls = urls or ({"gateway": target.origin + target.path} if target else {})
         self.proxy_scheme = "HTTPS" if settings.tls_cert_file else "PROXY"
 
 
@@ -112,9 +121,13 @@ class AdminServer:
         self.probe = GatewayProbe()
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
+        self._sampler: asyncio.Task | None = None
+        self._samples: collections.deque = collections.deque()  # (monotonic time, totals)
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_get("/", self.page)
+        app.router.add_get("/ca.cer", self.ca_der)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -129,12 +142,150 @@ class AdminServer:
         site = web.TCPSite(self._runner, host or None, port)
         await site.start()
         self.address = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        self._sampler = asyncio.create_task(self._sample_traffic())
         return self.address
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # -- the admin page ----------------------------------------------------------------------
+
+    def _totals(self) -> dict[str, tuple[float, float]]:
+        """Requests and errors (5xx, failed) so far, per provider."""
+        registry = self.registry()
+        totals: dict[str, list[float]] = {}
+        if registry is None:
+            return {}
+        for family in registry.collect():
+            if family.name != "aibridge_proxy_requests":
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                entry = totals.setdefault(sample.labels.get("provider", "?"), [0.0, 0.0])
+                entry[0] += sample.value
+                code = sample.labels.get("code", "")
+                if code == "error" or code.startswith("5"):
+                    entry[1] += sample.value
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    async def _sample_traffic(self) -> None:
+        while True:
+            self._samples.append((time.monotonic(), self._totals()))
+            while (
+                len(self._samples) > 1 and time.monotonic() - self._samples[1][0] > TRAFFIC_WINDOW
+            ):
+                self._samples.popleft()
+            await asyncio.sleep(TRAFFIC_SAMPLE)
+
+    def _traffic(self) -> list[tuple[str, int, int]]:
+        now = self._totals()
+        before = self._samples[0][1] if self._samples else {}
+        rows = []
+        for provider, (requests, errors) in sorted(now.items()):
+            old = before.get(provider, (0.0, 0.0))
+            if requests - old[0] > 0:
+                rows.append((provider, int(requests - old[0]), int(errors - old[1])))
+        return rows
+
+    def _last_reload(self) -> str:
+        registry = self.registry()
+        if registry is None:
+            return "no reload yet"
+        counts, last_ok = {}, 0.0
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == "aibridge_proxy_config_reloads_total":
+                    counts[sample.labels.get("result")] = sample.value
+                elif sample.name == "aibridge_proxy_config_last_reload_success_timestamp_seconds":
+                    last_ok = max(last_ok, sample.value)
+        ok, failed = int(counts.get("success", 0)), int(counts.get("failure", 0))
+        if not ok and not failed:
+            return "no reload since start"
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ok)) if last_ok else "never"
+        return f"last success {when}; {ok} succeeded, {failed} refused since start"
+
+    async def page(self, request: web.Request) -> web.Response:
+        from cryptography import x509
+
+        from certs.authority import fingerprint
+        from proxy.pages.render import AdminView
+        from proxy.pages.render import DeveloperPage
+        from proxy.pages.render import content_security_policy
+        from proxy.pages.render import nonce
+        from proxy.pages.render import platform_of
+        from proxy.pages.render import render_developer
+
+        if not self.state.ca_pem:
+            return web.Response(status=503, text="CA not loaded\n")
+        cert = x509.load_pem_x509_certificate(self.state.ca_pem)
+        gateways = []
+        for name, url in self.state.gateway_urls.items():
+            address = self.state.gateways.get(name, self.state.gateway)
+            gateways.append((name, url, await self.probe.problem(address) or "reachable"))
+        view = AdminView(
+            listeners=[
+                ("proxy", self.state.listen),
+                ("admin", ":".join(map(str, self.address or ()))),
+            ],
+            ca_fingerprint=fingerprint(cert),
+            ca_expiry=f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            gateways=gateways,
+            traffic=self._traffic(),
+            window_minutes=TRAFFIC_WINDOW // 60,
+            last_reload=self._last_reload(),
+        )
+        query = request.query
+        platform = (
+            query.get("os")
+            if query.get("os") in ("linux", "macos", "windows")
+            else (platform_of(request.headers.get("User-Agent")))
+        )
+        shell = (
+            query.get("shell")
+            if query.get("shell") in ("bash", "fish", "powershell")
+            else ("powershell" if platform == "windows" else "bash")
+        )
+        page = DeveloperPage(
+            proxy_address=self.state.proxy_address or self.state.listen,
+            ca_fingerprint=view.ca_fingerprint,
+            platform=platform,
+            shell=shell,
+            links={"ca_pem": "/ca.pem", "ca_der": "/ca.cer", "bundle": "/ca-bundle.pem"},
+        )
+        page_nonce = nonce()
+        html = await asyncio.get_running_loop().run_in_executor(
+            None, render_developer, page, self.state.ca_pem, page_nonce, view
+        )
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": content_security_policy(page_nonce, None),
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    async def ca_der(self, request: web.Request) -> web.Response:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        if not self.state.ca_pem:
+            return web.Response(status=503, text="CA not loaded\n")
+        der = x509.load_pem_x509_certificate(self.state.ca_pem).public_bytes(
+            serialization.Encoding.DER
+        )
+        return web.Response(
+            body=der,
+            content_type="application/pkix-cert",
+            headers={"Content-Disposition": 'attachment; filename="aibridge-proxy-ca.cer"'},
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

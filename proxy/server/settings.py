@@ -626,7 +626,8 @@ FIELDS: tuple[Field, ...] = (
         "admin.proxy_address",
         _opt_proxy_address,
         None,
-        "host:port clients use for the proxy, written into /proxy.pac.",
+        "host:port clients use for the proxy, written into /proxy.pac and the developer page.",
+        option="aibridge_proxy_address",
     ),
     Field(
         "workers",

@@ -331,3 +331,28 @@ def test_serve_warns_loudly_with_an_unconstrained_ca(make_proxy, tmp_path):
     p = make_proxy(state_dir=state)
     line = p.wait_for_line(lambda r: "NO NAME CONSTRAINTS" in r.get("msg", ""))
     assert line["level"] == "warning" and "ca init --force" in line["msg"]
+
+
+def test_env_tool_prints_exactly_what_the_developer_page_shows(tmp_path):
+    """One source for both: `aibridge-proxy env --tool` and the page call render_tool."""
+
+    from certs.authority import generate_ca
+    from proxy.client.env import TOOLS
+    from proxy.client.env import ClientEnv
+    from proxy.client.env import render_tool
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(generate_ca("t", 30, permitted_domains=["example.com"]).cert_pem())
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(b"")
+    url = "http://ws:$CODER_SESSION_TOKEN@proxy.example.com:8888"
+    env = ClientEnv(url, ca.resolve(), bundle.resolve())
+    for tool in TOOLS:
+        for shell in ("bash", "fish", "powershell"):
+            r = cli("env", "--proxy-url", url, "--ca", str(ca), "--bundle", str(bundle),
+                    "--tool", tool.id, "--shell", shell)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == render_tool(env, tool.id, shell), (tool.id, shell)
+    assert_one_line_error(
+        cli("env", "--proxy-url", url, "--ca", str(ca), "--tool", "emacs"), "--tool 'emacs'"
+    )

@@ -1,0 +1,175 @@
+"""Jinja2 rendering of the pages, and the facts they are made of."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+import jinja2
+
+from proxy.client.env import TOOLS
+from proxy.client.env import ClientEnv
+from proxy.client.env import render_tool
+from proxy.client.trust import plan
+from proxy.client.verdicts import BROWSER_UNTRUSTED
+from proxy.client.verdicts import Verdict
+
+RESERVED_HOST = "aibridge-proxy.internal"
+CHECK_PATH = "/.well-known/aibridge-proxy/check"
+PLATFORMS = {"linux": "Linux", "macos": "macOS", "windows": "Windows"}
+SHELLS = {"bash": "bash / zsh", "fish": "fish", "powershell": "PowerShell"}
+_TEMPLATES = Path(__file__).with_name("templates")
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_TEMPLATES),
+    autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def platform_of(user_agent: str | None) -> str:
+    """The developer's OS, from the browser's User-Agent (the page offers the others too)."""
+    ua = (user_agent or "").lower()
+    if "windows" in ua:
+        return "windows"
+    if "mac os x" in ua or "macintosh" in ua:
+        return "macos"
+    return "linux"
+
+
+def client_files(platform: str) -> tuple[str, str]:
+    """Where the page tells the developer to keep the CA and the bundle."""
+    if platform == "windows":
+        return r"$USERPROFILE\.aibridge-proxy\ca.pem", r"$USERPROFILE\.aibridge-proxy\ca-bundle.pem"
+    return "$HOME/.aibridge-proxy/ca.pem", "$HOME/.aibridge-proxy/ca-bundle.pem"
+
+
+@dataclass(frozen=True)
+class ToolLines:
+    id: str
+    name: str
+    note: str
+    lines: str
+
+
+@dataclass(frozen=True)
+class RecentRow:
+    time: str
+    tool: str
+    where: str
+    model: str
+    status: str
+    duration: str
+    tokens: str
+    problem: str = ""
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    active: str | None
+    default: str | None
+    names: tuple[str, ...]
+
+
+@dataclass
+class DeveloperPage:
+    proxy_address: str  # host:port the developer's machine uses for the proxy
+    ca_fingerprint: str
+    platform: str
+    shell: str
+    user: str | None = None  # None on the admin listener (no proxy credentials there)
+    workspace: str | None = None
+    verdict: Verdict | None = None  # the proxy credentials' fault, when they have one
+    check_url: str | None = None  # a routed host's check path; None: no routed host
+    recent: list[RecentRow] | None = None
+    profiles: ProfileView | None = None
+    notice: str | None = None  # e.g. "switched to profile fast"
+    links: dict[str, str] = field(default_factory=dict)  # CA downloads, relative to the page
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.workspace or 'coder'}:$CODER_SESSION_TOKEN@{self.proxy_address}"
+
+    def client_env(self) -> ClientEnv:
+        ca, bundle = client_files(self.platform)
+        return ClientEnv(self.proxy_url, Path(ca), Path(bundle))
+
+    def tools(self) -> list[ToolLines]:
+        env = self.client_env()
+        return [ToolLines(t.id, t.name, t.note, render_tool(env, t.id, self.shell)) for t in TOOLS]
+
+    def download_lines(self) -> str:
+        """Fetch the CA and the bundle through the proxy itself (plain HTTP: no trust needed)."""
+        ca, bundle = client_files(self.platform)
+        base = f"http://{RESERVED_HOST}"
+        proxy = self.proxy_url
+        if self.platform == "windows":
+            ps_proxy = proxy.replace("$", "$env:")
+            return (
+                f'New-Item -ItemType Directory -Force "$env:USERPROFILE\\.aibridge-proxy" | Out-Null\n'
+                f'curl.exe -sSf -x "{ps_proxy}" -o "{ca.replace("$", "$env:")}" {base}/ca.pem\n'
+                f'curl.exe -sSf -x "{ps_proxy}" -o "{bundle.replace("$", "$env:")}" {base}/ca-bundle.pem\n'
+            )
+        return (
+            'mkdir -p "$HOME/.aibridge-proxy"\n'
+            f'curl -sSf -x "{proxy}" -o "{ca}" {base}/ca.pem\n'
+            f'curl -sSf -x "{proxy}" -o "{bundle}" {base}/ca-bundle.pem\n'
+        )
+
+    def trust_steps(self, ca_pem: bytes) -> list[str]:
+        """The OS trust-store commands, as `aibridge-proxy trust` would run them."""
+        ca, _ = client_files(self.platform)
+        if self.platform == "linux":
+            steps = ["# Debian, Ubuntu:"] + plan("debian", ca_pem, False).describe()
+            steps += ["# Fedora, RHEL:"] + plan("redhat", ca_pem, False).describe()
+            return [s.replace("write ", f"sudo cp {ca} ") if s.startswith("write") else
+                    (s if s.startswith("#") else "sudo " + s) for s in steps]  # fmt: skip
+        described = plan(self.platform, ca_pem, False).describe()
+        return [s for s in described if not s.startswith("write")]
+
+
+@dataclass(frozen=True)
+class AdminView:
+    listeners: list[tuple[str, str]]
+    ca_fingerprint: str
+    ca_expiry: str
+    gateways: list[tuple[str, str, str]]  # name, URL, health
+    traffic: list[tuple[str, int, int]]  # provider, requests, errors
+    window_minutes: int
+    last_reload: str
+
+
+def nonce() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def content_security_policy(page_nonce: str, check_origin: str | None) -> str:
+    connect = f" {check_origin}" if check_origin else ""
+    return (
+        f"default-src 'none'; style-src 'nonce-{page_nonce}'; script-src 'nonce-{page_nonce}'; "
+        f"connect-src 'self'{connect}; img-src data:; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+def render_developer(page: DeveloperPage, ca_pem: bytes, page_nonce: str, admin=None) -> str:
+    return _ENV.get_template("developer.html.j2").render(
+        page=page,
+        ca_pem=ca_pem,
+        admin=admin,
+        nonce=page_nonce,
+        platforms=PLATFORMS,
+        shells=SHELLS,
+        untrusted=BROWSER_UNTRUSTED,
+        reserved_host=RESERVED_HOST,
+    )
+
+
+def origin_of(url: str | None) -> str | None:
+    m = re.match(r"^(https?://[^/]+)", url or "")
+    return m.group(1) if m else None

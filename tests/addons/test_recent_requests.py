@@ -1,0 +1,86 @@
+"""The developer page's list in-process: per user, bounded, newest first, failures explained."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from mitmproxy import http
+
+from addons.auth import TokenAuth
+from addons.gateway import GatewayRouter
+from addons.gateway_health import GatewayHealth
+from addons.recent_requests import RecentRequests
+from addons.routing import Routing
+from addons.rules.failure_hints import failure_hint
+from tests.addons.chain import connect_flow
+from tests.addons.chain import loaded
+from tests.addons.chain import request_in_tunnel
+
+
+class ValidatedUsers:
+    """TokenAuth's answer in validate mode: the token names its user (tok-alice -> alice)."""
+
+    def __init__(self, auth: TokenAuth):
+        self.auth = auth
+
+    def identity(self, flow):
+        found = self.auth.identity(flow)
+        return replace(found, user=found.token.removeprefix("tok-")) if found else None
+
+
+@pytest.fixture
+def chain():
+    routing = Routing()
+    auth = TokenAuth(routing)
+    router = GatewayRouter(routing, auth, GatewayHealth(routing))
+    recent = RecentRequests(ValidatedUsers(auth), per_user=3, users=2)
+    with loaded(routing, auth, router, recent, aibridge_auth_mode="presence"):
+        yield auth, router, recent
+
+
+async def finish(chain, user: str, status: int, path="/v1/chat/completions"):
+    auth, router, recent = chain
+    connect = connect_flow("api.openai.com", token=f"tok-{user}")
+    await auth.http_connect(connect)
+    auth.http_connected(connect)
+    flow = request_in_tunnel(connect, path=path)
+    await auth.requestheaders(flow)
+    await router.requestheaders(flow)
+    flow.response = http.Response.make(status, b"")
+    recent.response(flow)
+    return flow
+
+
+async def test_each_user_sees_their_own_latest_requests_only(chain):
+    _, _, recent = chain
+    for n in range(5):
+        await finish(chain, "alice", 200, path=f"/v1/{n}")
+    await finish(chain, "bob", 401)
+    alice = recent.of("alice")
+    assert len(alice) == 3  # the bound
+    assert [e.status for e in alice] == [200, 200, 200]
+    bob = recent.of("bob")
+    assert len(bob) == 1 and bob[0].problem == (
+        "gateway answered 401: the token is not valid for AI Bridge"
+    )
+    assert "tok-" not in repr(alice + bob)  # never the token
+    await finish(chain, "carol", 200)  # a third user: the least recent one (alice) goes
+    assert recent.of("alice") == [] and len(recent.of("carol")) == 1
+
+
+@pytest.mark.parametrize(
+    "status, reason, routed, problem",
+    [
+        (200, None, True, None),
+        (403, "rule_denied", True, "a routing rule denies this request"),
+        (403, "denied_host", False, "the proxy's egress policy denies this host"),
+        (502, None, True, "the proxy could not reach the gateway"),
+        (504, None, False, "the server did not answer in time"),
+        (None, None, True, "the connection failed (reset)"),
+        (418, None, False, "the server answered 418"),
+    ],
+)
+def test_failure_hints(status, reason, routed, problem):
+    hint = failure_hint(status, reason, routed, "reset")
+    assert (hint[0] if hint else None) == problem
