@@ -12,6 +12,7 @@ import jinja2
 
 from proxy.client.env import TOOLS
 from proxy.client.env import ClientEnv
+from proxy.client.env import assignment
 from proxy.client.env import render_tool
 from proxy.client.trust import plan
 from proxy.client.verdicts import BROWSER_UNTRUSTED
@@ -102,6 +103,14 @@ class DeveloperPage:
     def tools(self) -> list[ToolLines]:
         env = self.client_env()
         return [ToolLines(t.id, t.name, t.note, render_tool(env, t.id, self.shell)) for t in TOOLS]
+
+    def token_line(self) -> str:
+        """How this shell keeps the token where the lines expect it."""
+        return assignment(self.shell, "CODER_SESSION_TOKEN", "<your token>")
+
+    def trust_command(self) -> str:
+        ca, _ = client_files(self.platform)
+        return f"aibridge-proxy trust --ca {ca.replace('$', '$env:') if self.shell == 'powershell' else ca}"
 
     def download_lines(self) -> str:
         """Fetch the CA and the bundle through the proxy itself (plain HTTP: no trust needed)."""

@@ -97,9 +97,12 @@ def open_page(chromium, proxy, token=ALICE, user="coder", trusted=True, **contex
 
 def test_the_page_loads_through_the_proxy_with_the_developers_identity(chromium, paged):
     ctx, page = open_page(chromium, paged, user="alice-ws")
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url))
     try:
         response = page.goto(PAGE)
         assert response.status == 200
+        assert fetched == [PAGE]  # one document, nothing from anywhere else
         assert page.locator("#identity").inner_text() == (
             "Signed in to the proxy as alice (workspace alice-ws)."
         )
@@ -115,6 +118,18 @@ def test_the_page_loads_through_the_proxy_with_the_developers_identity(chromium,
             assert shown == render_tool(env, tool, "bash"), tool
         assert "update-ca-certificates" in page.locator("#trust").text_content()
         assert ALICE not in page.content()  # never the token
+        page.locator("#tool-claude-code summary").click()
+        page.locator("#tool-claude-code button.copy").click()
+        assert page.locator("#tool-claude-code button.copy").inner_text() == "Copied"
+        # what the clipboard holds, read by a page in a secure context (the admin listener on
+        # 127.0.0.1, reached directly; the reserved host is plain HTTP, where pages cannot)
+        direct = ctx.browser.new_context()
+        direct.grant_permissions(["clipboard-read", "clipboard-write"])
+        reader = direct.new_page()
+        reader.goto(f"http://127.0.0.1:{paged.admin_port}/healthz")
+        copied = reader.evaluate("navigator.clipboard.readText()")
+        assert copied == render_tool(env, "claude-code", "bash").rstrip("\n")  # a selection's text
+        direct.close()
         browsers.screenshot(page, "developer-linux")
         # readable on a phone: nothing wider than the screen but the scrolling code blocks
         page.set_viewport_size({"width": 390, "height": 844})
@@ -136,6 +151,9 @@ def test_a_windows_browser_gets_powershell_and_the_windows_store(chromium, paged
             env, "codex", "powershell"
         )
         assert "certutil -addstore -f Root" in page.locator("#trust").text_content()
+        assert page.locator("#token-line").inner_text() == (
+            '$env:CODER_SESSION_TOKEN = "<your token>"'
+        )
         assert page.locator("nav.choices a[aria-current]").first.inner_text() == "Windows"
         browsers.screenshot(page, "developer-windows")
         # and the others are one link away
@@ -147,7 +165,7 @@ def test_a_windows_browser_gets_powershell_and_the_windows_store(chromium, paged
         ctx.close()
 
 
-def test_the_check_succeeds_with_a_trusted_ca(chromium, paged):
+def test_the_check_succeeds_with_a_trusted_ca(chromium, paged, gateway):
     ctx, page = open_page(chromium, paged)
     try:
         page.goto(PAGE)
@@ -159,6 +177,7 @@ def test_the_check_succeeds_with_a_trusted_ca(chromium, paged):
             "All set. this browser trusts the proxy's CA and reaches the proxy signed in as alice."
         )
         browsers.screenshot(page, "check-trusted")
+        assert not any("aibridge-proxy/check" in r.path for r in gateway.records)  # ours only
     finally:
         ctx.close()
 
@@ -187,6 +206,7 @@ def test_a_wrong_token_is_explained_in_doctors_words(chromium, paged):
         assert page.locator("#identity").inner_text() == (
             f"Problem: {verdict.problem}.\nFix: {verdict.fix}."
         )
+        assert page.get_by_role("button", name="Check my setup").count() == 0  # it cannot pass
         browsers.screenshot(page, "wrong-token")
     finally:
         ctx.close()
@@ -196,6 +216,7 @@ def test_my_recent_requests_are_mine_only(chromium, paged, gateway):
     with proxy_client(paged, ALICE, headers={"User-Agent": "claude-cli/2.1.0"}) as c:
         r = c.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-recent"})
         assert r.status_code == 200
+        assert c.get("https://api.openai.com/v1/no-such-route").status_code == 404
     ctx, page = open_page(chromium, paged)
     try:
         page.goto(PAGE)
@@ -203,6 +224,10 @@ def test_my_recent_requests_are_mine_only(chromium, paged, gateway):
         mine = [r for r in rows if "gpt-recent" in r]
         assert mine and "Claude Code" in mine[0] and "openai" in mine[0] and "200" in mine[0]
         assert "5 / 8" in mine[0]  # the local gateway's usage
+        failed = rows.index(next(r for r in rows if "404" in r))
+        assert rows[failed + 1].strip() == (
+            "the gateway answered 404: see the tool's own error message"
+        )
         browsers.screenshot(page, "recent-alice")
     finally:
         ctx.close()
@@ -245,7 +270,7 @@ def test_a_form_post_from_another_site_cannot_switch_a_profile(chromium, paged):
         page.set_content(
             f'<form method="post" action="{PAGE}profile"><input name="profile" value="fast"></form>'
         )
-        with page.expect_response(lambda r: r.url == PAGE + "profile") as answer:
+        with page.expect_navigation() as answer:
             page.evaluate("document.forms[0].submit()")
         assert answer.value.status == 403
         page.goto(PAGE)
