@@ -318,12 +318,19 @@ class SelfService:
             "application/x-www-form-urlencoded"
         )
         if request.method in ("PUT", "POST"):
+            origin = request.headers.get("origin")
+            if (origin is not None or form) and not self._same_origin(request):
+                # a browser on another site (a CLI sends no Origin): never with our credentials
+                flow.response = plain_response(403, "profile switches come from the page only")
+                return
             if form:
-                if not self._same_origin(request):
-                    flow.response = plain_response(403, "profile switches come from the page only")
-                    return
                 values = parse_qs((request.raw_content or b"").decode("utf-8", "replace"))
                 wanted = values.get("profile", [""])[0] or None
+            elif not request.headers.get("content-type", "").startswith("application/json"):
+                flow.response = plain_response(
+                    415, 'send {"profile": "<name>"} as application/json'
+                )
+                return
             else:
                 try:
                     wanted = json.loads(request.raw_content or b"{}").get("profile")

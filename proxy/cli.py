@@ -202,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # the supervisor of several workers never imports the engine: only workers run it
+    from proxy.server.limits import raise_open_files_limit
     from proxy.server.logs import configure_logging
     from proxy.server.workers import Supervisor
     from proxy.server.workers import worker_count
 
     settings = _settings_from(args, require_gateway=True)
     configure_logging(settings.log_level, settings.log_format, access_file=settings.log_access_file)
+    raise_open_files_limit()  # before any listener or worker: they all inherit it
 
     def reload() -> Settings:
         return _settings_from(args, require_gateway=True)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -204,6 +205,7 @@ class ProxyApp:
             "proxy listening",
             extra={
                 "fields": {
+                    "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                     "listen": f"{self.listen_address[0]}:{self.listen_address[1]}",
                     "target": self.settings.routing_target.url
                     if self.settings.routing_target

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -160,6 +161,7 @@ class Supervisor:
             "proxy listening",
             extra={
                 "fields": {
+                    "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                     "listen": f"{self.settings.listen[0]}:{self.port}",
                     "workers": self.count,
                 }

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 
 from tests.support import ALICE
+from tests.support import ProxyProcess
 from tests.support import free_port
 from tests.support import metric
 from tests.support import proxy_client
@@ -308,3 +311,25 @@ def test_text_log_format(make_proxy, gateway):
     line = next(x for x in p.output.splitlines() if "aibridge.access" in x)
     assert " info    aibridge.access: request connect_id=" in line
     assert "provider=openai" in line and "status=200" in line and "path=/v1/models" in line
+
+
+def test_the_open_file_limit_is_raised_to_what_the_system_grants(gateway_server, tmp_path):
+    """With the soft limit at 1,024 a proxy stops near 500 streams: it raises it to the hard
+    limit (systemd's LimitNOFILE=) itself, and says so."""
+    import shutil
+    import sys
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux)")
+    p = ProxyProcess(
+        tmp_path / "state",
+        ["--gateway", gateway_server.url],
+        command=["prlimit", "--nofile=1024:8192", sys.executable, "-m", "proxy"],
+    ).start()
+    try:
+        line = p.wait_for_line(lambda r: r.get("msg") == "proxy listening")
+        assert line["open_files"] == 8192
+        limits = Path(f"/proc/{p.proc.pid}/limits").read_text()
+        assert re.search(r"^Max open files\s+8192\s+8192\s", limits, re.M), limits
+    finally:
+        p.stop()

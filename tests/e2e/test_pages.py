@@ -273,6 +273,13 @@ def test_a_form_post_from_another_site_cannot_switch_a_profile(chromium, paged):
         with page.expect_navigation() as answer:
             page.evaluate("document.forms[0].submit()")
         assert answer.value.status == 403
+        # nor a "simple" cross-site fetch with a JSON body (text/plain needs no preflight)
+        status = page.evaluate(
+            """fetch(%r, {method: "POST", mode: "no-cors", body: '{"profile": "fast"}'})
+                 .then(() => "sent")"""
+            % (PAGE + "profile")
+        )
+        assert status == "sent"
         page.goto(PAGE)
         assert page.locator("#active-profile").inner_text() == "direct"
     finally:

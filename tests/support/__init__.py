@@ -369,6 +369,18 @@ def proxy_basic(token: str, user: str = "coder") -> str:
     return basic_credentials(user, token)
 
 
+def wait_listening(port: int, timeout: float) -> bool:
+    """True once something accepts connections on 127.0.0.1:port, False after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -774,14 +786,9 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        if not wait_listening(self.port, 10):
+            raise RuntimeError("redis-server did not start")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

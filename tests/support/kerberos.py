@@ -8,13 +8,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.support import free_port
+from tests.support import wait_listening
 
 REALM = "AIBRIDGE.TEST"
 KDC = Path("/usr/sbin/krb5kdc")
@@ -80,15 +79,10 @@ class KerberosRealm:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("krb5kdc did not start")
+        if not wait_listening(self.port, 20):
+            self.stop()
+            raise RuntimeError("krb5kdc did not start")
+        return self
 
     @property
     def keytab(self) -> Path:

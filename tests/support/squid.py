@@ -10,13 +10,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from tests.support import free_port
+from tests.support import wait_listening
 
 SQUID = Path("/usr/sbin/squid")
 HELPERS = Path("/usr/lib/squid")
@@ -75,15 +75,10 @@ class SquidProxy:
             env=env,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("squid did not start:\n" + self.cache_log())
+        if not wait_listening(self.port, 20):
+            self.stop()
+            raise RuntimeError("squid did not start:\n" + self.cache_log())
+        return self
 
     def cache_log(self) -> str:
         assert self.dir is not None

@@ -5,6 +5,7 @@ check made through systemctl and journalctl as an operator would."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import ssl
 import threading
@@ -225,3 +226,14 @@ def test_the_usage_report_reads_the_services_access_log(service):
     ).stdout
     rows = {(r["user"], r["traffic"]): r for r in json.loads(report)}
     assert rows["alice", "routed"]["requests"] >= 1
+
+
+def test_the_services_open_file_limit_is_the_units(service):
+    """LimitNOFILE= in the unit, and the soft limit the process itself runs with, agree."""
+    service.systemctl("start")
+    assert service.show("LimitNOFILE") == "65536"
+    pid = service.show("MainPID")
+    limits = service.machine.run(f"cat /proc/{pid}/limits").stdout
+    assert re.search(r"^Max open files\s+65536\s+65536\s", limits, re.M), limits
+    lines = [json.loads(x) for x in service.journal().splitlines() if x.startswith("{")]
+    assert any(r.get("msg") == "proxy listening" and r.get("open_files") == 65536 for r in lines)
