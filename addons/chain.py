@@ -6,11 +6,12 @@ The addon chain: one concern per addon, in the order a request meets them.
                   -> auth (Proxy-Authorization -> token -> user, workspace)
                   -> self_service (aibridge-proxy.internal and the setup check: answered here,
                      never forwarded)
-                  -> egress (ports, ranges)
-    TLS or not    intercept (routed: decrypt with our leaf; otherwise a raw tunnel)
+                  -> egress (ports, ranges, host policy and catalog entries)
+    TLS or not    intercept (routed or observed: decrypt with our leaf; otherwise a raw tunnel)
     request       policy (routing rules: route, origin or deny; reads the model if needed)
                   -> gateway (rewrite to <target>/<provider><path>, stream the body)
-                  -> http2_clients, upstream_proxy, websocket -> dump
+                  (observed and origin requests: sent on unchanged)
+                  -> http2_clients, upstream_proxy (Basic, NTLM, Negotiate), websocket -> dump
     answer        token_usage (read as it streams) -> error_pages (502/504 in our words)
                   -> accesslog, metrics, recent_requests (the developer page's list)
 
