@@ -133,9 +133,7 @@ class RoutingRules:
 
     def active_profile(self, user: str | None, workspace: str | None) -> str | None:
         """The profile this (user, workspace) chose, while it exists, else the default."""
-        policy = self.routing.current.policy
-        chosen = self.choices.store.get(user, workspace)
-        return chosen if chosen in policy.profiles else policy.default_profile
+        return self.routing.current.policy.profile_in_force(self.choices.store.get(user, workspace))
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

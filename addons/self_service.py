@@ -24,7 +24,6 @@ from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from mitmproxy import ctx
 from mitmproxy import http
 from redis.exceptions import RedisError
@@ -35,19 +34,19 @@ from addons.recent_requests import RecentRequest
 from addons.recent_requests import RecentRequests
 from addons.responses import plain_response
 from addons.routing import Routing
+from certs.authority import der_certificate
 from certs.authority import fingerprint
 from certs.bundle import build_bundle
 from proxy.client.verdicts import CONNECT_VERDICTS
 from proxy.pages.render import CHECK_PATH
 from proxy.pages.render import RESERVED_HOST
-from proxy.pages.render import SHELLS
 from proxy.pages.render import DeveloperPage
 from proxy.pages.render import ProfileView
 from proxy.pages.render import RecentRow
-from proxy.pages.render import content_security_policy
 from proxy.pages.render import nonce
 from proxy.pages.render import origin_of
-from proxy.pages.render import platform_of
+from proxy.pages.render import page_headers
+from proxy.pages.render import platform_and_shell
 from proxy.pages.render import render_developer
 
 logger = logging.getLogger(__name__)
@@ -184,12 +183,11 @@ class SelfService:
         if self.ca_pem is None:
             return plain_response(503, "the proxy's CA is not loaded")
         query = parse_qs(urlsplit(flow.request.path).query)
-        platform = query.get("os", [""])[0]
-        if platform not in ("linux", "macos", "windows"):
-            platform = platform_of(flow.request.headers.get("user-agent"))
-        shell = query.get("shell", [""])[0]
-        if shell not in SHELLS:
-            shell = "powershell" if platform == "windows" else "bash"
+        platform, shell = platform_and_shell(
+            query.get("os", [""])[0],
+            query.get("shell", [""])[0],
+            flow.request.headers.get("user-agent"),
+        )
         if notice is None and (switched := query.get("switched")) is not None:
             notice = (
                 f"Switched to the profile {switched[0]}."
@@ -211,20 +209,13 @@ class SelfService:
             recent=recent_rows(self.recent.of(user)) if self.recent and user else None,
             profiles=self._profiles(identity) if identity and user else None,
             notice=notice,
-            links={"ca_pem": "/ca.pem", "ca_der": "/ca.cer", "bundle": "/ca-bundle.pem"},
         )
         page_nonce = nonce()
         body = render_developer(page, self.ca_pem, page_nonce).encode()
         return http.Response.make(
             200,
             body,
-            {
-                "Content-Type": "text/html; charset=utf-8",
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": content_security_policy(page_nonce, origin_of(check)),
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "same-origin",  # no-referrer would make Origin "null"
-            },
+            {"Content-Type": "text/html; charset=utf-8", **page_headers(page_nonce, check)},
         )
 
     def _check_url(self) -> str | None:
@@ -248,9 +239,7 @@ class SelfService:
     def _download(self, path: str) -> http.Response:
         assert self.ca_pem is not None
         if path == "/ca.cer":
-            der = x509.load_pem_x509_certificate(self.ca_pem).public_bytes(
-                serialization.Encoding.DER
-            )
+            der = der_certificate(self.ca_pem)
             return self._file(der, "application/pkix-cert", "aibridge-proxy-ca.cer")
         if path == "/ca-bundle.pem":
             bundle = build_bundle() + self.ca_pem
@@ -302,8 +291,9 @@ class SelfService:
         if not policy.profiles:
             return None
         chosen = self.choices.store.get(identity.user, identity.workspace)
-        active = chosen if chosen in policy.profiles else policy.default_profile
-        return ProfileView(active, policy.default_profile, tuple(policy.profiles))
+        return ProfileView(
+            policy.profile_in_force(chosen), policy.default_profile, tuple(policy.profiles)
+        )
 
     async def _profile(self, flow: http.HTTPFlow) -> None:
         identity = self.auth.identity(flow)
@@ -363,7 +353,7 @@ class SelfService:
             {
                 "user": identity.user,
                 "workspace": identity.workspace,
-                "active": chosen if chosen in policy.profiles else policy.default_profile,
+                "active": policy.profile_in_force(chosen),
                 "chosen": chosen,
                 "default": policy.default_profile,
                 "profiles": {

@@ -63,6 +63,11 @@ class CertificateAuthority:
         return [n.value for n in nc.permitted_subtrees or () if isinstance(n, x509.DNSName)]
 
 
+def der_certificate(pem: bytes) -> bytes:
+    """The certificate as DER (the .cer Windows and macOS import with a double-click)."""
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     digest = cert.fingerprint(hashes.SHA256()).hex().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

@@ -160,6 +160,10 @@ class Policy:
             return frozenset()
         return frozenset(g for g, users in self.groups.items() if user.lower() in users)
 
+    def profile_in_force(self, chosen: str | None) -> str | None:
+        """A workspace's chosen profile while it exists, else the default."""
+        return chosen if chosen in self.profiles else self.default_profile
+
     def gateway(self, name: str | None) -> GatewayTarget | None:
         return self.gateways.get(name or self.default_gateway or "")
 

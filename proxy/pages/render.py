@@ -32,6 +32,20 @@ _ENV = jinja2.Environment(
 )
 
 
+def platform_and_shell(
+    asked_platform: str, asked_shell: str, user_agent: str | None
+) -> tuple[str, str]:
+    """What the page shows: the OS and shell the developer picked (the page's links), else the
+    browser's OS and that OS's usual shell."""
+    platform = asked_platform if asked_platform in PLATFORMS else platform_of(user_agent)
+    shell = (
+        asked_shell
+        if asked_shell in SHELLS
+        else ("powershell" if platform == "windows" else "bash")
+    )
+    return platform, shell
+
+
 def platform_of(user_agent: str | None) -> str:
     """The developer's OS, from the browser's User-Agent (the page offers the others too)."""
     ua = (user_agent or "").lower()
@@ -90,7 +104,14 @@ class DeveloperPage:
     recent: list[RecentRow] | None = None
     profiles: ProfileView | None = None
     notice: str | None = None  # e.g. "switched to profile fast"
-    links: dict[str, str] = field(default_factory=dict)  # CA downloads, relative to the page
+    # the CA downloads, relative to the page (the same paths on both listeners)
+    links: dict[str, str] = field(
+        default_factory=lambda: {
+            "ca_pem": "/ca.pem",
+            "ca_der": "/ca.cer",
+            "bundle": "/ca-bundle.pem",
+        }
+    )
 
     @property
     def proxy_url(self) -> str:
@@ -164,6 +185,17 @@ def content_security_policy(page_nonce: str, check_origin: str | None) -> str:
         f"connect-src 'self'{connect}; img-src data:; form-action 'self'; base-uri 'none'; "
         "frame-ancestors 'none'"
     )
+
+
+def page_headers(page_nonce: str, check_url: str | None) -> dict[str, str]:
+    """The headers both listeners send with a page: never cached, no framing, and a CSP that
+    lets only the page's own nonce'd style and script run."""
+    return {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": content_security_policy(page_nonce, origin_of(check_url)),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",  # no-referrer would make a form's Origin "null"
+    }
 
 
 def render_developer(page: DeveloperPage, ca_pem: bytes, page_nonce: str, admin=None) -> str:

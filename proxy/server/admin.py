@@ -216,9 +216,9 @@ class AdminServer:
         from certs.authority import fingerprint
         from proxy.pages.render import AdminView
         from proxy.pages.render import DeveloperPage
-        from proxy.pages.render import content_security_policy
         from proxy.pages.render import nonce
-        from proxy.pages.render import platform_of
+        from proxy.pages.render import page_headers
+        from proxy.pages.render import platform_and_shell
         from proxy.pages.render import render_developer
 
         if not self.state.ca_pem:
@@ -240,23 +240,16 @@ class AdminServer:
             window_minutes=TRAFFIC_WINDOW // 60,
             last_reload=self._last_reload(),
         )
-        query = request.query
-        platform = (
-            query.get("os")
-            if query.get("os") in ("linux", "macos", "windows")
-            else (platform_of(request.headers.get("User-Agent")))
-        )
-        shell = (
-            query.get("shell")
-            if query.get("shell") in ("bash", "fish", "powershell")
-            else ("powershell" if platform == "windows" else "bash")
+        platform, shell = platform_and_shell(
+            request.query.get("os", ""),
+            request.query.get("shell", ""),
+            request.headers.get("User-Agent"),
         )
         page = DeveloperPage(
             proxy_address=self.state.proxy_address or self.state.listen,
             ca_fingerprint=view.ca_fingerprint,
             platform=platform,
             shell=shell,
-            links={"ca_pem": "/ca.pem", "ca_der": "/ca.cer", "bundle": "/ca-bundle.pem"},
         )
         page_nonce = nonce()
         html = await asyncio.get_running_loop().run_in_executor(
@@ -265,24 +258,16 @@ class AdminServer:
         return web.Response(
             text=html,
             content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": content_security_policy(page_nonce, None),
-                "X-Content-Type-Options": "nosniff",
-            },
+            headers=page_headers(page_nonce, None),
         )
 
     async def ca_der(self, request: web.Request) -> web.Response:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
+        from certs.authority import der_certificate
 
         if not self.state.ca_pem:
             return web.Response(status=503, text="CA not loaded\n")
-        der = x509.load_pem_x509_certificate(self.state.ca_pem).public_bytes(
-            serialization.Encoding.DER
-        )
         return web.Response(
-            body=der,
+            body=der_certificate(self.state.ca_pem),
             content_type="application/pkix-cert",
             headers={"Content-Disposition": 'attachment; filename="aibridge-proxy-ca.cer"'},
         )

@@ -22,10 +22,10 @@ from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ROOT
 from tests.support import client_env
+from tests.support import connect_through
 from tests.support import metric
 from tests.support import proxy_basic
 from tests.support import proxy_client
-from tests.support import raw_request
 from tests.support import run_python
 from tests.support.vendor_origin import BLOB
 from tests.support.vendor_origin import VendorOrigin
@@ -214,11 +214,8 @@ def test_an_http2_client_is_observed(observing, vendor):
 
 
 def test_a_denied_catalog_entry_is_refused_before_any_tls(observing):
-    answer = raw_request(
-        observing.port, b"CONNECT windsurf.com:443 HTTP/1.1\r\nHost: windsurf.com:443\r\n"
-        b"Proxy-Authorization: " + proxy_basic(ALICE).encode() + b"\r\n\r\n",
-    )  # fmt: skip
-    assert answer.startswith(b"HTTP/1.1 403 ")
+    status, answer = connect_through(observing.port, "windsurf.com:443", proxy_basic(ALICE))
+    assert status == 403
     assert answer.endswith(
         b"windsurf.com is denied by the proxy's egress policy (egress.deny_hosts: windsurf)\n"
     )
@@ -282,11 +279,7 @@ def test_the_usage_report_matches_a_known_traffic_mix(vendor, gateway_server, tm
             got["alice"]["routed_out"] = len(routed.content)
         p.wait_for_line(lambda r: r.get("msg") == "request" and r.get("provider") == "openai")
         log.rename(log.with_name("access.log.1"))  # logrotate's move; the proxy reopens
-        answer = raw_request(
-            p.port, b"CONNECT windsurf.com:443 HTTP/1.1\r\nHost: windsurf.com:443\r\n"
-            b"Proxy-Authorization: " + proxy_basic(ALICE).encode() + b"\r\n\r\n",
-        )  # fmt: skip
-        assert answer.startswith(b"HTTP/1.1 403")
+        assert connect_through(p.port, "windsurf.com:443", proxy_basic(ALICE))[0] == 403
         with proxy_client(p, BOB) as c:
             r = c.post(f"https://{CURSOR}:{vendor.port}/x", content=b"x" * 100)
             got["bob"]["bytes_out"] += len(r.content)
