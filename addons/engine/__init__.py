@@ -16,6 +16,7 @@ upgrade moves it:
 | upstream_handshake.py | `HttpUpstreamProxy.receive_handshake_data` | a second CONNECT on the same connection for NTLM and Negotiate upstream proxies |
 | websocket_cap.py | `WebsocketConnection` (wsproto `events()`, `frame_buf`) | a cap on one message: mitmproxy reassembles fragments without a bound |
 | tls_buffers.py | `net.tls.create_client_proxy_context`, `create_proxy_server_context` | SSL_MODE_RELEASE_BUFFERS: ~30 KB less per idle stream |
+| hook_table.py | `AddonManager` (`handle_lifecycle`, `trigger_event`, `trigger`, the chain) | each hook to the addons that have it, from a table: a fifth of a request's CPU went to dispatch (our master only) |
 | log_events.py | `Master._legacy_log_events` | no `add_log` re-dispatch of every log record (our master only) |
 | reuse_port.py | `proxy.mode_servers.asyncio.start_server` | SO_REUSEPORT for worker processes (workers only) |
 """

@@ -28,6 +28,7 @@ from mitmproxy.addons import tlsconfig
 
 from addons.chain import make_addons
 from addons.engine import EnginePatches
+from addons.engine.hook_table import HookTable
 from addons.engine.log_events import stop_log_redispatch
 from addons.rules.policy import gateway_ca_files
 from addons.rules.profile_choices import CHOICES_FILE
@@ -147,6 +148,7 @@ class ProxyApp:
         self.ca = ca
         opts = options.Options()
         m = master.Master(opts)
+        HookTable.install(m)
         stop_log_redispatch(m)
         lifecycle = _RunningSignal()
         m.addons.add(

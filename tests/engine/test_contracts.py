@@ -106,6 +106,18 @@ async def test_master_redispatches_log_records_through_legacy_events():
         m._legacy_log_events.uninstall()
 
 
+def test_the_proxy_dispatches_hooks_through_the_masters_addon_manager():
+    from mitmproxy import addonmanager
+
+    if "self.master.addons.handle_lifecycle(hook)" not in inspect.getsource(mode_servers):
+        moved("mitmproxy.proxy.mode_servers", "hooks no longer go to master.addons.handle_lifecycle")
+    for name in ("add", "register", "remove", "trigger", "trigger_event", "handle_lifecycle"):
+        if not callable(getattr(addonmanager.AddonManager, name, None)):
+            moved(f"mitmproxy.addonmanager.AddonManager.{name}", "hook_table.py overrides it")
+    if not callable(getattr(addonmanager, "traverse", None)):
+        moved("mitmproxy.addonmanager.traverse", "hook_table.py walks addons' children with it")
+
+
 def test_mode_servers_bind_through_their_asyncio_module():
     if getattr(mode_servers, "asyncio", None) is not asyncio:
         moved("mitmproxy.proxy.mode_servers.asyncio", "reuse_port.py swaps that module")
