@@ -173,7 +173,7 @@ class GatewayRouter:
             provider=route.provider if route else None,
             original_host=request.host,
             original_path=request.path,
-            upstream_url=request.pretty_url,  # until rewritten below
+            upstream_url=request.url,  # until rewritten below
             request_id=str(uuid.uuid4()),
             started=time.monotonic(),
             observed=(observed.entry or observed.pattern) if observed else None,

@@ -180,6 +180,7 @@ class Metrics:
             health.on_failover = lambda name: self.gateway_failovers.labels(gateway=name).inc()
         self.auth = auth
         self._by_provider: dict[str, _ProviderSeries] = {}
+        self._token_series: dict[tuple, Any] = {}  # (family, [user,] provider, model, kind)
         self._inflight: dict[str, str] = {}  # flow id -> provider label
         self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (
             weakref.WeakKeyDictionary()
@@ -281,11 +282,19 @@ class Metrics:
         model = (info.model or info.usage.model or "")[:64]
         for kind, count in info.usage.token_fields().items():
             kind = kind.removesuffix("_tokens")
-            self.tokens.labels(provider=provider, model=model, kind=kind).inc(count)
+            self._token_counter(self.tokens, provider=provider, model=model, kind=kind).inc(count)
             if user:
-                self.user_tokens.labels(user=user, provider=provider, model=model, kind=kind).inc(
-                    count
-                )
+                self._token_counter(
+                    self.user_tokens, user=user, provider=provider, model=model, kind=kind
+                ).inc(count)
+
+    def _token_counter(self, family: Counter, **labels: str):
+        """A token counter's child, looked up once: a label lookup costs on every request."""
+        key = (family, *labels.values())
+        child = self._token_series.get(key)
+        if child is None:
+            child = self._token_series[key] = family.labels(**labels)
+        return child
 
     def _series(self, provider: str) -> _ProviderSeries:
         """The per-provider children, looked up once (label lookups cost on every request)."""

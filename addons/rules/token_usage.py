@@ -19,7 +19,6 @@ import json
 import zlib
 from dataclasses import dataclass
 from dataclasses import fields
-from dataclasses import replace
 from typing import Any
 
 try:
@@ -41,8 +40,10 @@ class Usage:
 
     def merged(self, later: Usage) -> Usage:
         """Fields `later` knows replace ours (SSE usage counts are running totals)."""
-        changes = {f.name: v for f in fields(later) if (v := getattr(later, f.name)) is not None}
-        return replace(self, **changes) if changes else self
+        # read on every routed response: plain attribute reads, not dataclasses.fields/replace
+        return Usage(
+            *(v if (v := getattr(later, n)) is not None else getattr(self, n) for n in _FIELDS)
+        )
 
     @property
     def known(self) -> bool:
@@ -52,6 +53,9 @@ class Usage:
         """The counts that are known, for a log line (absent, not zero, when unknown)."""
         names = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 def _int(value: Any) -> int | None:

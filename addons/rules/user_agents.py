@@ -6,6 +6,7 @@ tools still group sensibly.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # (pattern, tool name), first match wins. Patterns are searched case-insensitively.
@@ -39,6 +40,7 @@ _KNOWN = tuple((re.compile(p, re.IGNORECASE), name) for p, name in KNOWN_TOOLS)
 _PRODUCT = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,40}")
 
 
+@functools.lru_cache(maxsize=1024)  # a fleet sends few distinct User-Agents, on every request
 def tool_of(user_agent: str | None) -> str | None:
     """A short name for the tool behind `user_agent`; None without one."""
     if not user_agent or not user_agent.strip():

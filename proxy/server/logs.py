@@ -3,12 +3,12 @@ record may carry out of the engine: request bytes, which hold credentials."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import logging.handlers
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -22,11 +22,30 @@ _LEVELS = {
 }
 
 
+class _UtcTimestamps:
+    """ISO 8601 UTC with milliseconds, as `datetime.isoformat` writes it; the part up to the
+    second is built once per second (the access log writes a line per request)."""
+
+    def __init__(self) -> None:
+        self._second, self._prefix = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        micro = round((created - second) * 1e6)  # rounded to the microsecond, as datetime does
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{micro // 1000:03d}+00:00"
+
+
+_timestamp = _UtcTimestamps()
+
+
 def _record_fields(record: logging.LogRecord) -> dict:
     fields = {
-        "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "time": _timestamp(record.created),
         "level": record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),
