@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,6 +41,8 @@ from certs.authority import generate_ca
 from certs.authority import issue_leaf
 from certs.authority import key_pem
 from proxy.server.limits import raise_open_files_limit
+from tests.benchmarks.profile import addon_share
+from tests.benchmarks.streams import StreamClient
 from tests.support import H2Tunnel
 from tests.support import child_pids
 
@@ -265,42 +268,77 @@ def reconnect_ms(target: Target, ca: Path, count: int) -> dict:
     return out
 
 
-async def hold_streams(target: Target, count: int) -> float:
-    """Open `count` SSE streams at once through the target; RSS (MB) while all are open."""
-    import httpx
+def hold_streams(target: Target, ca: Path, count: int) -> dict:
+    """`count` idle SSE streams open at once through the target: RSS (MB) while all are open,
+    and how many did not open."""
+    client = StreamClient(target.proxy, HOST, TOKEN, str(ca))
+    counts = asyncio.run(
+        client.hold(count, interval=60, measure=1, at_end=lambda: rss_mb(target.pid))
+    )
+    return {"rss_mb": counts.observed, "opened": counts.opened, "failed": counts.failed,
+            "errors": dict(counts.errors)}  # fmt: skip
 
-    opened = asyncio.Event()
-    n_open = 0
-    release = asyncio.Event()
 
-    async def one(client):
-        nonlocal n_open
-        async with client.stream(
-            "GET",
-            target.url("/_diag/sse?events=2&interval=60"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as r:
-            async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    n_open += 1
-                    if n_open == count:
-                        opened.set()
-                    await release.wait()
-                    return
+def open_files(pid: int) -> list[dict]:
+    """Each worker's soft open-file limit and how many it holds."""
+    out = []
+    for p in child_pids(pid) or [pid]:
+        try:
+            limits = Path(f"/proc/{p}/limits").read_text()
+            soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+            out.append({"soft_limit": soft, "open": len(os.listdir(f"/proc/{p}/fd"))})
+        except (OSError, AttributeError):
+            pass
+    return out
 
-    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
-    async with httpx.AsyncClient(
-        proxy=target.proxy, verify=False, timeout=300, limits=limits, trust_env=False
-    ) as client:
-        tasks = [asyncio.create_task(one(client)) for _ in range(count)]
-        await asyncio.wait_for(opened.wait(), 300)
-        await asyncio.sleep(1)
-        rss = rss_mb(target.pid)
-        release.set()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return rss
+
+def scale_streams(target: Target, ca: Path, count: int, measure: float) -> dict:
+    """`count` streams, an event on each every 5 s; delays, RSS, CPU and file descriptors while
+    all are open."""
+    client = StreamClient(target.proxy, HOST, TOKEN, str(ca))
+    window: dict = {}
+
+    def start() -> None:
+        window["cpu"], window["wall"] = cpu_seconds(target.pid), time.monotonic()
+
+    def end() -> dict:
+        wall = time.monotonic() - window["wall"]
+        return {"rss_mb": rss_mb(target.pid),
+                "cpu_cores": (cpu_seconds(target.pid) - window["cpu"]) / wall,
+                "open_files": open_files(target.pid)}  # fmt: skip
+
+    c = asyncio.run(client.hold(count, interval=5, measure=measure, at_start=start, at_end=end))
+    d = c.delays_ms
+    return {"streams": count, "opened": c.opened, "failed": c.failed, "dropped": c.dropped,
+            "errors": dict(c.errors), "open_s": round(c.open_s, 1), "events": len(d),
+            "delay_p50_ms": percentile(d, 50), "delay_p99_ms": percentile(d, 99),
+            "delay_max_ms": max(d) if d else float("nan"), **c.observed}  # fmt: skip
+
+
+def scale_ok(r: dict) -> bool:
+    return not (r["failed"] or r["dropped"]) and r["delay_p99_ms"] <= 50
+
+
+def worker_scaling(one: Target, two: Target, rounds: int, z: str) -> dict:
+    """req/s through one worker and through two, alternating, at 16 and 64 connections; and how
+    many cores hey, the load generator, used meanwhile (it shares the machine)."""
+    out: dict = {}
+    for c in (16, 64):
+        runs: dict = {"one": [], "two": []}
+        for _ in range(rounds):
+            for name, t in (("one", one), ("two", two)):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                r = hey(t, "/v1/chat/completions", c=c, z=z)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                hey_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                runs[name].append({**r, "hey_cores": hey_cpu / r["wall_s"]})
+        one_run, two_run = (median_run(runs[k], "rps") for k in ("one", "two"))
+        out[f"c{c}"] = {"one_rps": one_run["rps"], "two_rps": two_run["rps"],
+                        "ratio": two_run["rps"] / one_run["rps"],
+                        "hey_cores": round(two_run["hey_cores"], 2),
+                        "proxy_cores_two": round(two_run["cpu_s_per_1k"] * two_run["rps"] / 1000, 2),
+                        "proxy_cores_one": round(one_run["cpu_s_per_1k"] * one_run["rps"] / 1000, 2)}  # fmt: skip
+    return out
 
 
 def h2_concurrency(target: Target, ca: Path, streams: int = 20) -> dict:
@@ -463,34 +501,16 @@ def main() -> int:
                 log=work / "diy.log",
             )
         )
-        ours = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "proxy",
-                    "serve",
-                    "--gateway",
-                    gateway,
-                    "--gateway-ca-file",
-                    str(work / "gw-ca.pem"),
-                    "--listen",
-                    f"127.0.0.1:{ours_port}",
-                    "--admin-listen",
-                    f"127.0.0.1:{admin_port}",
-                    "--state-dir",
-                    str(work / "ours"),
-                    "--allowed-private-cidrs",
-                    "127.0.0.0/8",
-                    "--allowed-ports",
-                    f"443,{tunnel_port}",
-                    "--workers",
-                    "0",  # one per core
-                ],
-                env,
-                log=work / "ours.log",
-            )
-        )
+
+        def serve(workers: int, port: int, admin: int, name: str) -> subprocess.Popen:
+            cmd = [py, "-m", "proxy", "serve", "--gateway", gateway,
+                   "--gateway-ca-file", str(work / "gw-ca.pem"), "--listen", f"127.0.0.1:{port}",
+                   "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(work / name),
+                   "--allowed-private-cidrs", "127.0.0.0/8", "--allowed-ports",
+                   f"443,{tunnel_port}", "--workers", str(workers)]  # fmt: skip
+            return stack.enter_context(process(cmd, env, log=work / f"{name}.log"))
+
+        ours = serve(0, ours_port, admin_port, "ours")  # 0: a worker per core
         for port in (gw_port, tunnel_port, diy_port, ours_port):
             wait_port(port)
         targets = {
@@ -542,11 +562,6 @@ def main() -> int:
             results[name]["reconnect"] = reconnect_ms(targets[name], trusted, 50 if q else 300)
         o["workers"] = len(child_pids(ours.pid))
         o["rss_idle_mb"] = rss_mb(ours.pid)
-        o["rss_1000_streams_mb"] = asyncio.run(hold_streams(targets["ours"], 100 if q else 1000))
-        o["rss_5000_streams_mb"] = asyncio.run(hold_streams(targets["ours"], 500 if q else 5000))
-        o["kb_per_stream"] = (
-            (o["rss_5000_streams_mb"] - o["rss_1000_streams_mb"]) * 1024 / (400 if q else 4000)
-        )
         samples = [rss_mb(ours.pid)]
         total = 10_000 if q else 100_000
         for _ in range(4):
@@ -557,6 +572,20 @@ def main() -> int:
             "samples": samples,
             "growth": samples[-1] - samples[1],
         }
+        few, many = (100, 500) if q else (1000, 5000)
+        o["streams_few"], o["streams_many"] = (
+            hold_streams(targets["ours"], ca, n) for n in (few, many)
+        )
+        o["rss_1000_streams_mb"] = o["streams_few"]["rss_mb"]
+        o["kb_per_stream"] = (
+            (o["streams_many"]["rss_mb"] - o["streams_few"]["rss_mb"]) * 1024 / (many - few)
+        )
+        o["scale"] = []
+        for count in (1000, 2000) if q else (10_000, 15_000):  # until one misses
+            o["scale"].append(scale_streams(targets["ours"], ca, count, 10 if q else 30))
+            print(f"  ours: {count} streams done", file=sys.stderr, flush=True)
+            if not scale_ok(o["scale"][-1]):
+                break
         results["direct"]["tunnel_MBps"] = tunnel_mbps(None, tunnel_port, size)
         o["tunnel_MBps"] = tunnel_mbps(targets["ours"].proxy, tunnel_port, size)
         o["h2"] = {
@@ -566,6 +595,16 @@ def main() -> int:
         results["diy"]["h2"] = h2_concurrency(
             targets["diy"], work / "diy" / "mitmproxy-ca-cert.pem"
         )
+        worker = child_pids(ours.pid)[0]
+        o["profile"] = addon_share(worker, lambda: hey(targets["ours"], chat, c=16, z="8s"))
+        one_port = free_port()
+        one = serve(1, one_port, free_port(), "ours-one-worker")
+        wait_port(one_port)
+        one_target = Target("one", f"http://coder:{TOKEN}@127.0.0.1:{one_port}", one.pid,
+                            f"https://{HOST}")  # fmt: skip
+        hey(one_target, chat, c=4, n=200)
+        o["worker_scaling"] = worker_scaling(one_target, targets["ours"], 1 if q else 2,
+                                             "3s" if q else "6s")  # fmt: skip
 
     ratios(results)
     results["targets"] = targets_met(results)
@@ -584,7 +623,7 @@ def targets_met(r: dict) -> list[str]:
     added = r["added_latency_ms"]
 
     def line(name: str, figure: str, met: bool | None) -> str:
-        verdict = "not measured" if met is None else ("met" if met else "MISSED")
+        verdict = "measured" if met is None else ("met" if met else "MISSED")
         return f"{name}: {figure} -> {verdict}"
 
     workers = o["workers"]
@@ -594,12 +633,16 @@ def targets_met(r: dict) -> list[str]:
         line(f"memory, 1000 streams ({workers} workers)",
              f"{o['rss_1000_streams_mb']:.0f} MB (target <= {rss_limit})",
              o["rss_1000_streams_mb"] <= rss_limit),
-        line("memory per stream (1000 -> 5000)", f"{o['kb_per_stream']:.1f} KB (target <= 40)",
-             o["kb_per_stream"] <= 40),
+        line("memory per stream (1000 -> 5000)", f"{o['kb_per_stream']:.1f} KB (target <= 40; "
+             f"streams that did not open: {o['streams_few']['failed']}, "
+             f"{o['streams_many']['failed']})",
+             o["kb_per_stream"] <= 40 and not (o["streams_few"]["failed"] or o["streams_many"]["failed"])),
         line("memory over requests", f"{o['rss_over_requests_mb']['growth']:+.0f} MB "
              f"over {o['rss_over_requests_mb']['requests']} (target: no growth)",
              o["rss_over_requests_mb"]["growth"] <= 5),
-        line("10,000 open streams", "not run in this harness yet", None),
+        scale_line(o["scale"][0], 1000 if r["quick"] else 10_000),
+        *(line(f"beyond: {x['streams']} streams", scale_figure(x), None if scale_ok(x) else False)
+          for x in o["scale"][1:]),
         line("new connection p50", f"{full['p50_ms']:.2f} ms vs diy {y['reconnect']['full']['p50_ms']:.2f}"
              f" = {full['p50_ms'] / y['reconnect']['full']['p50_ms']:.2f}x (target <= 0.6x)",
              full["p50_ms"] <= 0.6 * y["reconnect"]["full"]["p50_ms"]),
@@ -610,11 +653,34 @@ def targets_met(r: dict) -> list[str]:
         line("CPU per 1k requests (16 conns)", f"{o['c16']['cpu_s_per_1k']:.3f} s vs diy "
              f"{y['c16']['cpu_s_per_1k']:.3f} s (target <= 0.75x; ours runs {workers} workers)",
              o["c16"]["cpu_s_per_1k"] <= 0.75 * y["c16"]["cpu_s_per_1k"]),
-        line("worker scaling (2 vs 1 worker)", "not run in this harness yet", None),
+        *(line(f"worker scaling at {c} conns", f"2 workers {w['two_rps']:.0f} req/s vs 1 worker "
+               f"{w['one_rps']:.0f} = {w['ratio']:.2f}x (target >= 1.8x; proxy used "
+               f"{w['proxy_cores_two']} of {r['machine']['cpus']} cores, hey {w['hey_cores']})",
+               w["ratio"] >= 1.8)
+          for c, w in ((c, o["worker_scaling"][f"c{c}"]) for c in (16, 64))),
+        line("our addons' share of a worker's CPU (py-spy)",
+             f"{o['profile'].get('addon hooks', 0):.1%} in hooks, "
+             f"{o['profile'].get('hook dispatch', 0):.1%} dispatch (target <= 12.5%)",
+             o["profile"].get("addon hooks", 1) <= 0.125),
         line("added latency p50 / p99", f"ours {added['ours']['p50']:.2f} / {added['ours']['p99']:.2f}"
              f" ms, diy {added['diy']['p50']:.2f} / {added['diy']['p99']:.2f} ms (not worse)",
              added["ours"]["p50"] <= added["diy"]["p50"] and added["ours"]["p99"] <= added["diy"]["p99"]),
     ]  # fmt: skip
+
+
+def scale_figure(x: dict) -> str:
+    files = ", ".join(f"{f['open']}/{f['soft_limit']}" for f in x["open_files"])
+    return (f"{x['opened']} open, {x['failed']} failed, {x['dropped']} dropped "
+            f"{x['errors'] or ''}; event delay p50 {x['delay_p50_ms']:.1f} / p99 "
+            f"{x['delay_p99_ms']:.1f} ms over {x['events']} events; RSS {x['rss_mb']:.0f} MB, "
+            f"CPU {x['cpu_cores']:.2f} cores; open files per worker {files}; "
+            f"opened in {x['open_s']:.0f} s")  # fmt: skip
+
+
+def scale_line(x: dict, wanted: int) -> str:
+    met = x["streams"] == wanted and scale_ok(x)
+    verdict = "met" if met else "MISSED"
+    return f"{wanted} open streams (p99 <= 50 ms, no errors): {scale_figure(x)} -> {verdict}"
 
 
 def median_run(runs: list[dict], key: str) -> dict:
