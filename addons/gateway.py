@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 import weakref
 from dataclasses import dataclass
 from dataclasses import field
@@ -35,6 +34,7 @@ from addons.rules.policy import Decision
 from addons.rules.policy import Deny
 from addons.rules.policy import Origin
 from addons.rules.proxy_authorization import is_header_name
+from addons.rules.request_ids import RequestIds
 from addons.rules.request_target import has_dot_segments
 from addons.rules.token_usage import Usage
 from addons.rules.token_usage import UsageReader
@@ -89,6 +89,9 @@ class RouteInfo:
 # Kept beside the flow rather than in flow.metadata, which mitmproxy serialises when flows are
 # saved (`mitmdump -w`) and which must therefore hold plain data only.
 _ROUTES: weakref.WeakKeyDictionary[http.HTTPFlow, RouteInfo] = weakref.WeakKeyDictionary()
+
+
+_REQUEST_IDS = RequestIds()
 
 
 def route_info(flow: http.HTTPFlow) -> RouteInfo | None:
@@ -174,7 +177,7 @@ class GatewayRouter:
             original_host=request.host,
             original_path=request.path,
             upstream_url=request.url,  # until rewritten below
-            request_id=str(uuid.uuid4()),
+            request_id=_REQUEST_IDS.new(),
             started=time.monotonic(),
             observed=(observed.entry or observed.pattern) if observed else None,
         )
@@ -244,20 +247,19 @@ class GatewayRouter:
             )
             return
 
-        new_path = target.url_for(provider, request.path)[len(target.origin) :]
+        new_path = target.path_for(provider, request.path)
         if flow.server_conn.via is not None:
             # A fresh server connection spec without `via`: routed requests go straight to the
             # gateway even when tunnels leave through an upstream proxy.
             flow.server_conn = connection.Server(address=(target.host, target.port))
         request.scheme = target.scheme
-        request.host = target.host
-        request.port = target.port
+        # Host and port straight into the request's data: each setter would rewrite the Host
+        # header (and an h2 :authority) on its own; both are written once, below.
+        request.data.host, request.data.port = target.host, target.port
         request.path = new_path
-        # The host setter only rewrites an existing Host header; make sure there is one.
-        default_port = 443 if target.scheme == "https" else 80
-        request.headers["Host"] = (
-            target.host if target.port == default_port else f"{target.host}:{target.port}"
-        )
+        request.headers["Host"] = target.authority  # the setters only rewrite an existing one
+        if request.data.authority:
+            request.authority = target.authority
         request.headers.pop("Proxy-Authorization", None)
         request.headers.pop("Proxy-Connection", None)
         request.headers[ctx.options.aibridge_request_id_header] = info.request_id

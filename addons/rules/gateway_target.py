@@ -5,6 +5,7 @@ Where routed requests go: the gateway's base URL and the target derived from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from addons.rules.providers import gateway_path
@@ -25,18 +26,26 @@ class GatewayTarget:
     port: int
     path: str
 
-    @property
-    def origin(self) -> str:
+    @cached_property
+    def authority(self) -> str:
+        """The Host header (and h2 :authority) of requests to it."""
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @cached_property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.authority}"
 
     @property
     def url(self) -> str:
         return self.origin + self.path
 
+    def path_for(self, provider: str, original_path: str) -> str:
+        return gateway_path(self.path, provider, original_path)
+
     def url_for(self, provider: str, original_path: str) -> str:
-        return self.origin + gateway_path(self.path, provider, original_path)
+        return self.origin + self.path_for(provider, original_path)
 
 
 def parse_base_url(url: str, what: str) -> GatewayTarget:

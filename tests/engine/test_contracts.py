@@ -110,7 +110,9 @@ def test_the_proxy_dispatches_hooks_through_the_masters_addon_manager():
     from mitmproxy import addonmanager
 
     if "self.master.addons.handle_lifecycle(hook)" not in inspect.getsource(mode_servers):
-        moved("mitmproxy.proxy.mode_servers", "hooks no longer go to master.addons.handle_lifecycle")
+        moved(
+            "mitmproxy.proxy.mode_servers", "hooks no longer go to master.addons.handle_lifecycle"
+        )
     for name in ("add", "register", "remove", "trigger", "trigger_event", "handle_lifecycle"):
         if not callable(getattr(addonmanager.AddonManager, name, None)):
             moved(f"mitmproxy.addonmanager.AddonManager.{name}", "hook_table.py overrides it")

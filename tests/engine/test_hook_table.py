@@ -93,17 +93,21 @@ async def test_the_same_calls_in_the_same_order_as_mitmproxys_manager():
         m.addons.add(*chain(calls))
         await dispatch(m.addons)
         seen[table] = calls
-    assert seen[True] == seen[False] == [
-        ("a", "requestheaders"),
-        ("b", "requestheaders"),
-        ("b.child", "requestheaders"),
-        ("c", "requestheaders"),
-        ("d", "requestheaders"),
-        ("a", "response"),
-        ("b", "response"),
-        ("b.child", "response"),
-        ("c", "response"),  # AddonHalt: d never sees the response
-    ]
+    assert (
+        seen[True]
+        == seen[False]
+        == [
+            ("a", "requestheaders"),
+            ("b", "requestheaders"),
+            ("b.child", "requestheaders"),
+            ("c", "requestheaders"),
+            ("d", "requestheaders"),
+            ("a", "response"),
+            ("b", "response"),
+            ("b.child", "response"),
+            ("c", "response"),  # AddonHalt: d never sees the response
+        ]
+    )
 
 
 async def test_a_failing_handler_is_logged_and_the_next_one_runs(caplog):
