@@ -36,6 +36,7 @@ from addons.rules.policy import Origin
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.request_ids import RequestIds
 from addons.rules.request_target import has_dot_segments
+from addons.rules.routed_headers import routed_header_fields
 from addons.rules.token_usage import Usage
 from addons.rules.token_usage import UsageReader
 
@@ -257,14 +258,14 @@ class GatewayRouter:
         # header (and an h2 :authority) on its own; both are written once, below.
         request.data.host, request.data.port = target.host, target.port
         request.path = new_path
-        request.headers["Host"] = target.authority  # the setters only rewrite an existing one
+        added = {ctx.options.aibridge_request_id_header: info.request_id}
+        if sent is None and not carries_token(request, identity.token):
+            added[token_header] = identity.token
+        request.headers.fields = routed_header_fields(
+            request.headers.fields, target.authority, added
+        )
         if request.data.authority:
             request.authority = target.authority
-        request.headers.pop("Proxy-Authorization", None)
-        request.headers.pop("Proxy-Connection", None)
-        request.headers[ctx.options.aibridge_request_id_header] = info.request_id
-        if sent is None and not carries_token(request, identity.token):
-            request.headers[token_header] = identity.token
         if model is not None and not streaming:
             info.model, _ = model_span(request.raw_content or b"")
             request.content = replace_model(request.raw_content or b"", model)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
-from dataclasses import fields
 from typing import Any
 
 try:
@@ -40,9 +39,13 @@ class Usage:
 
     def merged(self, later: Usage) -> Usage:
         """Fields `later` knows replace ours (SSE usage counts are running totals)."""
-        # read on every routed response: plain attribute reads, not dataclasses.fields/replace
+        # read on every routed response: spelt out, not dataclasses.fields and replace
         return Usage(
-            *(v if (v := getattr(later, n)) is not None else getattr(self, n) for n in _FIELDS)
+            self.model if later.model is None else later.model,
+            self.input_tokens if later.input_tokens is None else later.input_tokens,
+            self.output_tokens if later.output_tokens is None else later.output_tokens,
+            self.cached_tokens if later.cached_tokens is None else later.cached_tokens,
+            self.reasoning_tokens if later.reasoning_tokens is None else later.reasoning_tokens,
         )
 
     @property
@@ -53,9 +56,6 @@ class Usage:
         """The counts that are known, for a log line (absent, not zero, when unknown)."""
         names = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
-
-
-_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 def _int(value: Any) -> int | None:

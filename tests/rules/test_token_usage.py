@@ -156,3 +156,11 @@ def test_an_endless_sse_line_is_skipped_and_what_follows_is_read():
         read("text/event-stream", [endless[:100], endless[100:], b"\n\n", CHAT_SSE])
         == (CASES["openai-chat-sse"][2])
     )
+
+
+def test_merged_keeps_what_the_later_part_does_not_say():
+    first = Usage(model="m", input_tokens=10, output_tokens=1, cached_tokens=4)
+    later = Usage(output_tokens=7, reasoning_tokens=2)
+    assert first.merged(later) == Usage("m", 10, 7, 4, 2)
+    assert first.merged(Usage()) == first
+    assert Usage().merged(first) == first
