@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -208,6 +209,7 @@ class ProxyApp:
             extra={
                 "fields": {
                     "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                    "optimized": sys.flags.optimize > 0,  # python -O: see workers.py
                     "listen": f"{self.listen_address[0]}:{self.listen_address[1]}",
                     "target": self.settings.routing_target.url
                     if self.settings.routing_target

@@ -79,6 +79,10 @@ class Supervisor:
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         cmd = [
             sys.executable,
+            # mitmproxy type-checks every request and response it builds and every event its
+            # layers pass, under `if __debug__`: a sixth of a request's CPU. Our code keeps no
+            # check in an assert, so workers run optimised (see README, Performance).
+            "-O",
             "-m",
             "proxy",
             "serve",

@@ -44,6 +44,7 @@ def test_unit_has_what_the_service_needs():
         "aibridge-proxy"
     ]
     assert d["EnvironmentFile"] == ["-/etc/aibridge-proxy/env"]
+    assert "PYTHONOPTIMIZE=1" in " ".join(d["Environment"]).split()
     assert d["CapabilityBoundingSet"] == [""]
     for key in (
         "NoNewPrivileges",

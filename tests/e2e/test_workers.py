@@ -104,3 +104,16 @@ def test_the_supervisor_does_not_load_the_engine(make_proxy):
     maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
     assert "mitmproxy" not in maps
     assert all("mitmproxy" in Path(f"/proc/{w}/maps").read_text() for w in child_pids(p.proc.pid))
+
+
+def test_workers_run_optimised_and_still_route(make_proxy, gateway):
+    """Workers run with python -O (mitmproxy's debug-only type checks off): each says so, and
+    requests through them are what they are without it."""
+    p = make_proxy("--workers", "2")
+    listening = [r for r in p.json_lines() if r.get("msg") == "proxy listening"]
+    workers = [r for r in listening if "workers" not in r]  # the supervisor's line counts them
+    assert len(workers) == 2 and all(r["optimized"] is True for r in workers)
+    for w in child_pids(p.proc.pid):
+        assert Path(f"/proc/{w}/cmdline").read_bytes().split(b"\0")[1] == b"-O"
+    assert request(p) == 200
+    assert gateway.last().path == "/api/v2/aibridge/openai/v1/models"

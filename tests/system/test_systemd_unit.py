@@ -241,3 +241,11 @@ def test_the_services_open_file_limit_is_the_units(service):
     assert re.search(rf"^Max open files\s+{granted}\s+{granted}\s", limits, re.M), limits
     lines = [json.loads(x) for x in service.journal().splitlines() if x.startswith("{")]
     assert any(r.get("msg") == "proxy listening" and r.get("open_files") == granted for r in lines)
+
+
+def test_the_service_runs_optimised(service):
+    """The unit sets PYTHONOPTIMIZE: mitmproxy's debug-only checks are off in the service."""
+    service.systemctl("start")
+    lines = [json.loads(x) for x in service.journal().splitlines() if x.startswith("{")]
+    listening = [r for r in lines if r.get("msg") == "proxy listening"]
+    assert listening and listening[-1]["optimized"] is True
