@@ -18,7 +18,8 @@ The addon chain: one concern per addon, in the order a request meets them.
 Hook order, once for both runtimes. mitmproxy calls each hook on every addon in the order they
 were added, built-ins included:
 - `aibridge-proxy serve` (proxy/server/app.py) builds a slim master: Core, Proxyserver,
-  NextLayer, TlsConfig, then this chain. So NextLayer has already answered `next_layer` when
+  NextLayer, TlsConfig, then this chain, and dispatches hooks from a table of the addons that
+  have each one (engine/hook_table.py; same order, same error rules). So NextLayer has already answered `next_layer` when
   InterceptPolicy sees it, and TlsConfig has run `tls_clienthello` before us.
 - stock `mitmdump -s addons/mitmdump_entry.py` adds scripts through ScriptLoader, which sits
   after ProxyAuth and Proxyserver but before NextLayer and TlsConfig in mitmproxy's default
