@@ -73,12 +73,9 @@ class HookTable(addonmanager.AddonManager):
                 result = func(*args)
                 if result is not None and inspect.isawaitable(result):
                     await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
             except Exception as e:
-                addonmanager.logger.error(f"Addon error: {e}", exc_info=True)
+                if _ends_the_hook(e):
+                    return
 
     def trigger(self, event: hooks.Hook) -> None:
         for func in self.handlers(event.name):
@@ -89,12 +86,21 @@ class HookTable(addonmanager.AddonManager):
         for func in self.handlers(event.name):
             try:
                 func(*event.args())
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
             except Exception as e:
-                addonmanager.logger.error(f"Addon error: {e}", exc_info=True)
+                if _ends_the_hook(e):
+                    return
+
+
+def _ends_the_hook(e: Exception) -> bool:
+    """mitmproxy's `safecall` rules for a handler's exception: AddonHalt ends the hook, an
+    OptionsError goes to whoever set the option, anything else is logged and the next handler
+    runs."""
+    if isinstance(e, exceptions.AddonHalt):
+        return True
+    if isinstance(e, exceptions.OptionsError):
+        raise e
+    addonmanager.logger.error(f"Addon error: {e}", exc_info=e)
+    return False
 
 
 def _lookup(chain: list, name: str):
