@@ -19,8 +19,9 @@ Hook order, once for both runtimes. mitmproxy calls each hook on every addon in 
 were added, built-ins included:
 - `aibridge-proxy serve` (proxy/server/app.py) builds a slim master: Core, Proxyserver,
   NextLayer, TlsConfig, then this chain, and dispatches hooks from a table of the addons that
-  have each one (engine/hook_table.py; same order, same error rules). So NextLayer has already answered `next_layer` when
-  InterceptPolicy sees it, and TlsConfig has run `tls_clienthello` before us.
+  have each one (engine/hook_table.py; same order, same error rules). So NextLayer has already
+  answered `next_layer` when InterceptPolicy sees it, and TlsConfig has run `tls_clienthello`
+  before us.
 - stock `mitmdump -s addons/mitmdump_entry.py` adds scripts through ScriptLoader, which sits
   after ProxyAuth and Proxyserver but before NextLayer and TlsConfig in mitmproxy's default
   list (and 25 other built-ins are around). There InterceptPolicy answers `next_layer` first.

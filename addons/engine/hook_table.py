@@ -38,14 +38,14 @@ class HookTable(addonmanager.AddonManager):
             raise RuntimeError("HookTable must be installed before addons are added")
         engine.addons = cls(engine)
 
-    # the table is rebuilt lazily after any change to the chain
-    def add(self, *addons) -> None:
-        super().add(*addons)
-        self._handlers.clear()
-
+    # The table is rebuilt lazily after any change to the chain. `add` registers each addon
+    # and appends it with no hook in between; `register` may configure (and so fill the table)
+    # before the addon is in the chain, hence the clear once it is done.
     def register(self, addon):
-        self._handlers.clear()
-        return super().register(addon)
+        try:
+            return super().register(addon)
+        finally:
+            self._handlers.clear()
 
     def remove(self, addon) -> None:
         super().remove(addon)

@@ -87,14 +87,11 @@ class BatchedStreamHandler(logging.StreamHandler):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if loop is not None and loop is self._scheduled_on:
-            return  # a write is already due in this iteration
-        if loop is None:
-            self._write_pending()
+            self._write_pending()  # no loop in this thread: now
             return
-        self._scheduled_on = loop
-        loop.call_soon(self.flush)
+        if loop is not self._scheduled_on:  # else a write is already due in this iteration
+            self._scheduled_on = loop
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.acquire()
