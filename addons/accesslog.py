@@ -12,20 +12,21 @@ import time
 
 from mitmproxy import http
 
-from addons.auth import TokenAuth
-from addons.gateway import RouteInfo
-from addons.gateway import route_info
+from addons.core.record import RejectReason
+from addons.core.record import RouteInfo
+from addons.core.record import existing_record
 from addons.rules.ai_catalog import load_catalog
 from addons.rules.user_agents import tool_of
 
 logger = logging.getLogger("aibridge.access")
 
 
-def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
-    info = route_info(flow)
+def access_fields(flow: http.HTTPFlow) -> dict | None:
+    entry = existing_record(flow)
+    info = entry.route if entry is not None else None
     if info is None:
         return None
-    identity = auth.identity(flow) if auth else None
+    identity = entry.identity
     now = time.monotonic()
     peer = flow.client_conn.peername
     usage = info.usage
@@ -53,7 +54,8 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
         "gateway": info.gateway,
         "model": info.model or (usage.model if usage else None),
         "model_sent": info.model_sent,
-        "outcome": outcome(flow, info),
+        "outcome": outcome(entry.reject, info),
+        "reason": entry.reject,  # the proxy's own refusal, if it refused
         "observed": info.observed,
         "tool": tool_name(info, user_agent),
         "user_agent": user_agent[:200] if user_agent else None,
@@ -63,12 +65,9 @@ def access_fields(flow: http.HTTPFlow, auth: TokenAuth | None) -> dict | None:
     return fields
 
 
-DENIALS = {"denied_host", "rule_denied"}
-
-
-def outcome(flow: http.HTTPFlow, info: RouteInfo) -> str:
+def outcome(reason: RejectReason | None, info: RouteInfo) -> str:
     """routed, observed, origin (a routed host's path sent on unchanged) or denied."""
-    if flow.metadata.get("aibridge.reject_reason") in DENIALS:
+    if reason is not None and reason.is_denial:
         return "denied"
     if info.provider is not None:
         return "routed"
@@ -85,14 +84,13 @@ def tool_name(info: RouteInfo, user_agent: str | None) -> str | None:
 class AccessLog:
     """Emits `aibridge.access` records; the program decides the format and destination."""
 
-    def __init__(self, auth: TokenAuth | None = None):
-        self.auth = auth
-
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """A refused CONNECT (auth, port, destination, egress policy) gets its line too."""
         if not logger.isEnabledFor(logging.INFO):
             return
-        identity = self.auth.identity(flow) if self.auth else None
+        entry = existing_record(flow)
+        identity = entry.identity if entry else None
+        reason = entry.reject if entry else None
         peer = flow.client_conn.peername
         fields = {
             "client": f"{peer[0]}:{peer[1]}" if peer else None,
@@ -102,8 +100,8 @@ class AccessLog:
             "host": flow.request.host,
             "port": flow.request.port,
             "status": flow.response.status_code if flow.response else None,
-            "reason": flow.metadata.get("aibridge.reject_reason"),
-            "outcome": "denied" if flow.metadata.get("aibridge.reject_reason") in DENIALS else None,
+            "reason": reason,
+            "outcome": "denied" if reason is not None and reason.is_denial else None,
             "tool": self._catalog_tool(flow.request.host),
         }
         logger.info("connect refused", extra={"fields": fields})
@@ -122,7 +120,7 @@ class AccessLog:
     def _emit(self, flow: http.HTTPFlow) -> None:
         if not logger.isEnabledFor(logging.INFO):
             return
-        fields = access_fields(flow, self.auth)
+        fields = access_fields(flow)
         if fields is None:
             return
         logger.info("request", extra={"fields": fields})

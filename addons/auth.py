@@ -15,7 +15,6 @@ import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -24,8 +23,12 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.responses import challenge_response
-from addons.responses import refusal_response
+from addons.core.events import TOKEN_CHECKED
+from addons.core.events import EventBus
+from addons.core.record import RejectReason
+from addons.core.record import record
+from addons.core.responses import challenge_response
+from addons.core.responses import refusal_response
 from addons.routing import Routing
 from addons.rules.policy import workspace_of
 from addons.rules.proxy_authorization import ProxyAuthError
@@ -57,23 +60,21 @@ class Identity:
 
 
 class AuthRejected(Exception):
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: RejectReason | str, message: str):
         super().__init__(message)
         self.status = status
-        self.reason = reason
+        self.reason = RejectReason(reason)
 
 
 class TokenAuth:
     """Checks `Proxy-Authorization` on CONNECTs and plain proxied requests."""
 
-    def __init__(self, routing: Routing):
+    def __init__(self, routing: Routing, events: EventBus | None = None):
         self.routing = routing
-        # told about every token check (True: answered from the cache); metrics subscribes
-        self.on_cache_result: Callable[[bool], None] = lambda hit: None
+        # every token check is reported (cached or not); metrics counts them
+        self.events = events or EventBus()
+        # the identity a successful CONNECT lends to every request in its tunnel
         self._by_client: weakref.WeakKeyDictionary[connection.Client, Identity] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._by_flow: weakref.WeakKeyDictionary[http.HTTPFlow, Identity] = (
             weakref.WeakKeyDictionary()
         )
         self.cache: TokenCache | None = None
@@ -207,23 +208,23 @@ class TokenAuth:
             return
         identity = await self._identify(flow)
         if identity is not None:
-            self._by_flow[flow] = identity
+            record(flow).identity = identity
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
         """Only a CONNECT that succeeded lends its identity to the tunnel: after a refused one
         (403, 502, a refused port) the connection carries nobody's identity."""
-        if (identity := self._by_flow.get(flow)) is not None:
+        if (identity := record(flow).identity) is not None:
             self._by_client[flow.client_conn] = identity  # every request in the tunnel inherits it
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return
         # Inside a tunnel: the CONNECT's identity. A plain proxied request (no CONNECT) carries
         # its own credentials each time.
-        identity = self._by_client.get(flow.client_conn) or await self._identify(flow)
+        identity = self._by_client.get(flow.client_conn)
+        if flow.response is None and identity is None:
+            identity = await self._identify(flow)
         if identity is not None:
             flow.request.headers.pop("Proxy-Authorization", None)
-            self._by_flow[flow] = identity
+            record(flow).identity = identity
 
     async def _identify(self, flow: http.HTTPFlow) -> Identity | None:
         """The caller's identity, or None after answering the flow with the reason (fail closed)."""
@@ -237,9 +238,6 @@ class TokenAuth:
         return None
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def identity(self, flow: http.HTTPFlow) -> Identity | None:
-        return self._by_flow.get(flow) or self._by_client.get(flow.client_conn)
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Identity:
         connect_id = uuid.uuid4().hex
@@ -272,9 +270,9 @@ class TokenAuth:
             return Identity(connect_id, creds.token, None, workspace)
         try:
             verdict, cached = await self.cache.check(creds.token)
-            self.on_cache_result(cached)
+            self.events.emit(TOKEN_CHECKED, cached)
         except ValidationUnavailable as e:
-            self.on_cache_result(False)
+            self.events.emit(TOKEN_CHECKED, False)
             if ctx.options.aibridge_auth_fail_open:
                 logger.warning("token validation unavailable, accepting (fail open): %s", e)
                 return Identity(connect_id, creds.token, None, workspace)
@@ -297,8 +295,8 @@ class TokenAuth:
             rejection.reason,
             rejection,
         )
-        flow.metadata["aibridge.reject_reason"] = rejection.reason
-        flow.metadata["aibridge.auth_failure"] = True
+        entry = record(flow)
+        entry.reject, entry.auth_failure = rejection.reason, True
         if rejection.status == 407:
             flow.response = challenge_response(str(rejection))
         elif rejection.status == 429:

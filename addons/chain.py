@@ -38,6 +38,9 @@ from __future__ import annotations
 from addons.accesslog import AccessLog
 from addons.auth import TokenAuth
 from addons.connection_deadlines import ConnectionDeadlines
+from addons.core.events import GATEWAY_FAILOVER
+from addons.core.events import TOKEN_CHECKED
+from addons.core.events import EventBus
 from addons.dump import ApiDump
 from addons.egress import EgressPolicy
 from addons.engine import EnginePatches
@@ -60,24 +63,31 @@ from addons.websocket import WebSocketFallback
 
 
 def make_addons(patches: EnginePatches) -> list:
-    """The chain, wired together; `patches` must be installed by the caller."""
+    """The chain, wired together; `patches` must be installed by the caller.
+
+    Addons share a request's state through its record (core/record.py) and report events on
+    one bus, which is wired here: no addon holds another's callbacks."""
+    events = EventBus()
     routing = Routing()
-    auth = TokenAuth(routing)
+    auth = TokenAuth(routing, events)
     deadlines = ConnectionDeadlines(patches.header_limit)
     choices = ChoiceStore()  # the store itself comes with the options
-    health = GatewayHealth(routing)
-    recent = RecentRequests(auth)
+    health = GatewayHealth(routing, events)
+    recent = RecentRequests()
+    metrics = Metrics(routing)
+    events.subscribe(TOKEN_CHECKED, metrics.token_checked)
+    events.subscribe(GATEWAY_FAILOVER, metrics.gateway_failover)
     return [
         routing,
         deadlines,
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
-        SelfService(routing, auth, choices, recent),
+        SelfService(routing, choices, recent),
         EgressPolicy(routing),
         InterceptPolicy(routing, deadlines),
-        RoutingRules(routing, auth, choices, patches.websocket_cap),
-        GatewayRouter(routing, auth, health),
+        RoutingRules(routing, choices, patches.websocket_cap),
+        GatewayRouter(routing, health),
         health,
         Http2Clients(),
         UpstreamCredentials(patches.upstream_handshake),
@@ -85,7 +95,7 @@ def make_addons(patches: EnginePatches) -> list:
         ApiDump(),
         TokenUsage(),
         UpstreamErrors(patches.error_rendering),
-        AccessLog(auth),
-        Metrics(routing, auth, health),
+        AccessLog(),
+        metrics,
         recent,
     ]

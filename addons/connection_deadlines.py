@@ -25,9 +25,9 @@ from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.net.http import http1
 
+from addons.core.responses import plain_response
 from addons.engine.connections import connection_handler
 from addons.engine.header_limit import HeaderSizeLimit
-from addons.responses import plain_response
 
 logger = logging.getLogger(__name__)
 

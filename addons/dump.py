@@ -16,7 +16,7 @@ from typing import BinaryIO
 from mitmproxy import ctx
 from mitmproxy import http
 
-from addons.gateway import route_info
+from addons.core.record import route_info
 
 logger = logging.getLogger(__name__)
 

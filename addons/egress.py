@@ -24,8 +24,12 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from addons.responses import plain_response
-from addons.responses import refusal_response
+from addons.core.record import RejectReason
+from addons.core.record import record
+from addons.core.record import reject
+from addons.core.record import reject_reason
+from addons.core.responses import plain_response
+from addons.core.responses import refusal_response
 from addons.routing import Routing
 from addons.rules.ai_catalog import expand
 from addons.rules.destinations import HostPolicy
@@ -133,7 +137,7 @@ class EgressPolicy:
             self._refuse_connect(flow, blocked.status, blocked.public)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.metadata.get("aibridge.self_service"):
+        if flow.response is not None or record(flow).self_service:
             return  # never dialled
         request = flow.request
         if self._refuse_host(flow):
@@ -143,7 +147,7 @@ class EgressPolicy:
             and self.routing.current.table.lookup(request.host) is None
             and not self._is_gateway(request.host, request.port)
         ):  # a plain proxied request (absolute form) names its port itself
-            flow.metadata["aibridge.reject_reason"] = "blocked_port"
+            reject(flow, RejectReason.BLOCKED_PORT)
             flow.response = plain_response(403, f"port {request.port} is not allowed")
         elif blocked := await self._precheck_upstream(flow):
             flow.response = plain_response(blocked.status, blocked.public)
@@ -166,7 +170,7 @@ class EgressPolicy:
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """A tunnel's dial failed or was refused: answer without the engine's detail."""
         assert flow.response is not None
-        if flow.response.status_code != 502 or flow.metadata.get("aibridge.reject_reason"):
+        if flow.response.status_code != 502 or reject_reason(flow) is not None:
             return
         refusal = parse_refusal(flow.response.get_text(strict=False))
         if refusal is not None:
@@ -175,8 +179,8 @@ class EgressPolicy:
             self._refuse_connect(flow, 502, "cannot connect to the destination")
 
     def _refuse_connect(self, flow: http.HTTPFlow, status: int, text: str) -> None:
-        flow.metadata["aibridge.reject_reason"] = (
-            "blocked_destination" if status == 403 else "dial_failed"
+        reject(
+            flow, RejectReason.BLOCKED_DESTINATION if status == 403 else RejectReason.DIAL_FAILED
         )
         flow.response = refusal_response(status, text)
 
@@ -208,7 +212,7 @@ class EgressPolicy:
             return False
         if (why := self.hosts.refusal(host, self.routing.current.intercepts(host))) is None:
             return False
-        flow.metadata["aibridge.reject_reason"] = "denied_host"
+        reject(flow, RejectReason.DENIED_HOST)
         flow.response = refusal_response(403, why)
         return True
 

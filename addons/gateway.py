@@ -11,34 +11,31 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
-from dataclasses import dataclass
-from dataclasses import field
 
 from mitmproxy import connection
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.auth import TokenAuth
+from addons.core.record import PendingModel
+from addons.core.record import RejectReason
+from addons.core.record import RouteInfo
+from addons.core.record import RuleRefusal
+from addons.core.record import record
+from addons.core.record import route_info
+from addons.core.responses import challenge_response
+from addons.core.responses import plain_response
+from addons.core.responses import provider_error_response
 from addons.gateway_health import GatewayHealth
-from addons.policy import PendingModel
-from addons.policy import decision_for
-from addons.responses import challenge_response
-from addons.responses import plain_response
-from addons.responses import provider_error_response
 from addons.routing import Routing
 from addons.rules.model_field import model_span
 from addons.rules.model_field import replace_model
+from addons.rules.plan import plan
 from addons.rules.policy import Decision
-from addons.rules.policy import Deny
-from addons.rules.policy import Origin
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.request_ids import RequestIds
 from addons.rules.request_target import has_dot_segments
 from addons.rules.routed_headers import routed_header_fields
-from addons.rules.token_usage import Usage
-from addons.rules.token_usage import UsageReader
 
 logger = logging.getLogger(__name__)
 
@@ -46,57 +43,7 @@ DEFAULT_TOKEN_HEADER = "X-Coder-AI-Governance-Token"
 DEFAULT_REQUEST_ID_HEADER = "X-Coder-AI-Governance-Request-Id"
 
 
-@dataclass
-class RouteInfo:
-    """What we did with one request; read by the access log, metrics and error pages."""
-
-    provider: str | None  # None: passed through to the original host
-    original_host: str
-    original_path: str
-    upstream_url: str
-    request_id: str
-    started: float
-    first_byte: float | None = None
-    timed_out: bool = False
-    bytes_in: int = 0  # request body bytes from the client
-    bytes_out: int = 0  # response body bytes to the client
-    awaiting_body: bool = False  # its rule needs the model: routed in the `request` hook
-    rule: str | None = None  # the routing rule that decided, if one did
-    action: str | None = None  # what it decided: route, origin or deny
-    profile: str | None = None  # the profile that rule came from
-    gateway: str | None = None  # the named gateway it went to
-    model: str | None = None  # the model the client asked for, where a rule replaced it
-    model_sent: str | None = None  # the model sent instead
-    observed: str | None = None  # an observed host: its catalog entry, else the host pattern
-    usage_reader: UsageReader | None = None  # token_usage.py, while the response streams
-    usage: Usage | None = None  # what the response reported, once it is over
-    # Other addons may watch the bodies as they stream by (the dump does).
-    request_taps: list = field(default_factory=list)
-    response_taps: list = field(default_factory=list)
-
-    def count_in(self, chunk: bytes) -> bytes:
-        self.bytes_in += len(chunk)
-        for tap in self.request_taps:
-            tap(chunk)
-        return chunk
-
-    def count_out(self, chunk: bytes) -> bytes:
-        self.bytes_out += len(chunk)
-        for tap in self.response_taps:
-            tap(chunk)
-        return chunk
-
-
-# Kept beside the flow rather than in flow.metadata, which mitmproxy serialises when flows are
-# saved (`mitmdump -w`) and which must therefore hold plain data only.
-_ROUTES: weakref.WeakKeyDictionary[http.HTTPFlow, RouteInfo] = weakref.WeakKeyDictionary()
-
-
 _REQUEST_IDS = RequestIds()
-
-
-def route_info(flow: http.HTTPFlow) -> RouteInfo | None:
-    return _ROUTES.get(flow)
 
 
 def carries_token(request: http.Request, token: str) -> bool:
@@ -111,9 +58,8 @@ def carries_token(request: http.Request, token: str) -> bool:
 class GatewayRouter:
     """Rewrites routed requests to the gateway and turns on streaming both ways."""
 
-    def __init__(self, routing: Routing, auth: TokenAuth, health: GatewayHealth):
+    def __init__(self, routing: Routing, health: GatewayHealth):
         self.routing = routing
-        self.auth = auth
         self.health = health
 
     def load(self, loader):
@@ -148,7 +94,7 @@ class GatewayRouter:
             raise exceptions.OptionsError("aibridge_gateway_timeout must be a positive number")
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.metadata.get("aibridge.self_service"):
+        if flow.response is not None or record(flow).self_service:
             return  # answered, or answered by the proxy itself (self_service.py)
         try:
             await self._route(flow)
@@ -182,9 +128,10 @@ class GatewayRouter:
             started=time.monotonic(),
             observed=(observed.entry or observed.pattern) if observed else None,
         )
-        _ROUTES[flow] = info
+        entry = record(flow)
+        entry.route = info
         flow.metadata["aibridge.request_id"] = info.request_id
-        if isinstance(decision_for(flow), PendingModel):
+        if isinstance(entry.decision, PendingModel):
             info.awaiting_body = True  # RoutingRules reads the model first
             return
         await self._apply(flow, info, streaming=True)
@@ -193,33 +140,39 @@ class GatewayRouter:
         """Send the request where its rule (or else the provider table) says."""
         snapshot = self.routing.current
         request = flow.request
-        decision = decision_for(flow)
-        provider, target, model = info.provider, snapshot.target, None
-        if isinstance(decision, Decision):
-            action = decision.rule.action
+        entry = record(flow)
+        if isinstance(refusal := entry.decision, RuleRefusal):
+            entry.reject = refusal.reason
+            flow.response = provider_error_response(
+                info.provider, info.original_host, refusal.status, refusal.message
+            )
+            return
+        if isinstance(entry.decision, PendingModel) and not streaming:
+            # the rules were to decide on the body and did not (they failed): fail closed
+            flow.response = plain_response(500, "the proxy could not apply its routing rules")
+            return
+        decision = entry.decision if isinstance(entry.decision, Decision) else None
+        planned = plan(decision, info.provider, snapshot.policy)
+        provider, target, model = planned.provider, snapshot.target, planned.model
+        if decision is not None:
             info.rule, info.profile = decision.rule.name, decision.profile
-            info.action = type(action).__name__.lower()
-            if isinstance(action, Deny):
-                flow.metadata["aibridge.reject_reason"] = "rule_denied"
-                flow.response = provider_error_response(
-                    provider, info.original_host, action.status,
-                    f"{action.message} (rule {decision.rule.name})",
-                )  # fmt: skip
+            info.action = type(decision.rule.action).__name__.lower()
+        if planned.deny is not None:
+            entry.reject = RejectReason.RULE_DENIED
+            flow.response = provider_error_response(
+                provider, info.original_host, planned.deny.status, planned.deny_message
+            )
+            return
+        names = planned.gateways
+        if len(names) > 1:  # failover: the first that takes a connection now
+            if (chosen := await self.health.choose(names)) is None:
+                flow.response = plain_response(
+                    502, f"no gateway of {', '.join(names)} can be reached"
+                )
                 return
-            if isinstance(action, Origin):
-                provider = None
-            else:
-                provider, model = action.provider, action.model
-                names = action.gateways or (snapshot.policy.default_gateway or "",)
-                if len(names) > 1:  # failover: the first that takes a connection now
-                    if (chosen := await self.health.choose(names)) is None:
-                        flow.response = plain_response(
-                            502, f"no gateway of {', '.join(names)} can be reached"
-                        )
-                        return
-                    info.gateway, target = chosen
-                else:
-                    info.gateway, target = names[0] or None, snapshot.policy.gateway(names[0])
+            info.gateway, target = chosen
+        elif names:
+            info.gateway, target = names[0] or None, snapshot.policy.gateway(names[0])
         info.provider = provider
         if provider is None:  # to the original host, unchanged
             self._count_body(flow, info, streaming)
@@ -227,7 +180,7 @@ class GatewayRouter:
 
         # Answer before turning on request streaming: mitmproxy refuses a response set in
         # requestheaders once the request is streamed.
-        identity = self.auth.identity(flow)
+        identity = entry.identity
         if identity is None or identity.token is None:
             flow.response = challenge_response("routed requests need a Coder token")
             return
@@ -235,14 +188,14 @@ class GatewayRouter:
             flow.response = plain_response(502, "no gateway is configured (aibridge_gateway)")
             return
         if has_dot_segments(request.path):
-            flow.metadata["aibridge.reject_reason"] = "dot_segments"
+            entry.reject = RejectReason.DOT_SEGMENTS
             flow.response = plain_response(400, "the path holds . or .. segments")
             return
         token_header = ctx.options.aibridge_token_header
         sent = request.headers.get(token_header)
         if sent is not None and sent.strip() != identity.token:
             # the gateway bills whoever this header names: only the authenticated user
-            flow.metadata["aibridge.reject_reason"] = "governance_token_mismatch"
+            entry.reject = RejectReason.GOVERNANCE_TOKEN_MISMATCH
             flow.response = plain_response(
                 400, f"{token_header} does not match the token in the proxy credentials"
             )

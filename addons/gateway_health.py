@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 import aiohttp
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from addons.core.events import GATEWAY_FAILOVER
+from addons.core.events import EventBus
 from addons.routing import Routing
 from addons.rules.gateway_target import GatewayTarget
 from addons.rules.token_validation import verifying_context
@@ -29,10 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 class GatewayHealth:
-    def __init__(self, routing: Routing):
+    def __init__(self, routing: Routing, events: EventBus | None = None):
         self.routing = routing
         self.down: dict[str, float] = {}  # gateway name -> when it went down
-        self.on_failover: Callable[[str], None] = lambda name: None  # metrics subscribes
+        self.events = events or EventBus()  # each failover is reported; metrics counts them
         self._task: asyncio.Task | None = None
 
     def load(self, loader):
@@ -94,7 +95,7 @@ class GatewayHealth:
     def _mark_down(self, name: str, why: str) -> None:
         if name not in self.down:
             logger.warning("gateway %s is down: %s; skipped until it recovers", name, why)
-            self.on_failover(name)
+            self.events.emit(GATEWAY_FAILOVER, name)
         self.down[name] = time.monotonic()
 
     async def _check_forever(self) -> None:

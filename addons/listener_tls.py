@@ -18,7 +18,9 @@ from mitmproxy import tls
 from mitmproxy.proxy.layers import modes
 from OpenSSL import SSL
 
-from addons.responses import plain_response
+from addons.core.record import RejectReason
+from addons.core.record import reject
+from addons.core.responses import plain_response
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class ListenerTLS:
     def _require_tls(self, flow: http.HTTPFlow) -> None:
         if self.context is None or flow.response is not None or flow.client_conn.tls_established:
             return
-        flow.metadata["aibridge.reject_reason"] = "plaintext_client"
+        reject(flow, RejectReason.PLAINTEXT_CLIENT)
         flow.response = plain_response(
             403, "this proxy requires TLS: use https:// in the proxy URL"
         )

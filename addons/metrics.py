@@ -25,10 +25,9 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import disable_created_metrics
 
-from addons.auth import TokenAuth
-from addons.gateway import RouteInfo
-from addons.gateway import route_info
-from addons.gateway_health import GatewayHealth
+from addons.core.record import RouteInfo
+from addons.core.record import existing_record
+from addons.core.record import route_info
 from addons.routing import Routing
 
 PREFIX = "aibridge_proxy_"
@@ -51,13 +50,7 @@ class _ProviderSeries:
 
 
 class Metrics:
-    def __init__(
-        self,
-        routing: Routing,
-        auth: TokenAuth,
-        health: GatewayHealth | None = None,
-        registry: CollectorRegistry | None = None,
-    ):
+    def __init__(self, routing: Routing, registry: CollectorRegistry | None = None):
         self.routing = routing
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -124,7 +117,7 @@ class Metrics:
         self.reloads = Counter(
             PREFIX + "config_reloads", "Configuration reloads by result.", ["result"], registry=r
         )
-        # Gauges say how to combine worker processes (see proxy/workers.py).
+        # Gauges say how to combine worker processes (see proxy/server/workers.py).
         self.last_reload = Gauge(
             PREFIX + "config_last_reload_success_timestamp_seconds",
             "Time of the last successful reload.",
@@ -145,7 +138,6 @@ class Metrics:
         self.cache_misses = Counter(
             PREFIX + "token_cache_misses", "Token checks that asked the gateway.", registry=r
         )
-        auth.on_cache_result = lambda hit: (self.cache_hits if hit else self.cache_misses).inc()
         self.gateway_requests = Counter(
             PREFIX + "gateway_requests",
             "Routed requests by named gateway (routing rules).",
@@ -176,9 +168,6 @@ class Metrics:
             ["user", "provider", "model", "kind"],
             registry=r,
         )
-        if health is not None:
-            health.on_failover = lambda name: self.gateway_failovers.labels(gateway=name).inc()
-        self.auth = auth
         self._by_provider: dict[str, _ProviderSeries] = {}
         self._token_series: dict[tuple, Any] = {}  # (family, [user,] provider, model, kind)
         self._inflight: dict[str, str] = {}  # flow id -> provider label
@@ -199,6 +188,14 @@ class Metrics:
             "Also count routed requests per user name (a label per user: mind the cardinality).",
         )
 
+    # -- events (chain.py subscribes these) ---------------------------------------------------
+
+    def token_checked(self, cached: bool) -> None:
+        (self.cache_hits if cached else self.cache_misses).inc()
+
+    def gateway_failover(self, name: str) -> None:
+        self.gateway_failovers.labels(gateway=name).inc()
+
     # -- CONNECTs ----------------------------------------------------------------------------
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
@@ -212,9 +209,8 @@ class Metrics:
             self._tunnels[flow.client_conn] = time.monotonic()
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        reason = (
-            flow.metadata.get("aibridge.reject_reason") or f"status_{flow.response.status_code}"
-        )
+        entry = existing_record(flow)
+        reason = (entry.reject if entry else None) or f"status_{flow.response.status_code}"
         self.connects.labels(outcome="rejected", reason=reason).inc()
         self._count_auth_failure(flow)
 
@@ -270,7 +266,7 @@ class Metrics:
             self.rule_decisions.labels(rule=info.rule, action=info.action or "").inc()
         user = None
         if ctx.options.aibridge_metrics_user_labels:
-            identity = self.auth.identity(flow)
+            identity = existing_record(flow).identity  # route_info found the record
             user = identity.user if identity is not None else None
         if user and info.provider is not None:
             self.user_requests.labels(user=user, provider=provider).inc()
@@ -314,10 +310,10 @@ class Metrics:
             self._series(provider).inflight.dec()
 
     def _count_auth_failure(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.pop("aibridge.auth_failure", False):
-            self.auth_failures.labels(
-                reason=flow.metadata.get("aibridge.reject_reason", "unknown")
-            ).inc()
+        entry = existing_record(flow)
+        if entry is not None and entry.auth_failure:
+            entry.auth_failure = False  # counted once, at the CONNECT or the request
+            self.auth_failures.labels(reason=entry.reject or "unknown").inc()
 
     # -- set by the program ------------------------------------------------------------------
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
-from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,15 +23,18 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.auth import TokenAuth
+from addons.core.record import PendingModel
+from addons.core.record import RejectReason
+from addons.core.record import RuleRefusal
+from addons.core.record import record
 from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.profile_store import RedisProfileChoices
-from addons.responses import provider_error_response
 from addons.routing import Routing
 from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_in_path
 from addons.rules.model_field import model_span
 from addons.rules.model_field import replace_model
+from addons.rules.plan import decide
 from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Decision
 from addons.rules.policy import Deny
@@ -50,24 +51,7 @@ def _json_with_length(headers) -> bool:
     return media.endswith(("/json", "+json")) and headers.get("content-length", "").isdigit()
 
 
-@dataclass
-class PendingModel:
-    """Decided once the body is in: the facts so far and the profile in force."""
-
-    facts: Facts
-    profile: str | None
-
-
-_DECISIONS: weakref.WeakKeyDictionary[http.HTTPFlow, Decision | PendingModel] = (
-    weakref.WeakKeyDictionary()
-)
-# WebSocket sessions: what the upgrade was decided on, for the messages that follow
-_SESSIONS: weakref.WeakKeyDictionary[http.HTTPFlow, PendingModel] = weakref.WeakKeyDictionary()
 POLICY_VIOLATION = 1008
-
-
-def decision_for(flow: http.HTTPFlow) -> Decision | PendingModel | None:
-    return _DECISIONS.get(flow)
 
 
 class ChoiceStore:
@@ -76,27 +60,36 @@ class ChoiceStore:
     def __init__(self) -> None:
         self.store: ProfileChoices | RedisProfileChoices = ProfileChoices(None)
 
-    async def replace(self, store: ProfileChoices | RedisProfileChoices) -> None:
+        self._closing: set[asyncio.Task] = set()
+
+    def replace(self, store: ProfileChoices | RedisProfileChoices) -> None:
+        """Use `store` from now on. A Redis store that is replaced (by another, or by a file)
+        is closed in the background, so its retry task never outlives it."""
         old, self.store = self.store, store
         if isinstance(store, RedisProfileChoices):
             store.start()  # loads the choices, and keeps retrying while Redis is away
         if isinstance(old, RedisProfileChoices):
-            await old.close()
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if isinstance(self.store, RedisProfileChoices):
+            await self.store.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class RoutingRules:
     def __init__(
         self,
         routing: Routing,
-        auth: TokenAuth,
         choices: ChoiceStore,
         websocket_closer: WebSocketMessageCap | None = None,
     ):
         self.routing = routing
-        self.auth = auth
         self.choices = choices
         self.websocket_closer = websocket_closer or WebSocketMessageCap()
-        self._tasks: set[asyncio.Task] = set()
 
     def load(self, loader):
         loader.add_option(
@@ -119,28 +112,20 @@ class RoutingRules:
         if "aibridge_profile_store" in updated:
             where = ctx.options.aibridge_profile_store or ""
             if where.startswith(("redis://", "rediss://", "unix://")):
-                task = asyncio.get_running_loop().create_task(
-                    self.choices.replace(RedisProfileChoices(where))
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.choices.replace(RedisProfileChoices(where))
             else:
-                self.choices.store = ProfileChoices(Path(where) if where else None)
+                self.choices.replace(ProfileChoices(Path(where) if where else None))
 
     async def done(self):
-        if isinstance(self.choices.store, RedisProfileChoices):
-            await self.choices.store.close()
-
-    def active_profile(self, user: str | None, workspace: str | None) -> str | None:
-        """The profile this (user, workspace) chose, while it exists, else the default."""
-        return self.routing.current.policy.profile_in_force(self.choices.store.get(user, workspace))
+        await self.choices.close()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         snapshot = self.routing.current
         policy, request = snapshot.policy, flow.request
-        identity = self.auth.identity(flow)
+        entry = record(flow)
+        identity = entry.identity
         if policy.empty or identity is None or not snapshot.intercepts(request.host):
             return  # rules govern what we intercept, for someone we know
         path_model = model_in_path(request.path)
@@ -156,7 +141,7 @@ class RoutingRules:
             model=path_model,
             model_known=path_model is not None,
         )
-        profile = self.active_profile(identity.user, identity.workspace)
+        chosen = self.choices.store.get(identity.user, identity.workspace)
         observed = snapshot.table.lookup(request.host) is None
         if observed and not _json_with_length(request.headers):
             # An observed tool's own protocol (protobuf, bidirectional streams): never held
@@ -166,27 +151,28 @@ class RoutingRules:
             # a session: decided on its headers now (model rules cannot match yet, model
             # replacements route it), then model rules apply to each response.create message
             facts = replace(facts, model_known=True)
-            _SESSIONS[flow] = PendingModel(facts, profile)
-        decision = policy.decide(facts, profile)
+            entry.session = PendingModel(facts, chosen)
+        _, decision = decide(facts, policy, chosen)
         if decision is None:
             return
         if decision != NEEDS_MODEL:
-            _DECISIONS[flow] = decision
+            entry.decision = decision
             return
         limit = ctx.options.aibridge_rules_max_body
         length = request.headers.get("content-length", "")
         if not length.isdigit():
-            self._refuse(flow, 411, "a routing rule needs this request's model: send the body "
+            self._refuse(flow, 411, RejectReason.BODY_WITHOUT_LENGTH, "a routing rule needs this request's model: send the body "
                          "with a Content-Length")  # fmt: skip
         elif int(length) > limit:
-            self._refuse(flow, 413, f"a routing rule needs this request's model, and the body "
+            self._refuse(flow, 413, RejectReason.BODY_TOO_LARGE, f"a routing rule needs this request's model, and the body "
                          f"is larger than model_body_limit ({limit} bytes)")  # fmt: skip
         else:
             request.stream = False  # read it whole: `request` decides
-            _DECISIONS[flow] = PendingModel(facts, profile)
+            entry.decision = PendingModel(facts, chosen)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        pending = _DECISIONS.get(flow)
+        entry = record(flow)
+        pending = entry.decision
         if not isinstance(pending, PendingModel) or flow.response is not None:
             return
         try:
@@ -195,18 +181,19 @@ class RoutingRules:
             if self.routing.current.table.lookup(flow.request.host) is None:
                 model = None  # observed: the tool keeps working; model rules do not apply
             else:
-                self._refuse(flow, 400, f"a routing rule needs this request's model, but {e}")
+                self._refuse(
+                    flow,
+                    400,
+                    RejectReason.MODEL_UNREADABLE,
+                    f"a routing rule needs this request's model, but {e}",
+                )
                 return
         facts = replace(pending.facts, model=model, model_known=True)
-        decision = self.routing.current.policy.decide(facts, pending.profile)
-        if decision is None:
-            del _DECISIONS[flow]
-        else:
-            _DECISIONS[flow] = decision
+        _, entry.decision = decide(facts, self.routing.current.policy, pending.chosen)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Codex's Responses API over WebSocket: each `response.create` names its model."""
-        session = _SESSIONS.get(flow)
+        session = record(flow).session
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
         if session is None or not message.from_client or not message.is_text:
@@ -219,7 +206,7 @@ class RoutingRules:
             return
         model = event.get("model") if isinstance(event.get("model"), str) else None
         facts = replace(session.facts, model=model, model_known=True)
-        decision = self.routing.current.policy.decide(facts, session.profile)
+        _, decision = decide(facts, self.routing.current.policy, session.chosen)
         if not isinstance(decision, Decision):
             return
         action = decision.rule.action
@@ -231,10 +218,7 @@ class RoutingRules:
         elif isinstance(action, Route) and action.model and model != action.model:
             message.content = replace_model(message.content, action.model)
 
-    def _refuse(self, flow: http.HTTPFlow, status: int, message: str) -> None:
-        _DECISIONS.pop(flow, None)
-        route = self.routing.current.table.lookup(flow.request.host)
-        flow.metadata["aibridge.reject_reason"] = "model_unreadable"
-        flow.response = provider_error_response(
-            route.provider if route else None, flow.request.host, status, message
-        )
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, status: int, reason: RejectReason, message: str) -> None:
+        """The router answers it, so the access log and the page see the request too."""
+        record(flow).decision = RuleRefusal(status, reason, message)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from addons.accesslog import tool_name
-from addons.auth import TokenAuth
-from addons.gateway import route_info
+from addons.core.record import existing_record
 from addons.rules.failure_hints import failure_hint
 
 PER_USER = 50
@@ -38,8 +37,7 @@ class RecentRequest:
 
 
 class RecentRequests:
-    def __init__(self, auth: TokenAuth, per_user: int = PER_USER, users: int = USERS):
-        self.auth = auth
+    def __init__(self, per_user: int = PER_USER, users: int = USERS):
         self.per_user = per_user
         self.users = users
         self._by_user: collections.OrderedDict[str, collections.deque[RecentRequest]] = (
@@ -57,14 +55,15 @@ class RecentRequests:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
-        info = route_info(flow)
-        identity = self.auth.identity(flow)
+        entry = existing_record(flow)
+        info = entry.route if entry is not None else None
+        identity = entry.identity if entry is not None else None
         if info is None or identity is None or not identity.user:
             return
         status = flow.response.status_code if flow.response is not None else None
         hint = failure_hint(
             status,
-            flow.metadata.get("aibridge.reject_reason"),
+            entry.reject,
             info.provider is not None,
             flow.error.msg if flow.error else None,
         )

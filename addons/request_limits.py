@@ -21,8 +21,10 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
+from addons.core.record import RejectReason
+from addons.core.record import reject
+from addons.core.responses import plain_response
 from addons.engine.header_limit import HeaderSizeLimit
-from addons.responses import plain_response
 from addons.rules.request_target import is_method
 from addons.rules.request_target import is_request_target
 
@@ -72,15 +74,15 @@ class RequestLimits:
         if flow.response is not None:
             return
         if header_block_size(flow.request.headers) > self.header_limit.max_bytes:
-            flow.metadata["aibridge.reject_reason"] = "headers_too_large"
+            reject(flow, RejectReason.HEADERS_TOO_LARGE)
             flow.response = plain_response(431, "request headers too large")
         elif has_bad_header_bytes(flow.request.headers):
-            flow.metadata["aibridge.reject_reason"] = "malformed_header"
+            reject(flow, RejectReason.MALFORMED_HEADER)
             flow.response = plain_response(400, "header holds NUL, CR or LF")
         elif not is_method(flow.request.method):
-            flow.metadata["aibridge.reject_reason"] = "malformed_method"
+            reject(flow, RejectReason.MALFORMED_METHOD)
             flow.response = plain_response(400, "the method is not a token")
         elif flow.request.method != "CONNECT" and not is_request_target(flow.request.path):
             # HTTP/2 lets :path hold what an HTTP/1.1 request line cannot
-            flow.metadata["aibridge.reject_reason"] = "malformed_target"
+            reject(flow, RejectReason.MALFORMED_TARGET)
             flow.response = plain_response(400, "the request target holds spaces or controls")

@@ -28,11 +28,13 @@ from mitmproxy import ctx
 from mitmproxy import http
 from redis.exceptions import RedisError
 
-from addons.auth import TokenAuth
+from addons.core.record import RejectReason
+from addons.core.record import existing_record
+from addons.core.record import record
+from addons.core.responses import plain_response
 from addons.policy import ChoiceStore
 from addons.recent_requests import RecentRequest
 from addons.recent_requests import RecentRequests
-from addons.responses import plain_response
 from addons.routing import Routing
 from certs.authority import der_certificate
 from certs.authority import fingerprint
@@ -52,7 +54,11 @@ from proxy.pages.render import render_developer
 logger = logging.getLogger(__name__)
 PAGE_ORIGIN = f"http://{RESERVED_HOST}"
 # The proxy's refusals of a developer's credentials that the page explains (others: a 407).
-EXPLAINED = {"invalid_token": 407, "rate_limited": 429, "internal_error": 503}
+EXPLAINED = {
+    RejectReason.INVALID_TOKEN: 407,
+    RejectReason.RATE_LIMITED: 429,
+    RejectReason.INTERNAL_ERROR: 503,
+}
 
 
 def json_response(status: int, body: dict | list, headers: dict | None = None) -> http.Response:
@@ -91,12 +97,10 @@ class SelfService:
     def __init__(
         self,
         routing: Routing,
-        auth: TokenAuth,
         choices: ChoiceStore,
         recent: RecentRequests | None = None,
     ):
         self.routing = routing
-        self.auth = auth
         self.choices = choices
         self.recent = recent
         self.ca_pem: bytes | None = None
@@ -129,24 +133,24 @@ class SelfService:
         request = flow.request
         host = request.host.lower()
         if host == RESERVED_HOST:
-            flow.metadata["aibridge.self_service"] = True
+            record(flow).self_service = True
             self._reserved_headers(flow)
         elif (
             request.path.split("?", 1)[0] == CHECK_PATH
             and self.routing.current.table.lookup(host) is not None
         ):
-            flow.metadata["aibridge.self_service"] = True
+            record(flow).self_service = True
             self._check(flow)
 
     def _reserved_headers(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         if flow.response is not None:
-            reason = flow.metadata.get("aibridge.reject_reason")
+            reason = record(flow).reject
             if reason in EXPLAINED and request.method == "GET" and self._path(flow) == "/":
                 flow.response = self._page(flow, verdict=CONNECT_VERDICTS[EXPLAINED[reason]])
             return  # e.g. the 407 of a request without credentials: the browser then sends them
         request.stream = False
-        if self.auth.identity(flow) is None:
+        if record(flow).identity is None:
             flow.response = plain_response(407, "proxy credentials needed")
             return
         path = self._path(flow)
@@ -165,7 +169,8 @@ class SelfService:
         return flow.request.path.split("?", 1)[0]
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if not flow.metadata.get("aibridge.self_service") or flow.response is not None:
+        entry = existing_record(flow)
+        if entry is None or not entry.self_service or flow.response is not None:
             return
         path = self._path(flow)
         if path == "/profile":
@@ -194,7 +199,7 @@ class SelfService:
                 if switched[0]
                 else ("Switched back to the default profile.")
             )
-        identity = self.auth.identity(flow) if verdict is None else None
+        identity = record(flow).identity if verdict is None else None
         user = identity.user if identity else None
         check = self._check_url()
         page = DeveloperPage(
@@ -255,7 +260,7 @@ class SelfService:
         )
 
     def _recent_json(self, flow: http.HTTPFlow) -> http.Response:
-        identity = self.auth.identity(flow)
+        identity = record(flow).identity
         if identity is None or not identity.user or self.recent is None:
             return plain_response(403, "recent requests need a validated Coder user")
         return json_response(200, [e.__dict__ for e in self.recent.of(identity.user)])
@@ -266,7 +271,7 @@ class SelfService:
         cors = {"Access-Control-Allow-Origin": PAGE_ORIGIN, "Vary": "Origin"}
         if flow.response is not None:
             return
-        identity = self.auth.identity(flow)
+        identity = record(flow).identity
         if identity is None:  # not through a signed-in tunnel: never reached here
             flow.response = plain_response(407, "proxy credentials needed")
             return
@@ -296,7 +301,7 @@ class SelfService:
         )
 
     async def _profile(self, flow: http.HTTPFlow) -> None:
-        identity = self.auth.identity(flow)
+        identity = record(flow).identity
         policy = self.routing.current.policy
         request = flow.request
         if identity is None or not identity.user:

@@ -2,14 +2,14 @@
 Token usage of routed and observed responses, read as they stream to the client: each chunk
 passes through the reader on its way and is never held back for more (an SSE event is parsed
 only when it can carry a model or usage; a JSON body is read at its end). The access log and
-the metrics take the result from the request's RouteInfo when the response is over.
+the metrics take the result from the request's record (RouteInfo.usage) when the response is over.
 """
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.gateway import route_info
+from addons.core.record import route_info
 from addons.rules.token_usage import UsageReader
 
 

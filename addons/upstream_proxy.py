@@ -21,8 +21,8 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import mode_specs
 
+from addons.core.responses import plain_response
 from addons.engine.upstream_handshake import UpstreamAuthHandshake
-from addons.responses import plain_response
 from addons.rules.upstream_proxy import kerberos_available
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,11 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
+from addons.core.record import existing_record
+from addons.core.record import record
+from addons.core.record import route_info
+from addons.core.responses import plain_response
 from addons.engine.websocket_cap import WebSocketMessageCap
-from addons.gateway import route_info
-from addons.responses import plain_response
 from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
@@ -106,8 +108,9 @@ class WebSocketFallback:
             key,
         )
         response.stream = False  # buffer the gateway's small error body; `response` replaces it
-        flow.metadata["aibridge.websocket_426"] = True
+        record(flow).websocket_refused = True
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.pop("aibridge.websocket_426", False):
+        if (entry := existing_record(flow)) is not None and entry.websocket_refused:
+            entry.websocket_refused = False
             flow.response = refused_upgrade()

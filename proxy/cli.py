@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     reload = sub.add_parser(
         "reload",
@@ -224,6 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reload_settings=reload,
             worker_index=args.worker_index,
             supervisor_pid=args.supervisor_pid,
+            report_fd=args.report_fd,
         )
         run_event_loop(app.serve_forever())
     elif (count := worker_count(settings.workers)) > 1:

@@ -14,7 +14,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
-from addons.responses import plain_response
+from addons.core.responses import plain_response
 
 Renderer = Callable[[http.HTTPFlow], http.Response | None]
 

@@ -14,7 +14,7 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy import events
 from mitmproxy.proxy.layers.http import _http1
 
-from addons.responses import plain_response
+from addons.core.responses import plain_response
 
 logger = logging.getLogger("addons.request_limits")
 

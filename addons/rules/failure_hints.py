@@ -5,27 +5,15 @@ status the client got, the proxy's own reason (if it refused), and who answered.
 
 from __future__ import annotations
 
-# The proxy's own refusals (flow metadata `aibridge.reject_reason`).
-REASONS: dict[str, tuple[str, str]] = {
-    "denied_host": ("the proxy's egress policy denies this host", "ask your administrator"),
-    "rule_denied": ("a routing rule denies this request", "ask your administrator"),
-    "dot_segments": ("the path holds . or .. segments", "the tool sent a malformed path"),
-    "governance_token_mismatch": (
-        "the request carries another user's governance token",
-        "remove the X-Coder-AI-Governance-Token header from the tool's settings",
-    ),
-    "model_unreadable": ("a routing rule needs the model, but the body has none",
-                         "the tool's request is not JSON with a model"),
-    "blocked_port": ("the proxy does not allow this port", "ask your administrator"),
-}  # fmt: skip
+from addons.core.record import RejectReason
 
 
 def failure_hint(
-    status: int | None, reason: str | None, routed: bool, error: str | None = None
+    status: int | None, reason: RejectReason | None, routed: bool, error: str | None = None
 ) -> tuple[str, str] | None:
     """(problem, fix) for a failed request, or None when it did not fail."""
-    if reason in REASONS:
-        return REASONS[reason]
+    if reason is not None and (hint := reason.hint) is not None:
+        return hint
     if status is None:
         return (f"the connection failed ({error or 'no answer'})", "retry; if it persists, "
                 "tell your administrator")  # fmt: skip

@@ -47,6 +47,10 @@ from proxy.server.startup import ensure_ca
 from proxy.server.startup import prepare_ca
 from proxy.server.startup import start_admin
 from proxy.server.systemd import Notifier
+from proxy.server.worker_reports import READY
+from proxy.server.worker_reports import RELOAD
+from proxy.server.worker_reports import ReportWriter
+from proxy.server.worker_reports import WorkerReport
 
 logger = logging.getLogger("aibridge.proxy")
 
@@ -121,6 +125,7 @@ class ProxyApp:
         reload_settings: Callable[[], Settings] | None = None,
         worker_index: int | None = None,
         supervisor_pid: int | None = None,
+        report_fd: int | None = None,
     ):
         self.settings = settings
         self.worker_index = worker_index  # set when one of several workers (proxy/workers.py)
@@ -131,8 +136,9 @@ class ProxyApp:
         self.notifier = Notifier(settings.notify_socket, settings.watchdog_usec)
         self.admin_state = AdminState()
         self.patches = EnginePatches()
-        # a worker's supervisor speaks for all its workers
+        # a worker's supervisor speaks for all its workers: a worker reports to it instead
         self.reloads = ReloadRecorder(settings.state_path) if worker_index is None else None
+        self.reports = ReportWriter(report_fd) if report_fd is not None else None
         self.admin: AdminServer | None = None
         self.master: master.Master | None = None
         self.ca: CertificateAuthority | None = None
@@ -221,6 +227,8 @@ class ProxyApp:
         )
         self.started.set()
         self._record_reload(True, "started")
+        if self.reports is not None:
+            self.reports.send(WorkerReport(READY))
         self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
 
     @property
@@ -258,7 +266,9 @@ class ProxyApp:
         except (SettingsError, StartupError, exceptions.OptionsError) as e:
             self._count_reload(False)
             logger.error("configuration reload rejected, keeping the old one: %s", e)
-            self._record_reload(False, f"configuration reload rejected, keeping the old one: {e}")
+            self._record_reload(
+                False, f"configuration reload rejected, keeping the old one: {e}", str(e)
+            )
             return False
         self.settings, self.ca = new, ca
         self._publish()
@@ -267,9 +277,11 @@ class ProxyApp:
         self._record_reload(True, "configuration reloaded")
         return True
 
-    def _record_reload(self, ok: bool, message: str) -> None:
+    def _record_reload(self, ok: bool, message: str, reason: str = "") -> None:
         if self.reloads is not None:
             self.reloads.record(ok, message)
+        if self.reports is not None and message != "started":
+            self.reports.send(WorkerReport(RELOAD, ok, reason or message))
 
     def _ca(self, settings: Settings) -> CertificateAuthority:
         """A worker's supervisor has already created, checked and published the CA."""

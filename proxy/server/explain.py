@@ -9,11 +9,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from addons.rules.model_field import model_in_path
+from addons.rules.plan import decide
+from addons.rules.plan import plan
 from addons.rules.policy import NEEDS_MODEL
-from addons.rules.policy import Decision
-from addons.rules.policy import Deny
 from addons.rules.policy import Facts
-from addons.rules.policy import Origin
 from addons.rules.provider_errors import api_family
 from addons.rules.provider_errors import error_body
 from proxy.server.settings import Settings
@@ -38,36 +37,42 @@ def explain(
     route = table.lookup(host)
     if route is None:
         return [f"{host}: not routed; tunnelled untouched (never decrypted)"]
-    active = profile or policy.default_profile
     model = model or model_in_path(path)
     facts = Facts(host, path or "/", method.upper(), workspace, user, policy.groups_of(user),
                   client, model, model_known=True)  # fmt: skip
-    decision = policy.decide(facts, active)
-    lines = [f"profile:  {active or 'none'}" + (" (default)" if not profile else "")]
+    # the proxy's own decision: the profile in force, the rule, and what the rule does
+    active, decision = decide(facts, policy, profile)
     assert decision != NEEDS_MODEL  # the model is known here (None: the request has none)
-    target, provider, new_model = (
-        settings.routing_target or policy.gateway(None),
-        route.provider,
-        None,
-    )
-    if isinstance(decision, Decision):
-        action = decision.rule.action
-        source = f"profile {decision.profile}" if decision.profile else "the admin's rules"
-        lines.insert(0, f"rule:     {decision.rule.name} ({source})")
-        if isinstance(action, Deny):
-            body = error_body(api_family(route.provider, host), action.status,
-                              f"{action.message} (rule {decision.rule.name})")  # fmt: skip
-            return [*lines, f"answer:   {action.status} {body.decode()}"]
-        if isinstance(action, Origin):
-            return [*lines, f"upstream: {url} (the original host, unchanged)"]
-        names = action.gateways or (policy.default_gateway,)
-        target, provider, new_model = policy.gateway(names[0]), action.provider, action.model
-        order = " then ".join(n for n in names if n)
-        lines.append(f"gateway:  {order}" + (" (failover in this order)" if len(names) > 1 else ""))
-    elif not route.covers_path(path or "/"):
-        return ["rule:     none (provider table)", f"upstream: {url} (outside {host}'s paths)"]
+    provider = route.provider if route.covers_path(path or "/") else None
+    planned = plan(decision, provider, policy)
+    if profile and profile != active:
+        in_force = f"{active} (default)" if active else "none"
+        lines = [f"profile:  {in_force}; {profile!r} is not a profile, so the default applies"]
     else:
+        lines = [f"profile:  {active or 'none'}" + (" (default)" if not profile else "")]
+    if planned.decision is None:
+        if planned.provider is None:
+            return ["rule:     none (provider table)", f"upstream: {url} (outside {host}'s paths)"]
         lines.insert(0, "rule:     none (provider table)")
+    else:
+        name = planned.decision.rule.name
+        source = f"profile {decision.profile}" if decision.profile else "the admin's rules"
+        lines.insert(0, f"rule:     {name} ({source})")
+    if planned.deny is not None:
+        body = error_body(api_family(route.provider, host), planned.deny.status,
+                          planned.deny_message)  # fmt: skip
+        return [*lines, f"answer:   {planned.deny.status} {body.decode()}"]
+    if planned.provider is None:
+        return [*lines, f"upstream: {url} (the original host, unchanged)"]
+    target, provider = settings.routing_target or policy.gateway(None), planned.provider
+    if names := planned.gateways:
+        target = policy.gateway(names[0])
+        order = " then ".join(n for n in names if n)
+        if order:
+            lines.append(
+                f"gateway:  {order}" + (" (failover in this order)" if len(names) > 1 else "")
+            )
+    new_model = planned.model
     if target is None:
         return [*lines, "answer:   502 no gateway is configured"]
     lines.append(f"provider: {provider}")

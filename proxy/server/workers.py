@@ -32,8 +32,13 @@ from proxy.server.settings import SettingsError
 from proxy.server.startup import prepare_ca
 from proxy.server.startup import start_admin
 from proxy.server.systemd import Notifier
+from proxy.server.worker_reports import READY
+from proxy.server.worker_reports import RELOAD
+from proxy.server.worker_reports import WorkerReport
+from proxy.server.worker_reports import read_reports
 
 logger = logging.getLogger("aibridge.proxy")
+RELOAD_REPORT_TIMEOUT = 20.0  # seconds each worker has to report a reload (`reload` waits 30)
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -65,6 +70,10 @@ class Supervisor:
         self.admin: AdminServer | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.ready: dict[int, asyncio.Event] = {}
+        # each worker's reload reports, in order, for the reload waiting on them
+        self.reload_reports: dict[int, asyncio.Queue[WorkerReport]] = {}
+        self._reloading = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
         self.stopping = False
         self.port = resolve_port(*settings.listen)
         self.metrics_dir = settings.state_path / "metrics"
@@ -99,25 +108,43 @@ class Supervisor:
             str(os.getpid()),
         ]
         self.ready[index] = asyncio.Event()
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            env=self._worker_env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        self.reload_reports[index] = asyncio.Queue()
+        report_read, report_write = os.pipe()
+        cmd += ["--report-fd", str(report_write)]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                env=self._worker_env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(report_write,),
+            )
+        finally:
+            os.close(report_write)  # the worker holds it now: its exit closes the pipe
         self.procs[index] = proc
-        asyncio.get_running_loop().create_task(self._pump(index, proc))
+        self._background(self._pump(index, proc))
+        self._background(self._follow_reports(index, report_read))
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow_reports(self, index: int, fd: int) -> None:
+        async for report in read_reports(fd):
+            if report.kind == READY:
+                self.ready[index].set()
+            elif report.kind == RELOAD:
+                self.reload_reports[index].put_nowait(report)
 
     async def _pump(self, index: int, proc: asyncio.subprocess.Process) -> None:
-        """Forward a worker's log lines; notice when it is listening and when it dies."""
+        """Forward a worker's log lines; notice when it dies."""
         assert proc.stdout is not None
         out = sys.stderr.buffer
         async for line in proc.stdout:
             out.write(line)
             out.flush()
-            if b"proxy listening" in line:
-                self.ready[index].set()
         code = await proc.wait()
         multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
         self.ready[index].clear()
@@ -131,7 +158,9 @@ class Supervisor:
         stop = asyncio.Event()  # handlers first: a SIGTERM during start-up still stops cleanly
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.admin_state.listening and self.reload())
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: self.admin_state.listening and self._background(self.reload())
+        )
         ca = prepare_ca(self.settings)  # the CA exists before workers start
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True, mode=0o700)
@@ -183,24 +212,53 @@ class Supervisor:
             await self.admin.stop()
         logger.info("stopped")
 
-    def reload(self) -> None:
-        """Check the new configuration here first: a broken one never reaches the workers."""
-        try:
-            new = self.reload_settings()
-            if new.listen != self.settings.listen:
-                raise SettingsError("listen: changing the address needs a restart")
-            ca = prepare_ca(new)
-        except (SettingsError, StartupError) as e:
-            logger.error("configuration reload rejected, keeping the old one: %s", e)
-            self.reloads.record(False, f"configuration reload rejected, keeping the old one: {e}")
-            return
-        self.settings = new
-        self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
-        for proc in self.procs.values():
+    async def reload(self) -> None:
+        """Check the new configuration here first (a broken one never reaches the workers),
+        then pass it on and wait for every worker's verdict: applied only when all applied."""
+        async with self._reloading:  # one reload at a time: each waits for its own reports
+            try:
+                new = self.reload_settings()
+                if new.listen != self.settings.listen:
+                    raise SettingsError("listen: changing the address needs a restart")
+                ca = prepare_ca(new)
+            except (SettingsError, StartupError) as e:
+                self._reload_refused(str(e))
+                return
+            refusals = await self._reload_workers()
+            if refusals:
+                self._reload_refused("; ".join(refusals))
+                return
+            self.settings = new
+            self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
+            logger.info("configuration reloaded by all %d workers", self.count)
+            self.reloads.record(True, "configuration reloaded")
+
+    async def _reload_workers(self) -> list[str]:
+        """SIGHUP each live worker and collect its report; what each refusal said."""
+        asked = []
+        for index, proc in self.procs.items():
             if proc.returncode is None:
+                queue = self.reload_reports[index]
+                while not queue.empty():  # a stale report (of a timed-out reload) is not ours
+                    queue.get_nowait()
                 proc.send_signal(signal.SIGHUP)
-        logger.info("configuration reloaded; passed on to the workers")
-        self.reloads.record(True, "configuration reloaded")
+                asked.append(index)
+        refusals = []
+        for index in asked:
+            try:
+                report = await asyncio.wait_for(
+                    self.reload_reports[index].get(), RELOAD_REPORT_TIMEOUT
+                )
+            except TimeoutError:
+                refusals.append(f"worker {index} did not report within {RELOAD_REPORT_TIMEOUT:g}s")
+                continue
+            if not report.ok:
+                refusals.append(f"worker {index}: {report.message}")
+        return refusals
+
+    def _reload_refused(self, why: str) -> None:
+        logger.error("configuration reload rejected, keeping the old one: %s", why)
+        self.reloads.record(False, f"configuration reload rejected, keeping the old one: {why}")
 
     async def _stop_workers(self) -> None:
         self.stopping = True

@@ -38,3 +38,61 @@ def request_in_tunnel(
     host, port = connect.request.host, connect.request.port
     req = http.Request.make(method, f"https://{host}:{port}{path}", content, list(headers))
     return tflow.tflow(client_conn=connect.client_conn, req=req)
+
+
+class FullChain:
+    """Every addon of the product's chain (addons/chain.py), driven through mitmproxy's own
+    hook dispatch, so each hook reaches the addons in the chain's real order, as in `serve`."""
+
+    def __init__(self, tctx):
+        self.tctx = tctx
+        self.addons = {type(a).__name__: a for a in tctx.master.addons.chain}
+
+    async def hook(self, hook) -> None:
+        await self.tctx.master.addons.handle_lifecycle(hook)
+
+    async def connect(self, host: str, token: str | None = "tok-alice", user="coder"):
+        """A CONNECT, answered or accepted as mitmproxy would go on with it."""
+        from mitmproxy.proxy.layers import http as http_layer
+
+        flow = connect_flow(host, token=token, user=user)
+        await self.hook(http_layer.HttpConnectHook(flow))
+        if flow.response is None or 200 <= flow.response.status_code < 300:
+            await self.hook(http_layer.HttpConnectedHook(flow))
+        else:
+            await self.hook(http_layer.HttpConnectErrorHook(flow))
+        return flow
+
+    async def send(self, connect: http.HTTPFlow, without=(), **request) -> http.HTTPFlow:
+        """A request in `connect`'s tunnel: its headers, then (unless answered, or streamed
+        on) its whole body, as mitmproxy calls the hooks."""
+        from mitmproxy.proxy.layers import http as http_layer
+
+        flow = request_in_tunnel(connect, **request)
+        for name in without:  # e.g. a body sent without a Content-Length
+            flow.request.headers.pop(name, None)
+        await self.hook(http_layer.HttpRequestHeadersHook(flow))
+        if flow.response is None:
+            await self.hook(http_layer.HttpRequestHook(flow))
+        return flow
+
+    async def answer(self, flow: http.HTTPFlow, status=200, body=b"", headers=()) -> None:
+        """The upstream's answer (or our own, already set), through the response hooks."""
+        from mitmproxy.proxy.layers import http as http_layer
+
+        if flow.response is None:
+            flow.response = http.Response.make(status, b"", list(headers))
+            await self.hook(http_layer.HttpResponseHeadersHook(flow))
+            stream = flow.response.stream
+            flow.response.content = stream(body) if callable(stream) else body
+        await self.hook(http_layer.HttpResponseHook(flow))
+
+
+@contextmanager
+def full_chain(**options):
+    """The product's whole chain in a taddons context, configured with `options`."""
+    from addons.chain import make_addons
+    from addons.engine import EnginePatches
+
+    with loaded(*make_addons(EnginePatches()), **options) as tctx:
+        yield FullChain(tctx)

@@ -27,7 +27,7 @@ UPGRADE = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth, GatewayHealth(routing))
+    router = GatewayRouter(routing, GatewayHealth(routing))
     addons = [
         routing,
         auth,
@@ -35,7 +35,7 @@ def chain():
         WebSocketFallback(WebSocketMessageCap()),
         UpstreamErrors(ProtocolErrorRendering()),
     ]
-    addons.append(Metrics(routing, auth))
+    addons.append(Metrics(routing))
     with loaded(*addons, aibridge_auth_mode="presence"):
         yield {type(a).__name__: a for a in addons}
 

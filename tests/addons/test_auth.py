@@ -8,6 +8,7 @@ import pytest
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.core.record import existing_record
 from addons.routing import Routing
 from addons.rules.proxy_authorization import basic_credentials
 from addons.rules.token_validation import TokenCache
@@ -26,6 +27,10 @@ class CountingValidator:
     async def __call__(self, token: str) -> Verdict:
         self.asked.append(token)
         return Verdict(token in USERS, USERS.get(token))
+
+
+def identity_of(flow: http.HTTPFlow):
+    return existing_record(flow).identity if existing_record(flow) else None
 
 
 @pytest.fixture
@@ -50,16 +55,16 @@ def plain_request(connect: http.HTTPFlow, token: str | None) -> http.HTTPFlow:
 async def test_a_refused_connect_lends_no_identity_to_the_connection(auth, refusal):
     connect = connect_flow("10.1.2.3", token="tok-alice")
     await auth.http_connect(connect)
-    assert connect.response is None and auth.identity(connect).user == "alice"
+    assert connect.response is None and identity_of(connect).user == "alice"
     connect.response = http.Response.make(refusal)  # egress refused it, or the dial failed
     # (mitmproxy calls http_connect_error, not http_connected, for a non-2xx answer)
     for token, expected in [("garbage", 407), (None, 407), ("tok-bob", None)]:
         later = plain_request(connect, token)
         await auth.requestheaders(later)
         if expected is None:
-            assert later.response is None and auth.identity(later).user == "bob"
+            assert later.response is None and identity_of(later).user == "bob"
         else:
-            assert later.response.status_code == expected and auth.identity(later) is None
+            assert later.response.status_code == expected and identity_of(later) is None
 
 
 async def test_a_successful_connect_lends_its_identity_to_the_tunnel(auth):
@@ -68,7 +73,7 @@ async def test_a_successful_connect_lends_its_identity_to_the_tunnel(auth):
     auth.http_connected(connect)
     inner = request_in_tunnel(connect)
     await auth.requestheaders(inner)
-    assert inner.response is None and auth.identity(inner).user == "alice"
+    assert inner.response is None and identity_of(inner).user == "alice"
 
 
 async def test_valid_tokens_interleaved_with_guesses_do_not_lift_the_limit(auth):

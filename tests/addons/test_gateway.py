@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from addons.auth import TokenAuth
+from addons.core.record import reject_reason
+from addons.core.record import route_info
 from addons.gateway import GatewayRouter
-from addons.gateway import route_info
 from addons.gateway_health import GatewayHealth
 from addons.routing import Routing
 from tests.addons.chain import connect_flow
@@ -19,7 +20,7 @@ from tests.addons.chain import request_in_tunnel
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth, GatewayHealth(routing))
+    router = GatewayRouter(routing, GatewayHealth(routing))
     with loaded(routing, auth, router, aibridge_auth_mode="presence"):
         yield auth, router
 
@@ -78,7 +79,7 @@ async def test_connect_without_credentials_is_challenged(chain):
     await auth.http_connect(connect)
     assert connect.response.status_code == 407
     assert connect.response.headers["Proxy-Authenticate"] == 'Basic realm="aibridge-proxy"'
-    assert connect.metadata["aibridge.reject_reason"] == "missing"
+    assert reject_reason(connect) == "missing"
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,7 @@ async def test_bad_credentials_are_challenged_with_the_reason(chain, header, rea
     connect.request.headers["Proxy-Authorization"] = header
     await auth.http_connect(connect)
     assert connect.response.status_code == 407
-    assert connect.metadata["aibridge.reject_reason"] == reason
+    assert reject_reason(connect) == reason
 
 
 async def test_a_governance_token_of_someone_else_is_refused(chain):

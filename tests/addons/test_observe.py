@@ -14,9 +14,9 @@ from mitmproxy import http
 from addons.accesslog import access_fields
 from addons.auth import TokenAuth
 from addons.connection_deadlines import ConnectionDeadlines
+from addons.core.record import route_info
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.gateway import GatewayRouter
-from addons.gateway import route_info
 from addons.gateway_health import GatewayHealth
 from addons.intercept import InterceptPolicy
 from addons.routing import Routing
@@ -30,7 +30,7 @@ from tests.addons.chain import request_in_tunnel
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth, GatewayHealth(routing))
+    router = GatewayRouter(routing, GatewayHealth(routing))
     intercept = InterceptPolicy(routing, ConnectionDeadlines(HeaderSizeLimit()))
     usage = TokenUsage()
     with loaded(routing, auth, intercept, router, usage, aibridge_auth_mode="presence",
@@ -82,7 +82,7 @@ async def test_usage_streams_through_untouched_and_reaches_the_access_line(chain
     relayed = b"".join(flow.response.stream(body[i : i + 5]) for i in range(0, len(body), 5))
     assert relayed == body  # every byte as it came
     usage.response(flow)
-    fields = access_fields(flow, auth)
+    fields = access_fields(flow)
     assert (fields["model"], fields["input_tokens"], fields["output_tokens"]) == ("claude-x", 3, 9)
     assert fields["outcome"] == "observed" and "cached_tokens" not in fields
 
@@ -92,7 +92,7 @@ async def test_dump_dir_writes_observed_traffic_redacted(tmp_path):
 
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth, GatewayHealth(routing))
+    router = GatewayRouter(routing, GatewayHealth(routing))
     dump = ApiDump()
     with loaded(routing, auth, router, dump, aibridge_auth_mode="presence",
                 aibridge_observe=["cursor"], aibridge_dump_dir=str(tmp_path)):  # fmt: skip

@@ -8,6 +8,8 @@ import pytest
 from mitmproxy import http
 
 from addons.auth import TokenAuth
+from addons.core.record import RejectReason
+from addons.core.record import record
 from addons.gateway import GatewayRouter
 from addons.gateway_health import GatewayHealth
 from addons.recent_requests import RecentRequests
@@ -18,23 +20,12 @@ from tests.addons.chain import loaded
 from tests.addons.chain import request_in_tunnel
 
 
-class ValidatedUsers:
-    """TokenAuth's answer in validate mode: the token names its user (tok-alice -> alice)."""
-
-    def __init__(self, auth: TokenAuth):
-        self.auth = auth
-
-    def identity(self, flow):
-        found = self.auth.identity(flow)
-        return replace(found, user=found.token.removeprefix("tok-")) if found else None
-
-
 @pytest.fixture
 def chain():
     routing = Routing()
     auth = TokenAuth(routing)
-    router = GatewayRouter(routing, auth, GatewayHealth(routing))
-    recent = RecentRequests(ValidatedUsers(auth), per_user=3, users=2)
+    router = GatewayRouter(routing, GatewayHealth(routing))
+    recent = RecentRequests(per_user=3, users=2)
     with loaded(routing, auth, router, recent, aibridge_auth_mode="presence"):
         yield auth, router, recent
 
@@ -46,6 +37,9 @@ async def finish(chain, user: str, status: int, path="/v1/chat/completions"):
     auth.http_connected(connect)
     flow = request_in_tunnel(connect, path=path)
     await auth.requestheaders(flow)
+    # as in validate mode, where the token names its user (tok-alice -> alice)
+    entry = record(flow)
+    entry.identity = replace(entry.identity, user=entry.identity.token.removeprefix("tok-"))
     await router.requestheaders(flow)
     flow.response = http.Response.make(status, b"")
     recent.response(flow)
@@ -79,8 +73,13 @@ async def test_each_user_sees_their_own_latest_requests_only(chain):
         (504, None, False, "the server did not answer in time"),
         (None, None, True, "the connection failed (reset)"),
         (418, None, False, "the server answered 418"),
+        (400, "model_unreadable", True, "a routing rule needs the model, but the body has none"),
+        (411, "body_without_length", True,
+         "a routing rule needs the model, but the body came without a Content-Length"),
+        (413, "body_too_large", True,
+         "a routing rule needs the model, but the body is larger than the proxy reads"),
     ],
-)
+)  # fmt: skip
 def test_failure_hints(status, reason, routed, problem):
-    hint = failure_hint(status, reason, routed, "reset")
+    hint = failure_hint(status, RejectReason(reason) if reason else None, routed, "reset")
     assert (hint[0] if hint else None) == problem

@@ -7,6 +7,7 @@ import pytest
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
+from addons.core.record import reject_reason
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.request_limits import RequestLimits
 
@@ -29,7 +30,7 @@ def test_h2_pseudo_headers_that_no_request_line_can_hold_are_refused(method, pat
         flow.request.method, flow.request.path = method, path
         limits.requestheaders(flow)
     assert flow.response.status_code == 400
-    assert flow.metadata["aibridge.reject_reason"] == reason
+    assert reject_reason(flow) == reason
 
 
 def test_ordinary_requests_pass():

@@ -76,3 +76,24 @@ def test_every_rule_of_the_example_is_explained_as_the_proxy_then_does(example, 
             upstream = out.split("upstream: ", 1)[1].strip()
             got = max(gateway.records + standalone.records, key=lambda rec: rec.time)
             assert upstream.endswith(got.path), (rule, upstream, got.path)
+
+
+def test_explain_with_an_unknown_profile_shows_the_default_in_force_as_the_proxy_applies_it(
+    example, gateway
+):
+    """A profile that does not exist (mistyped, or removed since it was chosen) gives way to
+    the default one, in the proxy and in `explain` alike."""
+    p, path, standalone = example
+    url = "https://api.anthropic.com/v1/messages"
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "explain", "--config", str(path), "--user", "alice",
+         "--workspace", "w", "--model", "claude-x", "--profile", "nosuch", url],
+        capture_output=True, text=True, env=base_env(), timeout=30,
+    ).stdout  # fmt: skip
+    default = example_rules()["default_profile"]
+    assert out.startswith("rule:     careful-anthropic (profile "), out
+    assert f"profile:  {default} (default); 'nosuch' is not a profile" in out, out
+    with proxy_client(p, token=ALICE, user="w") as c:  # this workspace chose no profile
+        c.post(url, json={"model": "claude-x", "max_tokens": 1, "messages": []})
+    got = max(gateway.records + standalone.records, key=lambda rec: rec.time)
+    assert out.split("upstream: ", 1)[1].strip().endswith(got.path)

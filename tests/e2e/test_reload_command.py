@@ -57,3 +57,24 @@ def test_reload_of_a_process_that_is_not_the_service_says_so(tmp_path):
         f"aibridge-proxy reload: no running aibridge-proxy with pid 1 records its state in "
         f"{tmp_path} (is --state-dir the service's?)"
     )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_reload_a_worker_refuses_is_reported_as_refused(workers, make_proxy, gateway, tmp_path):
+    """The supervisor checks settings and CA only; a change only a worker can judge (a new
+    upstream proxy needs a restart) must come back as that worker's refusal, not as applied."""
+    config = tmp_path / "c.yaml"
+    config.write_text("providers:\n  api.example-ai.com: first\n")
+    p = make_proxy("--workers", workers, "--config", str(config))
+
+    config.write_text(
+        "providers:\n  api.example-ai.com: second\nupstream_proxy: http://127.0.0.1:9\n"
+    )
+    r = reload(p)
+    assert r.returncode == 1, r
+    assert "upstream_proxy: changing it needs a restart" in r.stderr, r.stderr
+    if workers == "2":
+        assert "worker 0: " in r.stderr and "worker 1: " in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    routed_path(p)
+    assert gateway.last().path == "/api/v2/aibridge/first/x"  # every worker kept the old table

@@ -1,0 +1,31 @@
+"""
+Events one concern reports and another counts (a token check answered from the cache, a
+gateway found down), so that neither imports the other: producers call `emit`, and chain.py
+subscribes the consumers. One bus per chain, so two chains in one process never mix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TOKEN_CHECKED = "token_checked"  # (cached: bool)
+GATEWAY_FAILOVER = "gateway_failover"  # (gateway name: str)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[Callable[..., None]]] = {}
+
+    def subscribe(self, event: str, handler: Callable[..., None]) -> None:
+        self._subscribers.setdefault(event, []).append(handler)
+
+    def emit(self, event: str, *args: Any) -> None:
+        for handler in self._subscribers.get(event, ()):
+            try:
+                handler(*args)
+            except Exception:  # a counter must never break a request
+                logger.exception("event handler for %s failed", event)

@@ -1,0 +1,78 @@
+"""The whole chain in-process, hooks in their real order: what each refusal records (the
+access log's reason, the page's explanation), and that the pieces share one record."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from addons.core.record import RejectReason
+from addons.core.record import existing_record
+from addons.rules.token_validation import TokenCache
+from tests.addons.chain import full_chain
+from tests.addons.test_auth import CountingValidator
+
+MODEL_RULE = {
+    "rules": [
+        {"name": "no-o1", "match": {"model": ["o1*"]}, "deny": {"status": 403, "message": "no"}}
+    ]
+}
+
+
+@pytest.fixture
+async def chain():
+    with full_chain(aibridge_policy=json.dumps(MODEL_RULE)) as c:
+        # validate mode, with the gateway's answers from a local table (tok-alice -> alice)
+        c.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        yield c
+
+
+def access_lines(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if r.name == "aibridge.access"]
+
+
+JSON = (b"Content-Type", b"application/json")
+
+
+@pytest.mark.parametrize(
+    "headers, content, without, status, reason, problem",
+    [
+        ([JSON], b'{"model": "o1"}', ["content-length"], 411, RejectReason.BODY_WITHOUT_LENGTH,
+         "without a Content-Length"),
+        ([JSON], b"{}" * (8 << 20) + b"{}", [], 413, RejectReason.BODY_TOO_LARGE,
+         "larger than the proxy reads"),
+        ([JSON], b"not json!", [], 400, RejectReason.MODEL_UNREADABLE, "the body has none"),
+    ],
+)  # fmt: skip
+async def test_each_unreadable_body_refusal_carries_its_own_reason(
+    chain, caplog, headers, content, without, status, reason, problem
+):
+    caplog.set_level(logging.INFO, logger="aibridge.access")
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, headers=headers, content=content, without=without)
+    await chain.answer(flow)
+    assert flow.response.status_code == status
+    assert json.loads(flow.response.content)["error"]  # the API's error shape
+    assert existing_record(flow).reject is reason
+    (line,) = access_lines(caplog)
+    assert (line["status"], line["reason"], line["user"]) == (status, reason, "alice")
+    (recent,) = chain.addons["RecentRequests"].of("alice")
+    assert problem in recent.problem and recent.status == status
+
+
+async def test_a_denied_model_is_denied_and_an_allowed_one_routed(chain):
+    connect = await chain.connect("api.openai.com")
+    body = b'{"model": "o1-mini"}'
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+    denied = await chain.send(connect, headers=headers, content=body)
+    assert denied.response.status_code == 403
+    assert existing_record(denied).reject is RejectReason.RULE_DENIED
+    body = b'{"model": "gpt-4o"}'
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+    routed = await chain.send(connect, headers=headers, content=body)
+    assert routed.response is None
+    assert routed.request.host == "coder.example.com"
+    assert routed.request.path == "/api/v2/aibridge/openai/v1/chat/completions"
+    assert routed.request.content == body  # the exact bytes
