@@ -35,31 +35,31 @@ Between our own addons the order below holds in both runtimes.
 
 from __future__ import annotations
 
-from addons.accesslog import AccessLog
-from addons.auth import TokenAuth
-from addons.connection_deadlines import ConnectionDeadlines
+from addons.auth.token_auth import TokenAuth
+from addons.connection.deadlines import ConnectionDeadlines
+from addons.connection.http2_clients import Http2Clients
+from addons.connection.listener_tls import ListenerTLS
+from addons.connection.request_limits import RequestLimits
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
-from addons.dump import ApiDump
-from addons.egress import EgressPolicy
+from addons.egress.egress_policy import EgressPolicy
+from addons.egress.intercept import InterceptPolicy
+from addons.egress.upstream_proxy import UpstreamCredentials
 from addons.engine import EnginePatches
-from addons.error_pages import UpstreamErrors
-from addons.gateway import GatewayRouter
-from addons.gateway_health import GatewayHealth
-from addons.http2_clients import Http2Clients
-from addons.intercept import InterceptPolicy
-from addons.listener_tls import ListenerTLS
-from addons.metrics import Metrics
-from addons.policy import ChoiceStore
-from addons.policy import RoutingRules
-from addons.recent_requests import RecentRequests
-from addons.request_limits import RequestLimits
-from addons.routing import Routing
-from addons.self_service import SelfService
-from addons.token_usage import TokenUsage
-from addons.upstream_proxy import UpstreamCredentials
-from addons.websocket import WebSocketFallback
+from addons.observe.access_log import AccessLog
+from addons.observe.dump import ApiDump
+from addons.observe.metrics import Metrics
+from addons.observe.recent_requests import RecentRequests
+from addons.observe.token_usage import TokenUsage
+from addons.routing.gateway import GatewayRouter
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.rules import ChoiceStore
+from addons.routing.rules import RoutingRules
+from addons.routing.snapshot import Routing
+from addons.routing.upstream_errors import UpstreamErrors
+from addons.routing.websocket import WebSocketFallback
+from addons.selfservice.answers import SelfService
 
 
 def make_addons(patches: EnginePatches) -> list:

@@ -338,9 +338,9 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
+    from addons.developer.client_env import ClientEnv
+    from addons.developer.client_env import render
     from certs.authority import load_ca
-    from proxy.client.env import ClientEnv
-    from proxy.client.env import render
 
     settings = _settings_from(args, require_gateway=False)
     ca = load_ca(settings.ca_cert_path, settings.ca_key_path, check_permissions=False)
@@ -363,12 +363,12 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     from cryptography.x509 import load_pem_x509_certificate
 
+    from addons.developer.client_env import TOOLS_BY_ID
+    from addons.developer.client_env import ClientEnv
+    from addons.developer.client_env import ide_settings
+    from addons.developer.client_env import render
+    from addons.developer.client_env import render_tool
     from certs.bundle import build_bundle
-    from proxy.client.env import TOOLS_BY_ID
-    from proxy.client.env import ClientEnv
-    from proxy.client.env import ide_settings
-    from proxy.client.env import render
-    from proxy.client.env import render_tool
 
     if args.tool is not None and args.tool not in TOOLS_BY_ID:
         raise UsageError(f"--tool {args.tool!r}: choose one of {', '.join(TOOLS_BY_ID)}")

@@ -16,7 +16,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from addons.core.responses import plain_response
 
-logger = logging.getLogger("addons.request_limits")
+logger = logging.getLogger("addons.connection.request_limits")
 
 
 class HeaderSizeLimit:

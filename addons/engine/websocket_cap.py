@@ -18,7 +18,7 @@ import weakref
 import wsproto.events
 from mitmproxy.proxy.layers.websocket import WebsocketConnection
 
-logger = logging.getLogger("addons.websocket")
+logger = logging.getLogger("addons.routing.websocket")
 
 MESSAGE_TOO_BIG = 1009
 

@@ -5,15 +5,17 @@ status the client got, the proxy's own reason (if it refused), and who answered.
 
 from __future__ import annotations
 
-from addons.core.record import RejectReason
-
 
 def failure_hint(
-    status: int | None, reason: RejectReason | None, routed: bool, error: str | None = None
+    status: int | None,
+    refusal: tuple[str, str] | None,
+    routed: bool,
+    error: str | None = None,
 ) -> tuple[str, str] | None:
-    """(problem, fix) for a failed request, or None when it did not fail."""
-    if reason is not None and (hint := reason.hint) is not None:
-        return hint
+    """(problem, fix) for a failed request, or None when it did not fail. `refusal` is what
+    the proxy's own refusal says of itself (RejectReason.hint), when it refused."""
+    if refusal is not None:
+        return refusal
     if status is None:
         return (f"the connection failed ({error or 'no answer'})", "retry; if it persists, "
                 "tell your administrator")  # fmt: skip

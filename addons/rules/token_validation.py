@@ -1,5 +1,5 @@
 """
-Checking a Coder token against the gateway, with a cache that never holds raw tokens.
+Whether a Coder token is valid: a cache that never holds raw tokens, and the failure limiter.
 
 `TokenCache` is the only thing the auth addon talks to: it answers from memory when it can,
 and makes concurrent first checks of one token share a single request to the gateway.
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import aiohttp
 
 
 @dataclass(frozen=True)
@@ -32,75 +28,9 @@ class ValidationUnavailable(Exception):
     """The validation service could not give an answer (unreachable, timeout, 5xx)."""
 
 
-def verifying_context(cafile: str | None) -> ssl.SSLContext:
-    """TLS client context for calls to the gateway: the given bundle, else the system roots."""
-    return ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
-
-
 def token_fingerprint(token: str) -> str:
     """The cache key: SHA-256 of the token, so a heap dump holds no usable secret."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-class GatewayTokenValidator:
-    """Asks `GET <url>` with `<header>: <token>`: 200 = valid, 401/403 = invalid.
-
-    Everything else (refused, timeout, 5xx, 429) is `ValidationUnavailable`: the caller
-    decides whether that fails closed (default) or open.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        header: str,
-        ssl_context: ssl.SSLContext | None,
-        timeout: float = 10.0,
-    ):
-        self.url = url
-        self.header = header
-        self.ssl_context = ssl_context
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                trust_env=False,  # never through environment proxies
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True, limit=32),
-            )
-        return self._session
-
-    async def __call__(self, token: str) -> Verdict:
-        try:
-            async with self._get_session().get(
-                self.url, headers={self.header: token}, allow_redirects=False
-            ) as resp:
-                if resp.status == 200:
-                    body = await resp.read()
-                    return Verdict(True, _username_from(body))
-                if resp.status in (401, 403):
-                    return Verdict(False)
-                raise ValidationUnavailable(f"{self.url} answered {resp.status}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise ValidationUnavailable(f"{self.url} unreachable: {type(e).__name__}") from None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _username_from(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(data, dict):
-        name = data.get("username") or data.get("name")
-        if isinstance(name, str) and name.isprintable() and len(name) <= 128:
-            return name
-    return None
 
 
 Validator = Callable[[str], Awaitable[Verdict]]

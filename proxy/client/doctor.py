@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
-from proxy.client.verdicts import GATEWAY_REJECTED_TOKEN
-from proxy.client.verdicts import NO_TOKEN
-from proxy.client.verdicts import connect_verdict
+from addons.developer.verdicts import GATEWAY_REJECTED_TOKEN
+from addons.developer.verdicts import NO_TOKEN
+from addons.developer.verdicts import connect_verdict
 
 TIMEOUT = 10.0
 

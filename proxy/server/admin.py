@@ -213,13 +213,13 @@ class AdminServer:
     async def page(self, request: web.Request) -> web.Response:
         from cryptography import x509
 
+        from addons.developer.pages import AdminView
+        from addons.developer.pages import DeveloperPage
+        from addons.developer.pages import nonce
+        from addons.developer.pages import page_headers
+        from addons.developer.pages import platform_and_shell
+        from addons.developer.pages import render_developer
         from certs.authority import fingerprint
-        from proxy.pages.render import AdminView
-        from proxy.pages.render import DeveloperPage
-        from proxy.pages.render import nonce
-        from proxy.pages.render import page_headers
-        from proxy.pages.render import platform_and_shell
-        from proxy.pages.render import render_developer
 
         if not self.state.ca_pem:
             return web.Response(status=503, text="CA not loaded\n")

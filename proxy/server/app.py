@@ -77,7 +77,7 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
         "connection_strategy": "eager",
         "upstream_cert": False,
-        "http2": True,  # see addons/http2_clients.py for what makes h2 -> h1 correct
+        "http2": True,  # see addons/connection/http2_clients.py for what makes h2 -> h1 correct
         "ssl_verify_upstream_trusted_ca": str(upstream_trust),
     }
 

@@ -7,15 +7,15 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from addons.auth import TokenAuth
+from addons.auth.token_auth import TokenAuth
 from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.websocket_cap import WebSocketMessageCap
-from addons.error_pages import UpstreamErrors
-from addons.gateway import GatewayRouter
-from addons.gateway_health import GatewayHealth
-from addons.metrics import Metrics
-from addons.routing import Routing
-from addons.websocket import WebSocketFallback
+from addons.observe.metrics import Metrics
+from addons.routing.gateway import GatewayRouter
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.snapshot import Routing
+from addons.routing.upstream_errors import UpstreamErrors
+from addons.routing.websocket import WebSocketFallback
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
 from tests.addons.chain import request_in_tunnel

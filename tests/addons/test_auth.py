@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from mitmproxy import http
 
-from addons.auth import TokenAuth
+from addons.auth.token_auth import TokenAuth
 from addons.core.record import existing_record
-from addons.routing import Routing
+from addons.routing.snapshot import Routing
 from addons.rules.proxy_authorization import basic_credentials
 from addons.rules.token_validation import TokenCache
 from addons.rules.token_validation import Verdict

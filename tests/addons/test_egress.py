@@ -9,11 +9,11 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
-from addons.egress import Blocked
-from addons.egress import EgressPolicy
-from addons.egress import parse_refusal
-from addons.egress import refusal_marker
-from addons.routing import Routing
+from addons.core.dial_refusals import Blocked
+from addons.core.dial_refusals import parse_refusal
+from addons.core.dial_refusals import refusal_marker
+from addons.egress.egress_policy import EgressPolicy
+from addons.routing.snapshot import Routing
 
 
 def test_refusal_marker_round_trip():

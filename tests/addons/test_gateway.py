@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from addons.auth import TokenAuth
+from addons.auth.token_auth import TokenAuth
 from addons.core.record import reject_reason
 from addons.core.record import route_info
-from addons.gateway import GatewayRouter
-from addons.gateway_health import GatewayHealth
-from addons.routing import Routing
+from addons.routing.gateway import GatewayRouter
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.snapshot import Routing
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
 from tests.addons.chain import request_in_tunnel

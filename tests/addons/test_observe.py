@@ -11,16 +11,16 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from addons.accesslog import access_fields
-from addons.auth import TokenAuth
-from addons.connection_deadlines import ConnectionDeadlines
+from addons.auth.token_auth import TokenAuth
+from addons.connection.deadlines import ConnectionDeadlines
 from addons.core.record import route_info
+from addons.egress.intercept import InterceptPolicy
 from addons.engine.header_limit import HeaderSizeLimit
-from addons.gateway import GatewayRouter
-from addons.gateway_health import GatewayHealth
-from addons.intercept import InterceptPolicy
-from addons.routing import Routing
-from addons.token_usage import TokenUsage
+from addons.observe.access_log import access_fields
+from addons.observe.token_usage import TokenUsage
+from addons.routing.gateway import GatewayRouter
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.snapshot import Routing
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
 from tests.addons.chain import request_in_tunnel
@@ -88,7 +88,7 @@ async def test_usage_streams_through_untouched_and_reaches_the_access_line(chain
 
 
 async def test_dump_dir_writes_observed_traffic_redacted(tmp_path):
-    from addons.dump import ApiDump
+    from addons.observe.dump import ApiDump
 
     routing = Routing()
     auth = TokenAuth(routing)

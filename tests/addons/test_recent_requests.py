@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 from mitmproxy import http
 
-from addons.auth import TokenAuth
+from addons.auth.token_auth import TokenAuth
 from addons.core.record import RejectReason
 from addons.core.record import record
-from addons.gateway import GatewayRouter
-from addons.gateway_health import GatewayHealth
-from addons.recent_requests import RecentRequests
-from addons.routing import Routing
+from addons.observe.recent_requests import RecentRequests
+from addons.routing.gateway import GatewayRouter
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.snapshot import Routing
 from addons.rules.failure_hints import failure_hint
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
@@ -81,5 +81,5 @@ async def test_each_user_sees_their_own_latest_requests_only(chain):
     ],
 )  # fmt: skip
 def test_failure_hints(status, reason, routed, problem):
-    hint = failure_hint(status, RejectReason(reason) if reason else None, routed, "reset")
+    hint = failure_hint(status, RejectReason(reason).hint if reason else None, routed, "reset")
     assert (hint[0] if hint else None) == problem

@@ -7,9 +7,9 @@ import pytest
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
+from addons.connection.request_limits import RequestLimits
 from addons.core.record import reject_reason
 from addons.engine.header_limit import HeaderSizeLimit
-from addons.request_limits import RequestLimits
 
 
 @pytest.mark.parametrize(

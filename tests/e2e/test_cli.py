@@ -336,10 +336,10 @@ def test_serve_warns_loudly_with_an_unconstrained_ca(make_proxy, tmp_path):
 def test_env_tool_prints_exactly_what_the_developer_page_shows(tmp_path):
     """One source for both: `aibridge-proxy env --tool` and the page call render_tool."""
 
+    from addons.developer.client_env import TOOLS
+    from addons.developer.client_env import ClientEnv
+    from addons.developer.client_env import render_tool
     from certs.authority import generate_ca
-    from proxy.client.env import TOOLS
-    from proxy.client.env import ClientEnv
-    from proxy.client.env import render_tool
 
     ca = tmp_path / "ca.pem"
     ca.write_bytes(generate_ca("t", 30, permitted_domains=["example.com"]).cert_pem())

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from cryptography import x509
 
-from proxy.client.env import ClientEnv
-from proxy.client.env import render_tool
-from proxy.client.verdicts import BROWSER_UNTRUSTED
-from proxy.client.verdicts import CONNECT_VERDICTS
-from proxy.pages.render import client_files
+from addons.developer.client_env import ClientEnv
+from addons.developer.client_env import render_tool
+from addons.developer.pages import client_files
+from addons.developer.verdicts import BROWSER_UNTRUSTED
+from addons.developer.verdicts import CONNECT_VERDICTS
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ProxyProcess

@@ -30,7 +30,7 @@ def loads_engine(code: str) -> bool:
     [
         *RULES,
         "proxy.server.settings",
-        "proxy.client.env",
+        "addons.developer.client_env",
         "proxy.client.trust",
         "proxy.client.doctor",
         "proxy.cli",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from addons.accesslog import tool_name
 from addons.core.record import existing_record
+from addons.observe.access_log import tool_name
 from addons.rules.failure_hints import failure_hint
 
 PER_USER = 50
@@ -63,7 +63,7 @@ class RecentRequests:
         status = flow.response.status_code if flow.response is not None else None
         hint = failure_hint(
             status,
-            entry.reject,
+            entry.reject.hint if entry.reject is not None else None,
             info.provider is not None,
             flow.error.msg if flow.error else None,
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from collections.abc import Sequence
 
@@ -24,13 +23,17 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from addons.core.dial_refusals import Blocked
+from addons.core.dial_refusals import parse_refusal
+from addons.core.dial_refusals import refusal_marker
 from addons.core.record import RejectReason
 from addons.core.record import record
 from addons.core.record import reject
 from addons.core.record import reject_reason
 from addons.core.responses import plain_response
 from addons.core.responses import refusal_response
-from addons.routing import Routing
+from addons.egress.upstream_proxy import upstream_address
+from addons.routing.snapshot import Routing
 from addons.rules.ai_catalog import expand
 from addons.rules.destinations import HostPolicy
 from addons.rules.destinations import IPAddress
@@ -40,34 +43,8 @@ from addons.rules.destinations import is_forbidden
 from addons.rules.destinations import parse_cidrs
 from addons.rules.destinations import parse_ip
 from addons.rules.destinations import parse_ports
-from addons.upstream_proxy import upstream_address
 
 logger = logging.getLogger(__name__)
-
-
-class Blocked(Exception):
-    def __init__(self, status: int, public: str, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.public = public
-
-
-# A refused dial surfaces in the engine's error message; this marker lets the CONNECT and
-# request error paths recover our status and public text from it.
-_MARK = "aibridge-egress:"
-_MARK_RE = re.compile(re.escape(_MARK) + r"(\d{3}):([^\n]*?)(?: If you plan|$)")
-
-
-def refusal_marker(blocked: Blocked) -> str:
-    return f"{_MARK}{blocked.status}:{blocked.public}"
-
-
-def parse_refusal(message: str | None) -> tuple[int, str] | None:
-    """(status, public text) of a dial this addon refused, from an engine error message."""
-    if not message or _MARK not in message:
-        return None
-    m = _MARK_RE.search(message)
-    return (int(m.group(1)), m.group(2).strip()) if m else None
 
 
 class EgressPolicy:

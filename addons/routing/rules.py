@@ -28,8 +28,9 @@ from addons.core.record import RejectReason
 from addons.core.record import RuleRefusal
 from addons.core.record import record
 from addons.engine.websocket_cap import WebSocketMessageCap
-from addons.profile_store import RedisProfileChoices
-from addons.routing import Routing
+from addons.routing.profile_store import ProfileChoices
+from addons.routing.profile_store import RedisProfileChoices
+from addons.routing.snapshot import Routing
 from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_in_path
 from addons.rules.model_field import model_span
@@ -40,7 +41,6 @@ from addons.rules.policy import Decision
 from addons.rules.policy import Deny
 from addons.rules.policy import Facts
 from addons.rules.policy import Route
-from addons.rules.profile_choices import ProfileChoices
 from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import jinja2
 
-from proxy.client.env import TOOLS
-from proxy.client.env import ClientEnv
-from proxy.client.env import assignment
-from proxy.client.env import render_tool
-from proxy.client.trust import plan
-from proxy.client.verdicts import BROWSER_UNTRUSTED
-from proxy.client.verdicts import Verdict
+from addons.developer.client_env import TOOLS
+from addons.developer.client_env import ClientEnv
+from addons.developer.client_env import assignment
+from addons.developer.client_env import render_tool
+from addons.developer.trust_plan import plan
+from addons.developer.verdicts import BROWSER_UNTRUSTED
+from addons.developer.verdicts import Verdict
 
 RESERVED_HOST = "aibridge-proxy.internal"
 CHECK_PATH = "/.well-known/aibridge-proxy/check"

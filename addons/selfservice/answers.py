@@ -32,24 +32,24 @@ from addons.core.record import RejectReason
 from addons.core.record import existing_record
 from addons.core.record import record
 from addons.core.responses import plain_response
-from addons.policy import ChoiceStore
-from addons.recent_requests import RecentRequest
-from addons.recent_requests import RecentRequests
-from addons.routing import Routing
+from addons.developer.pages import CHECK_PATH
+from addons.developer.pages import RESERVED_HOST
+from addons.developer.pages import DeveloperPage
+from addons.developer.pages import ProfileView
+from addons.developer.pages import RecentRow
+from addons.developer.pages import nonce
+from addons.developer.pages import origin_of
+from addons.developer.pages import page_headers
+from addons.developer.pages import platform_and_shell
+from addons.developer.pages import render_developer
+from addons.developer.verdicts import CONNECT_VERDICTS
+from addons.observe.recent_requests import RecentRequest
+from addons.observe.recent_requests import RecentRequests
+from addons.routing.rules import ChoiceStore
+from addons.routing.snapshot import Routing
 from certs.authority import der_certificate
 from certs.authority import fingerprint
 from certs.bundle import build_bundle
-from proxy.client.verdicts import CONNECT_VERDICTS
-from proxy.pages.render import CHECK_PATH
-from proxy.pages.render import RESERVED_HOST
-from proxy.pages.render import DeveloperPage
-from proxy.pages.render import ProfileView
-from proxy.pages.render import RecentRow
-from proxy.pages.render import nonce
-from proxy.pages.render import origin_of
-from proxy.pages.render import page_headers
-from proxy.pages.render import platform_and_shell
-from proxy.pages.render import render_developer
 
 logger = logging.getLogger(__name__)
 PAGE_ORIGIN = f"http://{RESERVED_HOST}"

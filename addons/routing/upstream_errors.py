@@ -16,9 +16,9 @@ import weakref
 from mitmproxy import ctx
 from mitmproxy import http
 
+from addons.core.dial_refusals import parse_refusal
 from addons.core.record import route_info
 from addons.core.responses import plain_response
-from addons.egress import parse_refusal
 from addons.engine.connections import connection_handler
 from addons.engine.error_rendering import ProtocolErrorRendering
 

@@ -28,7 +28,7 @@ from prometheus_client import disable_created_metrics
 from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.core.record import route_info
-from addons.routing import Routing
+from addons.routing.snapshot import Routing
 
 PREFIX = "aibridge_proxy_"
 

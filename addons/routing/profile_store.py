@@ -1,17 +1,24 @@
 """
-Where profile choices live when several replicas must share them: Redis, through its maintained
-client (`profile_store: redis://host:6379/0`). Every replica keeps the choices in memory and
+Which profile each (user, workspace) chose, in one of two stores behind one interface
+(`ProfileStore`): a JSON file in the state directory (`ProfileChoices`), so that a choice
+survives restarts and every worker process sees it (each re-reads the file when it changes;
+writes are atomic renames); or, where several replicas must share them, Redis, through its
+maintained client (`profile_store: redis://host:6379/0`). Every replica keeps the choices in memory and
 reads them from there on the hot path; a choice made on one replica is written to a Redis hash
 and announced on a channel, so the others pick it up at once (and re-read the whole hash every
-few seconds, in case an announcement was missed). Without Redis, choices are a file in the
-state directory (addons/rules/profile_choices.py), shared by the workers of one replica.
+few seconds, in case an announcement was missed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -22,6 +29,61 @@ logger = logging.getLogger(__name__)
 
 HASH = "aibridge-proxy:profile-choices"
 CHANNEL = "aibridge-proxy:profile-choices:changed"
+
+
+class ProfileStore(Protocol):
+    def get(self, user: str | None, workspace: str | None) -> str | None: ...
+
+    async def set(self, user: str, workspace: str | None, profile: str | None) -> None: ...
+
+
+class ProfileChoices:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._choices: dict[str, str] = {}
+
+    def _fresh(self) -> dict[str, str]:
+        if self.path is None:
+            return self._choices
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._choices = None, {}
+            return self._choices
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            self._choices = {k: v for k, v in data.items() if isinstance(v, str)}
+            self._stamp = stamp
+        return self._choices
+
+    def get(self, user: str | None, workspace: str | None) -> str | None:
+        if not user:
+            return None
+        return self._fresh().get(choice_key(user, workspace))
+
+    async def set(self, user: str, workspace: str | None, profile: str | None) -> None:
+        self.write(user, workspace, profile)
+
+    def write(self, user: str, workspace: str | None, profile: str | None) -> None:
+        with self._lock:
+            choices = dict(self._fresh())
+            key = choice_key(user, workspace)
+            if profile is None:
+                choices.pop(key, None)
+            else:
+                choices[key] = profile
+            self._choices = choices
+            if self.path is not None:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(choices, sort_keys=True))
+                os.replace(tmp, self.path)
+                self._stamp = None  # re-read: another worker may write next
 
 
 class RedisProfileChoices:

@@ -15,13 +15,13 @@ from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.proxy import layer
 
-from addons.connection_deadlines import ConnectionDeadlines
+from addons.connection.deadlines import ConnectionDeadlines
 from addons.engine.connections import close_client
 from addons.engine.layer_stack import NEEDS_MORE_DATA
 from addons.engine.layer_stack import client_hello_sni
 from addons.engine.layer_stack import connect_stream_index
 from addons.engine.layer_stack import relay_raw_bytes
-from addons.routing import Routing
+from addons.routing.snapshot import Routing
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from mitmproxy import exceptions
 
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import EventBus
-from addons.routing import Routing
+from addons.core.gateway_tls import verifying_context
+from addons.routing.snapshot import Routing
 from addons.rules.gateway_target import GatewayTarget
-from addons.rules.token_validation import verifying_context
 
 logger = logging.getLogger(__name__)
 

@@ -23,22 +23,22 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
+from addons.auth.gateway_validator import GatewayTokenValidator
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
+from addons.core.gateway_tls import verifying_context
 from addons.core.record import RejectReason
 from addons.core.record import record
 from addons.core.responses import challenge_response
 from addons.core.responses import refusal_response
-from addons.routing import Routing
+from addons.routing.snapshot import Routing
 from addons.rules.policy import workspace_of
 from addons.rules.proxy_authorization import ProxyAuthError
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.proxy_authorization import parse_proxy_authorization
 from addons.rules.token_validation import FailureLimiter
-from addons.rules.token_validation import GatewayTokenValidator
 from addons.rules.token_validation import TokenCache
 from addons.rules.token_validation import ValidationUnavailable
-from addons.rules.token_validation import verifying_context
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from addons.core.record import route_info
 from addons.core.responses import challenge_response
 from addons.core.responses import plain_response
 from addons.core.responses import provider_error_response
-from addons.gateway_health import GatewayHealth
-from addons.routing import Routing
+from addons.routing.gateway_health import GatewayHealth
+from addons.routing.snapshot import Routing
 from addons.rules.model_field import model_span
 from addons.rules.model_field import replace_model
 from addons.rules.plan import plan
