@@ -1,19 +1,26 @@
 """
-The addon chain: one concern per addon, in the order a request meets them.
+The addon chain: one concern per addon, in the order a request meets them, grouped in folders
+by concern (each folder's __init__.py says what it may import).
 
-    CONNECT       connection_deadlines (headers, handshake, idle) -> request_limits (header
-                  size and bytes) -> listener_tls (TLS to the proxy)
-                  -> auth (Proxy-Authorization -> token -> user, workspace)
-                  -> self_service (aibridge-proxy.internal and the setup check: answered here,
-                     never forwarded)
-                  -> egress (ports, ranges, host policy and catalog entries)
-    TLS or not    intercept (routed or observed: decrypt with our leaf; otherwise a raw tunnel)
-    request       policy (routing rules: route, origin or deny; reads the model if needed)
-                  -> gateway (rewrite to <target>/<provider><path>, stream the body)
-                  (observed and origin requests: sent on unchanged)
-                  -> http2_clients, upstream_proxy (Basic, NTLM, Negotiate), websocket -> dump
-    answer        token_usage (read as it streams) -> error_pages (502/504 in our words)
-                  -> accesslog, metrics, recent_requests (the developer page's list)
+    CONNECT       connection/deadlines (headers, handshake, idle) -> connection/request_limits
+                  (header size and bytes) -> connection/listener_tls (TLS to the proxy)
+                  -> auth/token_auth (Proxy-Authorization -> token -> user, workspace)
+                  -> selfservice/answers (aibridge-proxy.internal and the setup check: answered
+                     here, never forwarded)
+                  -> egress/egress_policy (ports, ranges, host policy and catalog entries)
+    TLS or not    egress/intercept (routed or observed: decrypt with our leaf; else a raw tunnel)
+    request       routing/rules (route, origin or deny; reads the model if needed)
+                  -> routing/gateway (applies rules/plan.py's decision: rewrite to
+                     <target>/<provider><path>, stream the body; observed and origin requests
+                     are sent on unchanged)
+                  -> connection/http2_clients, egress/upstream_proxy (Basic, NTLM, Negotiate),
+                     routing/websocket -> observe/dump
+    answer        observe/token_usage (read as it streams) -> routing/upstream_errors (502/504
+                  in our words) -> observe/access_log, observe/metrics, observe/recent_requests
+
+Addons share a request's state through its record (core/record.py: identity, decision, route,
+usage, the RejectReason of a refusal), written by the concern that knows and read by the
+others; events one concern reports and another counts go over the bus wired below.
 
 Hook order, once for both runtimes. mitmproxy calls each hook on every addon in the order they
 were added, built-ins included:
