@@ -10,8 +10,8 @@ import ssl
 
 import aiohttp
 
+from addons.rules.token_validation import TokenVerdict
 from addons.rules.token_validation import ValidationUnavailable
-from addons.rules.token_validation import Verdict
 
 
 class GatewayTokenValidator:
@@ -43,16 +43,16 @@ class GatewayTokenValidator:
             )
         return self._session
 
-    async def __call__(self, token: str) -> Verdict:
+    async def __call__(self, token: str) -> TokenVerdict:
         try:
             async with self._get_session().get(
                 self.url, headers={self.header: token}, allow_redirects=False
             ) as resp:
                 if resp.status == 200:
                     body = await resp.read()
-                    return Verdict(True, _username_from(body))
+                    return TokenVerdict(True, _username_from(body))
                 if resp.status in (401, 403):
-                    return Verdict(False)
+                    return TokenVerdict(False)
                 raise ValidationUnavailable(f"{self.url} answered {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise ValidationUnavailable(f"{self.url} unreachable: {type(e).__name__}") from None

@@ -24,8 +24,8 @@ from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
 from addons.rules.policy import POLICY_KEYS
-from addons.rules.policy import Policy
 from addons.rules.policy import PolicyError
+from addons.rules.policy import RoutingPolicy
 from addons.rules.policy import parse_policy
 from addons.rules.providers import ProviderSpecError
 from addons.rules.providers import ProviderTable
@@ -38,7 +38,7 @@ class RoutingSnapshot:
     table: ProviderTable
     target: GatewayTarget | None
     gateway: GatewayTarget | None  # the gateway's own base URL (for /users/me and exemptions)
-    policy: Policy = Policy()
+    policy: RoutingPolicy = RoutingPolicy()
     observed: ObservedHosts = ObservedHosts()
 
     def intercepts(self, host: str) -> bool:
@@ -116,7 +116,7 @@ class Routing:
         self.current = RoutingSnapshot(table, target, gateway, policy, observed)
 
 
-def policy_from_json(text: str, fallback_gateway: GatewayTarget | None) -> Policy:
+def policy_from_json(text: str, fallback_gateway: GatewayTarget | None) -> RoutingPolicy:
     try:
         raw = json.loads(text or "{}")
     except ValueError:

@@ -63,6 +63,10 @@ def model_span(body: bytes) -> tuple[str | None, tuple[int, int] | None]:
             if not text.startswith(",", i):
                 raise ModelUnreadable("the body is not a JSON object")
             i = _skip(text, i + 1)
+    except RecursionError:
+        # the decoder recurses per nesting level: a body nested thousands deep cannot be
+        # read here, and a rule that needs its model must then refuse it (fail closed)
+        raise ModelUnreadable("the body is nested too deeply to read") from None
     except (ValueError, IndexError) as e:
         if isinstance(e, ModelUnreadable):
             raise

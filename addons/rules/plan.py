@@ -13,7 +13,7 @@ from addons.rules.policy import Decision
 from addons.rules.policy import Deny
 from addons.rules.policy import Facts
 from addons.rules.policy import Origin
-from addons.rules.policy import Policy
+from addons.rules.policy import RoutingPolicy
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Plan:
 
 
 def decide(
-    facts: Facts, policy: Policy, chosen_profile: str | None
+    facts: Facts, policy: RoutingPolicy, chosen_profile: str | None
 ) -> tuple[str | None, Decision | str | None]:
     """(the profile in force, the rule's decision): a chosen profile that does not exist
     gives way to the default one. The decision may be NEEDS_MODEL: read the body, then
@@ -41,7 +41,7 @@ def decide(
     return profile, policy.decide(facts, profile)
 
 
-def plan(decision: Decision | None, table_provider: str | None, policy: Policy) -> Plan:
+def plan(decision: Decision | None, table_provider: str | None, policy: RoutingPolicy) -> Plan:
     """What a decision (or, without one, the provider table's answer) does to the request."""
     if decision is None:
         return Plan(None, provider=table_provider)

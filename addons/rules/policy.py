@@ -141,7 +141,7 @@ NEEDS_MODEL = "needs-model"  # decide() needs the request's model to go on
 
 
 @dataclass(frozen=True)
-class Policy:
+class RoutingPolicy:
     gateways: Mapping[str, GatewayTarget] = field(default_factory=dict)
     default_gateway: str | None = None
     # the Coder deployment of each gateway given by `url` (where tokens are checked)
@@ -198,8 +198,8 @@ def parse_policy(
     profiles: Mapping[str, Any] | None,
     default_profile: str | None,
     fallback_gateway: GatewayTarget | None = None,
-) -> Policy:
-    """Build the Policy from the configuration's values; PolicyError names what is wrong.
+) -> RoutingPolicy:
+    """Build the RoutingPolicy from the configuration's values; PolicyError names what is wrong.
     `fallback_gateway` is the one `gateway:`/`target:` give, used when `gateways` is empty."""
     targets = _parse_gateways(gateways or {})
     deployments = {
@@ -222,7 +222,9 @@ def parse_policy(
             f"default_profile: {default_profile!r} is not one of profiles "
             f"({', '.join(profile_table) or 'none defined'})"
         )
-    return Policy(targets, default, deployments, group_table, top, profile_table, default_profile)
+    return RoutingPolicy(
+        targets, default, deployments, group_table, top, profile_table, default_profile
+    )
 
 
 def _parse_gateways(raw: Mapping[str, Any]) -> dict[str, GatewayTarget]:

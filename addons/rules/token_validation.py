@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Verdict:
+class TokenVerdict:
     """The outcome of checking one token. `user` is the gateway's name for its owner."""
 
     valid: bool
@@ -33,12 +33,12 @@ def token_fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-Validator = Callable[[str], Awaitable[Verdict]]
+TokenValidator = Callable[[str], Awaitable[TokenVerdict]]
 
 
 @dataclass
 class _Entry:
-    verdict: Verdict
+    verdict: TokenVerdict
     expires: float
 
 
@@ -48,7 +48,7 @@ class TokenCache:
 
     def __init__(
         self,
-        validator: Validator,
+        validator: TokenValidator,
         positive_ttl: float = 300.0,
         negative_ttl: float = 30.0,
         max_entries: int = 10_000,
@@ -60,14 +60,14 @@ class TokenCache:
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[Verdict]] = {}
+        self._inflight: dict[str, asyncio.Future[TokenVerdict]] = {}
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def cached(self, token: str) -> Verdict | None:
+    def cached(self, token: str) -> TokenVerdict | None:
         """A fresh verdict from memory, or None. Never calls the validator."""
         key = token_fingerprint(token)
         entry = self._entries.get(key)
@@ -79,7 +79,7 @@ class TokenCache:
         self._entries.move_to_end(key)
         return entry.verdict
 
-    async def check(self, token: str) -> tuple[Verdict, bool]:
+    async def check(self, token: str) -> tuple[TokenVerdict, bool]:
         """Return (verdict, from_cache). Raises ValidationUnavailable; failures are not cached."""
         if (verdict := self.cached(token)) is not None:
             self.hits += 1
@@ -106,7 +106,7 @@ class TokenCache:
         finally:
             del self._inflight[key]
 
-    def _store(self, key: str, verdict: Verdict) -> None:
+    def _store(self, key: str, verdict: TokenVerdict) -> None:
         ttl = self.positive_ttl if verdict.valid else self.negative_ttl
         if ttl <= 0:
             return

@@ -128,7 +128,9 @@ class ProxyApp:
         report_fd: int | None = None,
     ):
         self.settings = settings
-        self.worker_index = worker_index  # set when one of several workers (proxy/workers.py)
+        self.worker_index = (
+            worker_index  # set when one of several workers (proxy/server/workers.py)
+        )
         self.engine_dir = "engine" if worker_index is None else f"engine-{worker_index}"
         # a worker's supervisor, given by it: our own parent may already be someone else
         self.supervisor_pid = supervisor_pid or os.getppid()

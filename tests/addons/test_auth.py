@@ -12,7 +12,7 @@ from addons.core.record import existing_record
 from addons.routing.snapshot import Routing
 from addons.rules.proxy_authorization import basic_credentials
 from addons.rules.token_validation import TokenCache
-from addons.rules.token_validation import Verdict
+from addons.rules.token_validation import TokenVerdict
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
 from tests.addons.chain import request_in_tunnel
@@ -24,9 +24,9 @@ class CountingValidator:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    async def __call__(self, token: str) -> Verdict:
+    async def __call__(self, token: str) -> TokenVerdict:
         self.asked.append(token)
-        return Verdict(token in USERS, USERS.get(token))
+        return TokenVerdict(token in USERS, USERS.get(token))
 
 
 def identity_of(flow: http.HTTPFlow):

@@ -76,3 +76,23 @@ async def test_a_denied_model_is_denied_and_an_allowed_one_routed(chain):
     assert routed.request.host == "coder.example.com"
     assert routed.request.path == "/api/v2/aibridge/openai/v1/chat/completions"
     assert routed.request.content == body  # the exact bytes
+
+
+async def test_a_body_too_deep_to_read_is_refused_when_a_rule_needs_its_model(chain):
+    connect = await chain.connect("api.openai.com")
+    body = b'{"model": "o1-preview", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    flow = await chain.send(connect, headers=[JSON], content=body)
+    assert flow.response.status_code == 400  # neither denied nor routed past the rule
+    assert existing_record(flow).reject is RejectReason.MODEL_UNREADABLE
+    assert flow.request.host == "api.openai.com"  # never rewritten to the gateway
+
+
+async def test_rules_that_fail_to_decide_on_the_body_fail_closed(chain, monkeypatch):
+    def broken(flow):
+        raise RuntimeError("a bug in a rule path")
+
+    monkeypatch.setattr(chain.addons["RoutingRules"], "request", broken)
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, headers=[JSON], content=b'{"model": "o1-preview"}')
+    assert flow.response.status_code == 500
+    assert flow.request.host == "api.openai.com"

@@ -47,3 +47,13 @@ def test_replacing_keeps_every_other_field(obj, model):
     body = json.dumps({**obj, "model": "old"}).encode()
     assert json.loads(replace_model(body, model)) == {**obj, "model": model}
     assert model_span(body)[0] == "old"
+
+
+def test_a_body_nested_past_the_decoders_depth_is_unreadable_not_an_escape():
+    """The decoder recurses per level: a RecursionError must become ModelUnreadable (the rule
+    then refuses the request), never escape and leave the rule undecided."""
+    deep = b'{"model": "o1-preview", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ModelUnreadable, match="nested too deeply"):
+        model_span(deep)
+    with pytest.raises(ModelUnreadable):
+        replace_model(deep, "gpt-4o")

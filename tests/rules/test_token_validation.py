@@ -6,8 +6,8 @@ import pytest
 
 from addons.rules.token_validation import FailureLimiter
 from addons.rules.token_validation import TokenCache
+from addons.rules.token_validation import TokenVerdict
 from addons.rules.token_validation import ValidationUnavailable
-from addons.rules.token_validation import Verdict
 from addons.rules.token_validation import token_fingerprint
 
 
@@ -31,14 +31,14 @@ class FakeValidator:
         await asyncio.sleep(self.delay)
         if self.fail:
             raise ValidationUnavailable("down")
-        return Verdict(token in self.valid, "alice" if token in self.valid else None)
+        return TokenVerdict(token in self.valid, "alice" if token in self.valid else None)
 
 
 async def test_positive_and_negative_ttl():
     clock, v = Clock(), FakeValidator()
     cache = TokenCache(v, positive_ttl=300, negative_ttl=30, clock=clock)
-    assert (await cache.check("good")) == (Verdict(True, "alice"), False)
-    assert (await cache.check("good")) == (Verdict(True, "alice"), True)
+    assert (await cache.check("good")) == (TokenVerdict(True, "alice"), False)
+    assert (await cache.check("good")) == (TokenVerdict(True, "alice"), True)
     assert (await cache.check("bad"))[0].valid is False
     clock.now += 31
     await cache.check("bad")

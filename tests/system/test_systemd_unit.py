@@ -162,6 +162,35 @@ def test_reload_applies_a_good_file_and_refuses_a_broken_one(service, gateway):
     service.systemctl("reload")
 
 
+def test_with_two_workers_a_reload_every_worker_refuses_is_a_failed_reload(service, gateway):
+    """The supervisor checks the file and the CA; only a worker can judge a change that
+    needs a restart, and `systemctl reload` must then fail with that worker's reason."""
+    service.config(extra="workers: 2\n")
+    service.systemctl("restart")
+    try:
+        service.config(providers="providers:\n  api.openai.com: two\n", extra="workers: 2\n")
+        service.systemctl("reload")  # a good one: applied once both workers applied it
+        for _ in range(6):  # new connections, spread over both workers
+            with service.client() as c:
+                c.get("https://api.openai.com/v1/x")
+            assert gateway.last().path == "/api/v2/aibridge/two/v1/x"
+        service.config(
+            providers="providers:\n  api.openai.com: three\n",
+            extra="workers: 2\nupstream_proxy: http://127.0.0.1:9\n",
+        )
+        r = service.systemctl("reload", check=False)
+        assert r.returncode != 0, r
+        journal = service.journal()
+        assert "worker 0: upstream_proxy: changing it needs a restart" in journal
+        assert "worker 1: upstream_proxy: changing it needs a restart" in journal
+        with service.client() as c:
+            c.get("https://api.openai.com/v1/y")
+        assert gateway.last().path == "/api/v2/aibridge/two/v1/y"  # the old table serves
+    finally:
+        service.config()
+        service.systemctl("restart")
+
+
 def test_stop_drains_an_open_stream(service, gateway):
     service.systemctl("start")
     events: list[int] = []
