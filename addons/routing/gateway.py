@@ -95,7 +95,7 @@ class GatewayRouter:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or record(flow).self_service:
-            return  # answered, or answered by the proxy itself (self_service.py)
+            return  # answered, or answered by the proxy itself (selfservice/answers.py)
         try:
             await self._route(flow)
         except Exception:  # fail closed: never let a half-rewritten request out
