@@ -1,0 +1,112 @@
+"""
+A/B of two checkouts: CPU per 1,000 routed requests of one optimised worker (`-O`, as the
+unit runs it), alternating the two trees round by round so that the machine's drift falls on
+both. For a refactor that must not cost CPU: check out the old commit in a worktree, then
+
+    git worktree add /tmp/old <commit>
+    .venv/py3.13/bin/python -m tests.benchmarks.ab /tmp/old --rounds 7
+
+Loopback only: a local gateway (`aibridge-proxy gateway`) and the proxy, driven by `hey`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOKEN = "bench-token-0123456789"
+BODY = '{"model":"m","messages":[]}'
+URL = "https://api.openai.com/v1/chat/completions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    total = 0.0
+    for p in [pid, *map(int, children.split())]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def one_round(tree: Path, gateway_port: int, requests: int, env: dict) -> float:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as state:
+        proxy = subprocess.Popen(
+            [sys.executable, "-O", "-m", "proxy", "serve", "--workers", "1",
+             "--gateway", f"http://127.0.0.1:{gateway_port}", "--listen", f"127.0.0.1:{port}",
+             "--admin-listen", "off", "--state-dir", state],
+            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_port(port)
+            hey = ["hey", "-c", "16", "-m", "POST", "-T", "application/json", "-d", BODY,
+                   "-x", f"http://coder:{TOKEN}@127.0.0.1:{port}"]  # fmt: skip
+            subprocess.run([*hey, "-n", "500", URL], capture_output=True, check=True)  # warm-up
+            before = cpu_seconds(proxy.pid)
+            out = subprocess.run([*hey, "-n", str(requests), URL], capture_output=True, text=True)
+            used = cpu_seconds(proxy.pid) - before
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            proxy.wait(30)
+    ok = re.search(r"\[200\]\s+(\d+) responses", out.stdout)
+    if not ok or int(ok.group(1)) != requests:
+        raise SystemExit(f"{tree}: not every request succeeded:\n{out.stdout[-800:]}")
+    return used / requests * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old", type=Path, help="the baseline checkout")
+    ap.add_argument("new", type=Path, nargs="?", default=Path(__file__).resolve().parents[2])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=4000)
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONOPTIMIZE": "1"}
+    gateway_port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "gateway", "--listen", f"127.0.0.1:{gateway_port}",
+         "--token", f"{TOKEN}=alice"],
+        cwd=args.new, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    runs: dict[str, list[float]] = {"old": [], "new": []}
+    try:
+        wait_port(gateway_port)
+        for n in range(args.rounds):
+            for name in ("old", "new"):
+                runs[name].append(one_round(getattr(args, name), gateway_port, args.requests, env))
+                print(f"round {n}: {name} {runs[name][-1]:.3f} s CPU per 1k", flush=True)
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+    old, new = statistics.median(runs["old"]), statistics.median(runs["new"])
+    print(f"median CPU per 1k requests: old {old:.3f} s, new {new:.3f} s = {new / old:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
