@@ -1,6 +1,6 @@
 """
 The token check against the gateway itself (Coder's `GET /api/v2/users/me`): the I/O behind
-the pure TokenCache (addons/rules/token_validation.py), which takes any `Validator`.
+the pure TokenCache (addons/rules/token_validation.py), which takes any `TokenValidator`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ reach a verdict answers with an error status itself (fail closed).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 import weakref
@@ -24,6 +23,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.auth.gateway_validator import GatewayTokenValidator
+from addons.core.background import in_background
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.core.gateway_tls import verifying_context
@@ -195,7 +195,7 @@ class TokenAuth:
             max_entries=opts.aibridge_auth_cache_size,
         )
         if old is not None:
-            _close_later(old)
+            in_background(old.close())
 
     async def done(self):
         if self._validator is not None:
@@ -310,16 +310,3 @@ class TokenAuth:
 def _client_address(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
     return peer[0] if peer else "unknown"
-
-
-def _close_later(validator: GatewayTokenValidator) -> None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    task = loop.create_task(validator.close())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set = set()

@@ -23,6 +23,7 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
+from addons.core.background import in_background
 from addons.core.record import PendingModel
 from addons.core.record import RejectReason
 from addons.core.record import RuleRefusal
@@ -59,7 +60,6 @@ class ChoiceStore:
 
     def __init__(self) -> None:
         self.store: ProfileChoices | RedisProfileChoices = ProfileChoices(None)
-
         self._closing: set[asyncio.Task] = set()
 
     def replace(self, store: ProfileChoices | RedisProfileChoices) -> None:
@@ -69,9 +69,7 @@ class ChoiceStore:
         if isinstance(store, RedisProfileChoices):
             store.start()  # loads the choices, and keeps retrying while Redis is away
         if isinstance(old, RedisProfileChoices):
-            task = asyncio.get_running_loop().create_task(old.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            in_background(old.close(), self._closing)
 
     async def close(self) -> None:
         if isinstance(self.store, RedisProfileChoices):
