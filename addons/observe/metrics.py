@@ -25,6 +25,7 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import disable_created_metrics
 
+from addons.core.record import FlowRecord
 from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.core.record import route_info
@@ -212,7 +213,7 @@ class Metrics:
         entry = existing_record(flow)
         reason = (entry.reject if entry else None) or f"status_{flow.response.status_code}"
         self.connects.labels(outcome="rejected", reason=reason).inc()
-        self._count_auth_failure(flow)
+        self._count_auth_failure(entry)
 
     def client_disconnected(self, client: connection.Client) -> None:
         if (started := self._tunnels.pop(client, None)) is not None:
@@ -243,8 +244,9 @@ class Metrics:
         self._release(flow.id)
         if flows := self._client_flows.get(flow.client_conn):
             flows.discard(flow.id)
-        self._count_auth_failure(flow)
-        info = route_info(flow)
+        entry = existing_record(flow)
+        self._count_auth_failure(entry)
+        info = entry.route if entry is not None else None
         if info is None:
             return
         provider = info.provider or ORIGIN
@@ -266,7 +268,7 @@ class Metrics:
             self.rule_decisions.labels(rule=info.rule, action=info.action or "").inc()
         user = None
         if ctx.options.aibridge_metrics_user_labels:
-            identity = existing_record(flow).identity  # route_info found the record
+            identity = entry.identity
             user = identity.user if identity is not None else None
         if user and info.provider is not None:
             self.user_requests.labels(user=user, provider=provider).inc()
@@ -309,8 +311,7 @@ class Metrics:
         if (provider := self._inflight.pop(flow_id, None)) is not None:
             self._series(provider).inflight.dec()
 
-    def _count_auth_failure(self, flow: http.HTTPFlow) -> None:
-        entry = existing_record(flow)
+    def _count_auth_failure(self, entry: FlowRecord | None) -> None:
         if entry is not None and entry.auth_failure:
             entry.auth_failure = False  # counted once, at the CONNECT or the request
             self.auth_failures.labels(reason=entry.reject or "unknown").inc()
