@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Decision
 from addons.rules.policy import Deny
 from addons.rules.policy import Facts
@@ -56,6 +55,3 @@ def plan(decision: Decision | None, table_provider: str | None, policy: RoutingP
         model=action.model,
         gateways=action.gateways or (policy.default_gateway or "",),
     )
-
-
-__all__ = ["NEEDS_MODEL", "Plan", "decide", "plan"]

@@ -228,7 +228,8 @@ class ProxyApp:
             },
         )
         self.started.set()
-        self._record_reload(True, "started")
+        if self.reloads is not None:
+            self.reloads.record(True, "started")
         if self.reports is not None:
             self.reports.send(WorkerReport(READY))
         self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
@@ -282,7 +283,7 @@ class ProxyApp:
     def _record_reload(self, ok: bool, message: str, reason: str = "") -> None:
         if self.reloads is not None:
             self.reloads.record(ok, message)
-        if self.reports is not None and message != "started":
+        if self.reports is not None:
             self.reports.send(WorkerReport(RELOAD, ok, reason or message))
 
     def _ca(self, settings: Settings) -> CertificateAuthority:

@@ -43,8 +43,8 @@ def explain(
     # the proxy's own decision: the profile in force, the rule, and what the rule does
     active, decision = decide(facts, policy, profile)
     assert decision != NEEDS_MODEL  # the model is known here (None: the request has none)
-    provider = route.provider if route.covers_path(path or "/") else None
-    planned = plan(decision, provider, policy)
+    routed = table.route(host, path or "/")  # None outside the host's paths, as in the router
+    planned = plan(decision, routed.provider if routed else None, policy)
     if profile and profile != active:
         in_force = f"{active} (default)" if active else "none"
         lines = [f"profile:  {in_force}; {profile!r} is not a profile, so the default applies"]
