@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from mitmproxy import http
+from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
@@ -53,8 +54,6 @@ class FullChain:
 
     async def connect(self, host: str, token: str | None = "tok-alice", user="coder"):
         """A CONNECT, answered or accepted as mitmproxy would go on with it."""
-        from mitmproxy.proxy.layers import http as http_layer
-
         flow = connect_flow(host, token=token, user=user)
         await self.hook(http_layer.HttpConnectHook(flow))
         if flow.response is None or 200 <= flow.response.status_code < 300:
@@ -66,8 +65,6 @@ class FullChain:
     async def send(self, connect: http.HTTPFlow, without=(), **request) -> http.HTTPFlow:
         """A request in `connect`'s tunnel: its headers, then (unless answered, or streamed
         on) its whole body, as mitmproxy calls the hooks."""
-        from mitmproxy.proxy.layers import http as http_layer
-
         flow = request_in_tunnel(connect, **request)
         for name in without:  # e.g. a body sent without a Content-Length
             flow.request.headers.pop(name, None)
@@ -78,8 +75,6 @@ class FullChain:
 
     async def answer(self, flow: http.HTTPFlow, status=200, body=b"", headers=()) -> None:
         """The upstream's answer (or our own, already set), through the response hooks."""
-        from mitmproxy.proxy.layers import http as http_layer
-
         if flow.response is None:
             flow.response = http.Response.make(status, b"", list(headers))
             await self.hook(http_layer.HttpResponseHeadersHook(flow))
