@@ -231,6 +231,8 @@ class ProxyApp:
         if self.reloads is not None:
             self.reloads.record(True, "started")
         if self.reports is not None:
+            for handler in logging.getLogger().handlers:
+                handler.flush()  # our "proxy listening" line is in the log pipe before READY
             self.reports.send(WorkerReport(READY))
         self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
 

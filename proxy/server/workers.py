@@ -178,6 +178,9 @@ class Supervisor:
             if stopped in done:
                 return
             raise StartupError("workers did not start; see the log lines above")
+        # Each worker flushed its "proxy listening" line before it said READY, on another pipe:
+        # give the log pumps a moment to forward those lines, so ours comes after theirs.
+        await asyncio.sleep(0.1)
         self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
         self.admin_state.listening = True
         if self.settings.admin_listen is not None:
