@@ -54,7 +54,6 @@ class RejectReason(enum.StrEnum):
     RULE_DENIED = "rule_denied"
     GOVERNANCE_TOKEN_MISMATCH = "governance_token_mismatch"
     MODEL_UNREADABLE = "model_unreadable"
-    BODY_WITHOUT_LENGTH = "body_without_length"
     BODY_TOO_LARGE = "body_too_large"
 
     @property
@@ -79,11 +78,7 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
         "remove the X-Coder-AI-Governance-Token header from the tool's settings",
     ),
     RejectReason.MODEL_UNREADABLE: ("a routing rule needs the model, but the body has none",
-                                    "the tool's request is not JSON with a model"),
-    RejectReason.BODY_WITHOUT_LENGTH: (
-        "a routing rule needs the model, but the body came without a Content-Length",
-        "the tool streams its request body: ask your administrator for a rule on the path",
-    ),
+                                    "the tool's request is not one JSON object with one model"),
     RejectReason.BODY_TOO_LARGE: (
         "a routing rule needs the model, but the body is larger than the proxy reads",
         "send a smaller request, or ask your administrator to raise model_body_limit",

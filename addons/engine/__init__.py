@@ -11,6 +11,7 @@ upgrade moves it:
 |---|---|---|
 | connections.py | `Proxyserver.connections`, `ConnectionHandler.max_conns` | close a client's sockets; lift the 5-connection cap per h2 client (mitmproxy#8322) |
 | header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
+| body_limit.py | `HttpStream.state_consume_request_body` | a per-flow limit on a buffered request body (mitmproxy's is global, and also refuses streamed ones) |
 | error_rendering.py | `HttpStream.handle_protocol_error`, `_http1.make_error_response` | our 502/504 text instead of mitmproxy's HTML page with socket detail |
 | layer_stack.py | `context.layers` of a CONNECT tunnel | undo the TLS layers mitmproxy's NextLayer stacked, relay raw bytes |
 | upstream_handshake.py | `HttpUpstreamProxy.receive_handshake_data` | a second CONNECT on the same connection for NTLM and Negotiate upstream proxies |
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 
+from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
@@ -38,6 +40,7 @@ class EnginePatches:
     """The patches both runtimes install, handed to the addons that configure them."""
 
     header_limit: HeaderSizeLimit = field(default_factory=HeaderSizeLimit)
+    body_limit: BufferedBodyLimit = field(default_factory=BufferedBodyLimit)
     error_rendering: ProtocolErrorRendering = field(default_factory=ProtocolErrorRendering)
     tls_buffers: ReleaseIdleTlsBuffers = field(default_factory=ReleaseIdleTlsBuffers)
     websocket_cap: WebSocketMessageCap = field(default_factory=WebSocketMessageCap)
@@ -46,6 +49,7 @@ class EnginePatches:
     def _all(self):
         return (
             self.header_limit,
+            self.body_limit,
             self.error_rendering,
             self.tls_buffers,
             self.websocket_cap,

@@ -5,16 +5,18 @@ needs it, the model in its body.
 
 Most requests are decided in `requestheaders` and stream as before. A WebSocket session is
 decided on its upgrade, and model rules then apply to each `response.create` message: a denied
-model closes the session with 1008 and the rule's message, a replaced one is rewritten. When going on needs the
-model, the body is read first (up to `aibridge_rules_max_body` bytes, with a Content-Length)
-and the decision is made in `request`; GatewayRouter applies it in the same hook. A body that a
-model rule needs but cannot read is answered with a clear 4xx, never routed elsewhere.
+model closes the session with 1008 and the rule's message, a replaced one is rewritten, and a
+message the rules cannot read unambiguously closes it too. When going on needs the model, the
+body is read first (up to `aibridge_rules_max_body` bytes, with or without a Content-Length)
+and the decision is made in `request`; GatewayRouter applies it in the same hook. A body that
+a model rule needs but cannot read is answered with a clear 4xx, never routed elsewhere, on
+routed and observed hosts alike; only an observed tool's binary protocols (gRPC, Connect,
+protobuf) are exempt, as their model is not in a JSON body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +30,7 @@ from addons.core.record import PendingModel
 from addons.core.record import RejectReason
 from addons.core.record import RuleRefusal
 from addons.core.record import record
+from addons.engine.body_limit import limit_buffered_body
 from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.routing.profile_store import ProfileChoices
 from addons.routing.profile_store import RedisProfileChoices
@@ -36,6 +39,7 @@ from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_in_path
 from addons.rules.model_field import model_span
 from addons.rules.model_field import replace_model
+from addons.rules.model_field import top_level_fields
 from addons.rules.plan import decide
 from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Decision
@@ -47,9 +51,20 @@ from addons.rules.request_target import is_websocket_upgrade
 logger = logging.getLogger(__name__)
 
 
-def _json_with_length(headers) -> bool:
+# An observed tool's own binary protocols: their model is not in a JSON body, and holding
+# back a bidirectional stream would break the tool, so model rules do not apply to them.
+_BINARY_PROTOCOLS = (
+    "application/grpc",
+    "application/connect+proto",
+    "application/proto",
+    "application/protobuf",
+    "application/x-protobuf",
+)
+
+
+def _binary_protocol(headers) -> bool:
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media.endswith(("/json", "+json")) and headers.get("content-length", "").isdigit()
+    return media.startswith(_BINARY_PROTOCOLS)
 
 
 POLICY_VIOLATION = 1008
@@ -141,10 +156,8 @@ class RoutingRules:
         )
         chosen = self.choices.store.get(identity.user, identity.workspace)
         observed = snapshot.table.lookup(request.host) is None
-        if observed and not _json_with_length(request.headers):
-            # An observed tool's own protocol (protobuf, bidirectional streams): never held
-            # back to look for a model; rules on the model do not apply to it.
-            facts = replace(facts, model_known=True)
+        if observed and _binary_protocol(request.headers):
+            facts = replace(facts, model_known=True)  # model rules do not apply (see above)
         if is_websocket_upgrade(request.headers):
             # a session: decided on its headers now (model rules cannot match yet, model
             # replacements route it), then model rules apply to each response.create message
@@ -156,16 +169,14 @@ class RoutingRules:
         if decision != NEEDS_MODEL:
             entry.decision = decision
             return
-        limit = ctx.options.aibridge_rules_max_body
         length = request.headers.get("content-length", "")
-        if not length.isdigit():
-            self._refuse(flow, 411, RejectReason.BODY_WITHOUT_LENGTH, "a routing rule needs this request's model: send the body "
-                         "with a Content-Length")  # fmt: skip
-        elif int(length) > limit:
-            self._refuse(flow, 413, RejectReason.BODY_TOO_LARGE, f"a routing rule needs this request's model, and the body "
-                         f"is larger than model_body_limit ({limit} bytes)")  # fmt: skip
+        if length.isdigit() and int(length) > ctx.options.aibridge_rules_max_body:
+            self._refuse_too_large(flow)
         else:
-            request.stream = False  # read it whole: `request` decides
+            # read it whole, with or without a Content-Length (chunked, HTTP/2): `request`
+            # decides; a body without one is cut off with 413 as soon as it is too long
+            request.stream = False
+            limit_buffered_body(flow, ctx.options.aibridge_rules_max_body)
             entry.decision = PendingModel(facts, chosen)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -173,19 +184,21 @@ class RoutingRules:
         pending = entry.decision
         if not isinstance(pending, PendingModel) or flow.response is not None:
             return
+        body = flow.request.raw_content or b""
+        if len(body) > ctx.options.aibridge_rules_max_body:
+            self._refuse_too_large(flow)
+            return
         try:
-            model, _ = model_span(flow.request.raw_content or b"")
+            # no body (a GET, an empty POST): no model; routed and observed hosts alike
+            model = model_span(body)[0] if body else None
         except ModelUnreadable as e:
-            if self.routing.current.table.lookup(flow.request.host) is None:
-                model = None  # observed: the tool keeps working; model rules do not apply
-            else:
-                self._refuse(
-                    flow,
-                    400,
-                    RejectReason.MODEL_UNREADABLE,
-                    f"a routing rule needs this request's model, but {e}",
-                )
-                return
+            self._refuse(
+                flow,
+                400,
+                RejectReason.MODEL_UNREADABLE,
+                f"a routing rule needs this request's model, but {e}",
+            )
+            return
         facts = replace(pending.facts, model=model, model_known=True)
         _, entry.decision = decide(facts, self.routing.current.policy, pending.chosen)
 
@@ -194,27 +207,47 @@ class RoutingRules:
         session = record(flow).session
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
-        if session is None or not message.from_client or not message.is_text:
+        policy = self.routing.current.policy
+        if session is None or not message.from_client or not policy.has_model_rules:
             return
+        # Model rules must read every client message the way the gateway would: one that is
+        # not a text JSON object with unambiguous `type` and `model` ends the session.
         try:
-            event = json.loads(message.content)
-        except ValueError:
+            if not message.is_text:
+                raise ModelUnreadable("a binary message cannot be checked against the rules")
+            fields = top_level_fields(message.content, ("type", "model"))
+        except ModelUnreadable as e:
+            message.drop()
+            self._close_session(flow, f"model rules apply: {e}")
             return
-        if not isinstance(event, dict) or event.get("type") != "response.create":
+        event_type = fields.get("type", (None,))[0]
+        model = fields.get("model", (None,))[0]
+        if event_type != "response.create":
             return
-        model = event.get("model") if isinstance(event.get("model"), str) else None
+        if model is not None and not isinstance(model, str):
+            message.drop()
+            self._close_session(flow, "model rules apply: the model is not a string")
+            return
         facts = replace(session.facts, model=model, model_known=True)
-        _, decision = decide(facts, self.routing.current.policy, session.chosen)
+        _, decision = decide(facts, policy, session.chosen)
         if not isinstance(decision, Decision):
             return
         action = decision.rule.action
         if isinstance(action, Deny):
             message.drop()
-            reason = f"{action.message} (rule {decision.rule.name})"[:120]  # fits a close frame
-            logger.info("closing a WebSocket session: %s", reason)
-            self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, reason)
+            self._close_session(flow, f"{action.message} (rule {decision.rule.name})")
         elif isinstance(action, Route) and action.model and model != action.model:
             message.content = replace_model(message.content, action.model)
+
+    def _close_session(self, flow: http.HTTPFlow, reason: str) -> None:
+        reason = reason[:120]  # fits a close frame
+        logger.info("closing a WebSocket session: %s", reason)
+        self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, reason)
+
+    def _refuse_too_large(self, flow: http.HTTPFlow) -> None:
+        limit = ctx.options.aibridge_rules_max_body
+        self._refuse(flow, 413, RejectReason.BODY_TOO_LARGE, f"a routing rule needs this request's model, and the body "
+                     f"is larger than model_body_limit ({limit} bytes)")  # fmt: skip
 
     @staticmethod
     def _refuse(flow: http.HTTPFlow, status: int, reason: RejectReason, message: str) -> None:

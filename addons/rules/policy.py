@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from functools import cached_property
 from typing import Any
 
 from addons.rules.gateway_target import GatewayTarget
@@ -154,6 +155,12 @@ class RoutingPolicy:
     @property
     def empty(self) -> bool:
         return not self.rules and not self.profiles
+
+    @cached_property
+    def has_model_rules(self) -> bool:
+        """Some rule reads or replaces the model (WebSocket messages are then checked)."""
+        every = self.rules + tuple(r for rules in self.profiles.values() for r in rules)
+        return any(rule.needs_model for rule in every)
 
     def groups_of(self, user: str | None) -> frozenset[str]:
         if not user:

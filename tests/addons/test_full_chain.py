@@ -23,7 +23,9 @@ MODEL_RULE = {
 
 @pytest.fixture
 async def chain():
-    with full_chain(aibridge_policy=json.dumps(MODEL_RULE)) as c:
+    with full_chain(
+        aibridge_policy=json.dumps(MODEL_RULE), aibridge_observe=["*.observed.example"]
+    ) as c:
         # validate mode, with the gateway's answers from a local table (tok-alice -> alice)
         c.addons["TokenAuth"].cache = TokenCache(CountingValidator())
         yield c
@@ -39,8 +41,6 @@ JSON = (b"Content-Type", b"application/json")
 @pytest.mark.parametrize(
     "headers, content, without, status, reason, problem",
     [
-        ([JSON], b'{"model": "o1"}', ["content-length"], 411, RejectReason.BODY_WITHOUT_LENGTH,
-         "without a Content-Length"),
         ([JSON], b"{}" * (8 << 20) + b"{}", [], 413, RejectReason.BODY_TOO_LARGE,
          "larger than the proxy reads"),
         ([JSON], b"not json!", [], 400, RejectReason.MODEL_UNREADABLE, "the body has none"),
@@ -95,4 +95,75 @@ async def test_rules_that_fail_to_decide_on_the_body_fail_closed(chain, monkeypa
     connect = await chain.connect("api.openai.com")
     flow = await chain.send(connect, headers=[JSON], content=b'{"model": "o1-preview"}')
     assert flow.response.status_code == 500
+    assert flow.request.host == "api.openai.com"
+
+
+def model_request(body: bytes, media: bytes = b"application/json"):
+    return {"headers": [(b"Content-Type", media)], "content": body}
+
+
+@pytest.mark.parametrize("host", ["api.openai.com", "chat.observed.example"])
+async def test_a_body_without_a_content_length_is_read_and_the_rule_applies(chain, host):
+    """Chunked (or HTTP/2 without a length): read up to the limit, never passed unread."""
+    connect = await chain.connect(host)
+    flow = await chain.send(
+        connect, without=["content-length"], **model_request(b'{"model": "o1-preview"}')
+    )
+    assert flow.response.status_code == 403
+    assert existing_record(flow).reject is RejectReason.RULE_DENIED
+
+
+@pytest.mark.parametrize(
+    "body, media",
+    [
+        (b'{"model": "o1-preview"}', b"text/plain"),  # JSON under another name
+        (b'{"model": "o1-preview"}', b""),
+        (b'{"model": "o1-preview"}', b"application/octet-stream"),
+    ],
+)
+async def test_observed_hosts_apply_model_denies_whatever_the_body_is_labelled(chain, body, media):
+    connect = await chain.connect("chat.observed.example")
+    flow = await chain.send(connect, **model_request(body, media))
+    assert flow.response.status_code == 403
+    assert flow.request.host == "chat.observed.example"
+
+
+async def test_observed_hosts_refuse_a_body_the_rule_needs_but_cannot_read(chain):
+    connect = await chain.connect("chat.observed.example")
+    body = b'{"model": "o1-preview", "note": "\xff"}'  # one byte that is not UTF-8
+    flow = await chain.send(connect, **model_request(body))
+    assert flow.response.status_code == 400
+    assert existing_record(flow).reject is RejectReason.MODEL_UNREADABLE
+
+
+@pytest.mark.parametrize("media", [b"application/grpc", b"application/connect+proto"])
+async def test_an_observed_tools_binary_protocol_is_exempt_and_streams(chain, media):
+    connect = await chain.connect("chat.observed.example")
+    flow = await chain.send(connect, **model_request(b"\x00\x00\x00\x00\x05hello", media))
+    assert flow.response is None  # sent on, not held back for a model
+    assert flow.request.stream
+
+
+async def test_a_request_without_a_body_has_no_model_and_goes_on(chain):
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, method="GET", path="/v1/models", content=b"")
+    assert flow.response is None
+    assert flow.request.host == "coder.example.com"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "o1-preview", "model": "gpt-4o-mini"}',  # we read one, a gateway another
+        b'{"model": "gpt-4o-mini", "model": "o1-preview"}',
+        b'{"MODEL": "o1-preview"}',  # a Go struct decoder takes it for model
+        b'{"mod\\u0065l": "o1-preview", "model": "gpt-4o"}',
+    ],
+)
+async def test_an_ambiguous_body_is_refused_when_a_model_rule_applies(chain, body):
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, **model_request(body))
+    assert flow.response.status_code == 400
+    assert existing_record(flow).reject is RejectReason.MODEL_UNREADABLE
+    assert b"twice" in flow.response.content or b"take for" in flow.response.content
     assert flow.request.host == "api.openai.com"

@@ -24,6 +24,7 @@ from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.proxy.layers.websocket import WebsocketConnection
 
 from addons.engine import EnginePatches
+from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.reuse_port import _AsyncioWithReusePort
@@ -68,6 +69,20 @@ def test_protocol_error_handler_and_error_page():
     maker = getattr(_http1, "make_error_response", None)
     if maker is None or params(maker)[:2] != ["status_code", "message"]:
         moved("mitmproxy.proxy.layers.http._http1.make_error_response", "signature changed")
+
+
+def test_the_request_body_is_buffered_in_a_state_of_the_stream():
+    internal = "mitmproxy.proxy.layers.http.HttpStream.state_consume_request_body"
+    state = getattr(http_layer.HttpStream, "state_consume_request_body", None)
+    if state is None or params(state) != ["self", "event"]:
+        moved(internal, "no longer a state method (self, event)")
+    source = inspect.getsource(http_layer.HttpStream)
+    for name in ("self.request_body_buf", "self.state_errored", "self.flow.live"):
+        if name not in source:
+            moved(internal, f"{name} is gone (BufferedBodyLimit reads and sets it)")
+    for name in ("ErrorCode", "HttpErrorHook", "RequestData", "ResponseProtocolError"):
+        if not hasattr(http_layer, name):
+            moved(f"mitmproxy.proxy.layers.http.{name}", "BufferedBodyLimit uses it")
 
 
 def test_connection_handlers_are_kept_by_client_id_with_a_connection_cap():
@@ -162,6 +177,7 @@ def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
     "patch, target, attribute",
     [
         (HeaderSizeLimit(), _http1.Http1Server, "read_headers"),
+        (BufferedBodyLimit(), http_layer.HttpStream, "state_consume_request_body"),
         (ProtocolErrorRendering(), http_layer.HttpStream, "handle_protocol_error"),
         (ProtocolErrorRendering(), _http1, "make_error_response"),
         (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
