@@ -3,6 +3,13 @@ API dump: each routed request and its response written to `<dump_dir>/<provider>
 (`.req.txt` and `.resp.txt`), with credentials redacted; observed ones to
 `<dump_dir>/observed/<catalog entry or host pattern>/`. For debugging a client or the gateway;
 a failure to write never affects the traffic.
+
+Redacted: credential headers, credential query parameters (also OAuth's `code` and `sig`),
+and in the bodies JSON string fields and form fields whose names look like credentials
+(`api_key`, `refresh_token`, `access_token`, `client_secret`...). A body is redacted as it
+streams, holding back its last BODY_WINDOW bytes until the next chunk: a credential value
+longer than that, or one in a field with an innocent name (a prompt that quotes a key), is
+written as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +33,48 @@ _SECRET_NAME = re.compile(
 )
 
 
+# query parameters that are credentials without saying so: OAuth codes, URL signatures
+_SECRET_PARAMS = frozenset({"code", "sig", "assertion"})
+BODY_WINDOW = 8192
+_SECRET_FIELD = re.compile(
+    rb'("(?:[^"\\]|\\.)*?(?:auth|key|token|secret|password|credential|assertion)'
+    rb'(?:[^"\\]|\\.)*?"\s*:\s*")(?:[^"\\]|\\.)*(")'
+    rb"|((?:^|[&?])[A-Za-z0-9_.-]*(?:key|token|secret|password|assertion)[A-Za-z0-9_.-]*=)[^&\s]+",
+    re.I,
+)
+
+
+def redact_body(data: bytes) -> bytes:
+    """JSON string fields and form fields whose names look like credentials, redacted."""
+
+    def sub(m: re.Match) -> bytes:
+        if m.group(1) is not None:
+            return m.group(1) + REDACTED.encode() + m.group(2)
+        return m.group(3) + REDACTED.encode()
+
+    return _SECRET_FIELD.sub(sub, data)
+
+
+class BodyRedactor:
+    """Redacts a body chunk by chunk: each chunk is redacted with the tail held back from the
+    one before, so a field split between two chunks is still found."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        text = redact_body(self.tail + chunk)
+        self.tail = text[-BODY_WINDOW:]
+        if len(text) > BODY_WINDOW:
+            self.write(text[:-BODY_WINDOW])
+
+    def close(self) -> None:
+        if self.tail:
+            self.write(redact_body(self.tail))
+            self.tail = b""
+
+
 def redact_headers(headers: http.Headers) -> list[tuple[str, str]]:
     return [(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in headers.items(multi=True)]
 
@@ -38,14 +87,15 @@ def redact_query(path: str) -> str:
     parts = []
     for item in query.split("&"):
         name, eq, _ = item.partition("=")
-        parts.append(f"{name}={REDACTED}" if eq and _SECRET_NAME.search(name) else item)
+        secret = _SECRET_NAME.search(name) or name.lower() in _SECRET_PARAMS
+        parts.append(f"{name}={REDACTED}" if eq and secret else item)
     return base + "?" + "&".join(parts)
 
 
 class ApiDump:
     def __init__(self) -> None:
         self.dir: Path | None = None
-        self._open_files: dict[str, list[BinaryIO]] = {}  # flow id -> files being written
+        self._open_files: dict[str, list[tuple[BinaryIO, BodyRedactor]]] = {}  # by flow id
 
     def load(self, loader):
         loader.add_option(
@@ -90,8 +140,7 @@ class ApiDump:
         head += f"# {verb} {redact_query(info.upstream_url)}\n"
         head += "".join(f"{k}: {v}\n" for k, v in redact_headers(r.headers)) + "\n"
         if f := self._open(flow, "req", head):
-            info.request_taps.append(_writer(f))
-            self._files(flow).append(f)
+            info.request_taps.append(self._body(flow, f))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self.dir is None or (info := route_info(flow)) is None or flow.response is None:
@@ -100,8 +149,7 @@ class ApiDump:
         head = f"{resp.http_version} {resp.status_code} {resp.reason}\n"
         head += "".join(f"{k}: {v}\n" for k, v in redact_headers(resp.headers)) + "\n"
         if f := self._open(flow, "resp", head):
-            info.response_taps.append(_writer(f))
-            self._files(flow).append(f)
+            info.response_taps.append(self._body(flow, f))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._close(flow)
@@ -109,12 +157,16 @@ class ApiDump:
     def error(self, flow: http.HTTPFlow) -> None:
         self._close(flow)
 
-    def _files(self, flow: http.HTTPFlow) -> list[BinaryIO]:
-        return self._open_files.setdefault(flow.id, [])
+    def _body(self, flow: http.HTTPFlow, f: BinaryIO):
+        """The tap that writes a body to `f`, redacted; closed with the flow."""
+        redactor = BodyRedactor(_writer(f))
+        self._open_files.setdefault(flow.id, []).append((f, redactor))
+        return redactor.feed
 
     def _close(self, flow: http.HTTPFlow) -> None:
-        for f in self._open_files.pop(flow.id, []):
+        for f, redactor in self._open_files.pop(flow.id, []):
             try:
+                redactor.close()
                 f.close()
             except OSError:
                 pass

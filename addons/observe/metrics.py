@@ -40,6 +40,28 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
+MODEL_LABEL_VALUES = 100  # distinct model label values kept; the rest count as OTHER
+OTHER = "other"
+
+
+class CappedLabel:
+    """A label whose values come from outside (a response's model): the first `limit`
+    distinct values are kept, every later one becomes OTHER, so clients and vendors cannot
+    grow /metrics without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.limit:
+            return OTHER
+        self.seen.add(value)
+        return value
+
+
 @dataclass
 class _ProviderSeries:
     inflight: Any
@@ -171,6 +193,7 @@ class Metrics:
         )
         self._by_provider: dict[str, _ProviderSeries] = {}
         self._token_series: dict[tuple, Any] = {}  # (family, [user,] provider, model, kind)
+        self._model_label = CappedLabel(MODEL_LABEL_VALUES)
         self._inflight: dict[str, str] = {}  # flow id -> provider label
         self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (
             weakref.WeakKeyDictionary()
@@ -277,7 +300,9 @@ class Metrics:
 
     def _count_tokens(self, provider: str, info: RouteInfo, user: str | None) -> None:
         assert info.usage is not None
-        model = (info.model or info.usage.model or "")[:64]
+        # the model answered, else the one sent: never the client's own words (a rewrite rule
+        # turns any name a client sends into one model), and at most MODEL_LABEL_VALUES of them
+        model = self._model_label((info.usage.model or info.model_sent or "")[:64])
         for kind, count in info.usage.token_fields().items():
             kind = kind.removesuffix("_tokens")
             self._token_counter(self.tokens, provider=provider, model=model, kind=kind).inc(count)

@@ -23,6 +23,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from addons.rules.profile_choices import check_room
 from addons.rules.profile_choices import choice_key
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ProfileChoices:
             if profile is None:
                 choices.pop(key, None)
             else:
+                check_room(choices, user, workspace)
                 choices[key] = profile
             self._choices = choices
             if self.path is not None:
@@ -93,7 +95,8 @@ class RedisProfileChoices:
         self.url = url
         self.refresh = refresh
         self._choices: dict[str, str] = {}
-        self._client = aioredis.from_url(url, decode_responses=True)
+        # bytes, decoded entry by entry: one value that is not UTF-8 must not stop following
+        self._client = aioredis.from_url(url)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -116,12 +119,28 @@ class RedisProfileChoices:
             await self._client.hdel(HASH, key)
             self._choices.pop(key, None)
         else:
+            check_room(self._choices, user, workspace)
             await self._client.hset(HASH, key, profile)
             self._choices[key] = profile
         await self._client.publish(CHANNEL, key)
 
     async def load(self) -> None:
-        self._choices = await self._client.hgetall(HASH)
+        choices = {}
+        for raw_key, raw_value in (await self._client.hgetall(HASH)).items():
+            key, value = _text(raw_key), _text(raw_value)
+            if key is not None and value is not None:
+                choices[key] = value
+        self._choices = choices
+
+    async def _update(self, raw_key: bytes) -> None:
+        key = _text(raw_key)
+        if key is None:
+            return
+        value = _text(await self._client.hget(HASH, key))
+        if value is None:
+            self._choices.pop(key, None)
+        else:
+            self._choices[key] = value
 
     async def _follow(self) -> None:
         while True:
@@ -134,14 +153,25 @@ class RedisProfileChoices:
                             ignore_subscribe_messages=True, timeout=self.refresh
                         )
                         if message is not None:
-                            key = message["data"]
-                            value = await self._client.hget(HASH, key)
-                            if value is None:
-                                self._choices.pop(key, None)
-                            else:
-                                self._choices[key] = value
+                            await self._update(message["data"])
                         else:
                             await self.load()
             except (redis.exceptions.RedisError, OSError) as e:
                 logger.warning("profile store unavailable (%s); retrying", type(e).__name__)
                 await asyncio.sleep(2)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never stop following: say why, and start over
+                logger.exception("profile store: following Redis failed; retrying")
+                await asyncio.sleep(2)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    """A Redis value as text, or None when it is absent or not UTF-8 (skipped)."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("profile store: skipped an entry that is not UTF-8")
+        return None

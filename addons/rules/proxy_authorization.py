@@ -20,6 +20,10 @@ MAX_HEADER_LENGTH = 8192
 
 # The token ends up in a request header to the gateway: only visible ASCII is safe there.
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
+# The user name names a workspace: Coder's workspace (and agent) names are letters, digits and
+# single hyphens; `.` and `_` are allowed for `workspace.agent` and tools' own names. Nothing
+# else reaches logs, rules and reports (a newline in it forged whole log lines).
+USER_NAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 
 
 class ProxyAuthError(ValueError):
@@ -76,6 +80,11 @@ def parse_proxy_authorization(value: str | bytes | None) -> ProxyCredentials:
         raise ProxyAuthError("empty_token", "Proxy-Authorization carries an empty token")
     if not _TOKEN_CHARS.match(token):
         raise ProxyAuthError("malformed", "token holds whitespace or control characters")
+    if not USER_NAME.match(username):
+        raise ProxyAuthError(
+            "malformed",
+            "the proxy user name is the workspace: up to 64 letters, digits, '.', '_' or '-'",
+        )
     return ProxyCredentials(username=username, token=token)
 
 

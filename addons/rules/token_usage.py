@@ -27,6 +27,13 @@ except ImportError:  # pragma: no cover
 
 JSON_LIMIT = 4 * 1024 * 1024  # a JSON body larger than this (decoded) is not read
 LINE_LIMIT = 1024 * 1024  # one SSE line longer than this is skipped
+# What a compressed response may decode to before we stop reading its usage: a few hundred
+# bytes of brotli can unpack to gigabytes (a hostile observed vendor, a broken gateway).
+DECODED_LIMIT = 8 * 1024 * 1024
+# SSE events parsed per response at most (Gemini repeats its usage in every event; a real
+# stream has far fewer): the CPU a response can cost is bounded, whatever it holds
+EVENT_LIMIT = 50_000
+MAX_TOKENS = 10**12  # a count above this is not a token count (and would break the metrics)
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,9 @@ class Usage:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
 def _add(*values: int | None) -> int | None:
@@ -132,10 +141,18 @@ def usage_of_message(obj: Any) -> Usage:
     return found
 
 
-class _Decoder:
-    """Undoes a Content-Encoding chunk by chunk (gzip, deflate, br); None when unknown."""
+_BROTLI_STEP = 256 * 1024
 
-    def __init__(self, encoding: str):
+
+class DecodedTooLarge(ValueError):
+    """A compressed body decodes to more than its budget: its usage is not read."""
+
+
+class _Decoder:
+    """Undoes a Content-Encoding chunk by chunk (gzip, deflate, br), never producing more than
+    `budget` bytes in all: past it, DecodedTooLarge. `ok` is False for an unknown encoding."""
+
+    def __init__(self, encoding: str, budget: int = DECODED_LIMIT):
         encoding = encoding.strip().lower()
         self._z = self._br = None
         if encoding in ("gzip", "x-gzip", "deflate"):
@@ -143,13 +160,30 @@ class _Decoder:
         elif encoding == "br" and brotli is not None:
             self._br = brotli.Decompressor()
         self.ok = encoding in ("", "identity") or self._z is not None or self._br is not None
+        self._left = budget
 
     def decode(self, chunk: bytes) -> bytes:
         if self._z is not None:
-            return self._z.decompress(chunk)
-        if self._br is not None:
-            return self._br.process(chunk)
-        return chunk
+            # max_length bounds the output; what is left of the input waits in unconsumed_tail,
+            # and one byte past the budget is enough to know it is exceeded
+            data = self._z.decompress(chunk, self._left + 1)
+        elif self._br is not None:
+            # brotli's output limit is a hint (its buffer grows in steps): ask in small steps
+            # and count as it goes, never holding more than a step past the budget
+            pieces = [self._br.process(chunk, output_buffer_limit=_BROTLI_STEP)]
+            produced = len(pieces[0])
+            while not self._br.can_accept_more_data():
+                if produced > self._left:
+                    break
+                pieces.append(self._br.process(b"", output_buffer_limit=_BROTLI_STEP))
+                produced += len(pieces[-1])
+            data = b"".join(pieces)
+        else:
+            return chunk
+        self._left -= len(data)
+        if self._left < 0:
+            raise DecodedTooLarge(f"the body decodes to more than {DECODED_LIMIT} bytes")
+        return data
 
 
 class UsageReader:
@@ -164,14 +198,17 @@ class UsageReader:
         self._buffer = bytearray()
         self._skipping_line = False
         self._usage = Usage()
+        self._events = 0
 
     def feed(self, chunk: bytes) -> None:
         if not self.active or not chunk:
             return
         try:
             data = self._decoder.decode(chunk)
-        except Exception:  # a broken encoding: we read nothing more, the bytes still flow
-            self.active = False
+        except Exception:  # a broken encoding, or a bomb: we read nothing more, the bytes
+            self.active = False  # still flow to the client untouched
+            self._buffer.clear()
+            self._usage = Usage()
             return
         if self.sse:
             self._feed_sse(data)
@@ -182,14 +219,19 @@ class UsageReader:
                 self._buffer.clear()
 
     def _feed_sse(self, data: bytes) -> None:
-        self._buffer += data
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if self._skipping_line:
-                self._skipping_line = False
-                continue
-            self._sse_line(line)
+        if b"\n" not in data:
+            self._buffer += data
+        else:
+            # one split per chunk: linear in its size, however many lines it holds
+            *lines, rest = (bytes(self._buffer) + data).split(b"\n")
+            self._buffer = bytearray(rest)
+            for line in lines:
+                if not self.active:
+                    return
+                if self._skipping_line:
+                    self._skipping_line = False
+                    continue
+                self._sse_line(line)
         if len(self._buffer) > LINE_LIMIT:  # a giant event: skip to its end
             self._buffer.clear()
             self._skipping_line = True
@@ -201,9 +243,14 @@ class UsageReader:
         # Parse only what can carry a model or usage: every event of a long stream otherwise.
         if self._usage.model is not None and b"usage" not in payload:
             return
+        self._events += 1
+        if self._events > EVENT_LIMIT:
+            self.active = False
+            self._usage = Usage()  # a partial count would pass for the whole
+            return
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # e.g. OpenAI's [DONE]
         self._usage = self._usage.merged(usage_of_message(event))
 
@@ -212,12 +259,12 @@ class UsageReader:
         if self.active and self.json and self._buffer:
             try:
                 body = json.loads(self._buffer)
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = None
             for item in body if isinstance(body, list) else [body]:  # Gemini streams arrays
                 self._usage = self._usage.merged(usage_of_message(item))
             self._buffer.clear()
-        elif self.sse and self._buffer and not self._skipping_line:
+        elif self.active and self.sse and self._buffer and not self._skipping_line:
             self._sse_line(bytes(self._buffer))  # a last line without its newline
             self._buffer.clear()
         return self._usage if self._usage.known else None

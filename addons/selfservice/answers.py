@@ -47,6 +47,7 @@ from addons.observe.recent_requests import RecentRequest
 from addons.observe.recent_requests import RecentRequests
 from addons.routing.rules import ChoiceStore
 from addons.routing.snapshot import Routing
+from addons.rules.profile_choices import TooManyChoices
 from certs.authority import der_certificate
 from certs.authority import fingerprint
 from certs.bundle import build_bundle
@@ -172,6 +173,22 @@ class SelfService:
         entry = existing_record(flow)
         if entry is None or not entry.self_service or flow.response is not None:
             return
+        try:
+            await self._answer(flow)
+        except Exception:  # never unanswered: an unanswered flow would be dialled
+            logger.exception("could not answer %s", self._path(flow))
+            flow.response = plain_response(500, "the proxy could not answer this request")
+        if flow.response is None:
+            flow.response = plain_response(500, "the proxy could not answer this request")
+
+    def server_connect(self, data) -> None:
+        """The reserved name is ours alone: whatever it resolves to (a company `.internal`
+        zone) is never dialled, whatever went wrong before."""
+        address = data.server.address
+        if address and str(address[0]).lower().rstrip(".") == RESERVED_HOST:
+            data.server.error = f"{RESERVED_HOST} is answered by the proxy, never dialled"
+
+    async def _answer(self, flow: http.HTTPFlow) -> None:
         path = self._path(flow)
         if path == "/profile":
             await self._profile(flow)
@@ -187,18 +204,18 @@ class SelfService:
     def _page(self, flow: http.HTTPFlow, verdict=None, notice: str | None = None) -> http.Response:
         if self.ca_pem is None:
             return plain_response(503, "the proxy's CA is not loaded")
-        query = parse_qs(urlsplit(flow.request.path).query)
+        query = parse_qs(urlsplit(flow.request.path).query, keep_blank_values=True)
         platform, shell = platform_and_shell(
             query.get("os", [""])[0],
             query.get("shell", [""])[0],
             flow.request.headers.get("user-agent"),
         )
         if notice is None and (switched := query.get("switched")) is not None:
-            notice = (
-                f"Switched to the profile {switched[0]}."
-                if switched[0]
-                else ("Switched back to the default profile.")
-            )
+            # only a configured profile's name: the URL is anyone's to write
+            if not switched[0]:
+                notice = "Switched back to the default profile."
+            elif switched[0] in self.routing.current.policy.profiles:
+                notice = f"Switched to the profile {switched[0]}."
         identity = record(flow).identity if verdict is None else None
         user = identity.user if identity else None
         check = self._check_url()
@@ -328,9 +345,14 @@ class SelfService:
                 return
             else:
                 try:
-                    wanted = json.loads(request.raw_content or b"{}").get("profile")
-                except (ValueError, AttributeError):
-                    flow.response = plain_response(400, 'send {"profile": "<name>"} as JSON')
+                    body = json.loads(request.raw_content or b"{}")
+                except (ValueError, RecursionError):
+                    body = None
+                wanted = body.get("profile") if isinstance(body, dict) else []
+                if wanted is not None and not isinstance(wanted, str):
+                    flow.response = plain_response(
+                        400, 'send {"profile": "<name>"} (or {"profile": null}) as JSON'
+                    )
                     return
             if wanted is not None and wanted not in policy.profiles:
                 known = ", ".join(policy.profiles) or "none are configured"
@@ -344,6 +366,9 @@ class SelfService:
                 flow.response = plain_response(
                     503, f"the profile store is unavailable ({type(e).__name__})"
                 )
+                return
+            except TooManyChoices as e:
+                flow.response = plain_response(409, str(e))
                 return
             if form:  # back to the page, which shows the switch
                 flow.response = http.Response.make(

@@ -159,13 +159,16 @@ def cmd_usage(args: argparse.Namespace) -> int:
     try:
         since = usage_report.parse_since(args.since, now)
         until = usage_report.parse_since(args.until, now) if args.until else None
-        records = usage_report.read_lines(usage_report.log_files(path), stdin=sys.stdin)
+        reader = usage_report.LogReader()
+        records = reader.lines(usage_report.log_files(path), stdin=sys.stdin)
         rows = usage_report.summarize(records, args.by, since, until)
     except OSError as e:
         raise UsageError(f"cannot read the access log {path}: {e.strerror}") from None
     except usage_report.ReportError as e:
         raise UsageError(str(e)) from None
     print(usage_report.render(rows, args.by, args.format))
+    if reader.unreadable:
+        print(f"usage: skipped {reader.unreadable} unreadable log lines", file=sys.stderr)
     return 0
 
 

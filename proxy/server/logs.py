@@ -116,12 +116,33 @@ class BatchedStreamHandler(logging.StreamHandler):
                 pass  # a closed or broken stream loses these lines, never the request
 
 
+# what must not reach a text line as it is: line breaks (a forged line for journald and
+# `usage`), ESC (terminal sequences), other controls
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# a value that would not read back as one `key=value` pair
+_NEEDS_QUOTES = re.compile(r'[\s="]')
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _text_value(value: object) -> str:
+    """A field's value on a text line: control characters escaped, and quoted (JSON style)
+    when it holds spaces, `=` or quotes, so a value can never pose as another field."""
+    text = str(value)
+    if _NEEDS_QUOTES.search(text) or not text:
+        return _escape(json.dumps(text, ensure_ascii=False))
+    return _escape(text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         f = _record_fields(record)
-        head = f"{f.pop('time')} {f.pop('level'):<7} {f.pop('logger')}: {f.pop('msg')}"
+        msg = _escape(str(f.pop("msg")))
+        head = f"{f.pop('time')} {f.pop('level'):<7} {f.pop('logger')}: {msg}"
         exc = f.pop("exception", None)
-        tail = " ".join(f"{k}={v}" for k, v in f.items() if v is not None)
+        tail = " ".join(f"{k}={_text_value(v)}" for k, v in f.items() if v is not None)
         return head + (" " + tail if tail else "") + ("\n" + exc if exc else "")
 
 

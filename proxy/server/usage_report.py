@@ -78,29 +78,42 @@ def log_files(path: Path) -> list[Path]:
     return files
 
 
+class LogReader:
+    """The JSON lines of the log files, in order; `unreadable` counts the lines that looked
+    like records but could not be read (broken, or nested too deep), which are skipped."""
+
+    def __init__(self) -> None:
+        self.unreadable = 0
+
+    def lines(self, files: Iterable[Path], stdin: TextIO | None = None) -> Iterator[dict]:
+        for path in files:
+            if str(path) == "-":
+                yield from self._records(stdin or io.StringIO())
+            elif path.suffix == ".gz":
+                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+                    yield from self._records(handle)
+            else:
+                with path.open(encoding="utf-8", errors="replace") as handle:
+                    yield from self._records(handle)
+
+    def _records(self, handle: TextIO) -> Iterator[dict]:
+        for text in handle:
+            text = text.strip()
+            if not text.startswith("{"):
+                continue  # journald prefixes, blank lines
+            try:
+                record = json.loads(text)
+            except (ValueError, RecursionError):
+                self.unreadable += 1
+                continue
+            if isinstance(record, dict):
+                yield record
+            else:
+                self.unreadable += 1
+
+
 def read_lines(files: Iterable[Path], stdin: TextIO | None = None) -> Iterator[dict]:
-    for path in files:
-        if str(path) == "-":
-            yield from _records(stdin or io.StringIO())
-        elif path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
-                yield from _records(handle)
-        else:
-            with path.open(encoding="utf-8", errors="replace") as handle:
-                yield from _records(handle)
-
-
-def _records(handle: TextIO) -> Iterator[dict]:
-    for text in handle:
-        text = text.strip()
-        if not text.startswith("{"):
-            continue  # journald prefixes, blank lines
-        try:
-            record = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record
+    return LogReader().lines(files, stdin)
 
 
 def traffic_of(record: dict) -> str | None:
@@ -158,9 +171,24 @@ def summarize(
     return body + sorted(totals.values(), key=lambda r: order[r.traffic])
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, ESC sequences) shown as escapes: names in
+    the log come from clients, and must not move the cursor or forge a row."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading =, +, -, @ would make it a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def render(rows: list[Row], by: str, fmt: str) -> str:
     header = [by, "traffic", *COUNTS]
-    table = [[r.group, r.traffic, *(getattr(r, c) for c in COUNTS)] for r in rows]
+    table = [[printable(r.group), r.traffic, *(getattr(r, c) for c in COUNTS)] for r in rows]
     if fmt == "json":
         return json.dumps(
             [
@@ -173,7 +201,7 @@ def render(rows: list[Row], by: str, fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(table)
+        writer.writerows([spreadsheet_cell(row[0]), *row[1:]] for row in table)
         return out.getvalue().rstrip("\n")
     if not table:
         return "no usage in this period"

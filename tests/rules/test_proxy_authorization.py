@@ -52,14 +52,25 @@ def test_rejections(value, expected):
 
 
 @given(
-    st.text(max_size=30),
+    st.from_regex(r"[A-Za-z0-9._-]{0,64}", fullmatch=True),
     st.from_regex(r"[\x21-\x7e]{1,60}", fullmatch=True),
     st.sampled_from(["Basic", "basic", "BASIC", "bAsIc"]),
 )
 def test_round_trip(user, token, scheme):
-    value = basic_credentials(user.replace(":", ""), token).replace("Basic", scheme, 1)
+    value = basic_credentials(user, token).replace("Basic", scheme, 1)
     c = parse_proxy_authorization(value)
-    assert c.token == token
+    assert (c.username, c.token) == (user, token)
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["ws\nuser=bob input_tokens=123456789", "ws\x1b[2J", "a b", "ws/other", "é", "x" * 65],
+)
+def test_a_user_name_outside_the_workspace_characters_is_refused(user):
+    """The name reaches log lines, rules and reports: a newline in it forged whole lines."""
+    with pytest.raises(ProxyAuthError) as e:
+        parse_proxy_authorization(basic_credentials(user, "tok"))
+    assert e.value.reason == "malformed" and "workspace" in str(e.value)
 
 
 @given(st.one_of(st.none(), st.text(max_size=200), st.binary(max_size=200)))

@@ -164,3 +164,66 @@ def test_merged_keeps_what_the_later_part_does_not_say():
     assert first.merged(later) == Usage("m", 10, 7, 4, 2)
     assert first.merged(Usage()) == first
     assert Usage().merged(first) == first
+
+
+def _gzip_stream(data: bytes) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return z.compress(data) + z.flush()
+
+
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [("gzip", _gzip_stream), ("br", lambda data: brotli.compress(data, quality=5))],
+)
+@pytest.mark.parametrize("media", ["text/event-stream", "application/json"])
+def test_a_decompression_bomb_stops_the_reading_not_the_stream(encoding, compress, media):
+    """A few KB that unpack to 64 MB (or a gigabyte): decoded no further than the budget."""
+    from addons.rules.token_usage import DECODED_LIMIT
+
+    line = b'data: {"usage": {"prompt_tokens": 1}}\n' if media == "text/event-stream" else b" "
+    bomb = compress(line * ((1 << 26) // len(line)))
+    assert len(bomb) < 4 * 1024 * 1024
+    reader = UsageReader(media, encoding)
+    for i in range(0, len(bomb), 16384):
+        reader.feed(bomb[i : i + 16384])
+    assert not reader.active
+    assert reader._decoder._left >= -(1 << 20)  # decoded a step past the budget at most
+    assert reader.finish() is None  # no partial count passes for the whole
+    assert DECODED_LIMIT < 1 << 26
+
+
+def test_many_short_lines_are_read_in_linear_time():
+    """The line loop was quadratic: a ~24 KB gzip SSE answer stalled the worker for seconds."""
+    import time
+
+    from addons.rules.token_usage import EVENT_LIMIT
+
+    body = (
+        b'data: {"model": "m"}\n'
+        + b"data: x\n" * 1_000_000
+        + b'data: {"usage": {"prompt_tokens": 5}}\n'
+    )
+    reader = UsageReader("text/event-stream")
+    started = time.process_time()
+    reader.feed(body)  # one chunk holding a million lines
+    elapsed = time.process_time() - started
+    assert reader.finish() == Usage(model="m", input_tokens=5)
+    # compared with one pass over the same bytes, not with a wall-clock limit
+    baseline_start = time.process_time()
+    for _ in body.split(b"\n"):
+        pass
+    baseline = time.process_time() - baseline_start
+    assert elapsed < 50 * max(baseline, 1e-3)
+    events = b'data: {"model": "m", "usage": {}}\n' * (EVENT_LIMIT + 1)
+    reader = UsageReader("text/event-stream")
+    reader.feed(events)
+    assert not reader.active and reader.finish() is None
+
+
+@pytest.mark.parametrize("count", ["9" * 4299, "10000000000000", "-1", "1e30", "true"])
+def test_token_counts_out_of_range_are_not_counts(count):
+    body = b'{"usage": {"prompt_tokens": %s, "completion_tokens": 2}}' % count.encode()
+    reader = UsageReader("application/json")
+    reader.feed(body)
+    usage = reader.finish()
+    assert usage is not None and usage.input_tokens is None and usage.output_tokens == 2

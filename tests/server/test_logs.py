@@ -74,3 +74,20 @@ def test_outside_a_running_loop_lines_are_written_at_once():
     handler = BatchedStreamHandler(stream)
     handler.emit(logging.makeLogRecord({"msg": "starting"}))
     assert stream.getvalue() == "starting\n"
+
+
+def test_text_lines_escape_what_a_client_could_write_into_them():
+    """A model name with newlines (through a rewrite rule) wrote whole lines of its own, which
+    `journalctl -o cat | aibridge-proxy usage --log -` then counted."""
+    import logging
+
+    from proxy.server.logs import TextFormatter
+
+    forged = 'x\n{"msg":"request","user":"bob","input_tokens":123456789}'
+    record = logging.LogRecord("aibridge.access", logging.INFO, "f", 1, "request\x1b[2J", (), None)
+    record.fields = {"user": "alice", "model": forged, "note": "a b=c", "empty": ""}
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "\x1b" not in text
+    assert "user=alice" in text
+    assert 'model="x\\n{\\"msg\\"' in text  # quoted: it cannot pose as other fields
+    assert 'note="a b=c"' in text and 'empty=""' in text

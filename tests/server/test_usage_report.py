@@ -118,3 +118,32 @@ def test_an_access_file_that_cannot_be_opened_stops_serve_with_one_line(tmp_path
         "--log-access-file", str(tmp_path / "no-such-dir" / "access.log"),
     )  # fmt: skip
     assert_one_line_error(result, "log.access_file", "cannot be opened", "writable path")
+
+
+def test_names_from_clients_cannot_move_the_cursor_or_forge_rows():
+    records = [line("2026-12-01T11:00:00+00:00", user="a\nbob  routed  999", model="\x1b[2Jx",
+                    outcome="routed")]  # fmt: skip
+    for by in ("user", "model"):
+        table = render(summarize(records, by), by, "table")
+        assert "\x1b" not in table and len(table.splitlines()) == 4  # header, rule, row, total
+        assert "\\x0a" in table or "\\x1b" in table
+
+
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://evil")', "+1", "-2+3", "@SUM(A1)"])
+def test_csv_cells_never_start_a_formula(name):
+    records = [line("2026-12-01T11:00:00+00:00", user=name, outcome="routed")]
+    csv_text = render(summarize(records, "user"), "user", "csv")
+    cell = csv_text.splitlines()[1].split(",", 1)[0].strip('"')
+    assert cell.startswith("'") and cell[1:].replace('""', '"') == name
+
+
+def test_unreadable_lines_are_skipped_and_counted(tmp_path):
+    log = tmp_path / "access.log"
+    deep = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    good = json.dumps(line("2026-12-01T11:00:00+00:00", user="alice", outcome="routed"))
+    log.write_text("\n".join([deep, good, "{broken", good]) + "\n")
+    result = cli("usage", "--log", str(log), "--since", "2026-11-01")
+    assert result.returncode == 0, result.stderr
+    assert "alice" in result.stdout
+    assert "skipped 2 unreadable log lines" in result.stderr
+    assert "Traceback" not in result.stderr
