@@ -45,6 +45,7 @@ class RejectReason(enum.StrEnum):
     MALFORMED_METHOD = "malformed_method"
     MALFORMED_TARGET = "malformed_target"
     DOT_SEGMENTS = "dot_segments"
+    AMBIGUOUS_PATH = "ambiguous_path"
     # egress
     BLOCKED_PORT = "blocked_port"
     BLOCKED_DESTINATION = "blocked_destination"
@@ -73,6 +74,8 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
     RejectReason.RULE_DENIED: ("a routing rule denies this request", _ASK_ADMIN),
     RejectReason.DOT_SEGMENTS: ("the path holds . or .. segments",
                                 "the tool sent a malformed path"),
+    RejectReason.AMBIGUOUS_PATH: ("the path holds an encoded slash or an empty segment",
+                                  "the tool sent a malformed path"),
     RejectReason.GOVERNANCE_TOKEN_MISMATCH: (
         "the request carries another user's governance token",
         "remove the X-Coder-AI-Governance-Token header from the tool's settings",

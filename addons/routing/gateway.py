@@ -34,6 +34,7 @@ from addons.rules.plan import plan
 from addons.rules.policy import Decision
 from addons.rules.proxy_authorization import is_header_name
 from addons.rules.request_ids import RequestIds
+from addons.rules.request_target import ambiguous_path
 from addons.rules.request_target import has_dot_segments
 from addons.rules.routed_headers import routed_header_fields
 
@@ -190,6 +191,10 @@ class GatewayRouter:
         if has_dot_segments(request.path):
             entry.reject = RejectReason.DOT_SEGMENTS
             flow.response = plain_response(400, "the path holds . or .. segments")
+            return
+        if problem := ambiguous_path(request.path):
+            entry.reject = RejectReason.AMBIGUOUS_PATH
+            flow.response = plain_response(400, problem)
             return
         token_header = ctx.options.aibridge_token_header
         sent = request.headers.get(token_header)

@@ -46,6 +46,7 @@ from addons.rules.policy import Decision
 from addons.rules.policy import Deny
 from addons.rules.policy import Facts
 from addons.rules.policy import Route
+from addons.rules.request_target import decoded_path
 from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class RoutingRules:
         peer = flow.client_conn.peername
         facts = Facts(
             host=request.host,
-            path=request.path,
+            path=decoded_path(request.path),
             method=request.method,
             workspace=identity.workspace,
             user=identity.user,

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from urllib.parse import unquote
 
 # Built-in routes: host -> provider. Every path on these hosts goes to the gateway, as with
 # Coder's own proxy (the gateway passes through what it does not govern), except where a path
@@ -161,10 +162,11 @@ class ProviderRoute:
         return "*" in self.host
 
     def covers_path(self, path: str) -> bool:
-        """True if a request for `path` (raw, may carry a query) is routed to the gateway."""
+        """True if a request for `path` (raw, may carry a query) is routed to the gateway: the
+        path as the gateway decodes it, so `/v1/%63hat` is as routed as `/v1/chat`."""
         if not self.paths:
             return True
-        path = path.split("?", 1)[0]
+        path = unquote(path.split("?", 1)[0])
         return any(path.startswith(p) for p in self.paths)
 
     def to_spec(self) -> str:

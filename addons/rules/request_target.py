@@ -2,7 +2,8 @@
 What a request line may hold before the proxy writes it to the gateway: HTTP/2 lets a client
 put spaces and control characters in `:method` and `:path`, which would be copied verbatim
 into the HTTP/1.1 request line upstream; and a routed path must stay below the provider's
-prefix on the gateway, so dot segments (also percent-encoded) are refused.
+prefix on the gateway, so dot segments (also percent-encoded), encoded slashes and empty
+segments are refused; rules match the path as the gateway decodes it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ def has_dot_segments(path: str) -> bool:
         ):
             return True
     return False
+
+
+_ENCODED_SLASH = re.compile(r"%2f|%5c", re.I)
+
+
+def decoded_path(path: str) -> str:
+    """The path (before its query) as the gateway reads it: percent-decoded once, as Go's
+    `URL.Path` is. Path rules and the provider table match on this, so an escape cannot step
+    around them (`/v1/%66iles` is `/v1/files`)."""
+    return unquote(path.split("?", 1)[0])
+
+
+def ambiguous_path(path: str) -> str | None:
+    """Why a routed path could be read as two different paths, or None: an encoded slash
+    (`/v1/audio%2Fspeech`, one segment here and two once decoded) or an empty segment
+    (`//v1/files`, which some servers merge)."""
+    raw = path.split("?", 1)[0]
+    if _ENCODED_SLASH.search(raw):
+        return "the path holds an encoded slash (%2F or %5C)"
+    if "//" in raw:
+        return "the path holds an empty segment (//)"
+    return None
 
 
 def is_websocket_upgrade(headers) -> bool:

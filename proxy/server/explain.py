@@ -15,6 +15,7 @@ from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Facts
 from addons.rules.provider_errors import api_family
 from addons.rules.provider_errors import error_body
+from addons.rules.request_target import decoded_path
 from proxy.server.settings import Settings
 
 
@@ -38,7 +39,7 @@ def explain(
     if route is None:
         return [f"{host}: not routed; tunnelled untouched (never decrypted)"]
     model = model or model_in_path(path)
-    facts = Facts(host, path or "/", method.upper(), workspace, user, policy.groups_of(user),
+    facts = Facts(host, decoded_path(path or "/"), method.upper(), workspace, user, policy.groups_of(user),
                   client, model, model_known=True)  # fmt: skip
     # the proxy's own decision: the profile in force, the rule, and what the rule does
     active, decision = decide(facts, policy, profile)

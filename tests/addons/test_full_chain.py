@@ -167,3 +167,51 @@ async def test_an_ambiguous_body_is_refused_when_a_model_rule_applies(chain, bod
     assert existing_record(flow).reject is RejectReason.MODEL_UNREADABLE
     assert b"twice" in flow.response.content or b"take for" in flow.response.content
     assert flow.request.host == "api.openai.com"
+
+
+@pytest.fixture
+async def path_rules():
+    policy = {
+        "rules": [
+            {"name": "no-files", "match": {"path": ["/v1/files", "/v1/audio/*"]},
+             "deny": {"status": 403, "message": "no files"}},
+            {"name": "no-pro", "match": {"model": ["gemini-2.5-pro"]},
+             "deny": {"status": 403, "message": "no pro"}},
+        ]
+    }  # fmt: skip
+    providers = ["api.openai.com=openai", "generativelanguage.googleapis.com=gemini"]
+    with full_chain(aibridge_policy=json.dumps(policy), aibridge_providers=providers) as c:
+        c.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        yield c
+
+
+@pytest.mark.parametrize(
+    "host, path, status",
+    [
+        ("api.openai.com", "/v1/%66iles", 403),
+        ("api.openai.com", "/v1/fil%65s", 403),
+        ("api.openai.com", "/v1/%61udio/speech", 403),
+        ("api.openai.com", "/v1/audio%2Fspeech", 403),  # the rule sees the gateway's reading
+        ("api.openai.com", "/v1/chat%2Fcompletions", 400),  # ambiguous: one segment or two
+        ("api.openai.com", "//v1/files", 400),
+        ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-pr%6f:generateContent", 403),
+        ("generativelanguage.googleapis.com", "/v1beta/models/%67emini-2.5-pro:generateContent", 403),
+        ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-pro%3AgenerateContent", 403),
+    ],
+)  # fmt: skip
+async def test_percent_encoding_does_not_step_around_path_and_model_rules(
+    path_rules, host, path, status
+):
+    connect = await path_rules.connect(host)
+    flow = await path_rules.send(connect, path=path, **model_request(b"{}"))
+    assert flow.response is not None and flow.response.status_code == status
+    assert flow.request.host == host  # never sent on
+
+
+async def test_an_allowed_path_is_forwarded_with_its_raw_spelling(path_rules):
+    connect = await path_rules.connect("api.openai.com")
+    flow = await path_rules.send(
+        connect, path="/v1/chat/%63ompletions?x=%41", **model_request(b"{}")
+    )
+    assert flow.response is None
+    assert flow.request.path == "/api/v2/aibridge/openai/v1/chat/%63ompletions?x=%41"

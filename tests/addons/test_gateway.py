@@ -42,7 +42,7 @@ async def routed(chain, path="/v1/chat/completions", headers=(), host="api.opena
     [
         ("/v1/chat/completions", "/api/v2/aibridge/openai/v1/chat/completions"),
         ("/v1/x?b=2&a=%2F", "/api/v2/aibridge/openai/v1/x?b=2&a=%2F"),  # query kept as sent
-        ("/v1//double/%2Fslash", "/api/v2/aibridge/openai/v1//double/%2Fslash"),
+        ("/v1/%63hat/x", "/api/v2/aibridge/openai/v1/%63hat/x"),  # escapes kept as sent
     ],
 )
 async def test_routed_request_is_rewritten_to_the_gateway(chain, path, upstream):

@@ -66,11 +66,20 @@ def test_connect_without_valid_credentials_gets_407(proxy, gateway, auth, host):
 
 
 @pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC", "bAsIc"])
-@pytest.mark.parametrize("user", ["coder", "", "anything at all"])
+@pytest.mark.parametrize("user", ["coder", "", "my-ws.main_agent"])
 def test_scheme_case_insensitive_username_ignored(proxy, scheme, user):
     auth = f"{scheme} {b64(f'{user}:{ALICE}'.encode())}"
     resp = raw_request(proxy.port, connect("api.openai.com:443", auth))
     assert status_of(resp) == 200, resp
+
+
+@pytest.mark.parametrize("user", ["anything at all", "ws\r\nX-Forged: 1", "é"])
+def test_a_user_name_outside_the_workspace_characters_gets_407_naming_it(proxy, user):
+    auth = f"Basic {b64(f'{user}:{ALICE}'.encode())}"
+    resp = raw_request(proxy.port, connect("api.openai.com:443", auth))
+    assert status_of(resp) == 407, resp
+    assert b"the proxy user name is the workspace" in resp
+    assert ALICE.encode() not in resp
 
 
 def test_challenge_then_credentials_like_vscode(proxy, gateway):

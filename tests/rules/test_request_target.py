@@ -52,3 +52,27 @@ def test_dot_segments(path, climbs):
 @given(st.lists(st.text(alphabet="abcXYZ-_~", min_size=1), max_size=6))
 def test_plain_segments_never_climb(segments):
     assert not has_dot_segments("/" + "/".join(segments))
+
+
+@pytest.mark.parametrize(
+    "path, decoded",
+    [("/v1/%66iles", "/v1/files"), ("/v1/fil%65s?x=%41", "/v1/files"),
+     ("/v1/%61udio/speech", "/v1/audio/speech"), ("/v1/files", "/v1/files")],
+)  # fmt: skip
+def test_paths_are_matched_as_the_gateway_decodes_them(path, decoded):
+    from addons.rules.request_target import decoded_path
+
+    assert decoded_path(path) == decoded
+
+
+@pytest.mark.parametrize(
+    "path, problem",
+    [("/v1/audio%2Fspeech", "encoded slash"), ("/v1/audio%2fspeech", "encoded slash"),
+     ("/v1/a%5Cb", "encoded slash"), ("//v1/files", "empty segment"),
+     ("/v1//files", "empty segment"), ("/v1/files?next=//x", None), ("/v1/files", None)],
+)  # fmt: skip
+def test_routed_paths_that_read_two_ways_are_named(path, problem):
+    from addons.rules.request_target import ambiguous_path
+
+    found = ambiguous_path(path)
+    assert (found is None) if problem is None else (problem in found)
