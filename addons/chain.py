@@ -81,6 +81,7 @@ def make_addons(patches: EnginePatches) -> list:
     choices = ChoiceStore()  # the store itself comes with the options
     health = GatewayHealth(routing, events)
     recent = RecentRequests()
+    egress = EgressPolicy(routing)  # InterceptPolicy checks tunnels' SNI against its hosts
     metrics = Metrics(routing)
     events.subscribe(TOKEN_CHECKED, metrics.token_checked)
     events.subscribe(GATEWAY_FAILOVER, metrics.gateway_failover)
@@ -91,8 +92,8 @@ def make_addons(patches: EnginePatches) -> list:
         ListenerTLS(),
         auth,
         SelfService(routing, choices, recent),
-        EgressPolicy(routing),
-        InterceptPolicy(routing, deadlines),
+        egress,
+        InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
         GatewayRouter(routing, health),
         health,

@@ -8,6 +8,9 @@ Egress policy: where the proxy itself may connect on a client's behalf.
   check, so a DNS answer cannot change in between. Private, loopback, link-local (cloud
   metadata), CGNAT, unique-local, NAT64 and other non-global ranges are refused with 403 unless
   listed in `aibridge_allowed_private_cidrs`. The gateway's own host and port are always allowed.
+- Host patterns (`deny_hosts`, `allow_hosts`) match the CONNECT's host and, for a raw
+  tunnel, the name its TLS handshake asks for (SNI), in one IDNA spelling. With such a policy,
+  IP-address hosts (any spelling a resolver takes) and TLS handshakes without SNI are refused.
 - Failures to dial answer 502 without internal detail.
 """
 
@@ -39,6 +42,7 @@ from addons.rules.destinations import HostPolicy
 from addons.rules.destinations import IPAddress
 from addons.rules.destinations import IPNetwork
 from addons.rules.destinations import PortSet
+from addons.rules.destinations import host_key
 from addons.rules.destinations import is_forbidden
 from addons.rules.destinations import parse_cidrs
 from addons.rules.destinations import parse_ip
@@ -187,11 +191,30 @@ class EgressPolicy:
         host = flow.request.host
         if any(t.host == host.lower() for t in self._gateway_targets()):
             return False
-        if (why := self.hosts.refusal(host, self.routing.current.intercepts(host))) is None:
+        if self.upstream is not None and (host.lower(), flow.request.port) == self.upstream:
+            return False
+        why = self.hosts.literal_refusal(host) or self.hosts.refusal(
+            host, self.routing.current.intercepts(host)
+        )
+        if why is None:
             return False
         reject(flow, RejectReason.DENIED_HOST)
         flow.response = refusal_response(403, why)
         return True
+
+    def tunnel_refusal(self, connect_host: str, client_hello: bytes, sni: str | None) -> str | None:
+        """Why a raw tunnel is refused on its TLS handshake: the host policy applies to the
+        name the handshake asks for too (a CDN serves many names on one address), and with a
+        policy set, a TLS handshake must name its host."""
+        if not self.hosts.active:
+            return None
+        if sni is None:
+            if client_hello[:1] == b"\x16":
+                return f"the TLS handshake to {connect_host} names no host (SNI), which the egress policy needs"
+            return None  # not TLS: a protocol without a name to check (see the README)
+        if host_key(sni) == host_key(connect_host):
+            return None  # checked on the CONNECT already
+        return self.hosts.refusal(sni, self.routing.current.intercepts(sni))
 
     def _gateway_targets(self) -> list:
         snap = self.routing.current

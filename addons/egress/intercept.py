@@ -16,6 +16,7 @@ from mitmproxy import tls
 from mitmproxy.proxy import layer
 
 from addons.connection.deadlines import ConnectionDeadlines
+from addons.egress.egress_policy import EgressPolicy
 from addons.engine.connections import close_client
 from addons.engine.layer_stack import NEEDS_MORE_DATA
 from addons.engine.layer_stack import client_hello_sni
@@ -46,9 +47,12 @@ class InterceptPolicy:
     never contacted, and an observed origin is dialled per request (egress-checked then).
     """
 
-    def __init__(self, routing: Routing, deadlines: ConnectionDeadlines):
+    def __init__(
+        self, routing: Routing, deadlines: ConnectionDeadlines, egress: EgressPolicy | None = None
+    ):
         self.routing = routing
         self.deadlines = deadlines
+        self.egress = egress
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -69,7 +73,8 @@ class InterceptPolicy:
         # (a CONNECT to a provider's IP address with the provider's SNI) would reach the
         # provider around the gateway. Clients speak first in TLS and HTTP; a server that
         # greets first (data from the server, none from the client) is relayed at once.
-        sni = client_hello_sni(nextlayer.data_client())
+        first_bytes = nextlayer.data_client()
+        sni = client_hello_sni(first_bytes)
         if sni is NEEDS_MORE_DATA and not nextlayer.data_server():
             return  # asked again when more bytes arrive
         if isinstance(sni, str) and snapshot.intercepts(sni):
@@ -78,6 +83,11 @@ class InterceptPolicy:
             )
             close_client(context.client)
             return
+        if self.egress is not None and sni is not NEEDS_MORE_DATA:
+            if why := self.egress.tunnel_refusal(host, first_bytes, sni):
+                logger.warning("tunnel to %s refused on its TLS handshake: %s", host, why)
+                close_client(context.client)
+                return
         relay_raw_bytes(nextlayer, stream_index)
         self.deadlines.tunnel_relaying(context.client)
 

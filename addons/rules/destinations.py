@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,6 +61,37 @@ def parse_ip(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
         return None
+
+
+# what a resolver (inet_aton) takes for an IPv4 address: 2130706453, 0x7f000015, 127.0.21
+_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$", re.I)
+
+
+def is_ip_literal(host: str) -> bool:
+    """An address rather than a name, in any spelling a resolver accepts: a host policy on
+    names cannot say where it goes."""
+    host = host.strip().rstrip(".")
+    if parse_ip(host) is not None:
+        return True
+    labels = host.split(".")
+    return 0 < len(labels) <= 4 and all(_NUMERIC_LABEL.match(label) for label in labels)
+
+
+def host_key(name: str) -> str:
+    """One spelling of a host name for matching: lower case, no trailing dot, each label in
+    its IDNA ASCII form (mitmproxy hands us `bücher.example` for a CONNECT to
+    `xn--bcher-kva.example`; a pattern may be written either way)."""
+    labels = name.strip().lower().rstrip(".").split(".")
+    out = []
+    for label in labels:
+        if label.isascii() or "*" in label:
+            out.append(label)
+            continue
+        try:
+            out.append(label.encode("idna").decode("ascii"))
+        except UnicodeError:
+            out.append(label)  # not a valid IDNA label: matched as written
+    return ".".join(out)
 
 
 def is_forbidden(ip: IPAddress) -> bool:
@@ -123,12 +155,27 @@ class HostPolicy:
         deny: Sequence[tuple[str, str | None]] = (),
         allow: Sequence[tuple[str, str | None]] = (),
     ):
-        self.deny = tuple((p.strip().lower(), e) for p, e in deny if p.strip())
-        self.allow = tuple(p.strip().lower() for p, _ in allow if p.strip())
+        self.deny = tuple((host_key(p), e) for p, e in deny if p.strip())
+        self.allow = tuple(host_key(p) for p, _ in allow if p.strip())
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deny or self.allow)
+
+    def literal_refusal(self, host: str) -> str | None:
+        """With a host policy set, an IP address cannot be checked against it (a denied
+        host's address, in any spelling, would pass): refused, naming why."""
+        if not self.active or not is_ip_literal(host):
+            return None
+        which = "egress.deny_hosts" if self.deny else "egress.allow_hosts"
+        return (
+            f"{host} is an IP address: with {which} set, connect by host name "
+            "(an address cannot be checked against host names)"
+        )
 
     def refusal(self, host: str, intercepted: bool) -> str | None:
         """Why `host` is refused, naming the setting, or None."""
-        name = host.lower().rstrip(".")
+        name = host_key(host)
         for pattern, entry in self.deny:
             if fnmatch.fnmatchcase(name, pattern):
                 why = f"egress.deny_hosts: {entry}" if entry else "egress.deny_hosts"

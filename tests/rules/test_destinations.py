@@ -74,3 +74,31 @@ def test_cidrs():
     )
     with pytest.raises(ValueError):
         parse_cidrs(["10.0.0.0/33"])
+
+
+@pytest.mark.parametrize(
+    "host, literal",
+    [("127.0.0.21", True), ("2130706453", True), ("0x7f000015", True), ("127.0.21", True),
+     ("0177.0.0.1", True), ("::1", True), ("[::1]", True), ("denied.example", False),
+     ("1.example", False), ("123", True), ("a.b.c.d.e", False)],
+)  # fmt: skip
+def test_every_spelling_of_an_address_is_an_ip_literal(host, literal):
+    from addons.rules.destinations import is_ip_literal
+
+    assert is_ip_literal(host) is literal
+
+
+def test_patterns_and_hosts_meet_in_one_idna_spelling():
+    from addons.rules.destinations import HostPolicy
+
+    for pattern in ("xn--bcher-kva.example", "bücher.example", "*.XN--BCHER-KVA.example"):
+        policy = HostPolicy(deny=[(pattern, None)])
+        hosts = ("bücher.example", "xn--bcher-kva.example", "BÜCHER.example.")
+        if pattern.startswith("*"):
+            hosts = tuple("api." + h for h in hosts)
+        for host in hosts:
+            assert policy.refusal(host, False) is not None, (pattern, host)
+    assert HostPolicy().literal_refusal("127.0.0.1") is None  # no policy: addresses are fine
+    assert "connect by host name" in HostPolicy(allow=[("a.example", None)]).literal_refusal(
+        "2130706433"
+    )
