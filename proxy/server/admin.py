@@ -11,6 +11,7 @@ import asyncio
 import collections
 import json
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest
 
+from addons.rules.destinations import parse_ip
 from addons.rules.providers import ProviderTable
 from certs.bundle import build_bundle
 from proxy.server.settings import Settings
@@ -42,6 +44,8 @@ class AdminState:
     proxy_scheme: str = "PROXY"  # PAC keyword: PROXY, or HTTPS with a TLS listener
     listen: str = ""  # the proxy listener, as bound
     gateway_urls: dict = field(default_factory=dict)  # name -> base URL, for the admin page
+    # Host header names answered besides IP addresses and localhost (DNS rebinding)
+    allowed_hosts: frozenset[str] = frozenset()
 
     def publish(self, settings: Settings, ca_pem: bytes, port: int) -> None:
         """Take the current settings and CA (at start and after each reload)."""
@@ -60,6 +64,29 @@ class AdminState:
         urls = {name: t.origin + t.path for name, t in named.items()}
         self.gateway_urls = urls or ({"gateway": target.origin + target.path} if target else {})
         self.proxy_scheme = "HTTPS" if settings.tls_cert_file else "PROXY"
+        names = {socket.gethostname(), socket.getfqdn(), *settings.admin_allowed_hosts}
+        if settings.admin_listen is not None:
+            names.add(settings.admin_listen[0])
+        if self.proxy_address:
+            names.add(self.proxy_address.rsplit(":", 1)[0])
+        self.allowed_hosts = frozenset(n.lower().strip("[]") for n in names if n)
+
+
+def admin_host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a request's Host names this listener: an IP address (no DNS name can be
+    rebound behind it), localhost, or a configured name. A page on another site that rebinds
+    its own name to our address sends that name, and is refused."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    if parse_ip(host) is not None:
+        return True
+    return host == "localhost" or host.endswith(".localhost") or host in allowed
 
 
 def pac_file(table: ProviderTable, proxy_address: str, keyword: str = "PROXY") -> str:
@@ -124,8 +151,18 @@ class AdminServer:
         self._sampler: asyncio.Task | None = None
         self._samples: collections.deque = collections.deque()  # (monotonic time, totals)
 
+    @web.middleware
+    async def _known_hosts_only(self, request: web.Request, handler):
+        if not admin_host_allowed(request.headers.get("Host"), self.state.allowed_hosts):
+            return web.Response(
+                status=421,
+                text="421 Misdirected Request: this admin listener does not answer that Host "
+                "name (add it to admin.allowed_hosts)\n",
+            )
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._known_hosts_only])
         app.router.add_get("/", self.page)
         app.router.add_get("/ca.cer", self.ca_der)
         app.router.add_get("/healthz", self.healthz)

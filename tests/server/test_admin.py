@@ -23,11 +23,34 @@ async def test_pac_without_a_configured_address_is_refused_whatever_the_host_hea
     host, port = await admin.start("127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(trust_env=False) as c:
-            r = await c.get(f"http://{host}:{port}/proxy.pac", headers={"Host": CRAFTED})
+            crafted = await c.get(f"http://{host}:{port}/proxy.pac", headers={"Host": CRAFTED})
+            r = await c.get(f"http://{host}:{port}/proxy.pac")
     finally:
         await admin.stop()
+    assert crafted.status_code == 421 and "attacker" not in crafted.text
     assert r.status_code == 503 and "admin.proxy_address" in r.text
     assert "attacker" not in r.text
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/readyz", "/healthz", "/ca.pem"])
+async def test_a_dns_rebinding_page_cannot_read_the_admin_listener(path):
+    state = AdminState(listening=True, table=ProviderTable.defaults(), ca_pem=b"pem",
+                       allowed_hosts=frozenset({"proxy.internal.example"}))  # fmt: skip
+    admin = AdminServer(state, CollectorRegistry)
+    host, port = await admin.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(trust_env=False) as c:
+            url = f"http://{host}:{port}{path}"
+            rebound = await c.get(url, headers={"Host": f"rebind.attacker.example:{port}"})
+            answered = [
+                (await c.get(url, headers={"Host": h})).status_code
+                for h in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}",
+                          "10.1.2.3:8889", f"proxy.internal.example:{port}")
+            ]  # fmt: skip
+    finally:
+        await admin.stop()
+    assert rebound.status_code == 421 and "admin.allowed_hosts" in rebound.text
+    assert 421 not in answered
 
 
 def test_pac_quotes_the_address_as_a_string_literal():

@@ -359,6 +359,14 @@ FIELDS: tuple[Field, ...] = (
         "Admin listener (health, metrics, CA, PAC); 'off' disables.",
     ),
     Field(
+        "admin.allowed_hosts",
+        parse_str_list,
+        (),
+        "Host names the admin listener answers besides IP addresses, localhost, this machine's "
+        "name and admin.proxy_address (e.g. a Kubernetes service name Prometheus scrapes); any "
+        "other Host header gets 421, so a DNS-rebinding page cannot read it.",
+    ),
+    Field(
         "admin.proxy_address",
         parse_opt_proxy_address,
         None,

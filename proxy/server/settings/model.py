@@ -72,6 +72,7 @@ class Settings:
     egress_allow_hosts: tuple[str, ...]
     admin_listen: tuple[str, int] | None
     admin_proxy_address: str | None
+    admin_allowed_hosts: tuple[str, ...]
     workers: int
     grace_period: float
     shutdown_delay: float
