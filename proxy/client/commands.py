@@ -10,6 +10,24 @@ from proxy.command_args import PROG
 from proxy.command_args import UsageError
 
 
+def check_proxy_url(value: str) -> None:
+    """An http:// or https:// URL naming a host: anything else would print export lines that
+    send every client nowhere."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(
+            f"--proxy-url {value!r}: give the proxy's URL, e.g. "
+            '"http://coder:$CODER_SESSION_TOKEN@proxy.example.com:8888"'
+        )
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from cryptography.x509 import load_pem_x509_certificate
 
@@ -22,6 +40,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     if args.tool is not None and args.tool not in TOOLS_BY_ID:
         raise UsageError(f"--tool {args.tool!r}: choose one of {', '.join(TOOLS_BY_ID)}")
+    check_proxy_url(args.proxy_url)
     try:
         ca_pem = args.ca.read_bytes()
         load_pem_x509_certificate(ca_pem)

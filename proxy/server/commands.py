@@ -71,8 +71,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     settings = settings_from(args, require_gateway=False)
     for line in explain(
-        settings, args.url, args.method, args.user, args.workspace, args.model, args.client,
-        args.profile,
+        settings, args.url, method=args.method, user=args.user, workspace=args.workspace,
+        model=args.model, client=args.client, profile=args.profile,
     ):  # fmt: skip
         print(line)
     return 0

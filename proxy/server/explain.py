@@ -18,17 +18,34 @@ from addons.rules.provider_errors import error_body
 from addons.rules.request_target import decoded_path
 from proxy.server.settings import Settings
 
+WORKSPACE_NOTE = (
+    "note:     workspace conditions are advisory: a client names its own workspace in the "
+    "proxy URL (any token holder may claim any name); govern by user or group"
+)
 
-def explain(
+
+def explain(settings: Settings, url: str, **request: str | None) -> list[str]:
+    """What the proxy would do with a request to `url` (method, user, workspace, model, client,
+    profile), line by line, as the router decides it."""
+    lines = _decide(settings, url, **request)
+    policy = settings.policy
+    every = policy.rules + tuple(r for rules in policy.profiles.values() for r in rules)
+    if any("workspace" in rule.conditions for rule in every):
+        lines.append(WORKSPACE_NOTE)
+    return lines
+
+
+def _decide(
     settings: Settings,
     url: str,
-    method: str = "POST",
+    method: str | None = "POST",
     user: str | None = None,
     workspace: str | None = None,
     model: str | None = None,
     client: str | None = None,
     profile: str | None = None,
 ) -> list[str]:
+    method = method or "POST"
     parts = urlsplit(url)
     host, path = (
         (parts.hostname or "").lower(),

@@ -356,3 +356,15 @@ def test_env_tool_prints_exactly_what_the_developer_page_shows(tmp_path):
     assert_one_line_error(
         cli("env", "--proxy-url", url, "--ca", str(ca), "--tool", "emacs"), "--tool 'emacs'"
     )
+
+
+@pytest.mark.parametrize("url", ["", "   ", "proxy.example.com:8888", "ftp://p:21", "http://",
+                                 "http://p.example.com:port"])  # fmt: skip
+def test_env_refuses_a_proxy_url_that_is_not_one(tmp_path, url):
+    from certs.authority import generate_ca
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(generate_ca().cert_pem())
+    result = cli("env", "--proxy-url", url, "--ca", str(ca))
+    assert_one_line_error(result, "--proxy-url", "http://coder:$CODER_SESSION_TOKEN@")
+    assert "export" not in result.stdout

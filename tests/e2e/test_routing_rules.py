@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from proxy.devtools.localgateway import REPLY
+from proxy.server.explain import WORKSPACE_NOTE
 from tests.e2e.test_real_clients import CODEX
 from tests.e2e.test_real_clients import run as run_tool
 from tests.e2e.test_real_clients import tool_env
@@ -248,11 +249,13 @@ def test_explain_agrees_with_what_the_proxy_does(
     ).stdout
     with proxy_client(ruled, token=token, user=workspace) as c:
         r = c.post("https://api.openai.com/v1/chat/completions", json={"model": model})
+    # these rules match on the workspace, which the client names itself: explain says so
+    assert out.rstrip().endswith(WORKSPACE_NOTE)
     if expected == "403":
         assert r.status_code == 403 and "answer:   403 " in out
         assert json.loads(out.split("answer:   403 ", 1)[1])["error"]["message"] in r.text
     else:
-        upstream = out.split("upstream: ", 1)[1].strip()
+        upstream = out.split("upstream: ", 1)[1].splitlines()[0].strip()
         got = (second_gateway if "ai-gateway" in expected else gateway).last()
         assert got.path == expected and upstream.endswith(expected)
 
