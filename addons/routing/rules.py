@@ -10,8 +10,9 @@ message the rules cannot read unambiguously closes it too. When going on needs t
 body is read first (up to `aibridge_rules_max_body` bytes, with or without a Content-Length)
 and the decision is made in `request`; GatewayRouter applies it in the same hook. A body that
 a model rule needs but cannot read is answered with a clear 4xx, never routed elsewhere, on
-routed and observed hosts alike; only an observed tool's binary protocols (gRPC, Connect,
-protobuf) are exempt, as their model is not in a JSON body.
+routed and observed hosts alike. Exempt on observed hosts only: a tool's binary protocols
+(gRPC, Connect, protobuf: never held back), and bodies and WebSocket messages that are not
+JSON at all (no reader takes a model from them); one that starts like JSON must be readable.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ _BINARY_PROTOCOLS = (
     "application/protobuf",
     "application/x-protobuf",
 )
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """Starts like a JSON object (a BOM and whitespace aside): some reader could take a model
+    from it, so a body like this that we cannot read is refused, never passed."""
+    return body.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{")
 
 
 def _binary_protocol(headers) -> bool:
@@ -193,13 +200,16 @@ class RoutingRules:
             # no body (a GET, an empty POST): no model; routed and observed hosts alike
             model = model_span(body)[0] if body else None
         except ModelUnreadable as e:
-            self._refuse(
-                flow,
-                400,
-                RejectReason.MODEL_UNREADABLE,
-                f"a routing rule needs this request's model, but {e}",
-            )
-            return
+            if self._observed(pending.facts.host) and not _looks_like_json(body):
+                model = None  # an observed tool's own format: no reader takes a model from it
+            else:
+                self._refuse(
+                    flow,
+                    400,
+                    RejectReason.MODEL_UNREADABLE,
+                    f"a routing rule needs this request's model, but {e}",
+                )
+                return
         facts = replace(pending.facts, model=model, model_known=True)
         _, entry.decision = decide(facts, self.routing.current.policy, pending.chosen)
 
@@ -212,7 +222,12 @@ class RoutingRules:
         if session is None or not message.from_client or not policy.has_model_rules:
             return
         # Model rules must read every client message the way the gateway would: one that is
-        # not a text JSON object with unambiguous `type` and `model` ends the session.
+        # not a text JSON object with unambiguous `type` and `model` ends the session (on an
+        # observed host, only one that looks like JSON: the tool's own frames pass).
+        if self._observed(session.facts.host) and not (  # the host asked for, not the gateway
+            message.is_text and _looks_like_json(message.content)
+        ):
+            return
         try:
             if not message.is_text:
                 raise ModelUnreadable("a binary message cannot be checked against the rules")
@@ -239,6 +254,9 @@ class RoutingRules:
             self._close_session(flow, f"{action.message} (rule {decision.rule.name})")
         elif isinstance(action, Route) and action.model and model != action.model:
             message.content = replace_model(message.content, action.model)
+
+    def _observed(self, host: str) -> bool:
+        return self.routing.current.table.lookup(host) is None
 
     def _close_session(self, flow: http.HTTPFlow, reason: str) -> None:
         reason = reason[:120]  # fits a close frame

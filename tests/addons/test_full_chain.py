@@ -215,3 +215,72 @@ async def test_an_allowed_path_is_forwarded_with_its_raw_spelling(path_rules):
     )
     assert flow.response is None
     assert flow.request.path == "/api/v2/aibridge/openai/v1/chat/%63ompletions?x=%41"
+
+
+async def test_an_observed_body_that_is_not_json_at_all_goes_on(chain):
+    connect = await chain.connect("chat.observed.example")
+    flow = await chain.send(connect, **model_request(b"x" * 100, b""))
+    assert flow.response is None and flow.request.host == "chat.observed.example"
+    flow = await chain.send(connect, **model_request(b'\xef\xbb\xbf {"model": "o1-preview"'))
+    assert flow.response.status_code == 400  # starts like JSON: must be readable
+
+
+def _websocket_message(flow, content: bytes, is_text: bool = True):
+    from mitmproxy import websocket
+    from wsproto.frame_protocol import Opcode
+
+    if flow.websocket is None:
+        flow.websocket = websocket.WebSocketData()
+    opcode = Opcode.TEXT if is_text else Opcode.BINARY
+    flow.websocket.messages.append(websocket.WebSocketMessage(opcode, True, content))
+    return flow.websocket.messages[-1]
+
+
+UPGRADE = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+
+
+@pytest.mark.parametrize(
+    "content, is_text, closed",
+    [
+        (b'{"type": "response.create", "model": "gpt-4o"}', True, False),
+        (b'{"type": "response.create", "model": "o1-preview"}', True, True),  # denied
+        (b'{"type": "response.create", "model": "o1-preview"}', False, True),  # binary frame
+        (b'{"type": "response.create", "model": "gpt-4o", "model": "o1-preview"}', True, True),
+        (b'{"type": "response.create", "MODEL": "o1-preview"}', True, True),
+        (b'{"type": "response.create", "n": ' + b"9" * 5000 + b"}", True, True),
+        (b'{"type": "response.create", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", True, True),
+        (b"not json", True, True),
+    ],
+)
+async def test_websocket_messages_the_rules_cannot_read_unambiguously_close_the_session(
+    chain, monkeypatch, content, is_text, closed
+):
+    from mitmproxy.proxy.layers import websocket as ws_layer
+
+    rules = chain.addons["RoutingRules"]
+    closes = []
+    monkeypatch.setattr(rules.websocket_closer, "close", lambda c, code, why: closes.append(code))
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, method="GET", path="/v1/responses", headers=UPGRADE,
+                            content=b"")  # fmt: skip
+    message = _websocket_message(flow, content, is_text)
+    await chain.hook(ws_layer.WebsocketMessageHook(flow))
+    assert (closes == [1008]) is closed
+    assert message.dropped is closed
+
+
+async def test_an_observed_tools_own_websocket_frames_pass(chain, monkeypatch):
+    from mitmproxy.proxy.layers import websocket as ws_layer
+
+    rules = chain.addons["RoutingRules"]
+    closes = []
+    monkeypatch.setattr(rules.websocket_closer, "close", lambda c, code, why: closes.append(code))
+    connect = await chain.connect("chat.observed.example")
+    flow = await chain.send(connect, method="GET", path="/ws", headers=UPGRADE, content=b"")
+    for content, is_text in ((b"\x00\x01binary", False), (b"ping", True)):
+        _websocket_message(flow, content, is_text)
+        await chain.hook(ws_layer.WebsocketMessageHook(flow))
+    assert closes == []
+    _websocket_message(flow, b'{"type": "response.create", "model": "o1-preview"}')
+    await chain.hook(ws_layer.WebsocketMessageHook(flow))
+    assert closes == [1008]

@@ -73,7 +73,7 @@ def test_scheme_case_insensitive_username_ignored(proxy, scheme, user):
     assert status_of(resp) == 200, resp
 
 
-@pytest.mark.parametrize("user", ["anything at all", "ws\r\nX-Forged: 1", "é"])
+@pytest.mark.parametrize("user", ["anything at all", "ws\r\nX-Forged", "é"])
 def test_a_user_name_outside_the_workspace_characters_gets_407_naming_it(proxy, user):
     auth = f"Basic {b64(f'{user}:{ALICE}'.encode())}"
     resp = raw_request(proxy.port, connect("api.openai.com:443", auth))

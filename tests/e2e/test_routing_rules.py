@@ -253,7 +253,8 @@ def test_explain_agrees_with_what_the_proxy_does(
     assert out.rstrip().endswith(WORKSPACE_NOTE)
     if expected == "403":
         assert r.status_code == 403 and "answer:   403 " in out
-        assert json.loads(out.split("answer:   403 ", 1)[1])["error"]["message"] in r.text
+        answer = out.split("answer:   403 ", 1)[1].splitlines()[0]
+        assert json.loads(answer)["error"]["message"] in r.text
     else:
         upstream = out.split("upstream: ", 1)[1].splitlines()[0].strip()
         got = (second_gateway if "ai-gateway" in expected else gateway).last()
