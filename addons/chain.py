@@ -97,7 +97,7 @@ def make_addons(patches: EnginePatches) -> list:
         RoutingRules(routing, choices, patches.websocket_cap),
         GatewayRouter(routing, health),
         health,
-        Http2Clients(),
+        Http2Clients(patches.h2_flood),
         UpstreamCredentials(patches.upstream_handshake),
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),

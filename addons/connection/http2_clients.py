@@ -7,23 +7,40 @@ mitmproxy translates h2 client streams into HTTP/1.1 upstream requests, with two
 - at most 5 upstream connections per client connection and destination (a hard-coded
   semaphore, mitmproxy#8322), so the 6th concurrent stream on one h2 connection waits; and
   h2 -> h1 never reuses upstream connections, so each stream needs its own. We lift the limit
-  for each client connection as it arrives.
+  for each client connection as it arrives, to the streams its client may open at once (the
+  `max_concurrent_streams` mitmproxy advertises), no more.
 Upstream connections to the gateway are pinned to HTTP/1.1 so the framing above is valid.
+Floods (rapid reset, control frames) are cut off in the engine (addons/engine/h2_abuse.py);
+this addon says so in the log.
 """
 
 from __future__ import annotations
+
+import logging
 
 from mitmproxy import connection
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from addons.engine.connections import lift_upstream_connection_cap
+from addons.engine.h2_abuse import Http2FloodGuard
 
-UPSTREAM_CONNECTIONS_PER_CLIENT = 256
+logger = logging.getLogger(__name__)
+
+UPSTREAM_CONNECTIONS_PER_CLIENT = 100  # h2's default MAX_CONCURRENT_STREAMS, as advertised
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
 
 
 class Http2Clients:
+    def __init__(self, flood_guard: Http2FloodGuard | None = None) -> None:
+        if flood_guard is not None:
+            flood_guard.on_flood = self._flood
+
+    @staticmethod
+    def _flood(client: connection.Client, what: str) -> None:
+        peer = client.peername[0] if client.peername else "?"
+        logger.warning("closed an HTTP/2 connection from %s (GOAWAY): %s", peer, what)
+
     def client_connected(self, client: connection.Client) -> None:
         lift_upstream_connection_cap(client, UPSTREAM_CONNECTIONS_PER_CLIENT)
 

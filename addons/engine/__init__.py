@@ -12,6 +12,7 @@ upgrade moves it:
 | connections.py | `Proxyserver.connections`, `ConnectionHandler.max_conns` | close a client's sockets; lift the 5-connection cap per h2 client (mitmproxy#8322) |
 | header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
 | body_limit.py | `HttpStream.state_consume_request_body` | a per-flow limit on a buffered request body (mitmproxy's is global, and also refuses streamed ones) |
+| h2_abuse.py | `Http2Server.handle_h2_event`, `BufferedH2Connection.receive_data` | rapid reset and control-frame floods end in GOAWAY; a stream reset in the read that opened it never becomes a request |
 | error_rendering.py | `HttpStream.handle_protocol_error`, `_http1.make_error_response` | our 502/504 text instead of mitmproxy's HTML page with socket detail |
 | layer_stack.py | `context.layers` of a CONNECT tunnel | undo the TLS layers mitmproxy's NextLayer stacked, relay raw bytes |
 | upstream_handshake.py | `HttpUpstreamProxy.receive_handshake_data` | a second CONNECT on the same connection for NTLM and Negotiate upstream proxies |
@@ -29,6 +30,7 @@ from dataclasses import field
 
 from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
 from addons.engine.upstream_handshake import UpstreamAuthHandshake
@@ -41,6 +43,7 @@ class EnginePatches:
 
     header_limit: HeaderSizeLimit = field(default_factory=HeaderSizeLimit)
     body_limit: BufferedBodyLimit = field(default_factory=BufferedBodyLimit)
+    h2_flood: Http2FloodGuard = field(default_factory=Http2FloodGuard)
     error_rendering: ProtocolErrorRendering = field(default_factory=ProtocolErrorRendering)
     tls_buffers: ReleaseIdleTlsBuffers = field(default_factory=ReleaseIdleTlsBuffers)
     websocket_cap: WebSocketMessageCap = field(default_factory=WebSocketMessageCap)
@@ -50,6 +53,7 @@ class EnginePatches:
         return (
             self.header_limit,
             self.body_limit,
+            self.h2_flood,
             self.error_rendering,
             self.tls_buffers,
             self.websocket_cap,

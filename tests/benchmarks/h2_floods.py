@@ -8,7 +8,9 @@ HTTP/2 floods against one proxy worker, with an honest client beside the attacke
 For each: the honest client's p50 and worst request during the flood (its quiet figures are
 the baseline of the same run), the worker's RSS before and after, the requests the gateway got
 from the attacker (at the attacker's exit and a few seconds later: work done for cancelled
-streams), the worker's CPU and open files once the attacker has gone.
+streams), the worker's CPU and open files once the attacker has gone. The attacker reconnects
+whenever the proxy closes it. `--tree` measures another checkout (a worktree of an older
+commit) with this harness.
 
     .venv/py3.13/bin/python -m tests.benchmarks.h2_floods [--seconds 6]
 
@@ -105,16 +107,25 @@ def h2_socket(proxy_port: int) -> ssl.SSLSocket:
 
 
 def attack(proxy_port: int, kind: str, seconds: float) -> dict:
-    """Flood one h2 connection for `seconds`, then close it: what was sent, and how it ended."""
+    """Flood for `seconds`, as a persistent attacker would: a connection the proxy closes is
+    opened again at once. What was sent, on how many connections."""
+    sent, connections, closed = 0, 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        connections += 1
+        sent_now, was_closed = flood_one_connection(proxy_port, kind, deadline)
+        sent, closed = sent + sent_now, closed + was_closed
+    return {"sent": sent, "connections": connections, "closed_by_the_proxy": closed}
+
+
+def flood_one_connection(proxy_port: int, kind: str, deadline: float) -> tuple[int, bool]:
     sock = h2_socket(proxy_port)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
-    sock.setblocking(False)
     headers = [(":method", "POST"), (":path", "/v1/chat/completions"), (":scheme", "https"),
                (":authority", HOST), ("content-type", "application/json")]  # fmt: skip
-    sent, ended = 0, "kept open"
-    deadline = time.monotonic() + seconds
+    sent = 0
     try:
         while time.monotonic() < deadline:
             if kind == "rapid_reset":
@@ -127,25 +138,23 @@ def attack(proxy_port: int, kind: str, seconds: float) -> dict:
             else:
                 frame = SETTINGS_FRAME if kind == "settings" else PING_FRAME
                 data, sent = frame * 200, sent + 200
+            sock.settimeout(1)
             try:
-                sock.setblocking(True)
-                sock.settimeout(2)
                 sock.sendall(data)
-            except (TimeoutError, BlockingIOError):
-                pass
+            except TimeoutError:
+                return sent, True  # the proxy stopped reading: it has given up on us
             sock.setblocking(False)
             try:
                 while sock.recv(1 << 16):  # drain what the proxy answers
                     pass
-                ended = "closed by the proxy"  # recv gave b"": the proxy closed it
-                break
+                return sent, True  # recv gave b"": the proxy closed it
             except (BlockingIOError, ssl.SSLWantReadError):
                 pass
-    except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError) as e:
-        ended = f"closed by the proxy ({type(e).__name__})"
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+        return sent, True
     finally:
         sock.close()
-    return {"frames_or_streams_sent": sent, "attacker_connection": ended}
+    return sent, False
 
 
 class HonestClient(threading.Thread):
@@ -156,12 +165,14 @@ class HonestClient(threading.Thread):
         self.proxy = f"http://coder:{TOKEN}@127.0.0.1:{proxy_port}"
         self.latencies: list[float] = []
         self.failures = 0
+        self.sent = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         with httpx.Client(proxy=self.proxy, verify=False, timeout=30, trust_env=False) as c:
             while not self.stop.is_set():
                 t0 = time.monotonic()
+                self.sent += 1
                 try:
                     r = c.post(f"https://{HOST}/v1/chat/completions", content=BODY,
                                headers={"content-type": "application/json"})  # fmt: skip
@@ -175,18 +186,24 @@ class HonestClient(threading.Thread):
                 time.sleep(0.02)
 
 
-def honest_during(proxy_port: int, action) -> tuple[dict, object]:
+def honest_during(proxy_port: int, seconds: float, action) -> tuple[dict, object]:
+    """The honest client's figures over `seconds`, while `action` runs beside it."""
     client = HonestClient(proxy_port)
     client.start()
     time.sleep(0.5)  # its connection is up before the action starts
     client.latencies.clear()
+    warm_up = client.sent
+    client.sent = 0
+    started = time.monotonic()
     result = action()
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
     client.stop.set()
     client.join(35)
     lat = sorted(client.latencies)
     figures = {
         "requests": len(lat),
         "failures": client.failures,
+        "sent_in_all": client.sent + warm_up,  # the warm-up's too, for the gateway's count
         "p50_ms": round(statistics.median(lat) * 1000, 1) if lat else None,
         "worst_ms": round(lat[-1] * 1000, 1) if lat else None,
     }
@@ -214,12 +231,16 @@ def main() -> None:
         try:
             wait_port(gw_port)
             wait_port(port)
-            results["quiet"], _ = honest_during(port, lambda: time.sleep(args.seconds))
+            results["quiet"], _ = honest_during(port, args.seconds, lambda: None)
+            results["quiet"].pop("sent_in_all")
             for kind in ("rapid_reset", "settings", "ping"):
                 rss_before, files_before = rss_mb(proxy.pid), open_files(proxy.pid)
                 count_before = gateway_count(gw_port)
-                honest, sent = honest_during(port, lambda k=kind: attack(port, k, args.seconds))
-                at_exit = gateway_count(gw_port) - count_before
+                honest, sent = honest_during(
+                    port, args.seconds, lambda k=kind: attack(port, k, args.seconds)
+                )
+                honest_sent = honest.pop("sent_in_all")
+                at_exit = gateway_count(gw_port) - count_before - honest_sent
                 cpu0 = cpu_seconds(proxy.pid)
                 time.sleep(5)
                 entry = {
@@ -230,17 +251,24 @@ def main() -> None:
                     "open_files_before": files_before,
                     "open_files_5s_after": open_files(proxy.pid),
                     "worker_cpu_5s_after": round(cpu_seconds(proxy.pid) - cpu0, 2),
-                    "gateway_requests_at_exit": at_exit,
-                    "gateway_requests_5s_after": gateway_count(gw_port) - count_before,
+                    "attacker_requests_at_gateway": at_exit,
+                    "attacker_requests_at_gateway_5s_after": (
+                        gateway_count(gw_port) - count_before - honest_sent
+                    ),
                 }
                 quiet = results["quiet"]
                 if honest["p50_ms"] and quiet["p50_ms"]:
                     entry["p50_ratio"] = round(honest["p50_ms"] / quiet["p50_ms"], 2)
+                    entry["worst_ratio"] = round(honest["worst_ms"] / quiet["worst_ms"], 2)
                 results[kind] = entry
                 print(kind, json.dumps(entry), file=sys.stderr)
         finally:
             proxy.send_signal(signal.SIGTERM)
-            proxy.wait(30)
+            try:
+                proxy.wait(30)
+            except subprocess.TimeoutExpired:
+                results["proxy_stopped_on_sigterm"] = False
+                proxy.kill()
             gateway.terminate()
             gateway.wait(10)
     print(json.dumps(results, indent=2))

@@ -8,6 +8,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from proxy.devtools.localgateway import download_bytes
 from tests.support import ALICE
 from tests.support import H2Tunnel
@@ -70,3 +72,75 @@ def test_large_bodies_through_flow_control(proxy, gateway):
     got = json.loads(next(iter(up.values()))["body"])
     assert got["body_length"] == size and got["body_sha256"] == hashlib.sha256(payload).hexdigest()
     assert gateway.last().header("Transfer-Encoding") == "chunked"
+
+
+def _goaway_after(tunnel: H2Tunnel, frames: bytes | None = None, resets: int = 0) -> int | None:
+    """Send `resets` HEADERS+RST_STREAM pairs (or raw `frames`), then read until the proxy
+    ends the connection: the GOAWAY's error code, or None if it never sent one."""
+    import h2.errors
+    import h2.events
+
+    if resets:
+        headers = [(":method", "POST"), (":path", "/v1/chat/completions"),
+                   (":scheme", "https"), (":authority", tunnel.host)]  # fmt: skip
+        for _ in range(resets):
+            sid = tunnel.conn.get_next_available_stream_id()
+            tunnel.conn.send_headers(sid, headers)
+            tunnel.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        try:
+            tunnel.flush()
+        except OSError:
+            pass
+    if frames:
+        try:
+            tunnel.sock.sendall(frames)
+        except OSError:
+            pass
+    tunnel.sock.settimeout(10)
+    try:
+        while True:
+            for event in tunnel.pump_once():
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return event.error_code
+    except (ConnectionError, OSError):
+        return None
+
+
+def test_rapid_reset_ends_in_goaway_and_reaches_no_gateway(proxy, gateway):
+    """CVE-2023-44487: streams opened and reset at once. None of them becomes a request (the
+    gateway sees nothing), the connection gets GOAWAY ENHANCE_YOUR_CALM, others go on."""
+    import h2.errors
+
+    before = len(gateway.records)
+    code = _goaway_after(H2Tunnel(proxy.port, proxy.ca_path, ALICE), resets=2000)
+    assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    honest = H2Tunnel(proxy.port, proxy.ca_path, ALICE)
+    (result,) = honest.collect({honest.request("GET", "/_diag/echo")}).values()
+    assert result["status"] == 200
+    assert len(gateway.records) == before + 1  # the honest request only
+    proxy.wait_for_line(lambda r: "too many stream resets" in r.get("msg", ""))
+
+
+def test_a_client_cancelling_a_few_streams_is_not_a_flood(proxy, gateway):
+    import h2.errors
+
+    tunnel = H2Tunnel(proxy.port, proxy.ca_path, ALICE)
+    for _ in range(30):  # a tool cancelling completions as the developer types
+        sid = tunnel.request("GET", "/_diag/sse?events=50&interval=0.05")
+        tunnel.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        tunnel.flush()
+    (result,) = tunnel.collect({tunnel.request("GET", "/_diag/echo")}).values()
+    assert result["status"] == 200
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",  # SETTINGS
+     b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"\x00" * 8],  # PING
+    ids=["settings", "ping"],
+)  # fmt: skip
+def test_control_frame_floods_end_in_goaway(proxy, frame):
+    import h2.errors
+
+    code = _goaway_after(H2Tunnel(proxy.port, proxy.ca_path, ALICE), frames=frame * 5000)
+    assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM

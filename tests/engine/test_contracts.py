@@ -21,11 +21,14 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http import _upstream_proxy
+from mitmproxy.proxy.layers.http._http2 import Http2Server
+from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 from mitmproxy.proxy.layers.websocket import WebsocketConnection
 
 from addons.engine import EnginePatches
 from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.reuse_port import _AsyncioWithReusePort
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
@@ -83,6 +86,19 @@ def test_the_request_body_is_buffered_in_a_state_of_the_stream():
     for name in ("ErrorCode", "HttpErrorHook", "RequestData", "ResponseProtocolError"):
         if not hasattr(http_layer, name):
             moved(f"mitmproxy.proxy.layers.http.{name}", "BufferedBodyLimit uses it")
+
+
+def test_the_h2_server_handles_each_event_and_can_end_the_connection():
+    internal = "mitmproxy.proxy.layers.http._http2.Http2Server"
+    handler = Http2Server.handle_h2_event
+    if not inspect.isgeneratorfunction(handler) or params(handler) != ["self", "event"]:
+        moved(f"{internal}.handle_h2_event", "no longer a generator method (self, event)")
+    if params(Http2Server.protocol_error)[:3] != ["self", "message", "error_code"]:
+        moved(f"{internal}.protocol_error", "no longer (message, error_code)")
+    if params(BufferedH2Connection.receive_data) != ["self", "data"]:
+        moved("mitmproxy.proxy.layers.http._http_h2.BufferedH2Connection.receive_data", "changed")
+    if "self.h2_conn" not in inspect.getsource(Http2Server.__mro__[1]):
+        moved(f"{internal}.h2_conn", "Http2FloodGuard keeps its budgets there")
 
 
 def test_connection_handlers_are_kept_by_client_id_with_a_connection_cap():
@@ -178,6 +194,8 @@ def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
     [
         (HeaderSizeLimit(), _http1.Http1Server, "read_headers"),
         (BufferedBodyLimit(), http_layer.HttpStream, "state_consume_request_body"),
+        (Http2FloodGuard(), Http2Server, "handle_h2_event"),
+        (Http2FloodGuard(), BufferedH2Connection, "receive_data"),
         (ProtocolErrorRendering(), http_layer.HttpStream, "handle_protocol_error"),
         (ProtocolErrorRendering(), _http1, "make_error_response"),
         (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
