@@ -43,6 +43,7 @@ Between our own addons the order below holds in both runtimes.
 from __future__ import annotations
 
 from addons.auth.token_auth import TokenAuth
+from addons.connection.connection_caps import ConnectionCaps
 from addons.connection.deadlines import ConnectionDeadlines
 from addons.connection.http2_clients import Http2Clients
 from addons.connection.listener_tls import ListenerTLS
@@ -91,6 +92,7 @@ def make_addons(patches: EnginePatches) -> list:
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
+        ConnectionCaps(),  # after auth: it counts connections against the user they name
         SelfService(routing, choices, recent),
         egress,
         InterceptPolicy(routing, deadlines, egress),

@@ -6,7 +6,9 @@ How long a client connection may take at each stage, so that nobody holds one op
 - the TLS handshake inside an intercepted tunnel, and the first bytes of a raw tunnel (which
   decide what it is), within the same timeout after the CONNECT is answered;
 - between requests, with nothing in flight (no response streaming, no WebSocket open), at most
-  `aibridge_idle_timeout` seconds, then the connection is closed quietly.
+  `aibridge_idle_timeout` seconds, then the connection is closed quietly;
+- an intercepted tunnel that has not sent its first request yet, at most
+  `aibridge_first_request_timeout` seconds (held-open tunnels cost descriptors for nothing).
 
 A raw tunnel, once relaying, has no deadline: its bytes are the client's business.
 """
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _Deadline:
-    stage: str  # headers | handshake | idle
+    stage: str  # headers | handshake | first | idle
     timer: asyncio.TimerHandle
 
 
@@ -64,8 +66,20 @@ class ConnectionDeadlines:
             "before it is closed.",
         )
 
+        loader.add_option(
+            "aibridge_first_request_timeout",
+            float,
+            30.0,
+            "Seconds an intercepted tunnel may wait, once its TLS handshake is done, before its "
+            "first request.",
+        )
+
     def configure(self, updated):
-        for name in ("aibridge_header_timeout", "aibridge_idle_timeout"):
+        for name in (
+            "aibridge_header_timeout",
+            "aibridge_idle_timeout",
+            "aibridge_first_request_timeout",
+        ):
             if name in updated and getattr(ctx.options, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be positive")
 
@@ -77,7 +91,7 @@ class ConnectionDeadlines:
     def _request_started(self, client: connection.Client) -> None:
         """The first bytes of a request head arrived (HTTP/1): its headers are now due."""
         current = self._deadlines.get(client)
-        if current is None or current.stage == "idle":
+        if current is None or current.stage in ("idle", "first"):
             self._arm(client, "headers")
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -89,7 +103,7 @@ class ConnectionDeadlines:
 
     def tls_established_client(self, data: tls.TlsData) -> None:
         if self._stage(data.conn) == "handshake":
-            self._arm(data.conn, "idle")  # the first request inside is due like any other
+            self._arm(data.conn, "first")  # its first request is due, sooner than a later one
 
     def tunnel_relaying(self, client: connection.Client) -> None:
         """Called by InterceptPolicy once a raw tunnel relays: no deadline from now on."""
@@ -128,11 +142,14 @@ class ConnectionDeadlines:
 
     def _arm(self, client: connection.Client, stage: str) -> None:
         self._disarm(client)
-        seconds = (
-            ctx.options.aibridge_idle_timeout
-            if stage == "idle"
-            else ctx.options.aibridge_header_timeout
-        )
+        if stage == "idle":
+            seconds = ctx.options.aibridge_idle_timeout
+        elif stage == "first":
+            seconds = min(
+                ctx.options.aibridge_first_request_timeout, ctx.options.aibridge_idle_timeout
+            )
+        else:
+            seconds = ctx.options.aibridge_header_timeout
         timer = asyncio.get_running_loop().call_later(seconds, self._expire, client, stage)
         self._deadlines[client] = _Deadline(stage, timer)
 
@@ -147,6 +164,8 @@ class ConnectionDeadlines:
             return
         if stage == "idle":
             logger.debug("closing %s: idle between requests", client.peername)
+        elif stage == "first":
+            logger.info("closing %s: no request in its tunnel in time", client.peername)
         else:
             logger.info("closing %s: no request headers or handshake in time", client.peername)
             io = handler.transports.get(client)

@@ -51,6 +51,7 @@ class RejectReason(enum.StrEnum):
     BLOCKED_DESTINATION = "blocked_destination"
     DIAL_FAILED = "dial_failed"
     DENIED_HOST = "denied_host"
+    CONNECTION_CAP = "connection_cap"
     # routing
     RULE_DENIED = "rule_denied"
     GOVERNANCE_TOKEN_MISMATCH = "governance_token_mismatch"
@@ -87,6 +88,8 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
         "send a smaller request, or ask your administrator to raise model_body_limit",
     ),
     RejectReason.BLOCKED_PORT: ("the proxy does not allow this port", _ASK_ADMIN),
+    RejectReason.CONNECTION_CAP: ("you hold too many open connections through the proxy",
+                                  "close idle tools or sessions, or ask your administrator"),
 }  # fmt: skip
 
 

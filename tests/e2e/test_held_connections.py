@@ -123,3 +123,57 @@ def test_streams_and_relaying_tunnels_outlive_the_idle_timeout(strict, gateway, 
             time.sleep(2.5)  # quiet for longer than both timeouts
             s.sendall(b"GET /still HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def _open_tunnel(port: int, token: str) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(
+        f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: {proxy_basic(token)}"
+        "\r\n\r\n".encode()
+    )
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := s.recv(65536)):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), b"0"))  # fmt: skip
+    while len(body) < length and (chunk := s.recv(65536)):
+        body += chunk
+    return s, head + b"\r\n\r\n" + body
+
+
+def test_one_user_cannot_hold_every_connection(make_proxy, gateway):
+    """Held tunnels cost descriptors: past their cap a user gets 429 naming it, others go on."""
+    from tests.support import BOB
+    from tests.support import metric
+
+    p = make_proxy("--connections-max-per-user", "3", *LOOPBACK_INTERNET)
+    held = [_open_tunnel(p.port, ALICE) for _ in range(3)]
+    assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
+    extra, head = _open_tunnel(p.port, ALICE)
+    assert head.startswith(b"HTTP/1.1 429") and b"connections.max_per_user" in head
+    assert closed_within(extra, 3)[0]  # and the refused connection is closed
+    bob, head = _open_tunnel(p.port, BOB)
+    assert head.startswith(b"HTTP/1.1 200")  # another user is not affected
+    held.pop()[0].close()
+    time.sleep(0.3)
+    again, head = _open_tunnel(p.port, ALICE)
+    assert head.startswith(b"HTTP/1.1 200")  # a closed one frees its place
+    for s in [again, bob, extra, *(s for s, _ in held)]:
+        s.close()
+    text = p.admin("/metrics").text
+    assert metric(text, "aibridge_proxy_connects_total", outcome="rejected",
+                  reason="connection_cap") == 1  # fmt: skip
+
+
+def test_an_intercepted_tunnel_without_a_request_is_closed_sooner(make_proxy):
+    p = make_proxy("--first-request-timeout", "1", *LOOPBACK_INTERNET)
+    s, head = _open_tunnel(p.port, ALICE)
+    assert head.startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(p.ca_path))
+    tls = ctx.wrap_socket(s, server_hostname="api.openai.com")
+    started = time.monotonic()
+    closed, _ = closed_within(tls, 5)
+    assert closed and time.monotonic() - started < 4  # not the 300 s idle timeout
+    tls.close()

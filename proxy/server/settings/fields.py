@@ -178,6 +178,36 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_idle_timeout",
     ),
     Field(
+        "first_request_timeout",
+        parse_number(0.001),
+        30.0,
+        "Seconds an intercepted tunnel may wait for its first request once its TLS handshake "
+        "is done.",
+        option="aibridge_first_request_timeout",
+    ),
+    Field(
+        "connections.max_per_user",
+        parse_number(1, True),
+        256,
+        "Client connections one user may hold at once (429 above; never more than half of "
+        "connections.max_total).",
+        option="aibridge_max_connections_per_user",
+    ),
+    Field(
+        "connections.max_per_address",
+        parse_number(1, True),
+        1024,
+        "Client connections one address may hold at once (429 above).",
+        option="aibridge_max_connections_per_address",
+    ),
+    Field(
+        "connections.max_total",
+        parse_number(0, True),
+        0,
+        "Client connections in all (503 above); 0: what the open-file limit allows.",
+        option="aibridge_max_connections",
+    ),
+    Field(
         "max_header_bytes",
         parse_number(1024, True),
         65536,

@@ -46,6 +46,10 @@ class Settings:
     gateway_timeout: float
     header_timeout: float
     idle_timeout: float
+    first_request_timeout: float
+    connections_max_per_user: int
+    connections_max_per_address: int
+    connections_max_total: int
     max_header_bytes: int
     headers_token: str
     headers_request_id: str
