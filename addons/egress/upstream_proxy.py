@@ -22,6 +22,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy import mode_specs
 
 from addons.core.responses import plain_response
+from addons.core.responses import refusal_response
 from addons.engine.upstream_handshake import UpstreamAuthHandshake
 from addons.rules.upstream_proxy import kerberos_available
 
@@ -173,6 +174,37 @@ class UpstreamCredentials:
             request.headers["Proxy-Authorization"] = self._header(token)
             return http1.assemble_request(request)
         return None  # a 407 with no challenge of ours: the credentials were refused
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A 407 from the upstream proxy to a plain http:// request is about the company's
+        credentials, which this proxy added: never relayed (its page may echo them); the
+        developer gets our 502 naming the setting, and the upstream's body is dropped."""
+        response = flow.response
+        if (
+            response is None
+            or response.status_code != 407
+            or flow.server_conn.via is None
+            or flow.request.scheme != "http"
+        ):
+            return
+        logger.warning("the upstream proxy refused the proxy's credentials (407)")
+        ours = refusal_response(
+            502,
+            "the company's upstream proxy refused this proxy's own sign-in: check upstream_proxy "
+            "and upstream_proxy_auth (ask your administrator)",
+        )
+        text = ours.content or b""
+        sent = False
+
+        def once(chunk: bytes) -> bytes:  # our text in place of the upstream's, whatever it is
+            nonlocal sent
+            if sent:
+                return b""
+            sent = True
+            return text
+
+        ours.stream = once
+        flow.response = ours
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Plain-HTTP pass-through in upstream mode is sent as an absolute-form request to the

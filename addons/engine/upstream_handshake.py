@@ -10,6 +10,7 @@ sends it, until the upstream answers 2xx or refuses for good.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.utils import human
 
 MAX_HEAD = 64 * 1024
+MAX_407_BODY = 64 * 1024  # a 407's page is small; a bigger one held the CONNECT for its length
+MAX_SECONDS = 10.0  # the whole sign-in, from its first answer: a trickling 407 body ends here
 MAX_ROUNDS = 4  # NTLM needs two CONNECTs, Kerberos one or two; more is a loop
 
 # Given the tunnel connection and a 407's headers: the next CONNECT's bytes, or None to stop.
@@ -34,6 +37,7 @@ class _Handshake:
     buffer: bytearray = field(default_factory=bytearray)
     skip: int = 0  # body bytes of a 407 still to drop
     rounds: int = 0
+    started: float = field(default_factory=lambda: time.monotonic())
 
 
 class UpstreamAuthHandshake:
@@ -64,6 +68,8 @@ class UpstreamAuthHandshake:
         state = self._handshakes.setdefault(layer, _Handshake())
         state.buffer += data
         proxy = human.format_address(layer.tunnel_connection.address)
+        if time.monotonic() - state.started > MAX_SECONDS:
+            return False, f"Upstream proxy {proxy} took longer than {MAX_SECONDS:g} s to sign in"
         while True:
             if state.skip:
                 dropped = min(state.skip, len(state.buffer))
@@ -98,6 +104,8 @@ class UpstreamAuthHandshake:
             length = response.headers.get("content-length", "0")
             if not length.isdigit():
                 return False, refusal + " (a 407 body without Content-Length)"
+            if int(length) > MAX_407_BODY:
+                return False, refusal + f" (a 407 body larger than {MAX_407_BODY} bytes)"
             assert self.responder is not None
             next_connect = self.responder(layer.tunnel_connection, response.headers)
             if next_connect is None:

@@ -105,3 +105,60 @@ def test_bad_upstream_urls_are_config_errors():
     assert "hunter2" not in r.stderr
     r = cli("serve", "--gateway", "http://127.0.0.1:1", "--upstream-proxy", "http://:@x:1")
     assert_one_line_error(r, "both user name and password empty")
+
+
+class EchoingUpstream:
+    """An upstream proxy that refuses everything with a 407 page echoing what it was sent
+    (as some do), the company's Proxy-Authorization included."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                data += chunk
+            body = b"<h1>Proxy Authentication Required</h1><pre>" + data + b"</pre>"
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                         b'Proxy-Authenticate: Basic realm="corp"\r\n'
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def test_the_upstreams_407_to_plain_http_never_reaches_the_developer(make_proxy):
+    """Plain http:// goes to the upstream with the company's credentials added; its 407 page
+    echoed them back to the developer. Now: our 502, naming the setting."""
+    echoing = EchoingUpstream()
+    try:
+        p = make_proxy("--upstream-proxy", f"http://corp:s3cr3t-corp@127.0.0.1:{echoing.port}",
+                       *LOOPBACK_INTERNET)  # fmt: skip
+        answer = raw_request(
+            p.port,
+            f"GET http://localhost:{echoing.port}/page HTTP/1.1\r\nHost: localhost\r\n"
+            f"Proxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n".encode(),
+        )
+    finally:
+        echoing.stop()
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:200]
+    assert b"upstream_proxy" in answer
+    secret = base64.b64encode(b"corp:s3cr3t-corp")
+    assert b"s3cr3t" not in answer and secret not in answer and b"<pre>" not in answer
