@@ -62,6 +62,7 @@ from addons.observe.recent_requests import RecentRequests
 from addons.observe.token_usage import TokenUsage
 from addons.routing.gateway import GatewayRouter
 from addons.routing.gateway_health import GatewayHealth
+from addons.routing.gateway_trust import GatewayTrust
 from addons.routing.rules import ChoiceStore
 from addons.routing.rules import RoutingRules
 from addons.routing.snapshot import Routing
@@ -98,6 +99,7 @@ def make_addons(patches: EnginePatches) -> list:
         InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
         GatewayRouter(routing, health),
+        GatewayTrust(routing),
         health,
         Http2Clients(patches.h2_flood),
         UpstreamCredentials(patches.upstream_handshake),

@@ -67,9 +67,18 @@ def write_client_bundle(ca: CertificateAuthority, dest: Path) -> Path:
 
 
 def write_engine_files(
-    ca: CertificateAuthority, engine_dir: Path, extra_trust: Iterable[tuple[Path, str]]
-) -> tuple[Path, Path]:
-    """mitmproxy's confdir (our CA) and the bundle it verifies upstream servers against:
-    system roots + the operator's extra CAs. Raises BundleError naming a bad file."""
+    ca: CertificateAuthority,
+    engine_dir: Path,
+    origin_trust: Iterable[tuple[Path, str]],
+    gateway_trust: Iterable[tuple[Path, str]] = (),
+) -> tuple[Path, Path, Path]:
+    """mitmproxy's confdir (our CA) and the two bundles upstream servers are verified
+    against, one per leg: system roots + the operator's extra CAs for origins (observed hosts,
+    pass-through, the upstream proxy), and for the gateway. A CA trusted for one leg is never
+    trusted for the other. Raises BundleError naming a bad file."""
     confdir = engine_confdir(ca, engine_dir)
-    return confdir, write_bundle(confdir / "upstream-trust.pem", extra_trust)
+    return (
+        confdir,
+        write_bundle(confdir / "upstream-trust.pem", origin_trust),
+        write_bundle(confdir / "gateway-trust.pem", gateway_trust),
+    )

@@ -26,6 +26,7 @@ from addons.auth.gateway_validator import GatewayTokenValidator
 from addons.core.background import in_background
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
+from addons.core.gateway_tls import gateway_cafile
 from addons.core.gateway_tls import verifying_context
 from addons.core.record import RejectReason
 from addons.core.record import record
@@ -166,6 +167,7 @@ class TokenAuth:
             "aibridge_target",
             "aibridge_policy",  # its first `url` gateway is where tokens are checked
             "ssl_verify_upstream_trusted_ca",
+            "aibridge_gateway_trusted_ca",
         }
         if not relevant & set(updated):
             return
@@ -186,7 +188,7 @@ class TokenAuth:
         self._validator = GatewayTokenValidator(
             url,
             opts.aibridge_auth_header,
-            verifying_context(opts.ssl_verify_upstream_trusted_ca),
+            verifying_context(gateway_cafile(opts)),
         )
         self.cache = TokenCache(
             self._validator,

@@ -189,7 +189,7 @@ class EgressPolicy:
     def _refuse_host(self, flow: http.HTTPFlow) -> bool:
         """Answer 403 if the host policy refuses this host (the gateways are never refused)."""
         host = flow.request.host
-        if any(t.host == host.lower() for t in self._gateway_targets()):
+        if any(t.host == host.lower() for t in self.routing.current.gateways()):
             return False
         if self.upstream is not None and (host.lower(), flow.request.port) == self.upstream:
             return False
@@ -216,16 +216,13 @@ class EgressPolicy:
             return None  # checked on the CONNECT already
         return self.hosts.refusal(sni, self.routing.current.intercepts(sni))
 
-    def _gateway_targets(self) -> list:
-        snap = self.routing.current
-        targets = (snap.target, snap.gateway, *snap.policy.gateways.values())
-        return [t for t in targets if t is not None]
-
     def _is_gateway(self, host: str, port: int) -> bool:
         """The gateway (and the upstream proxy we chain to) are always reachable."""
         if self.upstream is not None and (host.lower(), port) == self.upstream:
             return True
-        return any(t.host == host.lower() and t.port == port for t in self._gateway_targets())
+        return any(
+            t.host == host.lower() and t.port == port for t in self.routing.current.gateways()
+        )
 
     def _allowed(self, ip: IPAddress) -> bool:
         return not is_forbidden(ip) or any(ip in net for net in self.allowed_cidrs)

@@ -22,6 +22,7 @@ from mitmproxy import exceptions
 
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import EventBus
+from addons.core.gateway_tls import gateway_cafile
 from addons.core.gateway_tls import verifying_context
 from addons.routing.snapshot import Routing
 from addons.rules.gateway_target import GatewayTarget
@@ -107,7 +108,7 @@ class GatewayHealth:
         policy = self.routing.current.policy
         if len(policy.gateways) < 2:
             return
-        context = verifying_context(ctx.options.ssl_verify_upstream_trusted_ca)
+        context = verifying_context(gateway_cafile(ctx.options))
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
             for name, target in policy.gateways.items():

@@ -45,6 +45,16 @@ class RoutingSnapshot:
         """Routed or observed: we decrypt it (everything else is a raw tunnel)."""
         return self.table.lookup(host) is not None or self.observed.lookup(host) is not None
 
+    def gateways(self) -> list[GatewayTarget]:
+        """Every gateway and Coder deployment we send to or check tokens with."""
+        targets = (
+            self.target,
+            self.gateway,
+            *self.policy.gateways.values(),
+            *self.policy.deployments.values(),
+        )
+        return [t for t in targets if t is not None]
+
 
 class Routing:
     """Owns the options that say which hosts are routed and to which gateway."""
@@ -81,6 +91,13 @@ class Routing:
             "{}",
             "Routing rules as JSON: {gateways, groups, rules, profiles, default_profile}, as in "
             "the configuration file (see README, Routing rules and profiles).",
+        )
+        loader.add_option(
+            "aibridge_gateway_trusted_ca",
+            str | None,
+            None,
+            "CA bundle the gateway leg is verified against (routed requests, token checks, "
+            "health); default: ssl_verify_upstream_trusted_ca, which then covers every leg.",
         )
         loader.add_option(
             "aibridge_observe",

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,14 @@ from proxy.server.worker_reports import WorkerReport
 logger = logging.getLogger("aibridge.proxy")
 
 
-def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EngineFiles:
+    confdir: Path  # mitmproxy's: our CA
+    origin_trust: Path  # bundle for origins, observed hosts and the upstream proxy
+    gateway_trust: Path  # bundle for the gateway leg (routed requests, token checks, health)
+
+
+def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
     """Our settings, spelt as mitmproxy options: each setting that feeds an addon option says
     so in its declaration (`Field.option`); the rest are the engine's own or derived."""
     host, port = settings.listen
@@ -72,13 +80,14 @@ def engine_options(settings: Settings, confdir: Path, upstream_trust: Path) -> d
         "aibridge_providers": settings.provider_table.to_specs(),
         "aibridge_policy": json.dumps(settings.policy_config),
         "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
-        "confdir": str(confdir),
+        "confdir": str(files.confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled
         "connection_strategy": "eager",
         "upstream_cert": False,
         "http2": True,  # see addons/connection/http2_clients.py for what makes h2 -> h1 correct
-        "ssl_verify_upstream_trusted_ca": str(upstream_trust),
+        "ssl_verify_upstream_trusted_ca": str(files.origin_trust),
+        "aibridge_gateway_trusted_ca": str(files.gateway_trust),
     }
 
 
@@ -93,15 +102,21 @@ def option_value(value: Any) -> Any:
 
 def prepare_engine_files(
     settings: Settings, ca: CertificateAuthority, engine_dir: str = "engine"
-) -> tuple[Path, Path]:
-    """mitmproxy's confdir (our CA) and the upstream trust bundle. Worker processes each get
-    their own engine directory."""
-    extra = [
+) -> EngineFiles:
+    """mitmproxy's confdir (our CA) and a trust bundle per upstream leg. Worker processes each
+    get their own engine directory."""
+    origin = [
+        (p, name)
+        for p, name in (
+            (settings.origin_ca_file, "origin_ca_file"),
+            (settings.upstream_proxy_ca, "upstream_proxy_ca"),
+        )
+        if p
+    ]
+    gateway = [
         (p, name)
         for p, name in (
             (settings.gateway_ca_file, "gateway_ca_file"),
-            (settings.origin_ca_file, "origin_ca_file"),
-            (settings.upstream_proxy_ca, "upstream_proxy_ca"),
             *((Path(f), "gateways' ca_file") for f in gateway_ca_files(settings.gateways)),
         )
         if p
@@ -113,7 +128,9 @@ def prepare_engine_files(
     ):
         logger.warning("upstream_proxy_ca is ignored: the upstream proxy is plain http://")
     try:
-        return certs_prepare.write_engine_files(ca, settings.state_path / engine_dir, extra)
+        return EngineFiles(
+            *certs_prepare.write_engine_files(ca, settings.state_path / engine_dir, origin, gateway)
+        )
     except BundleError as e:
         raise StartupError(str(e)) from None
 
@@ -153,7 +170,7 @@ class ProxyApp:
     def _build_master(self) -> master.Master:
         self.patches.install()
         ca = self._ca(self.settings)
-        confdir, trust = prepare_engine_files(self.settings, ca, self.engine_dir)
+        files = prepare_engine_files(self.settings, ca, self.engine_dir)
         self.ca = ca
         opts = options.Options()
         m = master.Master(opts)
@@ -171,7 +188,7 @@ class ProxyApp:
         self._lifecycle = lifecycle
         try:
             # addon-defined options exist only now that the addons are added
-            opts.update(**engine_options(self.settings, confdir, trust))
+            opts.update(**engine_options(self.settings, files))
         except exceptions.OptionsError as e:
             raise StartupError(str(e)) from None
         return m
@@ -260,8 +277,7 @@ class ProxyApp:
             if new.listen != self.settings.listen:
                 raise SettingsError("listen: changing the address needs a restart")
             ca = self._ca(new)
-            confdir, trust = prepare_engine_files(new, ca, self.engine_dir)
-            opts = engine_options(new, confdir, trust)
+            opts = engine_options(new, prepare_engine_files(new, ca, self.engine_dir))
             for key in ("listen_host", "listen_port", "mode"):
                 opts.pop(key)
             if new.upstream_proxy != self.settings.upstream_proxy:

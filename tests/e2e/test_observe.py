@@ -322,3 +322,41 @@ def test_the_usage_report_matches_a_known_traffic_mix(vendor, gateway_server, tm
         table.stdout
     )
     assert re.search(r"^Windsurf\s+denied\s+1\s", table.stdout, re.M), table.stdout
+
+
+def test_each_leg_trusts_only_its_own_cas(vendor, tmp_path):
+    """gateway_ca_file is trusted for the gateway only and origin_ca_file for origins only: a
+    vendor certificate signed by the company's gateway CA is refused, and the other way round."""
+    from tests.support import ProxyProcess
+    from tests.support import ThreadedGateway
+    from tests.support import private_tls_server
+
+    context, gateway_ca = private_tls_server(tmp_path, "gateway")
+    gw = ThreadedGateway(ssl_context=context).start()
+    vendor_ca = vendor.write_ca(tmp_path / "vendor-ca.pem")
+    chat = f"https://{MISTRAL}:{vendor.port}/v1/chat/completions"
+
+    def proxy(gateway_trust, origin_trust, name):
+        config = {"gateway": f"https://localhost:{gw.gateway.port}", "observe": ["mistral"],
+                  "gateway_ca_file": str(gateway_trust), "origin_ca_file": str(origin_trust),
+                  "auth": {"mode": "presence"}, "allowed_private_cidrs": ["127.0.0.0/8"],
+                  "allowed_ports": ["1-65535"]}  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        return ProxyProcess(tmp_path / name, ["--config", str(tmp_path / f"{name}.yaml")]).start()
+
+    swapped = proxy(vendor_ca, gateway_ca, "swapped")
+    try:
+        with proxy_client(swapped, ALICE) as c:
+            assert c.post(chat, json={"model": "m"}).status_code == 502  # vendor: not trusted
+            assert c.get("https://api.openai.com/v1/models").status_code == 502  # gateway: nor
+        assert not gw.records
+    finally:
+        swapped.stop()
+    right = proxy(gateway_ca, vendor_ca, "right")
+    try:
+        with proxy_client(right, ALICE) as c:
+            assert c.post(chat, json={"model": "m"}).status_code == 200
+            assert c.get("https://api.openai.com/v1/models").status_code == 200
+    finally:
+        right.stop()
+        gw.stop()

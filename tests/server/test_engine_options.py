@@ -7,6 +7,7 @@ from mitmproxy.test import taddons
 
 from addons.chain import make_addons
 from addons.engine import EnginePatches
+from proxy.server.app import EngineFiles
 from proxy.server.app import engine_options
 from proxy.server.app import option_value
 from proxy.server.settings import FIELDS
@@ -17,6 +18,7 @@ DERIVED = {
     "aibridge_upstream_auth": "upstream_proxy's credentials",
     "aibridge_policy": "gateways + groups + rules + profiles + default_profile",
     "aibridge_profile_store": "profile_store, else state_dir/profiles.json",
+    "aibridge_gateway_trusted_ca": "system roots + gateway_ca_file + gateways' ca_file",
 }
 
 
@@ -38,6 +40,7 @@ def test_engine_options_set_every_addon_option(tmp_path):
     settings = load_settings(
         {"gateway": "https://coder.example.com", "state_dir": str(tmp_path)}, environ={}
     )
-    produced = engine_options(settings, tmp_path, tmp_path / "trust.pem")
+    files = EngineFiles(tmp_path, tmp_path / "trust.pem", tmp_path / "gateway-trust.pem")
+    produced = engine_options(settings, files)
     assert set(addon_options()) <= set(produced)
     assert produced["aibridge_websocket_negative_ttl"] == 600  # a setting since this change
