@@ -60,3 +60,41 @@ def test_two_replicas_share_a_profile_choice(make_proxy, gateway, redis_server, 
         assert len(other.records) == count + 1  # kept in Redis, not in the replica
     finally:
         other.stop()
+
+
+async def test_a_value_that_is_not_utf8_is_skipped_and_following_goes_on(redis_server, caplog):
+    """One bad entry in the choices hash killed the follower task silently: the replica
+    stopped following, with no log line and no recovery."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from addons.routing.profile_store import CHANNEL
+    from addons.routing.profile_store import HASH
+    from addons.routing.profile_store import RedisProfileChoices
+
+    writer = aioredis.from_url(redis_server.url)
+    await writer.hset(HASH, "mallory/ws", b"\xff\xfe not text")
+    await writer.hset(HASH, "alice/ws", "fast")
+    replica = RedisProfileChoices(redis_server.url, refresh=0.2)
+    replica.start()
+    try:
+        for _ in range(50):
+            if replica.get("alice", "ws") == "fast":
+                break
+            await asyncio.sleep(0.05)
+        assert replica.get("alice", "ws") == "fast"  # the good entry is read
+        assert replica.get("mallory", "ws") is None  # the bad one skipped
+        await writer.hset(HASH, "bob/ws", b"\xc3\x28")  # another bad one, announced
+        await writer.publish(CHANNEL, "bob/ws")
+        await writer.hset(HASH, "carol/ws", "careful")
+        await writer.publish(CHANNEL, "carol/ws")
+        for _ in range(50):
+            if replica.get("carol", "ws") == "careful":
+                break
+            await asyncio.sleep(0.05)
+        assert replica.get("carol", "ws") == "careful"  # still following
+        assert "not UTF-8" in caplog.text
+    finally:
+        await replica.close()
+        await writer.aclose()
