@@ -73,7 +73,7 @@ def test_every_rule_of_the_example_is_explained_as_the_proxy_then_does(example, 
             assert str(r.status_code) == out.split("answer:   ", 1)[1][:3]
             assert len(gateway.records) + len(standalone.records) == before
         else:
-            upstream = out.split("upstream: ", 1)[1].strip()
+            upstream = out.split("upstream: ", 1)[1].splitlines()[0].strip()
             got = max(gateway.records + standalone.records, key=lambda rec: rec.time)
             assert upstream.endswith(got.path), (rule, upstream, got.path)
 
@@ -96,4 +96,4 @@ def test_explain_with_an_unknown_profile_shows_the_default_in_force_as_the_proxy
     with proxy_client(p, token=ALICE, user="w") as c:  # this workspace chose no profile
         c.post(url, json={"model": "claude-x", "max_tokens": 1, "messages": []})
     got = max(gateway.records + standalone.records, key=lambda rec: rec.time)
-    assert out.split("upstream: ", 1)[1].strip().endswith(got.path)
+    assert out.split("upstream: ", 1)[1].splitlines()[0].strip().endswith(got.path)
