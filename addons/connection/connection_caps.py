@@ -72,9 +72,10 @@ class ConnectionCaps:
         }
         if not names & set(updated):
             return
-        for name in names:
-            if getattr(ctx.options, name) < (0 if name == "aibridge_max_connections" else 1):
-                raise exceptions.OptionsError(f"{name} must be at least 1")
+        for name in sorted(names):
+            least = 0 if name == "aibridge_max_connections" else 1
+            if getattr(ctx.options, name) < least:
+                raise exceptions.OptionsError(f"{name} must be at least {least}")
         total = ctx.options.aibridge_max_connections or total_for(open_files_limit())
         self.counts.caps = Caps(
             ctx.options.aibridge_max_connections_per_user,

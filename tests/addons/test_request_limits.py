@@ -40,3 +40,20 @@ def test_ordinary_requests_pass():
         flow.request.path = "/v1/chat/completions?a=%20b"
         limits.requestheaders(flow)
     assert flow.response is None
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("aibridge_max_connections_per_user", 0, "at least 1"),
+     ("aibridge_max_connections_per_address", 0, "at least 1"),
+     ("aibridge_max_connections", -1, "at least 0")],
+)  # fmt: skip
+def test_connection_caps_refuse_values_that_are_not_caps(option, value, message):
+    from mitmproxy import exceptions
+    from mitmproxy.test import taddons
+
+    from addons.connection.connection_caps import ConnectionCaps
+
+    with taddons.context(ConnectionCaps()) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=f"{option} must be {message}"):
+            tctx.options.update(**{option: value})
