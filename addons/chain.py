@@ -49,6 +49,7 @@ from addons.connection.http2_clients import Http2Clients
 from addons.connection.listener_tls import ListenerTLS
 from addons.connection.request_limits import RequestLimits
 from addons.core.events import GATEWAY_FAILOVER
+from addons.core.events import HTTP2_FLOOD
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.egress.egress_policy import EgressPolicy
@@ -87,13 +88,16 @@ def make_addons(patches: EnginePatches) -> list:
     metrics = Metrics(routing)
     events.subscribe(TOKEN_CHECKED, metrics.token_checked)
     events.subscribe(GATEWAY_FAILOVER, metrics.gateway_failover)
+    caps = ConnectionCaps()
+    events.subscribe(HTTP2_FLOOD, caps.flooded)
+    events.subscribe(HTTP2_FLOOD, metrics.http2_flood)
     return [
         routing,
         deadlines,
         RequestLimits(patches.header_limit),
         ListenerTLS(),
         auth,
-        ConnectionCaps(),  # after auth: it counts connections against the user they name
+        caps,  # after auth: it counts connections against the user they name
         SelfService(routing, choices, recent),
         egress,
         InterceptPolicy(routing, deadlines, egress),
@@ -101,7 +105,7 @@ def make_addons(patches: EnginePatches) -> list:
         GatewayRouter(routing, health),
         GatewayTrust(routing),
         health,
-        Http2Clients(patches.h2_flood),
+        Http2Clients(patches.h2_flood, events),
         UpstreamCredentials(patches.upstream_handshake),
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),

@@ -4,6 +4,9 @@ connections (held tunnels cost two descriptors each, and past the open-file limi
 user's requests failed with EMFILE). Over a cap, the next CONNECT or plain request is answered
 `429` naming the setting (`503` when the proxy as a whole is full) and the connection closes;
 the refusal is counted like any other (`connects_total{reason="connection_cap"}`).
+
+A user (an address, for connections that name none) whose connections were closed three
+times within a minute for flooding HTTP/2 (addons/engine/h2_abuse.py) gets `429` on new connections until that minute is over.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import resource
+import time
 import weakref
 
 from mitmproxy import connection
@@ -24,6 +28,7 @@ from addons.core.record import reject
 from addons.core.responses import refusal_response
 from addons.rules.connection_counts import Caps
 from addons.rules.connection_counts import ConnectionCounts
+from addons.rules.connection_counts import Strikes
 from addons.rules.connection_counts import total_for
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ def open_files_limit() -> int:
 class ConnectionCaps:
     def __init__(self) -> None:
         self.counts = ConnectionCounts(Caps(256, 1024, total_for(open_files_limit())))
+        self.strikes = Strikes()
+        self.clock = time.monotonic
         # each client connection: (its address, the user it was claimed for, if any)
         self._clients: weakref.WeakKeyDictionary[connection.Client, list] = (
             weakref.WeakKeyDictionary()
@@ -92,6 +99,13 @@ class ConnectionCaps:
         if (held := self._clients.pop(client, None)) is not None:
             self.counts.closed(held[0], held[1])
 
+    def flooded(self, client: connection.Client, what: str) -> None:
+        """A connection was closed for flooding HTTP/2: a strike for its user (for its address
+        only when it named none: many developers may share one address behind a NAT)."""
+        held = self._clients.get(client)
+        if held is not None:
+            self.strikes.add(held[1] or held[0], self.clock())
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._check(flow)
 
@@ -103,7 +117,7 @@ class ConnectionCaps:
         if flow.response is not None or held is None or held[1] is not None:
             return  # answered already, or this connection was let in before
         user = _holder(record(flow).identity)
-        refusal = self.counts.refusal(held[0], user)
+        refusal = self._barred(held[0], user) or self.counts.refusal(held[0], user)
         if refusal is not None:
             status, why = refusal
             logger.warning("refused a connection: %s", why)
@@ -113,6 +127,15 @@ class ConnectionCaps:
         if user is not None:
             held[1] = user
             self.counts.claim(user)
+
+    def _barred(self, address: str, user: str | None) -> tuple[int, str] | None:
+        key = user or address
+        if not self.strikes.barred(key, self.clock()):
+            return None
+        return 429, (
+            f"{key}'s connections were closed {self.strikes.limit} times within "
+            f"{self.strikes.window:g} s for flooding HTTP/2: wait a minute"
+        )
 
 
 def _holder(identity) -> str | None:

@@ -11,7 +11,7 @@ mitmproxy translates h2 client streams into HTTP/1.1 upstream requests, with two
   `max_concurrent_streams` mitmproxy advertises), no more.
 Upstream connections to the gateway are pinned to HTTP/1.1 so the framing above is valid.
 Floods (rapid reset, control frames) are cut off in the engine (addons/engine/h2_abuse.py);
-this addon says so in the log.
+this addon says so in the log and reports it (HTTP2_FLOOD) for the connection caps and metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from mitmproxy import connection
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from addons.core.events import HTTP2_FLOOD
+from addons.core.events import EventBus
 from addons.engine.connections import lift_upstream_connection_cap
 from addons.engine.h2_abuse import Http2FloodGuard
 
@@ -32,14 +34,17 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
 
 
 class Http2Clients:
-    def __init__(self, flood_guard: Http2FloodGuard | None = None) -> None:
+    def __init__(
+        self, flood_guard: Http2FloodGuard | None = None, events: EventBus | None = None
+    ) -> None:
+        self.events = events or EventBus()
         if flood_guard is not None:
             flood_guard.on_flood = self._flood
 
-    @staticmethod
-    def _flood(client: connection.Client, what: str) -> None:
+    def _flood(self, client: connection.Client, what: str) -> None:
         peer = client.peername[0] if client.peername else "?"
         logger.warning("closed an HTTP/2 connection from %s (GOAWAY): %s", peer, what)
+        self.events.emit(HTTP2_FLOOD, client, what)
 
     def client_connected(self, client: connection.Client) -> None:
         lift_upstream_connection_cap(client, UPSTREAM_CONNECTIONS_PER_CLIENT)

@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 TOKEN_CHECKED = "token_checked"  # (cached: bool)
 GATEWAY_FAILOVER = "gateway_failover"  # (gateway name: str)
+HTTP2_FLOOD = "http2_flood"  # (client connection, what: str): closed with GOAWAY
 
 
 class EventBus:

@@ -173,6 +173,12 @@ class Metrics:
             ["gateway"],
             registry=r,
         )
+        self.http2_floods = Counter(
+            PREFIX + "http2_floods",
+            "HTTP/2 client connections closed with GOAWAY for a flood, by what they flooded.",
+            ["what"],
+            registry=r,
+        )
         self.rule_decisions = Counter(
             PREFIX + "rule_decisions",
             "Requests decided by a routing rule, by rule and action.",
@@ -219,6 +225,9 @@ class Metrics:
 
     def gateway_failover(self, name: str) -> None:
         self.gateway_failovers.labels(gateway=name).inc()
+
+    def http2_flood(self, client: connection.Client, what: str) -> None:
+        self.http2_floods.labels(what=what.removeprefix("too many ")).inc()
 
     # -- CONNECTs ----------------------------------------------------------------------------
 

@@ -106,11 +106,12 @@ def _goaway_after(tunnel: H2Tunnel, frames: bytes | None = None, resets: int = 0
         return None
 
 
-def test_rapid_reset_ends_in_goaway_and_reaches_no_gateway(proxy, gateway):
+def test_rapid_reset_ends_in_goaway_and_reaches_no_gateway(make_proxy, gateway):
     """CVE-2023-44487: streams opened and reset at once. None of them becomes a request (the
     gateway sees nothing), the connection gets GOAWAY ENHANCE_YOUR_CALM, others go on."""
     import h2.errors
 
+    proxy = make_proxy()  # its own: floods count against the user
     before = len(gateway.records)
     code = _goaway_after(H2Tunnel(proxy.port, proxy.ca_path, ALICE), resets=2000)
     assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
@@ -139,8 +140,32 @@ def test_a_client_cancelling_a_few_streams_is_not_a_flood(proxy, gateway):
      b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"\x00" * 8],  # PING
     ids=["settings", "ping"],
 )  # fmt: skip
-def test_control_frame_floods_end_in_goaway(proxy, frame):
+def test_control_frame_floods_end_in_goaway(make_proxy, frame):
     import h2.errors
 
+    proxy = make_proxy()
     code = _goaway_after(H2Tunnel(proxy.port, proxy.ca_path, ALICE), frames=frame * 5000)
     assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_client_that_keeps_flooding_is_refused_new_connections(make_proxy):
+    """Each flood costs the attacker a connection; after three in a minute, new CONNECTs get
+    429 at once, without a TLS handshake, and the refusals are counted."""
+    import h2.errors
+
+    from tests.support import BOB
+    from tests.support import connect_through
+    from tests.support import metric
+    from tests.support import proxy_basic
+
+    proxy = make_proxy()
+    flood = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"\x00" * 8
+    for _ in range(3):
+        code = _goaway_after(H2Tunnel(proxy.port, proxy.ca_path, BOB), frames=flood * 5000)
+        assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    status, answer = connect_through(proxy.port, "api.openai.com:443", proxy_basic(BOB))
+    assert status == 429 and b"flooding HTTP/2" in answer
+    # another user from the same address is not affected (a NAT may hide many developers)
+    assert connect_through(proxy.port, "api.openai.com:443", proxy_basic(ALICE))[0] == 200
+    text = proxy.admin("/metrics").text
+    assert metric(text, "aibridge_proxy_http2_floods_total", what="control frames") >= 3
