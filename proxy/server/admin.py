@@ -77,7 +77,7 @@ def admin_host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool
     rebound behind it), localhost, or a configured name. A page on another site that rebinds
     its own name to our address sends that name, and is refused."""
     if not host_header:
-        return False
+        return True  # a health check that names no host (HAProxy's default); browsers always do
     host = host_header.strip().lower()
     if host.startswith("["):
         host = host[1 : host.find("]")] if "]" in host else host

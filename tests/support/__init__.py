@@ -563,7 +563,10 @@ class TcpBalancer:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", backend.admin_port), 1
             )
-            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            writer.write(  # as Kubernetes and cloud balancers do: the backend's address
+                b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
+                % backend.admin_port
+            )
             status = await asyncio.wait_for(reader.readline(), 2)
             writer.close()
             return b" 200 " in status
