@@ -2,7 +2,8 @@
 HTTP/2 floods against one proxy worker, with an honest client beside the attacker:
 
 - rapid reset (CVE-2023-44487): open a stream and reset it at once, as fast as the socket
-  takes it, for a few seconds, then leave;
+  takes it, for a few seconds, then leave (the attacker is a user of his own, with a token
+  the counting gateway accepts);
 - SETTINGS flood and PING flood: control frames the server must answer, as fast as it goes.
 
 For each: the honest client's p50 and worst request during the flood (its quiet figures are
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -47,6 +49,7 @@ from tests.benchmarks.__main__ import wait_port
 
 HOST = "api.openai.com"
 BODY = b'{"model":"m","messages":[]}'
+ATTACKER = "attacker-"  # each flood's attacker is a user of his own: attacker-<flood>
 SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # empty SETTINGS on stream 0
 PING_FRAME = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"\x00" * 8
 
@@ -61,8 +64,10 @@ def serve_gateway(port: int) -> None:
 
     async def handle(request: web.Request) -> web.Response:
         nonlocal count
-        if request.path == "/api/v2/users/me":
-            return web.json_response({"id": "u1", "username": "bench"})
+        if request.path == "/api/v2/users/me":  # the attacker is a user of his own
+            token = request.headers.get("Coder-Session-Token", "")
+            user = token if token.startswith(ATTACKER) else "bench"
+            return web.json_response({"id": user, "username": user})
         if request.path == "/_count":
             return web.json_response({"count": count})
         count += 1
@@ -91,13 +96,17 @@ def open_files(pid: int) -> int:
 # -- the clients ----------------------------------------------------------------------------------
 
 
-def h2_socket(proxy_port: int) -> ssl.SSLSocket:
+def h2_socket(proxy_port: int, kind: str) -> ssl.SSLSocket | None:
+    """An h2 connection through the proxy as this flood's attacker, or None when the CONNECT
+    is refused."""
     raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-    auth = __import__("base64").b64encode(f"coder:{TOKEN}".encode()).decode()
+    auth = base64.b64encode(f"coder:{ATTACKER}{kind}-0123456789".encode()).decode()
     raw.sendall(
         f"CONNECT {HOST}:443 HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode()
     )
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    if not raw.recv(4096).startswith(b"HTTP/1.1 200"):
+        raw.close()
+        return None
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
@@ -109,17 +118,24 @@ def h2_socket(proxy_port: int) -> ssl.SSLSocket:
 def attack(proxy_port: int, kind: str, seconds: float) -> dict:
     """Flood for `seconds`, as a persistent attacker would: a connection the proxy closes is
     opened again at once. What was sent, on how many connections."""
-    sent, connections, closed = 0, 0, 0
+    sent, connections, closed, refused = 0, 0, 0, 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        outcome = flood_one_connection(proxy_port, kind, deadline)
+        if outcome is None:  # the CONNECT was refused: hammer on
+            refused += 1
+            time.sleep(0.01)
+            continue
         connections += 1
-        sent_now, was_closed = flood_one_connection(proxy_port, kind, deadline)
-        sent, closed = sent + sent_now, closed + was_closed
-    return {"sent": sent, "connections": connections, "closed_by_the_proxy": closed}
+        sent, closed = sent + outcome[0], closed + outcome[1]
+    return {"sent": sent, "connections": connections, "closed_by_the_proxy": closed,
+            "connects_refused": refused}  # fmt: skip
 
 
-def flood_one_connection(proxy_port: int, kind: str, deadline: float) -> tuple[int, bool]:
-    sock = h2_socket(proxy_port)
+def flood_one_connection(proxy_port: int, kind: str, deadline: float) -> tuple[int, bool] | None:
+    sock = h2_socket(proxy_port, kind)
+    if sock is None:
+        return None
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
