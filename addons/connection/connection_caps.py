@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import resource
-import time
 import weakref
 
 from mitmproxy import connection
@@ -28,8 +27,8 @@ from addons.core.record import reject
 from addons.core.responses import refusal_response
 from addons.rules.connection_counts import Caps
 from addons.rules.connection_counts import ConnectionCounts
-from addons.rules.connection_counts import Strikes
 from addons.rules.connection_counts import total_for
+from addons.rules.token_validation import FailureLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ def open_files_limit() -> int:
 class ConnectionCaps:
     def __init__(self) -> None:
         self.counts = ConnectionCounts(Caps(256, 1024, total_for(open_files_limit())))
-        self.strikes = Strikes()
-        self.clock = time.monotonic
+        # connections closed for an HTTP/2 flood: three within a minute bar the holder
+        self.strikes = FailureLimiter(max_failures=3, window=60.0, max_clients=10_000)
         # each client connection: (its address, the user it was claimed for, if any)
         self._clients: weakref.WeakKeyDictionary[connection.Client, list] = (
             weakref.WeakKeyDictionary()
@@ -104,7 +103,7 @@ class ConnectionCaps:
         only when it named none: many developers may share one address behind a NAT)."""
         held = self._clients.get(client)
         if held is not None:
-            self.strikes.add(held[1] or held[0], self.clock())
+            self.strikes.record_failure(held[1] or held[0])
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._check(flow)
@@ -130,10 +129,10 @@ class ConnectionCaps:
 
     def _barred(self, address: str, user: str | None) -> tuple[int, str] | None:
         key = user or address
-        if not self.strikes.barred(key, self.clock()):
+        if not self.strikes.is_blocked(key):
             return None
         return 429, (
-            f"{key}'s connections were closed {self.strikes.limit} times within "
+            f"{key}'s connections were closed {self.strikes.max_failures} times within "
             f"{self.strikes.window:g} s for flooding HTTP/2: wait a minute"
         )
 

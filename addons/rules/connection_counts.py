@@ -70,32 +70,3 @@ def _drop(counter: Counter, key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
-
-
-class Strikes:
-    """Connections closed for abuse (an HTTP/2 flood), per holder: `limit` of them within
-    `window` seconds bar the holder from new connections until the window has passed, so an
-    attacker who reconnects at once pays a refused CONNECT, not a TLS handshake and a flood."""
-
-    def __init__(self, limit: int = 3, window: float = 60.0, max_keys: int = 10_000) -> None:
-        self.limit, self.window, self.max_keys = limit, window, max_keys
-        self._times: dict[str, list[float]] = {}
-
-    def add(self, key: str, now: float) -> None:
-        times = self._recent(key, now)
-        times.append(now)
-        self._times[key] = times
-        if len(self._times) > self.max_keys:  # forget the holder struck longest ago
-            oldest = min(self._times, key=lambda k: self._times[k][-1])
-            del self._times[oldest]
-
-    def barred(self, key: str, now: float) -> bool:
-        return len(self._recent(key, now)) >= self.limit
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        times = [t for t in self._times.get(key, ()) if now - t < self.window]
-        if times:
-            self._times[key] = times
-        else:
-            self._times.pop(key, None)
-        return times

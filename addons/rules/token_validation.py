@@ -117,8 +117,9 @@ class TokenCache:
 
 
 class FailureLimiter:
-    """Counts authentication failures per client address in a sliding window; once over the
-    threshold the address is refused until the window has passed without new failures."""
+    """Counts failures per key in a sliding window (authentication failures per client address;
+    connections closed for an HTTP/2 flood per user); once over the threshold the key is
+    refused until the window has passed without new failures."""
 
     def __init__(
         self,

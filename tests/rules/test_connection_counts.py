@@ -40,18 +40,3 @@ def test_addresses_and_the_total_have_caps_too():
 def test_the_total_keeps_a_reserve_of_descriptors():
     assert total_for(1024) == (1024 - 64) // 2
     assert total_for(20) == 16
-
-
-def test_three_strikes_within_the_window_bar_a_holder_until_it_passes():
-    from addons.rules.connection_counts import Strikes
-
-    strikes = Strikes(limit=3, window=60)
-    for t in (0, 10, 20):
-        assert not strikes.barred("mallory", t)
-        strikes.add("mallory", t)
-    assert strikes.barred("mallory", 21) and not strikes.barred("alice", 21)
-    assert not strikes.barred("mallory", 61)  # the first strike has aged out
-    many = Strikes(limit=1, window=60, max_keys=2)
-    for n, key in enumerate(("a", "b", "c")):
-        many.add(key, n)
-    assert not many.barred("a", 3) and many.barred("c", 3)  # memory stays bounded
