@@ -123,7 +123,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NEEDS_QUOTES = re.compile(r'[\s="]')
 
 
-def _escape(text: str) -> str:
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes: what clients name (models, users,
+    workspaces) must not move the cursor or forge a line, in a log line or a report."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
@@ -132,14 +134,14 @@ def _text_value(value: object) -> str:
     when it holds spaces, `=` or quotes, so a value can never pose as another field."""
     text = str(value)
     if _NEEDS_QUOTES.search(text) or not text:
-        return _escape(json.dumps(text, ensure_ascii=False))
-    return _escape(text)
+        return printable(json.dumps(text, ensure_ascii=False))
+    return printable(text)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         f = _record_fields(record)
-        msg = _escape(str(f.pop("msg")))
+        msg = printable(str(f.pop("msg")))
         head = f"{f.pop('time')} {f.pop('level'):<7} {f.pop('logger')}: {msg}"
         exc = f.pop("exception", None)
         tail = " ".join(f"{k}={_text_value(v)}" for k, v in f.items() if v is not None)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from proxy.server.logs import printable
+
 GROUPINGS = ("user", "tool", "model", "workspace", "provider")
 KINDS = ("routed", "observed", "origin", "denied")
 COUNTS = (
@@ -112,10 +114,6 @@ class LogReader:
                 self.unreadable += 1
 
 
-def read_lines(files: Iterable[Path], stdin: TextIO | None = None) -> Iterator[dict]:
-    return LogReader().lines(files, stdin)
-
-
 def traffic_of(record: dict) -> str | None:
     """Which kind of traffic an access line is, or None when it is not usage."""
     msg = record.get("msg")
@@ -171,14 +169,7 @@ def summarize(
     return body + sorted(totals.values(), key=lambda r: order[r.traffic])
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (newlines, ESC sequences) shown as escapes: names in
-    the log come from clients, and must not move the cursor or forge a row."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def spreadsheet_cell(text: str) -> str:

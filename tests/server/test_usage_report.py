@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from proxy.server.usage_report import LogReader
 from proxy.server.usage_report import ReportError
 from proxy.server.usage_report import log_files
 from proxy.server.usage_report import parse_since
-from proxy.server.usage_report import read_lines
 from proxy.server.usage_report import render
 from proxy.server.usage_report import summarize
 from tests.support import assert_one_line_error
@@ -79,7 +79,7 @@ def test_rotated_and_gzipped_files_are_read(tmp_path):
     (tmp_path / "other.log").write_text(json.dumps(LINES[4]) + "\n")
     files = log_files(log)
     assert [f.name for f in files] == ["access.log", "access.log.1", "access.log.2.gz"]
-    assert [r["user"] for r in read_lines(files)] == ["alice", "alice", "bob"]
+    assert [r["user"] for r in LogReader().lines(files)] == ["alice", "alice", "bob"]
 
 
 def test_formats():
