@@ -220,9 +220,7 @@ class EgressPolicy:
         """The gateway (and the upstream proxy we chain to) are always reachable."""
         if self.upstream is not None and (host.lower(), port) == self.upstream:
             return True
-        return any(
-            t.host == host.lower() and t.port == port for t in self.routing.current.gateways()
-        )
+        return self.routing.current.is_gateway(host, port)
 
     def _allowed(self, ip: IPAddress) -> bool:
         return not is_forbidden(ip) or any(ip in net for net in self.allowed_cidrs)

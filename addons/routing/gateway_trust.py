@@ -47,9 +47,5 @@ class GatewayTrust:
         if self.context is None or tls_start.ssl_conn is None:
             return
         address = tls_start.context.server.address
-        if address is not None and self._is_gateway(address):
+        if address is not None and self.routing.current.is_gateway(*address):
             tls_start.ssl_conn.set_context(self.context)
-
-    def _is_gateway(self, address: tuple[str, int]) -> bool:
-        host, port = address[0].lower(), address[1]
-        return any(t.host == host and t.port == port for t in self.routing.current.gateways())

@@ -55,6 +55,11 @@ class RoutingSnapshot:
         )
         return [t for t in targets if t is not None]
 
+    def is_gateway(self, host: str, port: int) -> bool:
+        """`host:port` is one of the gateways (or a Coder deployment we check tokens with)."""
+        host = host.lower()
+        return any(t.host == host and t.port == port for t in self.gateways())
+
 
 class Routing:
     """Owns the options that say which hosts are routed and to which gateway."""
