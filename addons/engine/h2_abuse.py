@@ -103,9 +103,11 @@ class Http2FloodGuard:
             # takes the connection past its budget, the rest is never parsed (the connection
             # is closed as soon as its events are handled).
             events: list = []
+            counted = [0, 0]  # resets, control frames in `events`
             for start in range(0, len(data), SLICE) if data else (0,):
-                events += receive(conn, data[start : start + SLICE])
-                if guard._exhausted(conn, events):
+                batch = receive(conn, data[start : start + SLICE])
+                events += batch
+                if guard._exhausted(conn, batch, counted):
                     break
             return without_cancelled_requests(events)
 
@@ -134,13 +136,14 @@ class Http2FloodGuard:
             )
         return buckets
 
-    def _exhausted(self, conn, events: list) -> bool:
-        """The events parsed so far would take the connection past one of its budgets."""
+    def _exhausted(self, conn, batch: list, counted: list[int]) -> bool:
+        """With `batch` added to what this read parsed so far (`counted`, updated here), the
+        connection would be past one of its budgets."""
+        counted[0] += sum(isinstance(e, h2.events.StreamReset) for e in batch)
+        counted[1] += sum(isinstance(e, CONTROL_FRAMES) for e in batch)
         resets, control = self._buckets(conn)
         now = self.clock()
-        n_resets = sum(isinstance(e, h2.events.StreamReset) for e in events)
-        n_control = sum(isinstance(e, CONTROL_FRAMES) for e in events)
-        return n_resets > resets.available(now) or n_control > control.available(now)
+        return counted[0] > resets.available(now) or counted[1] > control.available(now)
 
     def _over_budget(self, server, event) -> str | None:
         resets, control = self._buckets(server.h2_conn)
