@@ -163,7 +163,7 @@ class RoutingRules:
             model_known=path_model is not None,
         )
         chosen = self.choices.store.get(identity.user, identity.workspace)
-        observed = snapshot.table.lookup(request.host) is None
+        observed = snapshot.table.lookup(request.host) is None  # this decision's snapshot
         if observed and _binary_protocol(request.headers):
             facts = replace(facts, model_known=True)  # model rules do not apply (see above)
         if is_websocket_upgrade(request.headers):

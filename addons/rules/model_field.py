@@ -37,18 +37,15 @@ def _skip(text: str, i: int) -> int:
 
 
 def top_level_fields(
-    body: bytes | str, watched: tuple[str, ...] = ("model",)
+    body: bytes, watched: tuple[str, ...] = ("model",)
 ) -> dict[str, tuple[object, tuple[int, int]]]:
     """The `watched` top-level keys of a JSON object body: value and character span (quotes
     included). Raises ModelUnreadable for anything else than one JSON object, for a key given
     twice, and for a case variant of a watched key."""
-    if isinstance(body, bytes):
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelUnreadable("the body is not UTF-8 JSON") from None
-    else:
-        text = body
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelUnreadable("the body is not UTF-8 JSON") from None
     i = _skip(text, 0)
     if not text.startswith("{", i):
         raise ModelUnreadable("the body is not a JSON object")
@@ -68,7 +65,7 @@ def top_level_fields(
             if key in seen:
                 raise ModelUnreadable(f"the body gives the key {key[:40]!r} twice")
             seen.add(key)
-            if key not in folded.values() and key.casefold() in folded:
+            if key not in watched and key.casefold() in folded:
                 raise ModelUnreadable(
                     f"the body has {key[:40]!r}, which some readers take for "
                     f"{folded[key.casefold()]!r}"
@@ -78,7 +75,7 @@ def top_level_fields(
                 raise ModelUnreadable("the body is not a JSON object")
             start = _skip(text, i + 1)
             value, end = _DECODER.raw_decode(text, start)
-            if key in folded.values():
+            if key in watched:
                 found[key] = (value, (start, end))
             i = _skip(text, end)
             if text.startswith("}", i):

@@ -160,7 +160,7 @@ class _Decoder:
         elif encoding == "br" and brotli is not None:
             self._br = brotli.Decompressor()
         self.ok = encoding in ("", "identity") or self._z is not None or self._br is not None
-        self._left = budget
+        self._budget = self._left = budget
 
     def decode(self, chunk: bytes) -> bytes:
         if self._z is not None:
@@ -182,7 +182,7 @@ class _Decoder:
             return chunk
         self._left -= len(data)
         if self._left < 0:
-            raise DecodedTooLarge(f"the body decodes to more than {DECODED_LIMIT} bytes")
+            raise DecodedTooLarge(f"the body decodes to more than {self._budget} bytes")
         return data
 
 

@@ -175,10 +175,10 @@ class SelfService:
             return
         try:
             await self._answer(flow)
-        except Exception:  # never unanswered: an unanswered flow would be dialled
+        except Exception:
             logger.exception("could not answer %s", self._path(flow))
-            flow.response = plain_response(500, "the proxy could not answer this request")
-        if flow.response is None:
+            flow.response = None
+        if flow.response is None:  # never unanswered: an unanswered flow would be dialled
             flow.response = plain_response(500, "the proxy could not answer this request")
 
     def server_connect(self, data) -> None:
