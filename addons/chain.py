@@ -13,6 +13,8 @@ by concern (each folder's __init__.py says what it may import).
                   -> routing/gateway (applies rules/plan.py's decision: rewrite to
                      <target>/<provider><path>, stream the body; observed and origin requests
                      are sent on unchanged)
+                  -> govern/prompt_guard (holds a body to scan it for credentials: block, mask
+                     or flag; the routing rule's `dlp:` or the global action)
                   -> connection/http2_clients, egress/upstream_proxy (Basic, NTLM, Negotiate),
                      routing/websocket -> observe/dump
     answer        observe/token_usage (read as it streams) -> routing/upstream_errors (502/504
@@ -48,6 +50,7 @@ from addons.connection.deadlines import ConnectionDeadlines
 from addons.connection.http2_clients import Http2Clients
 from addons.connection.listener_tls import ListenerTLS
 from addons.connection.request_limits import RequestLimits
+from addons.core.events import DLP_VERDICT
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import HTTP2_FLOOD
 from addons.core.events import TOKEN_CHECKED
@@ -56,6 +59,7 @@ from addons.egress.egress_policy import EgressPolicy
 from addons.egress.intercept import InterceptPolicy
 from addons.egress.upstream_proxy import UpstreamCredentials
 from addons.engine import EnginePatches
+from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
@@ -91,6 +95,7 @@ def make_addons(patches: EnginePatches) -> list:
     caps = ConnectionCaps()
     events.subscribe(HTTP2_FLOOD, caps.flooded)
     events.subscribe(HTTP2_FLOOD, metrics.http2_flood)
+    events.subscribe(DLP_VERDICT, metrics.dlp_verdict)
     return [
         routing,
         deadlines,
@@ -103,6 +108,7 @@ def make_addons(patches: EnginePatches) -> list:
         InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
         GatewayRouter(routing, health),
+        PromptGuard(routing, events, patches.websocket_cap),  # after the router: the rule is known
         GatewayTrust(routing),
         health,
         Http2Clients(patches.h2_flood, events),

@@ -21,6 +21,7 @@ from typing import Any
 
 if TYPE_CHECKING:
     from addons.rules.policy import Facts
+    from addons.rules.prompt_dlp import Verdict
     from addons.rules.token_usage import Usage
     from addons.rules.token_usage import UsageReader
 
@@ -57,6 +58,9 @@ class RejectReason(enum.StrEnum):
     GOVERNANCE_TOKEN_MISMATCH = "governance_token_mismatch"
     MODEL_UNREADABLE = "model_unreadable"
     BODY_TOO_LARGE = "body_too_large"
+    # what a request carries
+    DLP_BLOCKED = "dlp_blocked"
+    DLP_UNSCANNED = "dlp_unscanned"
 
     @property
     def is_denial(self) -> bool:
@@ -68,7 +72,8 @@ class RejectReason(enum.StrEnum):
         return _HINTS.get(self)
 
 
-_DENIALS = frozenset({RejectReason.DENIED_HOST, RejectReason.RULE_DENIED})
+_DENIALS = frozenset({RejectReason.DENIED_HOST, RejectReason.RULE_DENIED, RejectReason.DLP_BLOCKED,
+                      RejectReason.DLP_UNSCANNED})  # fmt: skip
 _ASK_ADMIN = "ask your administrator"
 _HINTS: dict[RejectReason, tuple[str, str]] = {
     RejectReason.DENIED_HOST: ("the proxy's egress policy denies this host", _ASK_ADMIN),
@@ -88,6 +93,10 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
         "send a smaller request, or ask your administrator to raise model_body_limit",
     ),
     RejectReason.BLOCKED_PORT: ("the proxy does not allow this port", _ASK_ADMIN),
+    RejectReason.DLP_BLOCKED: ("the request carries a credential",
+                               "remove it, or use a placeholder"),
+    RejectReason.DLP_UNSCANNED: ("the proxy could not scan the request for credentials",
+                                 "send a smaller request, or ask your administrator"),
     RejectReason.CONNECTION_CAP: ("you hold too many open connections through the proxy",
                                   "close idle tools or sessions, or ask your administrator"),
 }  # fmt: skip
@@ -166,6 +175,7 @@ class FlowRecord:
     session: Any = None  # a WebSocket session's PendingModel: what each message is decided on
     route: RouteInfo | None = None  # the gateway router's part: None for what it never saw
     websocket_refused: bool = False  # the gateway refused the upgrade: answer 426
+    dlp: Verdict | None = None  # the prompt scan's findings and action (None: nothing to say)
 
 
 _RECORDS: weakref.WeakKeyDictionary[Any, FlowRecord] = weakref.WeakKeyDictionary()

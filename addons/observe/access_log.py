@@ -62,7 +62,15 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
     }
     if usage is not None:  # absent, not zero, when the response did not say
         fields.update(usage.token_fields())
+    if entry.dlp is not None:  # kinds and places, never a value
+        fields["dlp"] = dlp_field(entry.dlp)
     return fields
+
+
+def dlp_field(verdict) -> str:
+    """`block:github-pat@messages[3],aws-access-token@system`, or `pass:unscanned`."""
+    found = ",".join(f"{f.kind}@{f.where}" for f in verdict.findings)
+    return f"{verdict.action}:{found or 'unscanned'}"
 
 
 def outcome(reason: RejectReason | None, info: RouteInfo) -> str:

@@ -30,6 +30,7 @@ from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.core.record import route_info
 from addons.routing.snapshot import Routing
+from addons.rules.prompt_dlp import Verdict
 
 PREFIX = "aibridge_proxy_"
 
@@ -173,6 +174,20 @@ class Metrics:
             ["gateway"],
             registry=r,
         )
+        self.dlp_findings = Counter(
+            PREFIX + "dlp_findings",
+            "Credentials found in requests by the prompt scan, by kind and what was done "
+            "(block, mask, flag).",
+            ["kind", "action"],
+            registry=r,
+        )
+        self.dlp_unscanned = Counter(
+            PREFIX + "dlp_unscanned",
+            "Request bodies the prompt scan could not read or finish, by what was done "
+            "(block or pass).",
+            ["action"],
+            registry=r,
+        )
         self.http2_floods = Counter(
             PREFIX + "http2_floods",
             "HTTP/2 client connections closed with GOAWAY for a flood, by what they flooded.",
@@ -225,6 +240,13 @@ class Metrics:
 
     def gateway_failover(self, name: str) -> None:
         self.gateway_failovers.labels(gateway=name).inc()
+
+    def dlp_verdict(self, verdict: Verdict) -> None:
+        for finding in verdict.findings:
+            # kinds come from the catalogue and the admin's patterns: a bounded set
+            self.dlp_findings.labels(kind=finding.kind, action=verdict.action).inc()
+        if verdict.unscanned is not None:
+            self.dlp_unscanned.labels(action=verdict.action).inc()
 
     def http2_flood(self, client: connection.Client, what: str) -> None:
         self.http2_floods.labels(what=what.removeprefix("too many ")).inc()

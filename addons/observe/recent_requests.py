@@ -36,6 +36,27 @@ class RecentRequest:
     workspace: str | None
 
 
+_DLP_DONE = {"block": "blocked", "mask": "masked", "flag": "flagged", "pass": "sent unscanned"}
+
+
+def dlp_hint(verdict) -> tuple[str, str]:
+    """ "blocked: a GitHub token in messages[3]", and what to do about it."""
+    problem = f"{_DLP_DONE.get(verdict.action, verdict.action)}: {verdict.message}"
+    if verdict.findings:
+        fix = (
+            "remove it, or use a placeholder"
+            if verdict.action == "block"
+            else (
+                "the model never saw it; remove it from your files or history"
+                if verdict.action == "mask"
+                else "your administrator sees this; rotate the credential"
+            )
+        )
+    else:
+        fix = "send a smaller request, or ask your administrator"
+    return problem, fix
+
+
 class RecentRequests:
     def __init__(self, per_user: int = PER_USER, users: int = USERS):
         self.per_user = per_user
@@ -67,6 +88,8 @@ class RecentRequests:
             info.provider is not None,
             flow.error.msg if flow.error else None,
         )
+        if entry.dlp is not None:  # what the prompt scan did says more than the status
+            hint = dlp_hint(entry.dlp)
         usage = info.usage
         entry = RecentRequest(
             time=time.time(),

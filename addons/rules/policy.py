@@ -27,7 +27,13 @@ from addons.rules.gateway_target import resolve_target
 
 POLICY_KEYS = ("gateways", "groups", "rules", "profiles", "default_profile")
 CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model")
-NO_WORKSPACE = ("", "coder")  # proxy user names that mean "no workspace"
+NO_WORKSPACE = ("", "coder")
+DLP_ACTIONS = (
+    "block",
+    "mask",
+    "flag",
+    "off",
+)  # a rule's `dlp:` (prompt_dlp.py)  # proxy user names that mean "no workspace"
 
 
 class PolicyError(ValueError):
@@ -102,6 +108,7 @@ class Rule:
     name: str
     conditions: Mapping[str, Patterns]
     action: Action
+    dlp: str | None = None  # the prompt scan's action for what this rule decides (or off)
 
     @property
     def needs_model(self) -> bool:
@@ -157,10 +164,18 @@ class RoutingPolicy:
         return not self.rules and not self.profiles
 
     @cached_property
+    def has_dlp_rules(self) -> bool:
+        """Some rule sets the prompt scan's action (it may then apply without a global one)."""
+        return any(rule.dlp is not None for rule in self._every_rule)
+
+    @cached_property
+    def _every_rule(self) -> tuple[Rule, ...]:
+        return self.rules + tuple(r for rules in self.profiles.values() for r in rules)
+
+    @cached_property
     def has_model_rules(self) -> bool:
         """Some rule reads or replaces the model (WebSocket messages are then checked)."""
-        every = self.rules + tuple(r for rules in self.profiles.values() for r in rules)
-        return any(rule.needs_model for rule in every)
+        return any(rule.needs_model for rule in self._every_rule)
 
     def groups_of(self, user: str | None) -> frozenset[str]:
         if not user:
@@ -289,7 +304,7 @@ def _parse_rules(raw: Any, where: str, gateways: Mapping[str, GatewayTarget]) ->
         if name in names:
             raise PolicyError(f"{label}: the name is used twice")
         names.add(name)
-        unknown = set(entry) - {"name", "match", "route", "origin", "deny"}
+        unknown = set(entry) - {"name", "match", "route", "origin", "deny", "dlp"}
         if unknown:
             raise PolicyError(f"{label}: unknown key {sorted(unknown)[0]!r}")
         match = entry.get("match") or {}
@@ -302,7 +317,10 @@ def _parse_rules(raw: Any, where: str, gateways: Mapping[str, GatewayTarget]) ->
                     f"{label}: match.{key} is not a condition (one of {', '.join(CONDITIONS)})"
                 )
             conditions[key] = Patterns.parse(value, f"{label}: match.{key}", key)
-        rules.append(Rule(name, conditions, _parse_action(entry, label, gateways)))
+        dlp = entry.get("dlp")
+        if dlp is not None and dlp not in DLP_ACTIONS:
+            raise PolicyError(f"{label}: dlp must be one of {', '.join(DLP_ACTIONS)}")
+        rules.append(Rule(name, conditions, _parse_action(entry, label, gateways), dlp))
     return tuple(rules)
 
 

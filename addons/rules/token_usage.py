@@ -16,20 +16,13 @@ usage, never a zero.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
-try:
-    import brotli  # a dependency of mitmproxy's
-except ImportError:  # pragma: no cover
-    brotli = None
+from addons.rules.content_decoding import BoundedDecoder
 
 JSON_LIMIT = 4 * 1024 * 1024  # a JSON body larger than this (decoded) is not read
 LINE_LIMIT = 1024 * 1024  # one SSE line longer than this is skipped
-# What a compressed response may decode to before we stop reading its usage: a few hundred
-# bytes of brotli can unpack to gigabytes (a hostile observed vendor, a broken gateway).
-DECODED_LIMIT = 8 * 1024 * 1024
 # SSE events parsed per response at most (Gemini repeats its usage in every event; a real
 # stream has far fewer): the CPU a response can cost is bounded, whatever it holds
 EVENT_LIMIT = 50_000
@@ -141,51 +134,6 @@ def usage_of_message(obj: Any) -> Usage:
     return found
 
 
-_BROTLI_STEP = 256 * 1024
-
-
-class DecodedTooLarge(ValueError):
-    """A compressed body decodes to more than its budget: its usage is not read."""
-
-
-class _Decoder:
-    """Undoes a Content-Encoding chunk by chunk (gzip, deflate, br), never producing more than
-    `budget` bytes in all: past it, DecodedTooLarge. `ok` is False for an unknown encoding."""
-
-    def __init__(self, encoding: str, budget: int = DECODED_LIMIT):
-        encoding = encoding.strip().lower()
-        self._z = self._br = None
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
-        elif encoding == "br" and brotli is not None:
-            self._br = brotli.Decompressor()
-        self.ok = encoding in ("", "identity") or self._z is not None or self._br is not None
-        self._budget = self._left = budget
-
-    def decode(self, chunk: bytes) -> bytes:
-        if self._z is not None:
-            # max_length bounds the output; what is left of the input waits in unconsumed_tail,
-            # and one byte past the budget is enough to know it is exceeded
-            data = self._z.decompress(chunk, self._left + 1)
-        elif self._br is not None:
-            # brotli's output limit is a hint (its buffer grows in steps): ask in small steps
-            # and count as it goes, never holding more than a step past the budget
-            pieces = [self._br.process(chunk, output_buffer_limit=_BROTLI_STEP)]
-            produced = len(pieces[0])
-            while not self._br.can_accept_more_data():
-                if produced > self._left:
-                    break
-                pieces.append(self._br.process(b"", output_buffer_limit=_BROTLI_STEP))
-                produced += len(pieces[-1])
-            data = b"".join(pieces)
-        else:
-            return chunk
-        self._left -= len(data)
-        if self._left < 0:
-            raise DecodedTooLarge(f"the body decodes to more than {self._budget} bytes")
-        return data
-
-
 class UsageReader:
     """Fed each response chunk as it is relayed; `finish` says what the body reported."""
 
@@ -193,7 +141,7 @@ class UsageReader:
         media = content_type.split(";", 1)[0].strip().lower()
         self.sse = media == "text/event-stream"
         self.json = media == "application/json" or media.endswith("+json")
-        self._decoder = _Decoder(content_encoding)
+        self._decoder = BoundedDecoder(content_encoding)
         self.active = (self.sse or self.json) and self._decoder.ok
         self._buffer = bytearray()
         self._skipping_line = False

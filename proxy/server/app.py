@@ -8,6 +8,7 @@ new configuration is logged and the old one stays) and drains on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -79,6 +80,8 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "aibridge_upstream_auth": upstream.credentials if upstream else None,
         "aibridge_providers": settings.provider_table.to_specs(),
         "aibridge_policy": json.dumps(settings.policy_config),
+        "aibridge_dlp_patterns": json.dumps(settings.dlp_patterns or []),
+        "aibridge_dlp_mask_key": dlp_mask_key(settings.ca_key_path),
         "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
         "confdir": str(files.confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
@@ -89,6 +92,14 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "ssl_verify_upstream_trusted_ca": str(files.origin_trust),
         "aibridge_gateway_trusted_ca": str(files.gateway_trust),
     }
+
+
+def dlp_mask_key(ca_key: Path) -> str:
+    """The key DLP placeholders are made with: derived from the CA key, which every replica
+    and worker shares, so one credential masks the same everywhere and in every turn. One-way:
+    the placeholder tells nothing of the CA key."""
+    material = ca_key.read_bytes() if ca_key.is_file() else b""
+    return hashlib.sha256(b"aibridge-proxy dlp mask key\0" + material).hexdigest()
 
 
 def option_value(value: Any) -> Any:

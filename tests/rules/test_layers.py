@@ -81,6 +81,7 @@ ALLOWED = {
         "addons.core", "addons.rules", "addons.engine", "addons.routing", "addons.connection",
     },
     "addons.routing": {"addons.core", "addons.rules", "addons.engine"},
+    "addons.govern": {"addons.core", "addons.rules", "addons.engine", "addons.routing"},
     "addons.observe": {"addons.core", "addons.rules", "addons.routing"},
     "addons.selfservice": {
         "addons.core", "addons.rules", "addons.developer", "addons.observe", "addons.routing",

@@ -178,7 +178,7 @@ def _gzip_stream(data: bytes) -> bytes:
 @pytest.mark.parametrize("media", ["text/event-stream", "application/json"])
 def test_a_decompression_bomb_stops_the_reading_not_the_stream(encoding, compress, media):
     """A few KB that unpack to 64 MB (or a gigabyte): decoded no further than the budget."""
-    from addons.rules.token_usage import DECODED_LIMIT
+    from addons.rules.content_decoding import DECODED_LIMIT
 
     line = b'data: {"usage": {"prompt_tokens": 1}}\n' if media == "text/event-stream" else b" "
     bomb = compress(line * ((1 << 26) // len(line)))

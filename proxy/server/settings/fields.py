@@ -11,6 +11,7 @@ from addons.rules.providers import PRESETS
 from proxy.server.settings.base import ENV_PREFIX
 from proxy.server.settings.parsers import parse_bool
 from proxy.server.settings.parsers import parse_choice
+from proxy.server.settings.parsers import parse_dlp_patterns
 from proxy.server.settings.parsers import parse_host_items
 from proxy.server.settings.parsers import parse_listen
 from proxy.server.settings.parsers import parse_number
@@ -450,6 +451,57 @@ FIELDS: tuple[Field, ...] = (
         600,
         "Seconds to remember that a gateway route refused a WebSocket upgrade (426 meanwhile).",
         option="aibridge_websocket_negative_ttl",
+    ),
+    Field(
+        "dlp.action",
+        parse_choice("off", "block", "mask", "flag"),
+        "off",
+        "Prompt DLP for every decrypted request: block, mask or flag credentials (routing "
+        "rules may say their own `dlp:`).",
+        option="aibridge_dlp_action",
+    ),
+    Field(
+        "dlp.on_error",
+        parse_choice("auto", "block", "pass"),
+        "auto",
+        "A body the scan cannot finish (detector error, timeout, over dlp.max_bytes): block or "
+        "pass; auto: pass under flag, block under block and mask.",
+        option="aibridge_dlp_on_error",
+    ),
+    Field(
+        "dlp.unreadable",
+        parse_choice("pass", "block"),
+        "pass",
+        "A body that is not text (an observed tool's protobuf): pass (recorded as unscanned) "
+        "or block.",
+        option="aibridge_dlp_unreadable",
+    ),
+    Field(
+        "dlp.max_bytes",
+        parse_number(1024, True),
+        4 * 1024 * 1024,
+        "Largest request body scanned, decoded (bigger: dlp.on_error).",
+        option="aibridge_dlp_max_bytes",
+    ),
+    Field(
+        "dlp.timeout",
+        parse_number(0.001),
+        2.0,
+        "Seconds one body's scan may take (longer: dlp.on_error).",
+        option="aibridge_dlp_timeout",
+    ),
+    Field(
+        "dlp.patterns",
+        parse_dlp_patterns,
+        None,
+        "Your own kinds of credential: [{name, regex}] (group 1, if any, is the credential).",
+    ),
+    Field(
+        "dlp.allow",
+        parse_str_list,
+        (),
+        "Values never reported, e.g. a team's test keys.",
+        option="aibridge_dlp_allow",
     ),
     Field("log.level", parse_choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", parse_choice("json", "text"), "json", "json or text."),

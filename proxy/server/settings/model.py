@@ -84,6 +84,13 @@ class Settings:
     dump_dir: Path | None
     websocket_negative_ttl: int
     websocket_max_message: int
+    dlp_action: str
+    dlp_on_error: str
+    dlp_unreadable: str
+    dlp_max_bytes: int
+    dlp_timeout: float
+    dlp_patterns: list | None
+    dlp_allow: tuple[str, ...]
     log_level: str
     log_format: str
     log_access_file: Path | None

@@ -17,6 +17,7 @@ from addons.rules.ai_catalog import ObservedHosts
 from addons.rules.ai_catalog import expand
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
+from addons.rules.prompt_dlp import parse_patterns
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderSpecError
 from addons.rules.providers import make_route
@@ -169,6 +170,13 @@ def parse_structured(kind: type) -> Callable[[Any], Any]:
         return value
 
     return parse
+
+
+def parse_dlp_patterns(value: Any) -> list | None:
+    """The admin's own DLP kinds, checked now (each regex compiles, each name is unique)."""
+    value = parse_structured(list)(value)
+    parse_patterns(value)  # DlpConfigError is a ValueError naming the entry
+    return value
 
 
 def parse_str_list(value: Any) -> tuple[str, ...]:
