@@ -25,6 +25,7 @@ def gateway(gateway_server):
     """The session's local gateway, with an empty record of requests."""
     gateway_server.records.clear()
     gateway_server.gateway.websocket_closes.clear()
+    gateway_server.gateway.websocket_messages.clear()
     gateway_server.gateway.fail_users_me = None
     return gateway_server
 

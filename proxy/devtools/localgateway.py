@@ -92,6 +92,7 @@ class LocalGateway:
         self.word_delay = word_delay
         self.websocket = websocket  # False: answer upgrades 501, as Coder's gateway does
         self.websocket_closes: list[int | None] = []  # close codes the gateway saw
+        self.websocket_messages: list[str] = []  # text messages the gateway received
         self.records: list[Received] = []
         self.users_me_calls = 0
         self._runner: web.AppRunner | None = None
@@ -396,6 +397,7 @@ class LocalGateway:
             if msg.type == web.WSMsgType.BINARY:
                 await ws.send_bytes(msg.data)
             elif msg.type == web.WSMsgType.TEXT:
+                self.websocket_messages.append(msg.data)
                 if msg.data.startswith("close:"):
                     await ws.close(code=int(msg.data[6:]), message=b"bye")
                     break
