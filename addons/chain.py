@@ -10,11 +10,11 @@ by concern (each folder's __init__.py says what it may import).
                   -> egress/egress_policy (ports, ranges, host policy and catalog entries)
     TLS or not    egress/intercept (routed or observed: decrypt with our leaf; else a raw tunnel)
     request       routing/rules (route, origin or deny; reads the model if needed)
+                  -> govern/prompt_guard (holds a body to scan it for credentials: block, mask
+                     or flag; the routing rule's `dlp:` or the global action)
                   -> routing/gateway (applies rules/plan.py's decision: rewrite to
                      <target>/<provider><path>, stream the body; observed and origin requests
                      are sent on unchanged)
-                  -> govern/prompt_guard (holds a body to scan it for credentials: block, mask
-                     or flag; the routing rule's `dlp:` or the global action)
                   -> connection/http2_clients, egress/upstream_proxy (Basic, NTLM, Negotiate),
                      routing/websocket -> observe/dump
     answer        observe/token_usage (read as it streams) -> routing/upstream_errors (502/504
@@ -107,8 +107,10 @@ def make_addons(patches: EnginePatches) -> list:
         egress,
         InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
+        # between the rules (it reads their decision) and the router (which must not stream a
+        # body it holds)
+        PromptGuard(routing, events, patches.websocket_cap),
         GatewayRouter(routing, health),
-        PromptGuard(routing, events, patches.websocket_cap),  # after the router: the rule is known
         GatewayTrust(routing),
         health,
         Http2Clients(patches.h2_flood, events),

@@ -131,10 +131,12 @@ class RouteInfo:
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)
 
-    def count_in(self, chunk: bytes) -> bytes:
+    def count_in(self, chunk: bytes, shown: bytes | None = None) -> bytes:
+        """`chunk` is sent on; the taps see `shown` instead where a concern said so (a flagged
+        credential is sent, but never written to the dump)."""
         self.bytes_in += len(chunk)
         for tap in self.request_taps:
-            tap(chunk)
+            tap(chunk if shown is None else shown)
         return chunk
 
     def count_out(self, chunk: bytes) -> bytes:
@@ -155,8 +157,9 @@ class PendingModel:
 
 @dataclass(frozen=True)
 class RuleRefusal:
-    """The routing rules cannot decide this request (its body cannot be read for the model):
-    the router answers it, in the API's error shape, with this reason."""
+    """A refusal decided before routing (the rules cannot read the body for the model, the
+    prompt scan will not let it through): the router answers it, in the API's error shape, with
+    this reason, so the access log and the page see it as any other request."""
 
     status: int
     reason: RejectReason
@@ -176,6 +179,10 @@ class FlowRecord:
     route: RouteInfo | None = None  # the gateway router's part: None for what it never saw
     websocket_refused: bool = False  # the gateway refused the upgrade: answer 426
     dlp: Verdict | None = None  # the prompt scan's findings and action (None: nothing to say)
+    # A concern holds the request body until `request` (the prompt scan): the router neither
+    # streams it nor counts it before. `shown_body`: what observers (the dump) see of it instead.
+    body_held: bool = False
+    shown_body: bytes | None = None
 
 
 _RECORDS: weakref.WeakKeyDictionary[Any, FlowRecord] = weakref.WeakKeyDictionary()

@@ -5,8 +5,9 @@ flagged (addons/rules/prompt_dlp.py says how). Codex's WebSocket `response.creat
 are scanned one by one. Responses are never held or rewritten.
 
 The action is the routing rule's `dlp:` where the deciding rule has one, else the global
-`dlp.action`. Bodies are held back by turning request streaming off for the flow (the router
-streamed it); bodies up to 256 KiB are scanned in the event loop (well under a millisecond
+`dlp.action`. It runs after the routing rules and before the router: a body it holds is read
+whole before anything is sent (`body_held`: the router neither streams nor counts it until
+then), and scanned in `request` once the rule is known; bodies up to 256 KiB are scanned in the event loop (well under a millisecond
 for ordinary prompts), larger ones in a thread (the detector releases the GIL).
 """
 
@@ -26,6 +27,7 @@ from addons.core.events import DLP_VERDICT
 from addons.core.events import EventBus
 from addons.core.record import FlowRecord
 from addons.core.record import RejectReason
+from addons.core.record import RuleRefusal
 from addons.core.record import record
 from addons.core.responses import provider_error_response
 from addons.engine.body_limit import limit_buffered_body
@@ -83,7 +85,6 @@ class PromptGuard:
         self.websocket_closer = websocket_closer or WebSocketMessageCap()
         self.policy = DlpPolicy()
         self.scan: Scan | None = None  # built once some action can apply
-        self._held: set[int] = set()  # flows whose streaming we turned off (we count their body)
 
     def load(self, loader):
         loader.add_option("aibridge_dlp_action", str, "off",
@@ -164,11 +165,17 @@ class PromptGuard:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         entry = record(flow)
-        if flow.response is not None or entry.route is None or not self._could_apply():
+        request = flow.request
+        if (
+            flow.response is not None
+            or entry.self_service
+            or entry.identity is None
+            or not self._could_apply()
+            or not self.routing.current.intercepts(request.host)
+        ):
             return
         if isinstance(entry.decision, Decision) and self._action(entry) is None:
             return  # decided, and no scan applies to it
-        request = flow.request
         if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return  # no prompt in these
         if _binary_protocol(request.headers):
@@ -183,22 +190,18 @@ class PromptGuard:
             why = f"the body is larger than dlp.max_bytes ({self.policy.max_bytes} bytes)"
             self._settle(flow, entry, Verdict(self.policy.failure_action(action), unscanned=why))
             return
-        if request.stream:
-            self._held.add(id(flow))
+        # read whole before anything is sent (the router neither streams nor counts it);
+        # a body without a length is cut off with 413 past the bound
         request.stream = False
-        # bodies without a length are cut off past the bound (413)
+        entry.body_held = True
         limit_buffered_body(flow, max(self.policy.max_bytes, ctx.options.aibridge_rules_max_body))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         entry = record(flow)
-        held = id(flow) in self._held
-        self._held.discard(id(flow))
-        if flow.response is not None or entry.route is None or self.scan is None:
+        if flow.response is not None or not entry.body_held or self.scan is None:
             return
-        action = self._action(entry)
-        if action is None or entry.dlp is not None or flow.request.stream:
-            if held:
-                entry.route.count_in(flow.request.raw_content or b"")
+        action = self._action(entry)  # the rule is known now, also where it needed the model
+        if action is None:
             return
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding", "")
@@ -206,14 +209,16 @@ class PromptGuard:
             verdict = await asyncio.to_thread(self.scan.body, raw, encoding, action)
         else:
             verdict = self.scan.body(raw, encoding, action)
-        if verdict.body is not None:
+        if verdict.action == "mask" and verdict.body is not None:
             flow.request.content = verdict.body  # re-encoded as the client encoded it
+        elif verdict.body is not None:
+            entry.shown_body = verdict.body  # flagged: sent as it is, dumped masked
         self._settle(flow, entry, verdict)
-        if held and flow.response is None:
-            entry.route.count_in(flow.request.raw_content or b"")
 
     def _settle(self, flow: http.HTTPFlow, entry: FlowRecord, verdict: Verdict) -> None:
-        """Record the verdict, and answer for a block."""
+        """Record the verdict, and answer for a block: in `requestheaders` (before the router
+        has seen the request) through the router, which answers refusals in the API's shape
+        and logs them; in `request` here."""
         if verdict.action == "pass" and verdict.unscanned is None:
             return
         entry.dlp = verdict
@@ -222,17 +227,17 @@ class PromptGuard:
             if verdict.findings:
                 logger.info("prompt DLP %s: %s", verdict.action, ", ".join(verdict.kinds))
             return
-        info = entry.route
-        entry.reject = RejectReason.DLP_BLOCKED if verdict.findings else RejectReason.DLP_UNSCANNED
+        reason = RejectReason.DLP_BLOCKED if verdict.findings else RejectReason.DLP_UNSCANNED
         status = 413 if verdict.unscanned and "max_bytes" in verdict.unscanned else BLOCK_STATUS
-        flow.response = provider_error_response(
-            info.provider if info else None,
-            info.original_host if info else flow.request.host,
-            status,
-            f"blocked by the proxy's DLP policy: {verdict.message}. Remove it, or use a placeholder"
-            if verdict.findings
-            else f"blocked by the proxy's DLP policy: {verdict.message}",
-        )
+        message = f"blocked by the proxy's DLP policy: {verdict.message}"
+        if verdict.findings:
+            message += ". Remove it, or use a placeholder"
+        info = entry.route
+        if info is None:  # requestheaders, before the router
+            entry.decision = RuleRefusal(status, reason, message)
+            return
+        entry.reject = reason
+        flow.response = provider_error_response(info.provider, info.original_host, status, message)
 
     # -- WebSocket messages (Codex's Responses API) --------------------------------------------
 

@@ -104,9 +104,14 @@ class GatewayRouter:
             flow.response = plain_response(500, "the proxy could not route this request")
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        """A request whose rule needed the model was read whole; decided now (RoutingRules)."""
+        """A request whose rule needed the model was read whole; decided now (RoutingRules).
+        A body another concern held (the prompt scan) is counted now, as it is sent."""
         info = route_info(flow)
-        if info is None or not info.awaiting_body or flow.response is not None:
+        if info is None or flow.response is not None:
+            return
+        if not info.awaiting_body:
+            if record(flow).body_held:
+                self._count_body(flow, info, streaming=False)
             return
         info.awaiting_body = False
         try:
@@ -233,10 +238,12 @@ class GatewayRouter:
 
     @staticmethod
     def _count_body(flow: http.HTTPFlow, info: RouteInfo, streaming: bool) -> None:
-        if streaming:
+        entry = record(flow)
+        if not streaming:
+            info.count_in(flow.request.raw_content or b"", entry.shown_body)
+        elif not entry.body_held:
             flow.request.stream = info.count_in
-        else:
-            info.count_in(flow.request.raw_content or b"")
+        # else: held whole until `request`, and counted there
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Stream every response: SSE events must not wait for the end of the stream, and a

@@ -115,7 +115,7 @@ class Verdict:
     action: str
     findings: tuple[Located, ...] = ()
     unscanned: str | None = None  # why the body was not (fully) scanned
-    body: bytes | None = None  # the masked body, to send instead
+    body: bytes | None = None  # the masked body: sent instead under mask, dumped under flag
 
     @property
     def message(self) -> str:
@@ -187,13 +187,15 @@ class Scan:
         if not located:
             return Verdict("pass")
         unique = tuple(dict.fromkeys(located))
-        if action != "mask":
+        if action == "block":
             return Verdict(action, unique)
         try:
             masked = mask_json(decoded, values) if is_json else _mask_text(decoded, values)
         except MaskError as e:
+            if action == "flag":
+                return Verdict("flag", unique)  # sent as it is anyway; the dump goes without
             return self._failed("mask", str(e), unique)
-        return Verdict("mask", unique, body=masked)
+        return Verdict(action, unique, body=masked)
 
     def _failed(self, action: str, why: str, findings: tuple[Located, ...] = ()) -> Verdict:
         return Verdict(self.policy.failure_action(action), findings, unscanned=why)

@@ -68,9 +68,11 @@ def _decide(
         lines = [f"profile:  {in_force}; {profile!r} is not a profile, so the default applies"]
     else:
         lines = [f"profile:  {active or 'none'}" + (" (default)" if not profile else "")]
+    scan = _dlp_lines(settings, planned.decision)
     if planned.decision is None:
         if planned.provider is None:
-            return ["rule:     none (provider table)", f"upstream: {url} (outside {host}'s paths)"]
+            return ["rule:     none (provider table)", *scan,
+                    f"upstream: {url} (outside {host}'s paths)"]  # fmt: skip
         lines.insert(0, "rule:     none (provider table)")
     else:
         name = planned.decision.rule.name
@@ -81,7 +83,7 @@ def _decide(
                           planned.deny_message)  # fmt: skip
         return [*lines, f"answer:   {planned.deny.status} {body.decode()}"]
     if planned.provider is None:
-        return [*lines, f"upstream: {url} (the original host, unchanged)"]
+        return [*lines, *scan, f"upstream: {url} (the original host, unchanged)"]
     target, provider = settings.routing_target or policy.gateway(None), planned.provider
     if names := planned.gateways:
         target = policy.gateway(names[0])
@@ -96,4 +98,14 @@ def _decide(
     lines.append(f"provider: {provider}")
     if new_model:
         lines.append(f"model:    {model or '(none)'} -> {new_model}")
-    return [*lines, f"upstream: {target.url_for(provider, path or '/')}"]
+    return [*lines, *scan, f"upstream: {target.url_for(provider, path or '/')}"]
+
+
+def _dlp_lines(settings: Settings, decision) -> list[str]:
+    """The prompt scan's action for this request, where DLP is configured at all."""
+    rule_action = decision.rule.dlp if decision is not None else None
+    if rule_action is None and settings.dlp_action == "off":
+        return []
+    if rule_action is not None:
+        return [f"dlp:      {rule_action} (the rule's dlp:)"]
+    return [f"dlp:      {settings.dlp_action} (dlp.action)"]

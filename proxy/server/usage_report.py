@@ -1,5 +1,6 @@
 """
-`aibridge-proxy usage`: requests, tokens and bytes per user, tool or model, read from the
+`aibridge-proxy usage`: requests, tokens and bytes per user, tool, model or what the prompt
+scan found (`--by dlp`; every grouping counts the requests with a credential), read from the
 access log (JSON lines; the rotated files beside it, gzipped or not, included).
 
 Traffic kinds are kept apart: routed (sent to a gateway), observed (an AI tool's own backend,
@@ -24,10 +25,11 @@ from typing import TextIO
 
 from proxy.server.logs import printable
 
-GROUPINGS = ("user", "tool", "model", "workspace", "provider")
+GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp")
 KINDS = ("routed", "observed", "origin", "denied")
 COUNTS = (
     "requests", "input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out",
+    "dlp_findings",
 )  # fmt: skip
 _SPAN = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -47,6 +49,7 @@ class Row:
     cached_tokens: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    dlp_findings: int = 0  # requests in which the prompt scan found a credential
 
 
 def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
@@ -154,19 +157,39 @@ def summarize(
             when = _time_of(record)
             if when is None or (since and when < since) or (until and when >= until):
                 continue
-        group = str(record.get(by) or "-")
+        group = dlp_group(record) if by == "dlp" else str(record.get(by) or "-")
         for target in (
             rows.setdefault((group, kind), Row(group, kind)),
             totals.setdefault(kind, Row("total", kind)),
         ):
             target.requests += 1
-            for name in COUNTS[1:]:
+            target.dlp_findings += bool(_dlp_kinds(record))
+            for name in COUNTS[1:-1]:
                 value = record.get(name)
                 if isinstance(value, int) and not isinstance(value, bool):
                     setattr(target, name, getattr(target, name) + value)
     order = {k: i for i, k in enumerate(KINDS)}
     body = sorted(rows.values(), key=lambda r: (r.group, order[r.traffic]))
     return body + sorted(totals.values(), key=lambda r: order[r.traffic])
+
+
+def _dlp_kinds(record: dict) -> list[str]:
+    """The kinds an access line's `dlp` field names (`block:github-pat@messages[1],...`)."""
+    field = record.get("dlp")
+    if not isinstance(field, str) or ":" not in field:
+        return []
+    found = field.split(":", 1)[1]
+    return [] if found == "unscanned" else sorted({f.split("@", 1)[0] for f in found.split(",")})
+
+
+def dlp_group(record: dict) -> str:
+    """`block github-pat`, `flag aws-access-token+aws-secret-access-key`, `pass unscanned`,
+    or `-` for a request the prompt scan had nothing to say about."""
+    field = record.get("dlp")
+    if not isinstance(field, str) or ":" not in field:
+        return "-"
+    action = field.split(":", 1)[0]
+    return f"{action} {'+'.join(_dlp_kinds(record)) or 'unscanned'}"
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

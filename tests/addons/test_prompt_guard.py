@@ -95,8 +95,42 @@ async def test_mask_sends_the_placeholder_and_nothing_else_changed(chain, caplog
     assert GITHUB not in everything_said(caplog, chain)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"aibridge_dlp_action": "mask",
+      "aibridge_policy": json.dumps({"rules": [{"name": "mini", "match": {"model": ["gpt-4o"]},
+                                                "route": {"provider": "openai", "model": "gpt-4o-mini"}}]})}],
+)  # fmt: skip
+async def test_a_model_rule_and_a_mask_both_apply_and_the_dump_sees_what_was_sent(chain, tmp_path):
+    chain.tctx.options.update(aibridge_dump_dir=str(tmp_path))
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, content=chat(f"token {GITHUB}"), headers=[JSON])
+    sent = json.loads(flow.request.content)
+    assert (
+        sent["model"] == "gpt-4o-mini" and "[REDACTED github-pat " in sent["messages"][1]["content"]
+    )
+    assert existing_record(flow).route.bytes_in == len(flow.request.content)
+    await chain.answer(flow, body=b"{}")
+    dumped = b"".join(p.read_bytes() for p in tmp_path.rglob("*.req.txt"))
+    assert b"[REDACTED github-pat " in dumped and GITHUB.encode() not in dumped
+
+
+@pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}])
+async def test_a_gzip_body_is_masked_and_sent_gzip(chain):
+    import gzip
+
+    connect = await chain.connect("api.openai.com")
+    body = chat(f"token {GITHUB}")
+    # the flow's content is encoded by its Content-Encoding, as the client sent it
+    flow = await chain.send(connect, content=body, headers=[JSON, (b"Content-Encoding", b"gzip")])
+    assert flow.request.headers["content-encoding"] == "gzip"
+    mark = placeholder("github-pat", GITHUB, bytes.fromhex(MASK_KEY))
+    assert gzip.decompress(flow.request.raw_content) == body.replace(GITHUB.encode(), mark.encode())
+
+
 @pytest.mark.parametrize("options", [{"aibridge_dlp_action": "flag"}])
-async def test_flag_sends_unchanged_and_records(chain, caplog):
+async def test_flag_sends_unchanged_and_records(chain, caplog, tmp_path):
+    chain.tctx.options.update(aibridge_dump_dir=str(tmp_path))
     caplog.set_level(logging.INFO)
     connect = await chain.connect("api.openai.com")
     body = chat(f"token {GITHUB}")
@@ -105,6 +139,8 @@ async def test_flag_sends_unchanged_and_records(chain, caplog):
     await chain.answer(flow, body=b"{}")
     (line,) = [r.fields for r in caplog.records if r.name == "aibridge.access"]
     assert line["dlp"] == "flag:github-pat@messages[1]" and line["outcome"] == "routed"
+    dumped = b"".join(p.read_bytes() for p in tmp_path.rglob("*.req.txt"))
+    assert b"[REDACTED github-pat " in dumped and GITHUB.encode() not in dumped  # sent, not dumped
 
 
 @pytest.mark.parametrize("options", [{"aibridge_policy": json.dumps(FLAG_FOR_QA)}])
@@ -142,11 +178,15 @@ async def test_ordinary_requests_pass_and_an_off_switch_holds_nothing(chain):
     "options, status",
     [({"aibridge_dlp_max_bytes": 2048}, 413), ({"aibridge_dlp_max_bytes": 2048, "aibridge_dlp_on_error": "pass"}, None)],
 )  # fmt: skip
-async def test_a_body_over_max_bytes_follows_on_error(chain, status):
+async def test_a_body_over_max_bytes_follows_on_error(chain, caplog, status):
+    caplog.set_level(logging.INFO)
     connect = await chain.connect("api.openai.com")
     flow = await chain.send(connect, content=chat("x" * 4096))
     assert (flow.response.status_code if flow.response else None) == status
     assert "dlp.max_bytes (2048 bytes)" in existing_record(flow).dlp.unscanned
+    await chain.answer(flow, body=b"{}")
+    (line,) = [r.fields for r in caplog.records if r.name == "aibridge.access"]
+    assert line["dlp"] == ("block:unscanned" if status else "pass:unscanned")
 
 
 @pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}, {}])

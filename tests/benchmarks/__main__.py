@@ -7,7 +7,7 @@ The benchmark: one run, on loopback, the same load through
 and a table plus JSON (tests/benchmarks/results/latest.json) with ratios ours/diy and
 ours/direct. Load comes from `hey` (Go) and, for SSE, memory and HTTP/2, from asyncio clients.
 
-    ./run bench            # full run (several minutes)
+    ./run bench            # full run (several minutes), prompt DLP's cost included (dlp.py)
     ./run bench --quick    # smaller counts, for a smoke check
 """
 
@@ -616,10 +616,16 @@ def main() -> int:
         o["worker_scaling"] = worker_scaling(one_target, targets["ours"], 1 if q else 2,
                                              "3s" if q else "6s")  # fmt: skip
 
+    from tests.benchmarks import dlp  # its own proxies (DLP off and on) and gateway
+
+    print("prompt DLP ...", file=sys.stderr, flush=True)
+    results["dlp"] = dlp.run(q)
     ratios(results)
     results["targets"] = targets_met(results)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    print()
+    print(dlp.table(results["dlp"]))
     print()
     for line in results["targets"]:
         print(line)

@@ -184,10 +184,15 @@ def test_block_names_the_kind_and_the_place_never_the_value():
     assert GITHUB not in verdict.message
 
 
-def test_flag_records_and_changes_nothing():
-    verdict = scan().body(chat(AWS_PAIR), "", "flag")
-    assert (verdict.action, verdict.body) == ("flag", None)
+def test_flag_records_and_keeps_a_masked_copy_for_the_dump_only():
+    raw = chat(AWS_PAIR)
+    verdict = scan().body(raw, "", "flag")
+    assert verdict.action == "flag"
     assert verdict.kinds == ("aws-access-token", "aws-secret-access-key")
+    assert (
+        b"AKIAZ3XQ7PLMNB4VKT2W" not in verdict.body
+        and b"[REDACTED aws-access-token" in verdict.body
+    )
 
 
 def test_an_ordinary_body_passes_untouched():

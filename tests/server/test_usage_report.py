@@ -86,14 +86,35 @@ def test_formats():
     rows = summarize(LINES[:2], "user")
     table = render(rows, "user", "table").splitlines()
     assert table[0].split() == ["user", "traffic", "requests", "input_tokens", "output_tokens",
-                                "cached_tokens", "bytes_in", "bytes_out"]  # fmt: skip
-    assert table[2].split() == ["alice", "routed", "1", "10", "2", "0", "5", "7"]
-    assert render(rows, "user", "csv").splitlines()[1] == "alice,routed,1,10,2,0,5,7"
+                                "cached_tokens", "bytes_in", "bytes_out", "dlp_findings"]  # fmt: skip
+    assert table[2].split() == ["alice", "routed", "1", "10", "2", "0", "5", "7", "0"]
+    assert render(rows, "user", "csv").splitlines()[1] == "alice,routed,1,10,2,0,5,7,0"
     assert json.loads(render(rows, "user", "json"))[0] == {
         "user": "alice", "traffic": "routed", "requests": 1, "input_tokens": 10,
-        "output_tokens": 2, "cached_tokens": 0, "bytes_in": 5, "bytes_out": 7,
+        "output_tokens": 2, "cached_tokens": 0, "bytes_in": 5, "bytes_out": 7, "dlp_findings": 0,
     }  # fmt: skip
     assert render([], "user", "table") == "no usage in this period"
+
+
+def test_by_dlp_and_the_requests_with_a_credential_per_user():
+    lines = [
+        line("2026-12-01T11:00:00+00:00", user="alice", outcome="denied",
+             dlp="block:github-pat@messages[1],github-pat@messages[3]"),
+        line("2026-12-01T11:00:00+00:00", user="alice", outcome="routed",
+             dlp="flag:aws-secret-access-key@system,aws-access-token@system"),
+        line("2026-12-01T11:00:00+00:00", user="bob", outcome="observed", dlp="pass:unscanned"),
+        line("2026-12-01T11:00:00+00:00", user="bob", outcome="routed"),
+    ]  # fmt: skip
+    got = {(r.group, r.traffic): r.requests for r in summarize(lines, "dlp") if r.group != "total"}
+    assert got == {
+        ("block github-pat", "denied"): 1,
+        ("flag aws-access-token+aws-secret-access-key", "routed"): 1,
+        ("pass unscanned", "observed"): 1,
+        ("-", "routed"): 1,
+    }
+    per_user = {(r.group, r.traffic): r.dlp_findings for r in summarize(lines, "user")}
+    assert per_user[("alice", "denied")] == 1 and per_user[("alice", "routed")] == 1
+    assert per_user[("bob", "observed")] == 0  # unscanned is not a finding
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -1,0 +1,60 @@
+"""The `dlp:` settings: parsed once, a broken entry is one line naming it, and `explain` says
+which action a request gets (the global one or its rule's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.server.explain import explain
+from proxy.server.settings import SettingsError
+from proxy.server.settings import load_settings
+from tests.support import assert_one_line_error
+from tests.support import cli
+
+GATEWAY = "https://coder.example.com"
+QA_FLAGS = [{"name": "qa-flags", "match": {"user": ["qa-*"]}, "route": {"provider": "openai"},
+             "dlp": "flag"}]  # fmt: skip
+
+
+def settings(tmp_path, **values):
+    return load_settings({"gateway": GATEWAY, "state_dir": str(tmp_path), **values}, environ={})
+
+
+def test_the_dlp_section_is_read_from_yaml_keys(tmp_path):
+    s = settings(tmp_path, **{"dlp.action": "mask", "dlp.allow": ["sk_test_1"],
+                              "dlp.patterns": [{"name": "acme", "regex": "acme_[0-9]{8}"}]})  # fmt: skip
+    assert (s.dlp_action, s.dlp_allow, s.dlp_on_error) == ("mask", ("sk_test_1",), "auto")
+    assert s.dlp_patterns == [{"name": "acme", "regex": "acme_[0-9]{8}"}]
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        ({"dlp.action": "redact"}, "dlp.action"),
+        ({"dlp.patterns": [{"name": "x", "regex": "("}]}, "dlp.patterns[0] (x): regex does not compile"),
+        ({"dlp.max_bytes": 10}, "dlp.max_bytes"),
+        ({"rules": [{"name": "r", "origin": True, "dlp": "maybe"}]}, "rules[0] (r): dlp must be one of"),
+    ],
+)  # fmt: skip
+def test_a_broken_dlp_setting_names_itself(tmp_path, values, problem):
+    with pytest.raises(SettingsError) as e:
+        settings(tmp_path, **values)
+    assert problem in str(e.value)
+
+
+def test_a_broken_pattern_is_one_line_from_the_cli(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"gateway: {GATEWAY}\ndlp:\n  action: block\n  patterns:\n    - {{name: acme, regex: '[a-'}}\n"
+    )
+    assert_one_line_error(
+        cli("serve", "--config", str(bad)), "dlp.patterns", "(acme): regex does not compile"
+    )
+
+
+def test_explain_names_the_action_a_request_gets(tmp_path):
+    s = settings(tmp_path, **{"dlp.action": "block", "rules": QA_FLAGS})
+    url = "https://api.openai.com/v1/chat/completions"
+    assert "dlp:      flag (the rule's dlp:)" in explain(s, url, user="qa-bob")
+    assert "dlp:      block (dlp.action)" in explain(s, url, user="alice")
+    assert not any(line.startswith("dlp:") for line in explain(settings(tmp_path), url))
