@@ -14,6 +14,7 @@ for ordinary prompts), larger ones in a thread (the detector releases the GIL).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import secrets
@@ -85,6 +86,8 @@ class PromptGuard:
         self.websocket_closer = websocket_closer or WebSocketMessageCap()
         self.policy = DlpPolicy()
         self.scan: Scan | None = None  # built once some action can apply
+        # large bodies are scanned here, one at a time, with the thread's own scanner
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dlp-scan")
 
     def load(self, loader):
         loader.add_option("aibridge_dlp_action", str, "off",
@@ -109,8 +112,13 @@ class PromptGuard:
                           "replica (aibridge-proxy serve derives it from the CA key).")  # fmt: skip
 
     def configure(self, updated):
-        if not _OPTIONS & set(updated):
-            return
+        if _OPTIONS & set(updated):
+            self._configure_scan()
+        if (_OPTIONS | {"aibridge_policy"}) & set(updated) and self._could_apply():
+            engine()  # compile the catalogue now, not on the first request
+            self._thread.submit(engine)
+
+    def _configure_scan(self) -> None:
         o = ctx.options
         checks = (
             ("aibridge_dlp_action", ("off", *ACTIONS)),
@@ -147,8 +155,9 @@ class PromptGuard:
             timeout=o.aibridge_dlp_timeout,
         )
         self.scan = Scan(self.policy, SecretDetector(patterns, allow), mask_key)
-        if self.policy.action is not None or self.routing.current.policy.has_dlp_rules:
-            engine()  # compile the catalogue now, not on the first request
+
+    def done(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     # -- which action applies ---------------------------------------------------------------
 
@@ -206,7 +215,10 @@ class PromptGuard:
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding", "")
         if len(raw) > IN_LOOP_BYTES:
-            verdict = await asyncio.to_thread(self.scan.body, raw, encoding, action)
+            loop = asyncio.get_running_loop()
+            verdict = await loop.run_in_executor(
+                self._thread, self.scan.body, raw, encoding, action
+            )
         else:
             verdict = self.scan.body(raw, encoding, action)
         if verdict.action == "mask" and verdict.body is not None:
@@ -223,6 +235,10 @@ class PromptGuard:
             return
         entry.dlp = verdict
         self.events.emit(DLP_VERDICT, verdict)
+        if verdict.unscanned is not None:  # what went wrong, never what the body holds
+            host = entry.route.original_host if entry.route else flow.request.host
+            logger.warning("prompt DLP could not scan a request to %s (%s): %s", host,
+                           verdict.unscanned, verdict.action)  # fmt: skip
         if verdict.action != "block":
             if verdict.findings:
                 logger.info("prompt DLP %s: %s", verdict.action, ", ".join(verdict.kinds))

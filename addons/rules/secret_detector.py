@@ -113,23 +113,22 @@ def _kind_of(rule_id: str) -> str:
     return rule_id
 
 
-_ENGINE_LOCK = threading.Lock()
-_ENGINE = None
+_ENGINES = threading.local()
 
 
 def engine():
-    """The compiled catalogue, shared by every detector in the process (compiling takes
-    seconds cold; Kingfisher caches the compiled rules on disk)."""
-    global _ENGINE
-    with _ENGINE_LOCK:
-        if _ENGINE is None:
-            from kingfisher_sdk import Rules
-            from kingfisher_sdk import Scanner
+    """The compiled catalogue, one per thread (a scanner's scratch space is its own; the event
+    loop scans small bodies and one worker thread the large ones). Compiling takes seconds
+    cold; Kingfisher keeps the compiled rules in its on-disk cache, so a second one is quick."""
+    scanner = getattr(_ENGINES, "scanner", None)
+    if scanner is None:
+        from kingfisher_sdk import Rules
+        from kingfisher_sdk import Scanner
 
-            scanner = Scanner(Rules(confidence=CONFIDENCE))
-            scanner.scan("warm up")  # the first scan sets up its scratch space
-            _ENGINE = scanner
-        return _ENGINE
+        scanner = Scanner(Rules(confidence=CONFIDENCE))
+        scanner.scan("warm up")  # the first scan sets up its scratch space
+        _ENGINES.scanner = scanner
+    return scanner
 
 
 class SecretDetector:
@@ -145,6 +144,7 @@ class SecretDetector:
         self.allow = frozenset(allow)
         self._cache: collections.OrderedDict[bytes, tuple[Finding, ...]] = collections.OrderedDict()
         self._cache_entries = cache_entries
+        self._cache_lock = threading.Lock()  # scans run in the event loop and in a thread
         self.scanned_bytes = 0  # what actually went through the detector (the cache's effect)
 
     def scan_many(
@@ -160,11 +160,13 @@ class SecretDetector:
                 results[i] = ()
                 continue
             digests[i] = digest = hashlib.blake2b(text, digest_size=16).digest()
-            cached = self._cache.get(digest)
+            with self._cache_lock:
+                cached = self._cache.get(digest)
+                if cached is not None:
+                    self._cache.move_to_end(digest)
             if cached is None:
                 new.append(i)
             else:
-                self._cache.move_to_end(digest)
                 results[i] = cached
         if new:
             for i, found in zip(new, self._scan_new([texts[i] for i in new], timeout), strict=True):
@@ -176,9 +178,10 @@ class SecretDetector:
         return self.scan_many([text], timeout)[0]
 
     def _remember(self, digest: bytes, found: tuple[Finding, ...]) -> None:
-        self._cache[digest] = found
-        while len(self._cache) > self._cache_entries:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[digest] = found
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
 
     def _scan_new(self, texts: list[bytes], timeout: float | None) -> list[tuple[Finding, ...]]:
         # One call for all: the texts joined by a separator no rule matches across, offsets

@@ -116,6 +116,15 @@ async def test_a_model_rule_and_a_mask_both_apply_and_the_dump_sees_what_was_sen
 
 
 @pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}])
+async def test_a_large_body_is_scanned_in_the_worker_thread_and_masked(chain):
+    connect = await chain.connect("api.openai.com")
+    body = chat("some code\n" * 60_000 + f"token {GITHUB}")  # 600 KB: past IN_LOOP_BYTES
+    flow = await chain.send(connect, content=body, headers=[JSON])
+    mark = placeholder("github-pat", GITHUB, bytes.fromhex(MASK_KEY))
+    assert flow.request.content == body.replace(GITHUB.encode(), mark.encode())
+
+
+@pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}])
 async def test_a_gzip_body_is_masked_and_sent_gzip(chain):
     import gzip
 

@@ -47,6 +47,10 @@ def paged(gateway_server, tmp_path_factory):
         },
         "default_profile": "direct",
         "auth": {"max_failures": 0},
+        # prompt DLP: flagged everywhere, blocked by a rule on the Responses API
+        "dlp": {"action": "flag"},
+        "rules": [{"name": "responses-dlp", "match": {"path": ["/v1/responses"]},
+                   "route": {"provider": "openai"}, "dlp": "block"}],
     }  # fmt: skip
     (state / "config.yaml").write_text(yaml.safe_dump(config))
     p = ProxyProcess(state / "state", ["--config", str(state / "config.yaml")]).start()
@@ -236,6 +240,24 @@ def test_my_recent_requests_are_mine_only(chromium, paged, gateway):
         page.goto(PAGE)
         assert "gpt-recent" not in page.locator("#recent").inner_text()
         browsers.screenshot(page, "recent-bob")
+    finally:
+        ctx.close()
+
+
+def test_a_blocked_credential_is_explained_on_my_page_without_its_value(chromium, paged, gateway):
+    token = "ghp_" + "Zx8Cv7Bn6Mm5Ll4Kk3Jj2Hh1Gg0Ff9Dd8Ss7A"  # generated, GitHub's format
+    with proxy_client(paged, ALICE) as c:
+        r = c.post("https://api.openai.com/v1/responses",
+                   json={"model": "gpt-5", "input": [{"role": "user", "content": f"use {token}"}]})  # fmt: skip
+        assert r.status_code == 400 and "a GitHub token in input[0]" in r.text
+    ctx, page = open_page(chromium, paged)
+    try:
+        page.goto(PAGE)
+        text = page.locator("#recent").inner_text()
+        assert "blocked: a GitHub token in input[0]" in text
+        assert "remove it, or use a placeholder" in text
+        assert token not in page.content()
+        browsers.screenshot(page, "recent-dlp-blocked")
     finally:
         ctx.close()
 
