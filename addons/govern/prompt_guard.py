@@ -45,6 +45,7 @@ from addons.rules.prompt_dlp import parse_patterns
 from addons.rules.prompt_text import NotJson
 from addons.rules.prompt_text import parse
 from addons.rules.prompt_text import prompt_parts
+from addons.rules.request_target import is_binary_protocol
 from addons.rules.secret_detector import SecretDetector
 from addons.rules.secret_detector import engine
 
@@ -53,23 +54,11 @@ logger = logging.getLogger(__name__)
 IN_LOOP_BYTES = 256 * 1024
 BLOCK_STATUS = 400  # a 4xx: SDKs and agents do not retry it
 POLICY_VIOLATION = 1008
-_BINARY_PROTOCOLS = (
-    "application/grpc",
-    "application/connect+proto",
-    "application/proto",
-    "application/protobuf",
-    "application/x-protobuf",
-)
 _OPTIONS = {
     "aibridge_dlp_action", "aibridge_dlp_on_error", "aibridge_dlp_unreadable",
     "aibridge_dlp_max_bytes", "aibridge_dlp_timeout", "aibridge_dlp_patterns",
     "aibridge_dlp_allow", "aibridge_dlp_mask_key",
 }  # fmt: skip
-
-
-def _binary_protocol(headers) -> bool:
-    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media.startswith(_BINARY_PROTOCOLS)
 
 
 class PromptGuard:
@@ -187,7 +176,7 @@ class PromptGuard:
             return  # decided, and no scan applies to it
         if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return  # no prompt in these
-        if _binary_protocol(request.headers):
+        if is_binary_protocol(request.headers.get("content-type", "")):
             # an observed tool's own protocol: never held (its streams are bidirectional)
             self._settle(
                 flow, entry, Verdict(self.policy.unreadable, unscanned="a binary protocol body")

@@ -48,31 +48,16 @@ from addons.rules.policy import Deny
 from addons.rules.policy import Facts
 from addons.rules.policy import Route
 from addons.rules.request_target import decoded_path
+from addons.rules.request_target import is_binary_protocol
 from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
-
-
-# An observed tool's own binary protocols: their model is not in a JSON body, and holding
-# back a bidirectional stream would break the tool, so model rules do not apply to them.
-_BINARY_PROTOCOLS = (
-    "application/grpc",
-    "application/connect+proto",
-    "application/proto",
-    "application/protobuf",
-    "application/x-protobuf",
-)
 
 
 def _looks_like_json(body: bytes) -> bool:
     """Starts like a JSON object (a BOM and whitespace aside): some reader could take a model
     from it, so a body like this that we cannot read is refused, never passed."""
     return body.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{")
-
-
-def _binary_protocol(headers) -> bool:
-    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media.startswith(_BINARY_PROTOCOLS)
 
 
 POLICY_VIOLATION = 1008
@@ -164,7 +149,7 @@ class RoutingRules:
         )
         chosen = self.choices.store.get(identity.user, identity.workspace)
         observed = snapshot.table.lookup(request.host) is None  # this decision's snapshot
-        if observed and _binary_protocol(request.headers):
+        if observed and is_binary_protocol(request.headers.get("content-type", "")):
             facts = replace(facts, model_known=True)  # model rules do not apply (see above)
         if is_websocket_upgrade(request.headers):
             # a session: decided on its headers now (model rules cannot match yet, model

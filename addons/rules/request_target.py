@@ -65,3 +65,19 @@ def ambiguous_path(path: str) -> str | None:
 def is_websocket_upgrade(headers) -> bool:
     """A request asking to switch to WebSocket (any mapping of header names to values)."""
     return headers.get("upgrade", "").lower() == "websocket"
+
+
+# An observed tool's own binary protocols: no model or prompt in a JSON body to read, and
+# holding back their bidirectional streams would break the tool.
+BINARY_PROTOCOLS = (
+    "application/grpc",
+    "application/connect+proto",
+    "application/proto",
+    "application/protobuf",
+    "application/x-protobuf",
+)
+
+
+def is_binary_protocol(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith(BINARY_PROTOCOLS)
