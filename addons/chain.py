@@ -12,12 +12,15 @@ by concern (each folder's __init__.py says what it may import).
     request       routing/rules (route, origin or deny; reads the model if needed)
                   -> govern/prompt_guard (holds a body to scan it for credentials: block, mask
                      or flag; the routing rule's `dlp:` or the global action)
+                  -> govern/limits (requests, tokens and open requests per user, workspace,
+                     group, client or all: 429 before anything is sent)
                   -> routing/gateway (applies rules/plan.py's decision: rewrite to
                      <target>/<provider><path>, stream the body; observed and origin requests
                      are sent on unchanged)
                   -> connection/http2_clients, egress/upstream_proxy (Basic, NTLM, Negotiate),
                      routing/websocket -> observe/dump
-    answer        observe/token_usage (read as it streams) -> routing/upstream_errors (502/504
+    answer        observe/token_usage (read as it streams) -> govern/limits' ledger (tokens
+                  counted, leases released) -> routing/upstream_errors (502/504
                   in our words) -> observe/access_log, observe/metrics, observe/recent_requests
 
 Addons share a request's state through its record (core/record.py: identity, decision, route,
@@ -53,12 +56,17 @@ from addons.connection.request_limits import RequestLimits
 from addons.core.events import DLP_VERDICT
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import HTTP2_FLOOD
+from addons.core.events import LIMIT_REFUSED
+from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.egress.egress_policy import EgressPolicy
 from addons.egress.intercept import InterceptPolicy
 from addons.egress.upstream_proxy import UpstreamCredentials
 from addons.engine import EnginePatches
+from addons.govern.limits import LimitGuard
+from addons.govern.limits import LimitLedger
+from addons.govern.limits import Limits
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
 from addons.observe.dump import ApiDump
@@ -96,6 +104,9 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(HTTP2_FLOOD, caps.flooded)
     events.subscribe(HTTP2_FLOOD, metrics.http2_flood)
     events.subscribe(DLP_VERDICT, metrics.dlp_verdict)
+    events.subscribe(LIMIT_REFUSED, metrics.limit_refused)
+    events.subscribe(LIMIT_STORE_ERROR, metrics.limit_store_error)
+    limits = Limits(events)  # the guard checks and takes, the ledger counts and releases
     return [
         routing,
         deadlines,
@@ -103,13 +114,14 @@ def make_addons(patches: EnginePatches) -> list:
         ListenerTLS(),
         auth,
         caps,  # after auth: it counts connections against the user they name
-        SelfService(routing, choices, recent),
+        SelfService(routing, choices, recent, limits),
         egress,
         InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
         # between the rules (it reads their decision) and the router (which must not stream a
         # body it holds)
         PromptGuard(routing, events, patches.websocket_cap),
+        LimitGuard(routing, limits),  # after the scan: a request it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
         health,
@@ -118,6 +130,7 @@ def make_addons(patches: EnginePatches) -> list:
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),
         TokenUsage(),
+        LimitLedger(limits),  # after token usage: it counts what the response reported
         UpstreamErrors(patches.error_rendering),
         AccessLog(),
         metrics,

@@ -58,7 +58,8 @@ class RejectReason(enum.StrEnum):
     GOVERNANCE_TOKEN_MISMATCH = "governance_token_mismatch"
     MODEL_UNREADABLE = "model_unreadable"
     BODY_TOO_LARGE = "body_too_large"
-    # what a request carries
+    # what a request carries and costs
+    LIMITED = "limited"
     DLP_BLOCKED = "dlp_blocked"
     DLP_UNSCANNED = "dlp_unscanned"
 
@@ -73,7 +74,7 @@ class RejectReason(enum.StrEnum):
 
 
 _DENIALS = frozenset({RejectReason.DENIED_HOST, RejectReason.RULE_DENIED, RejectReason.DLP_BLOCKED,
-                      RejectReason.DLP_UNSCANNED})  # fmt: skip
+                      RejectReason.DLP_UNSCANNED, RejectReason.LIMITED})  # fmt: skip
 _ASK_ADMIN = "ask your administrator"
 _HINTS: dict[RejectReason, tuple[str, str]] = {
     RejectReason.DENIED_HOST: ("the proxy's egress policy denies this host", _ASK_ADMIN),
@@ -93,6 +94,8 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
         "send a smaller request, or ask your administrator to raise model_body_limit",
     ),
     RejectReason.BLOCKED_PORT: ("the proxy does not allow this port", _ASK_ADMIN),
+    RejectReason.LIMITED: ("a limit of the proxy's is used up",
+                           "wait until it resets (the tool's error says when), or ask your administrator"),
     RejectReason.DLP_BLOCKED: ("the request carries a credential",
                                "remove it, or use a placeholder"),
     RejectReason.DLP_UNSCANNED: ("the proxy could not scan the request for credentials",
@@ -164,6 +167,8 @@ class RuleRefusal:
     status: int
     reason: RejectReason
     message: str
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
+    code: str = "policy_denied"  # the OpenAI shape's error code
 
 
 @dataclass
@@ -183,6 +188,9 @@ class FlowRecord:
     # streams it nor counts it before. `shown_body`: what observers (the dump) see of it instead.
     body_held: bool = False
     shown_body: bytes | None = None
+    facts: Facts | None = None  # the request as the rules and limits match it (rules: read it)
+    limits_pending: bool = False  # limits apply; checked once the body is read
+    limit: str | None = None  # the limit that refused it
 
 
 _RECORDS: weakref.WeakKeyDictionary[Any, FlowRecord] = weakref.WeakKeyDictionary()

@@ -43,11 +43,16 @@ def challenge_response(text: str) -> http.Response:
 
 
 def provider_error_response(
-    provider: str | None, host: str, status: int, message: str
+    provider: str | None,
+    host: str,
+    status: int,
+    message: str,
+    code: str = "policy_denied",
+    headers: dict[str, str] | None = None,
 ) -> http.Response:
     """A refusal the client's SDK shows as an error with our message: in the JSON shape of
     the API it spoke (OpenAI/Copilot, Anthropic or Gemini)."""
-    body = error_body(api_family(provider, host), status, message)
-    resp = http.Response.make(status, body, {"Content-Type": "application/json"})
+    body = error_body(api_family(provider, host), status, message, code)
+    resp = http.Response.make(status, body, {"Content-Type": "application/json", **(headers or {})})
     resp.reason = reason_phrase(status)
     return resp

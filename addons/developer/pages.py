@@ -91,6 +91,17 @@ class ProfileView:
     names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class LimitRow:
+    """One limit on the developer page: its use now and when it resets."""
+
+    name: str
+    description: str
+    used: int
+    left: int
+    resets: str  # "2026-12-03 14:03:00 UTC", or "" for open requests
+
+
 @dataclass
 class DeveloperPage:
     proxy_address: str  # host:port the developer's machine uses for the proxy
@@ -102,6 +113,7 @@ class DeveloperPage:
     verdict: Verdict | None = None  # the proxy credentials' fault, when they have one
     check_url: str | None = None  # a routed host's check path; None: no routed host
     recent: list[RecentRow] | None = None
+    limits: list[LimitRow] | None = None  # None: no limit applies (or the store cannot say)
     profiles: ProfileView | None = None
     notice: str | None = None  # e.g. "switched to profile fast"
     # the CA downloads, relative to the page (the same paths on both listeners)

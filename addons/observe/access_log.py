@@ -56,6 +56,7 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         "model_sent": info.model_sent,
         "outcome": outcome(entry.reject, info),
         "reason": entry.reject,  # the proxy's own refusal, if it refused
+        "limit": entry.limit,  # the limit that refused it
         "observed": info.observed,
         "tool": tool_name(info, user_agent),
         "user_agent": user_agent[:200] if user_agent else None,

@@ -174,6 +174,18 @@ class Metrics:
             ["gateway"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            PREFIX + "limit_refusals",
+            "Requests refused by a limit, by the limit's name.",
+            ["limit"],
+            registry=r,
+        )
+        self.limit_store_errors = Counter(
+            PREFIX + "limit_store_errors",
+            "Limit checks the shared store could not answer, by what was done (allow, refuse).",
+            ["action"],
+            registry=r,
+        )
         self.dlp_findings = Counter(
             PREFIX + "dlp_findings",
             "Credentials found in requests by the prompt scan, by kind and what was done "
@@ -240,6 +252,12 @@ class Metrics:
 
     def gateway_failover(self, name: str) -> None:
         self.gateway_failovers.labels(gateway=name).inc()
+
+    def limit_refused(self, name: str) -> None:
+        self.limit_refusals.labels(limit=name).inc()  # names come from the configuration
+
+    def limit_store_error(self, action: str) -> None:
+        self.limit_store_errors.labels(action=action).inc()
 
     def dlp_verdict(self, verdict: Verdict) -> None:
         for finding in verdict.findings:

@@ -150,8 +150,9 @@ class GatewayRouter:
         if isinstance(refusal := entry.decision, RuleRefusal):
             entry.reject = refusal.reason
             flow.response = provider_error_response(
-                info.provider, info.original_host, refusal.status, refusal.message
-            )
+                info.provider, info.original_host, refusal.status, refusal.message,
+                refusal.code, refusal.headers,
+            )  # fmt: skip
             return
         if isinstance(entry.decision, PendingModel) and not streaming:
             # the rules were to decide on the body and did not (they failed): fail closed

@@ -132,7 +132,7 @@ class RoutingRules:
         policy, request = snapshot.policy, flow.request
         entry = record(flow)
         identity = entry.identity
-        if policy.empty or identity is None or not snapshot.intercepts(request.host):
+        if identity is None or not snapshot.intercepts(request.host):
             return  # rules govern what we intercept, for someone we know
         path_model = model_in_path(request.path)
         peer = flow.client_conn.peername
@@ -147,6 +147,9 @@ class RoutingRules:
             model=path_model,
             model_known=path_model is not None,
         )
+        entry.facts = facts  # the limits match on the same facts
+        if policy.empty:
+            return
         chosen = self.choices.store.get(identity.user, identity.workspace)
         observed = snapshot.table.lookup(request.host) is None  # this decision's snapshot
         if observed and is_binary_protocol(request.headers.get("content-type", "")):
@@ -195,7 +198,7 @@ class RoutingRules:
                     f"a routing rule needs this request's model, but {e}",
                 )
                 return
-        facts = replace(pending.facts, model=model, model_known=True)
+        facts = entry.facts = replace(pending.facts, model=model, model_known=True)
         _, entry.decision = decide(facts, self.routing.current.policy, pending.chosen)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:

@@ -32,6 +32,8 @@ def error_body(family: str, status: int, message: str, code: str = "policy_denie
         state = _GEMINI_STATUS.get(status, "FAILED_PRECONDITION")
         body = {"error": {"code": status, "message": message, "status": state}}
     else:
-        kind = "invalid_request_error" if status != 403 else "permission_denied"
+        kind = {403: "permission_denied", 429: "requests"}.get(status, "invalid_request_error")
+        if code == "insufficient_quota":
+            kind = code  # OpenAI's own spelling of a spent budget
         body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     return json.dumps(body).encode()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 from pathlib import Path
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from addons.core.responses import plain_response
 from addons.developer.pages import CHECK_PATH
 from addons.developer.pages import RESERVED_HOST
 from addons.developer.pages import DeveloperPage
+from addons.developer.pages import LimitRow
 from addons.developer.pages import ProfileView
 from addons.developer.pages import RecentRow
 from addons.developer.pages import nonce
@@ -43,10 +45,13 @@ from addons.developer.pages import page_headers
 from addons.developer.pages import platform_and_shell
 from addons.developer.pages import render_developer
 from addons.developer.verdicts import CONNECT_VERDICTS
+from addons.govern.limits import Limits
+from addons.govern.limits import uses_of
 from addons.observe.recent_requests import RecentRequest
 from addons.observe.recent_requests import RecentRequests
 from addons.routing.rules import ChoiceStore
 from addons.routing.snapshot import Routing
+from addons.rules.policy import Facts
 from addons.rules.profile_choices import TooManyChoices
 from certs.authority import der_certificate
 from certs.authority import fingerprint
@@ -100,10 +105,12 @@ class SelfService:
         routing: Routing,
         choices: ChoiceStore,
         recent: RecentRequests | None = None,
+        limits: Limits | None = None,
     ):
         self.routing = routing
         self.choices = choices
         self.recent = recent
+        self.limits = limits
         self.ca_pem: bytes | None = None
         self.ca_fingerprint = ""
 
@@ -193,7 +200,7 @@ class SelfService:
         if path == "/profile":
             await self._profile(flow)
         elif path == "/":
-            flow.response = self._page(flow)
+            flow.response = self._page(flow, limits=await self._limit_rows(flow))
         elif path == "/requests":
             flow.response = self._recent_json(flow)
         else:
@@ -201,7 +208,27 @@ class SelfService:
 
     # -- the page and the files ------------------------------------------------------------------
 
-    def _page(self, flow: http.HTTPFlow, verdict=None, notice: str | None = None) -> http.Response:
+    async def _limit_rows(self, flow: http.HTTPFlow) -> list[LimitRow] | None:
+        identity = record(flow).identity
+        if self.limits is None or not self.limits.limits or identity is None or not identity.user:
+            return None
+        peer = flow.client_conn.peername
+        policy = self.routing.current.policy
+        facts = Facts(host="", path="/", method="GET", workspace=identity.workspace,
+                      user=identity.user, groups=policy.groups_of(identity.user),
+                      client=peer[0] if peer else None)  # fmt: skip
+        uses = await uses_of(self.limits, facts)
+        if uses is None:
+            return None
+        return [
+            LimitRow(u.name, u.description, u.used, u.left,
+                     time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.resets_at)) if u.resets_at else "")
+            for u in uses
+        ]  # fmt: skip
+
+    def _page(
+        self, flow: http.HTTPFlow, verdict=None, notice: str | None = None, limits=None
+    ) -> http.Response:
         if self.ca_pem is None:
             return plain_response(503, "the proxy's CA is not loaded")
         query = parse_qs(urlsplit(flow.request.path).query, keep_blank_values=True)
@@ -229,6 +256,7 @@ class SelfService:
             verdict=verdict,
             check_url=check,
             recent=recent_rows(self.recent.of(user)) if self.recent and user else None,
+            limits=limits,
             profiles=self._profiles(identity) if identity and user else None,
             notice=notice,
         )

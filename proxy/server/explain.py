@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from addons.rules.limits import applicable
+from addons.rules.limits import parse_limits
 from addons.rules.model_field import model_in_path
 from addons.rules.plan import decide
 from addons.rules.plan import plan
@@ -68,7 +70,7 @@ def _decide(
         lines = [f"profile:  {in_force}; {profile!r} is not a profile, so the default applies"]
     else:
         lines = [f"profile:  {active or 'none'}" + (" (default)" if not profile else "")]
-    scan = _dlp_lines(settings, planned.decision)
+    scan = _dlp_lines(settings, planned.decision) + _limit_lines(settings, facts)
     if planned.decision is None:
         if planned.provider is None:
             return ["rule:     none (provider table)", *scan,
@@ -99,6 +101,12 @@ def _decide(
     if new_model:
         lines.append(f"model:    {model or '(none)'} -> {new_model}")
     return [*lines, *scan, f"upstream: {target.url_for(provider, path or '/')}"]
+
+
+def _limit_lines(settings: Settings, facts: Facts) -> list[str]:
+    """The limits this request counts against (what is left is counted by the running proxy)."""
+    found = applicable(parse_limits(settings.limits), facts)
+    return [f"limit:    {limit.name} ({limit.describe()})" for limit in found]
 
 
 def _dlp_lines(settings: Settings, decision) -> list[str]:

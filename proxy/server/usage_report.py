@@ -1,6 +1,7 @@
 """
-`aibridge-proxy usage`: requests, tokens and bytes per user, tool, model or what the prompt
-scan found (`--by dlp`; every grouping counts the requests with a credential), read from the
+`aibridge-proxy usage`: requests, tokens and bytes per user, tool, model, what the prompt
+scan found (`--by dlp`; every grouping counts the requests with a credential) or the limit
+that refused them (`--by limit`), read from the
 access log (JSON lines; the rotated files beside it, gzipped or not, included).
 
 Traffic kinds are kept apart: routed (sent to a gateway), observed (an AI tool's own backend,
@@ -25,7 +26,7 @@ from typing import TextIO
 
 from proxy.server.logs import printable
 
-GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp")
+GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit")
 KINDS = ("routed", "observed", "origin", "denied")
 COUNTS = (
     "requests", "input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out",

@@ -617,15 +617,19 @@ def main() -> int:
                                              "3s" if q else "6s")  # fmt: skip
 
     from tests.benchmarks import dlp  # its own proxies (DLP off and on) and gateway
+    from tests.benchmarks import limits  # likewise (no limits, in memory, in Redis)
 
     print("prompt DLP ...", file=sys.stderr, flush=True)
     results["dlp"] = dlp.run(q)
+    print("limits ...", file=sys.stderr, flush=True)
+    results["limits"] = limits.run(q)
     ratios(results)
     results["targets"] = targets_met(results)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print()
     print(dlp.table(results["dlp"]))
+    print(limits.table(results["limits"]))
     print()
     for line in results["targets"]:
         print(line)

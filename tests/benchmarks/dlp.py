@@ -88,14 +88,34 @@ def conversation_ms(turns: int, cached: bool) -> list[float]:
 # -- through the proxy ----------------------------------------------------------------------
 
 
+def bench_env() -> dict:
+    return {
+        **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        "PYTHONOPTIMIZE": "1",
+    }
+
+
+def start_gateway(env: dict) -> tuple[int, subprocess.Popen]:
+    """The local gateway (`aibridge-proxy gateway`), knowing the benchmark's token."""
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "gateway", "--listen", f"127.0.0.1:{port}",
+         "--token", f"{TOKEN}=alice"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return port, gateway
+
+
 class Proxy:
-    def __init__(self, gateway_port: int, dlp: str, env: dict):
+    """One `-O` worker of `aibridge-proxy serve` with `args` (its DLP action, its limits...)."""
+
+    def __init__(self, gateway_port: int, args: list[str], env: dict):
         self.port = free_port()
         self.state = tempfile.mkdtemp(prefix="aibridge-dlp-bench-")
         self.proc = subprocess.Popen(
             [sys.executable, "-O", "-m", "proxy", "serve", "--workers", "1",
              "--gateway", f"http://127.0.0.1:{gateway_port}", "--listen", f"127.0.0.1:{self.port}",
-             "--admin-listen", "off", "--state-dir", self.state, "--dlp-action", dlp],
+             "--admin-listen", "off", "--state-dir", self.state, *args],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_port(self.port)
@@ -240,7 +260,9 @@ def run(quick: bool = False) -> dict:
     proxies = {}
     try:
         wait_port(gateway_port)
-        proxies = {name: Proxy(gateway_port, name, env) for name in ("off", "block")}
+        proxies = {
+            name: Proxy(gateway_port, ["--dlp-action", name], env) for name in ("off", "block")
+        }
         trips: dict[str, dict[str, list[float]]] = {n: {"50KB": [], "1MB": []} for n in proxies}
         for _ in range(2):  # alternate, so the machine's drift falls on both
             for name, p in proxies.items():

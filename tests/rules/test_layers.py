@@ -85,7 +85,7 @@ ALLOWED = {
     "addons.observe": {"addons.core", "addons.rules", "addons.routing"},
     "addons.selfservice": {
         "addons.core", "addons.rules", "addons.developer", "addons.observe", "addons.routing",
-        "certs",
+        "addons.govern", "certs",
     },
 }  # fmt: skip
 

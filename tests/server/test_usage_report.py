@@ -117,6 +117,20 @@ def test_by_dlp_and_the_requests_with_a_credential_per_user():
     assert per_user[("bob", "observed")] == 0  # unscanned is not a finding
 
 
+def test_refusals_by_limit():
+    lines = [
+        line("2026-12-01T11:00:00+00:00", user="alice", outcome="denied", reason="limited",
+             limit="three-a-minute"),
+        line("2026-12-01T11:00:01+00:00", user="bob", outcome="denied", reason="limited",
+             limit="three-a-minute"),
+        line("2026-12-01T11:00:02+00:00", user="bob", outcome="routed"),
+    ]  # fmt: skip
+    got = {
+        (r.group, r.traffic): r.requests for r in summarize(lines, "limit") if r.group != "total"
+    }
+    assert got == {("three-a-minute", "denied"): 2, ("-", "routed"): 1}
+
+
 def test_cli_errors_are_one_line(tmp_path):
     assert_one_line_error(
         cli("usage", "--log", str(tmp_path / "missing.log")),

@@ -13,6 +13,7 @@ from proxy.server.settings.parsers import parse_bool
 from proxy.server.settings.parsers import parse_choice
 from proxy.server.settings.parsers import parse_dlp_patterns
 from proxy.server.settings.parsers import parse_host_items
+from proxy.server.settings.parsers import parse_limit_list
 from proxy.server.settings.parsers import parse_listen
 from proxy.server.settings.parsers import parse_number
 from proxy.server.settings.parsers import parse_observed
@@ -451,6 +452,28 @@ FIELDS: tuple[Field, ...] = (
         600,
         "Seconds to remember that a gateway route refused a WebSocket upgrade (426 meanwhile).",
         option="aibridge_websocket_negative_ttl",
+    ),
+    Field(
+        "limits",
+        parse_limit_list,
+        None,
+        "Limits and budgets: [{name, match, requests|tokens|concurrent: N, per, by}].",
+    ),
+    Field(
+        "limits_store",
+        parse_opt_str,
+        None,
+        "Where limits are counted: redis://host:6379/0, shared by every replica (default: "
+        "memory, exact for one replica with one worker).",
+        option="aibridge_limits_store",
+    ),
+    Field(
+        "limits_on_store_error",
+        parse_choice("allow", "refuse"),
+        "allow",
+        "When limits_store cannot be reached: allow (limits are about cost; an outage must not "
+        "stop everyone's work) or refuse (503).",
+        option="aibridge_limits_on_store_error",
     ),
     Field(
         "dlp.action",

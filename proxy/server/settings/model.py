@@ -84,6 +84,9 @@ class Settings:
     dump_dir: Path | None
     websocket_negative_ttl: int
     websocket_max_message: int
+    limits: list | None
+    limits_store: str | None
+    limits_on_store_error: str
     dlp_action: str
     dlp_on_error: str
     dlp_unreadable: str

@@ -17,6 +17,8 @@ from addons.rules.ai_catalog import ObservedHosts
 from addons.rules.ai_catalog import expand
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
+from addons.rules.limits import parse_limits
+from addons.rules.policy import PolicyError
 from addons.rules.prompt_dlp import parse_patterns
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderSpecError
@@ -170,6 +172,16 @@ def parse_structured(kind: type) -> Callable[[Any], Any]:
         return value
 
     return parse
+
+
+def parse_limit_list(value: Any) -> list | None:
+    """The limits, checked now: a broken entry names itself and the key, as a rule does."""
+    value = parse_structured(list)(value)
+    try:
+        parse_limits(value)
+    except PolicyError as e:
+        raise ValueError(f"is refused: {e}") from None
+    return value
 
 
 def parse_dlp_patterns(value: Any) -> list | None:

@@ -1,5 +1,5 @@
-"""The `dlp:` settings: parsed once, a broken entry is one line naming it, and `explain` says
-which action a request gets (the global one or its rule's)."""
+"""The `dlp:` and `limits:` settings: parsed once, a broken entry is one line naming it, and
+`explain` says which DLP action a request gets and which limits it counts against."""
 
 from __future__ import annotations
 
@@ -58,3 +58,20 @@ def test_explain_names_the_action_a_request_gets(tmp_path):
     assert "dlp:      flag (the rule's dlp:)" in explain(s, url, user="qa-bob")
     assert "dlp:      block (dlp.action)" in explain(s, url, user="alice")
     assert not any(line.startswith("dlp:") for line in explain(settings(tmp_path), url))
+
+
+def test_explain_lists_the_limits_a_request_counts_against(tmp_path):
+    limits = [{"name": "three-a-minute", "match": {"host": ["api.openai.com"]}, "requests": 3, "per": "1m"},
+              {"name": "claude-tokens", "match": {"host": ["api.anthropic.com"]}, "tokens": 1000, "per": "month"}]  # fmt: skip
+    s = settings(tmp_path, limits=limits)
+    lines = explain(s, "https://api.openai.com/v1/chat/completions", user="alice")
+    assert "limit:    three-a-minute (3 requests per 1m by user)" in lines
+    assert not any("claude-tokens" in line for line in lines)
+
+
+def test_a_broken_limit_is_one_line_from_the_cli(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"gateway: {GATEWAY}\nlimits:\n  - {{name: l, requests: 3}}\n")
+    assert_one_line_error(
+        cli("serve", "--config", str(bad)), "limits", "limits[0] (l): requests needs per"
+    )

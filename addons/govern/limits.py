@@ -1,0 +1,365 @@
+"""
+Limits and budgets on the wire (addons/rules/limits.py says what a limit is): every routed or
+observed request is checked against the limits that match it before it is sent, and counted
+once it is over; the refused ones never reach the gateway or the vendor, and never count.
+
+Two addons share one `Limits` state: `LimitGuard` checks and takes (after the routing rules and
+the prompt scan, before the router: a request the scan blocks is not counted), `LimitLedger`
+counts tokens and releases leases once a response is over (at the end of the chain, after
+token usage was read). A request is checked in `requestheaders`, or in `request` when its body
+is held (the prompt scan, a model rule, a limit on `model`).
+
+Refusals are 429 in the API's own shape with `Retry-After` (the true reset): a window limit
+(`rate_limit_exceeded`) SDKs wait out; a spent budget (`insufficient_quota`, a window over
+five minutes or any token budget) also says `x-should-retry: false`, which the openai and
+anthropic SDKs obey at once; an open-request cap says retry in a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+
+from addons.core.background import in_background
+from addons.core.events import LIMIT_REFUSED
+from addons.core.events import LIMIT_STORE_ERROR
+from addons.core.events import EventBus
+from addons.core.record import FlowRecord
+from addons.core.record import PendingModel
+from addons.core.record import RejectReason
+from addons.core.record import RuleRefusal
+from addons.core.record import existing_record
+from addons.core.record import record
+from addons.core.responses import provider_error_response
+from addons.engine.body_limit import limit_buffered_body
+from addons.govern.limit_store import MemoryLimitStore
+from addons.govern.limit_store import RedisLimitStore
+from addons.govern.limit_store import StoreUnavailable
+from addons.routing.snapshot import Routing
+from addons.rules.limits import Limit
+from addons.rules.limits import Refusal
+from addons.rules.limits import applicable
+from addons.rules.limits import parse_limits
+from addons.rules.model_field import ModelUnreadable
+from addons.rules.model_field import model_span
+from addons.rules.policy import Facts
+from addons.rules.policy import PolicyError
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = 10.0  # seconds between lease renewals (LEASE_TTL is three of them)
+
+
+@dataclass
+class Taken:
+    """What a request took, to count or give back once it is over."""
+
+    limits: list[tuple[Limit, str, float | None]] = field(default_factory=list)  # token budgets
+    leases: list[tuple[str, str]] = field(default_factory=list)  # (key, lease id)
+    counted: bool = False
+
+
+class Limits:
+    """The limits in force and the store they are counted in; shared by guard and ledger."""
+
+    def __init__(self, events: EventBus | None = None) -> None:
+        self.limits: tuple[Limit, ...] = ()
+        self.store: MemoryLimitStore | RedisLimitStore = MemoryLimitStore()
+        self.on_store_error = "allow"
+        self.events = events or EventBus()
+        self.taken: dict[int, Taken] = {}  # flow id -> what it holds
+        self._store_down = False
+        self.background: set[asyncio.Task] = set()
+        self._heartbeat: asyncio.Task | None = None
+
+    def store_failed(self, why: str) -> None:
+        """Logged once per outage, counted every time."""
+        self.events.emit(LIMIT_STORE_ERROR, self.on_store_error)
+        if not self._store_down:
+            self._store_down = True
+            logger.warning("the limits store is unavailable (%s): requests are %s until it is "
+                           "back (limits_on_store_error)", why,
+                           "allowed" if self.on_store_error == "allow" else "refused")  # fmt: skip
+
+    def store_ok(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            logger.warning("the limits store is back: counting resumes")
+
+    def replace_store(self, store) -> None:
+        old, self.store = self.store, store
+        in_background(old.close(), self.background)
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            leases = [lease for taken in self.taken.values() for lease in taken.leases]
+            try:
+                await self.store.renew(leases)
+            except StoreUnavailable as e:
+                self.store_failed(str(e))
+
+    def start(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat())
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.store.close()
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class LimitUse:
+    """One limit as the developer page shows it to whom it applies."""
+
+    name: str
+    description: str
+    used: int
+    left: int
+    resets_at: float | None  # None: open requests, no window
+
+
+IDENTITY_CONDITIONS = ("user", "group", "workspace", "client")
+
+
+async def uses_of(state: Limits, facts: Facts) -> list[LimitUse] | None:
+    """Each limit that applies to this developer (whatever the host or model), with its use
+    now; None if the store cannot say."""
+    now = time.time()
+    out = []
+    try:
+        for limit in state.limits:
+            mine = all(p.matches(facts.values(k), k) for k, p in limit.conditions.items()
+                       if k in IDENTITY_CONDITIONS)  # fmt: skip
+            if not mine:
+                continue
+            for subject in limit.subjects(facts):
+                key, expires = limit.key(subject, now)
+                if limit.kind == "concurrent":
+                    used = await state.store.held(key)
+                else:
+                    used = await state.store.used(key)
+                label = limit.name if limit.by in ("user", "all") else f"{limit.name} ({subject})"
+                out.append(
+                    LimitUse(label, limit.describe(), used, max(0, limit.amount - used), expires)
+                )
+    except StoreUnavailable:
+        return None
+    return out
+
+
+class LimitGuard:
+    def __init__(self, routing: Routing, limits: Limits):
+        self.routing = routing
+        self.state = limits
+
+    def load(self, loader):
+        loader.add_option("aibridge_limits", str, "[]",
+                          "Limits and budgets as JSON: [{name, match, requests|tokens|concurrent, "
+                          "per, by}] (README, Limits and budgets).")  # fmt: skip
+        loader.add_option("aibridge_limits_store", str | None, None,
+                          "Where limits are counted: a redis:// URL every replica shares "
+                          "(default: this process's memory).")  # fmt: skip
+        loader.add_option("aibridge_limits_on_store_error", str, "allow",
+                          "When the limits store cannot be reached: allow or refuse.")  # fmt: skip
+
+    def configure(self, updated):
+        o = ctx.options
+        if "aibridge_limits" in updated:
+            try:
+                self.state.limits = parse_limits(json.loads(o.aibridge_limits or "[]"))
+            except ValueError as e:  # PolicyError, or the JSON itself
+                message = str(e) if isinstance(e, PolicyError) else "aibridge_limits is not JSON"
+                raise exceptions.OptionsError(message) from None
+        if "aibridge_limits_on_store_error" in updated:
+            if o.aibridge_limits_on_store_error not in ("allow", "refuse"):
+                raise exceptions.OptionsError(
+                    "aibridge_limits_on_store_error must be allow or refuse"
+                )
+            self.state.on_store_error = o.aibridge_limits_on_store_error
+        if "aibridge_limits_store" in updated:
+            where = o.aibridge_limits_store or ""
+            if where and not where.startswith(("redis://", "rediss://", "unix://")):
+                raise exceptions.OptionsError("aibridge_limits_store must be a redis:// URL")
+            self.state.replace_store(RedisLimitStore(where) if where else MemoryLimitStore())
+
+    def running(self) -> None:
+        self.state.start()
+
+    async def done(self) -> None:
+        await self.state.close()
+
+    # -- checking -----------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        entry = record(flow)
+        if not self._applies(flow, entry) or isinstance(entry.decision, RuleRefusal):
+            return
+        facts = entry.facts
+        # A limit on the model needs the body when nothing read the model yet.
+        if not facts.model_known and any("model" in lim.conditions for lim in self.state.limits):
+            if flow.request.method not in ("GET", "HEAD") and not entry.body_held:
+                flow.request.stream = False
+                entry.body_held = True
+                limit_buffered_body(flow, ctx.options.aibridge_rules_max_body)
+        entry.limits_pending = True
+        if not entry.body_held and not isinstance(entry.decision, PendingModel):
+            await self._check(flow, entry, in_request=False)  # else in `request`, body read
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        entry = existing_record(flow)
+        if entry is None or not entry.limits_pending or flow.response is not None:
+            return
+        if isinstance(entry.decision, RuleRefusal):
+            entry.limits_pending = False
+            return  # refused already (a model rule, the prompt scan): nothing to count
+        facts = entry.facts
+        if not facts.model_known:
+            try:
+                body = flow.request.raw_content or b""
+                model = model_span(body)[0] if body else None
+            except ModelUnreadable:
+                model = None
+            entry.facts = replace(facts, model=model, model_known=True)
+        await self._check(flow, entry, in_request=True)
+
+    def _applies(self, flow: http.HTTPFlow, entry: FlowRecord) -> bool:
+        return (
+            bool(self.state.limits)
+            and flow.response is None
+            and not entry.self_service
+            and entry.facts is not None  # the rules' facts: someone known, an intercepted host
+        )
+
+    async def _check(self, flow: http.HTTPFlow, entry: FlowRecord, in_request: bool) -> None:
+        entry.limits_pending = False
+        facts = entry.facts
+        now = time.time()
+        taken = Taken()
+        refusal = None
+        try:
+            refusal = await self._take_all(applicable(self.state.limits, facts), facts, now, taken)
+            self.state.store_ok()
+        except StoreUnavailable as e:
+            self.state.store_failed(str(e))
+            await self._give_back(taken)
+            if self.state.on_store_error == "refuse":
+                self._refuse(flow, entry, in_request, 503,
+                             "the proxy cannot check its limits now; try again shortly",
+                             {"Retry-After": "5"}, "limits_unavailable")  # fmt: skip
+            return
+        if refusal is not None:
+            await self._give_back(taken)
+            self.state.events.emit(LIMIT_REFUSED, refusal.limit.name)
+            entry.limit = refusal.limit.name
+            headers = {"Retry-After": str(refusal.retry_after)}
+            if refusal.is_budget:
+                headers["x-should-retry"] = "false"  # the openai and anthropic SDKs stop at once
+            self._refuse(flow, entry, in_request, refusal.status, refusal.message, headers,
+                         refusal.code)  # fmt: skip
+            return
+        if taken.limits or taken.leases:
+            self.state.taken[id(flow)] = taken
+
+    async def _take_all(self, limits: list[Limit], facts: Facts, now: float, taken: Taken):
+        """Checks each limit in order; the first exhausted one refuses (the others give back
+        what they took)."""
+        store = self.state.store
+        for limit in limits:
+            for subject in limit.subjects(facts):
+                key, expires = limit.key(subject, now)
+                if limit.kind == "requests":
+                    got = await store.take(key, limit.amount, expires)
+                    if not got.allowed:
+                        return Refusal(limit, got.used, expires, now)
+                    taken.limits.append((limit, key, None))
+                elif limit.kind == "tokens":
+                    used = await store.used(key)
+                    if used >= limit.amount:
+                        return Refusal(limit, used, expires, now)
+                    taken.limits.append((limit, key, expires))
+                else:
+                    lease = uuid.uuid4().hex
+                    got = await store.acquire(key, limit.amount, lease)
+                    if not got.allowed:
+                        return Refusal(limit, got.used, min(now + 1, got.reset_at or now + 1), now)
+                    taken.leases.append((key, lease))
+        return None
+
+    async def _give_back(self, taken: Taken) -> None:
+        store = self.state.store
+        try:
+            for limit, key, _ in taken.limits:
+                if limit.kind == "requests":
+                    await store.give_back(key)
+            for key, lease in taken.leases:
+                await store.release(key, lease)
+        except StoreUnavailable as e:
+            self.state.store_failed(str(e))
+
+    @staticmethod
+    def _refuse(flow, entry, in_request, status, message, headers, code) -> None:
+        if in_request and entry.route is not None and not entry.route.awaiting_body:
+            entry.reject = RejectReason.LIMITED
+            info = entry.route
+            flow.response = provider_error_response(info.provider, info.original_host, status,
+                                                    message, code, headers)  # fmt: skip
+        else:  # the router answers it, as any refusal decided before routing
+            entry.decision = RuleRefusal(status, RejectReason.LIMITED, message, headers, code)
+
+
+class LimitLedger:
+    """Counts what a request used once it is over, and releases its open-request leases."""
+
+    def __init__(self, limits: Limits):
+        self.state = limits
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._over(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._over(flow)  # a client that went away, a gateway that failed: released too
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._over(flow, session_over=True)
+
+    def _over(self, flow: http.HTTPFlow, session_over: bool = False) -> None:
+        if flow.websocket is not None and not session_over:
+            return  # the upgrade's answer: the session is still open
+        taken = self.state.taken.pop(id(flow), None)
+        if taken is None:
+            return
+        entry = record(flow)
+        info = entry.route
+        usage = info.usage if info is not None else None
+        used = (usage.input_tokens or 0) + (usage.output_tokens or 0) if usage else 0
+        # refused by the proxy after the limits took their share (a rule's deny, a bad path):
+        # it was never sent, so it never counts
+        refused = entry.reject is not None
+        in_background(self._settle(taken, used, refused), self.state.background)
+
+    async def _settle(self, taken: Taken, used: int, refused: bool) -> None:
+        store = self.state.store
+        try:
+            for limit, key, expires in taken.limits:
+                if refused and limit.kind == "requests":
+                    await store.give_back(key)
+                elif limit.kind == "tokens" and used and expires is not None:
+                    await store.add(key, used, expires)
+            for key, lease in taken.leases:
+                await store.release(key, lease)
+        except StoreUnavailable as e:
+            self.state.store_failed(str(e))

@@ -1,0 +1,209 @@
+"""
+Limits and budgets: how many requests, tokens or open streams a user (workspace, group, client
+address, everyone) may use, written in the routing rules' own match language. Pure logic:
+parsed once from the configuration; the counting lives in addons/govern/limit_store.py.
+
+    limits:
+      - name: three-a-minute
+        match: {host: [api.openai.com]}
+        requests: 3            # or tokens: N, or concurrent: N
+        per: 1m                # s, m, h, d (fixed windows, aligned to the epoch) or month
+        by: user               # user (default), workspace, group, client, all
+
+Windows are fixed: a limit of 3 per minute allows 3 in each clock minute (up to 6 across one
+minute boundary), and says exactly when the next window starts. `month` is the calendar month
+in UTC (30d is not a month). `tokens` are the input and output tokens the responses reported,
+checked before a request is sent and counted once its response is over: requests already in
+flight when a budget runs out overshoot it by their own size.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import re
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from addons.rules.policy import Facts
+from addons.rules.policy import Patterns
+from addons.rules.policy import PolicyError
+
+KINDS = ("requests", "tokens", "concurrent")
+SUBJECTS = ("user", "workspace", "group", "client", "all")
+CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model")
+_PERIOD = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A window longer than this is a budget: once spent, clients are told to stop, not to retry.
+BUDGET_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Period:
+    seconds: int | None  # None: the calendar month
+    text: str
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Period:
+        text = str(raw).strip().lower() if isinstance(raw, str | int) else ""
+        if text == "month":
+            return cls(None, "month")
+        m = _PERIOD.match(text)
+        if not m:
+            raise PolicyError(f"{where}: per must be like 30s, 1m, 2h, 1d, or month")
+        return cls(int(m.group(1)) * _SECONDS[m.group(2)], text)
+
+    def window(self, now: float) -> tuple[int, float]:
+        """The window `now` falls in: (its number, when it ends)."""
+        if self.seconds is not None:
+            number = int(now // self.seconds)
+            return number, (number + 1) * self.seconds
+        day = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        number = day.year * 12 + day.month - 1
+        year, month = divmod(number + 1, 12)
+        end = calendar.timegm((year, month + 1, 1, 0, 0, 0))
+        return number, float(end)
+
+    @property
+    def is_budget(self) -> bool:
+        return self.seconds is None or self.seconds > BUDGET_SECONDS
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    conditions: Mapping[str, Patterns]
+    kind: str  # requests, tokens or concurrent
+    amount: int
+    per: Period | None  # None for concurrent
+    by: str
+
+    def matches(self, facts: Facts) -> bool:
+        return all(p.matches(facts.values(k), k) for k, p in self.conditions.items())
+
+    def subjects(self, facts: Facts) -> list[str]:
+        """Whose count this request goes to: one key per subject (a user in two matching
+        groups counts against both groups)."""
+        if self.by == "all":
+            return ["*"]
+        if self.by == "group":
+            wanted = self.conditions.get("group")
+            groups = sorted(
+                g for g in facts.groups if wanted is None or wanted.matches([g], "group")
+            )
+            return groups
+        value = getattr(facts, self.by)
+        return [value.lower() if self.by == "user" else value] if value else []
+
+    def key(self, subject: str, now: float) -> tuple[str, float | None]:
+        """The counter's name for `subject` now, and when it expires (None: a lease set)."""
+        if self.per is None:
+            return f"{self.name}:{self.by}:{subject}", None
+        number, end = self.per.window(now)
+        return f"{self.name}:{self.by}:{subject}:{number}", end
+
+    def describe(self) -> str:
+        if self.per is None:
+            return f"{self.amount} open requests at once by {self.by}"
+        return f"{self.amount} {self.kind} per {self.per.text} by {self.by}"
+
+
+def parse_limits(raw: Any) -> tuple[Limit, ...]:
+    """Each entry checked now; a broken one names itself and the key, as the rules' do."""
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, list):
+        raise PolicyError("limits: must be a list of limits")
+    out, names = [], set()
+    for i, entry in enumerate(raw):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        label = f"limits[{i}]" + (f" ({name})" if name else "")
+        if not isinstance(entry, Mapping):
+            raise PolicyError(f"{label}: must be a mapping with name, match, a kind and per")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+            raise PolicyError(f"{label}: needs a name of letters, digits, '.', '_' and '-'")
+        if name in names:
+            raise PolicyError(f"{label}: the name is used twice")
+        names.add(name)
+        unknown = set(entry) - {"name", "match", "per", "by", *KINDS}
+        if unknown:
+            raise PolicyError(f"{label}: unknown key {sorted(unknown)[0]!r}")
+        kinds = [k for k in KINDS if k in entry]
+        if len(kinds) != 1:
+            raise PolicyError(f"{label}: needs exactly one of requests, tokens, concurrent")
+        kind = kinds[0]
+        amount = entry[kind]
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+            raise PolicyError(f"{label}: {kind} must be a whole number of at least 1")
+        if kind == "concurrent":
+            if "per" in entry:
+                raise PolicyError(f"{label}: concurrent takes no per (it counts open requests)")
+            per = None
+        elif "per" not in entry:
+            raise PolicyError(f"{label}: {kind} needs per (30s, 1m, 1h, 1d or month)")
+        else:
+            per = Period.parse(entry["per"], label)
+        by = entry.get("by", "user")
+        if by not in SUBJECTS:
+            raise PolicyError(f"{label}: by must be one of {', '.join(SUBJECTS)}")
+        match = entry.get("match") or {}
+        if not isinstance(match, Mapping):
+            raise PolicyError(f"{label}: match must be a mapping of conditions")
+        conditions = {}
+        for key, value in match.items():
+            if key not in CONDITIONS:
+                raise PolicyError(
+                    f"{label}: match.{key} is not a condition (one of {', '.join(CONDITIONS)})"
+                )
+            conditions[key] = Patterns.parse(value, f"{label}: match.{key}", key)
+        out.append(Limit(name, conditions, kind, amount, per, by))
+    return tuple(out)
+
+
+def applicable(limits: Iterable[Limit], facts: Facts) -> list[Limit]:
+    return [limit for limit in limits if limit.matches(facts)]
+
+
+def needs_model(limits: Iterable[Limit]) -> bool:
+    return any("model" in limit.conditions for limit in limits)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A limit said no: what the client is told, and how it is told."""
+
+    limit: Limit
+    used: int
+    reset_at: float  # when the window (or a lease) frees what was asked for
+    now: float
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds, at least 1: the true wait (a budget's reset is never hidden)."""
+        return max(1, int(-(-(self.reset_at - self.now) // 1)))
+
+    @property
+    def is_budget(self) -> bool:
+        """Spent for a long while: clients must stop, not retry."""
+        limit = self.limit
+        return limit.kind == "tokens" or (limit.per is not None and limit.per.is_budget)
+
+    @property
+    def status(self) -> int:
+        return 429
+
+    @property
+    def code(self) -> str:
+        return "insufficient_quota" if self.is_budget else "rate_limit_exceeded"
+
+    @property
+    def message(self) -> str:
+        limit = self.limit
+        when = datetime.datetime.fromtimestamp(self.reset_at, datetime.UTC)
+        resets = when.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if limit.kind == "concurrent":
+            return f"limit {limit.name}: {limit.describe()}; retry when one finishes"
+        return (f"limit {limit.name}: {limit.describe()} used ({self.used}); "
+                f"resets at {resets} (in {self.retry_after} s)")  # fmt: skip

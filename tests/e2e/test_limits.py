@@ -1,0 +1,221 @@
+"""Limits end to end: the openai and anthropic SDKs (Python) and the Node openai SDK, configured
+only by the environment, against a short window they wait out, and budgets they give up on at
+once with the message; two replicas counting together in a real redis-server, which is stopped
+and started again mid-run. What reached the gateway is checked every time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.support import ALICE
+from tests.support import NODE_BIN
+from tests.support import NODE_DIR
+from tests.support import ProxyProcess
+from tests.support import RedisServer
+from tests.support import client_env
+from tests.support import metric
+from tests.support import proxy_client
+from tests.support import run_python
+
+
+@pytest.fixture
+def limited(tmp_path, gateway_server):
+    started = []
+
+    def start(limits: list, **extra) -> ProxyProcess:
+        config = {"gateway": gateway_server.url, "limits": limits, **extra}
+        path = tmp_path / f"config-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        p = ProxyProcess(tmp_path / f"state-{len(started)}", ["--config", str(path)]).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+OPENAI_TWICE = """
+import json, openai, time
+client = openai.OpenAI()
+out = []
+for _ in range(2):
+    started = time.monotonic()
+    try:
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        out.append({"ok": True, "seconds": time.monotonic() - started})
+    except openai.RateLimitError as e:
+        out.append({"ok": False, "seconds": time.monotonic() - started, "error": e.message,
+                    "code": e.code, "retry_after": e.response.headers.get("retry-after")})
+print(json.dumps(out))
+"""
+
+
+def test_the_openai_sdk_waits_out_a_short_window(limited, gateway):
+    p = limited([{"name": "one-per-3s", "requests": 1, "per": "3s"}])
+    time.sleep(3 - time.time() % 3 + 0.1)  # start at the beginning of a window
+    out = run_python(OPENAI_TWICE, client_env(p, OPENAI_API_KEY="sk-personal"))
+    assert out.returncode == 0, out.stderr
+    first, second = json.loads(out.stdout)
+    assert first["ok"] and second["ok"]  # the SDK retried after Retry-After, in the next window
+    assert 1.5 < second["seconds"] < 6
+    assert len(gateway.records) == 2  # the refused attempt never reached it
+    refused = p.wait_for_line(lambda r: r.get("msg") == "request" and r.get("status") == 429)
+    assert refused["limit"] == "one-per-3s" and refused["reason"] == "limited"
+
+
+def test_the_openai_sdk_gives_up_at_once_on_a_spent_budget(limited, gateway):
+    p = limited([{"name": "two-an-hour", "requests": 1, "per": "1h"}])
+    out = run_python(OPENAI_TWICE, client_env(p, OPENAI_API_KEY="sk-personal"))
+    assert out.returncode == 0, out.stderr
+    first, second = json.loads(out.stdout)
+    assert first["ok"] and not second["ok"]
+    assert second["seconds"] < 2  # no retries: x-should-retry: false
+    assert second["code"] == "insufficient_quota" and int(second["retry_after"]) > 60
+    assert "limit two-an-hour: 1 requests per 1h by user used (1)" in second["error"]
+    assert len(gateway.records) == 1
+    assert (
+        metric(p.admin("/metrics").text, "aibridge_proxy_limit_refusals_total", limit="two-an-hour")
+        == 1
+    )
+
+
+ANTHROPIC_TWICE = """
+import json, anthropic, time
+client = anthropic.Anthropic()
+out = []
+for _ in range(2):
+    started = time.monotonic()
+    try:
+        client.messages.create(model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+        out.append({"ok": True})
+    except anthropic.RateLimitError as e:
+        out.append({"ok": False, "seconds": time.monotonic() - started, "error": str(e)})
+print(json.dumps(out))
+"""
+
+
+def test_the_anthropic_sdk_stops_once_the_token_budget_is_spent(limited, gateway):
+    p = limited([{"name": "ten-tokens-a-month", "tokens": 10, "per": "month",
+                  "match": {"host": ["api.anthropic.com"]}}])  # fmt: skip
+    out = run_python(ANTHROPIC_TWICE, client_env(p, ANTHROPIC_API_KEY="sk-ant-personal"))
+    assert out.returncode == 0, out.stderr
+    first, second = json.loads(out.stdout)
+    assert first["ok"] and not second["ok"] and second["seconds"] < 2
+    assert "ten-tokens-a-month: 10 tokens per month by user used (" in second["error"]
+    assert len(gateway.records) == 1
+
+
+@pytest.mark.skipif(not NODE_BIN.exists(), reason="Node clients not installed (./run setup)")
+def test_the_node_sdk_shows_the_budget_message(limited, gateway):
+    p = limited([{"name": "one-an-hour", "requests": 1, "per": "1h"}])
+    env = client_env(p, OPENAI_API_KEY="sk-node-key")
+    env.pop("SSL_CERT_FILE")
+    script = [str(NODE_BIN), str(NODE_DIR / "openai_client.mjs")]
+    ok = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60, cwd=NODE_DIR)
+    assert ok.returncode == 0, ok.stderr
+    started = time.monotonic()
+    refused = subprocess.run(
+        script, env=env, capture_output=True, text=True, timeout=60, cwd=NODE_DIR
+    )
+    assert refused.returncode != 0 and time.monotonic() - started < 5
+    assert "429" in refused.stderr and "limit one-an-hour" in refused.stderr
+    assert len(gateway.records) == 1
+
+
+def test_two_replicas_count_together_in_redis_and_survive_it_going_away(limited, gateway, tmp_path):
+    redis = RedisServer().start()
+    try:
+        limits = [{"name": "three-an-hour", "requests": 3, "per": "1h"}]
+        replicas = [limited(limits, limits_store=redis.url) for _ in range(2)]
+
+        def send(p) -> int:
+            with proxy_client(p, ALICE) as c:
+                return c.post("https://api.openai.com/v1/chat/completions", json={}).status_code
+
+        assert [send(replicas[i % 2]) for i in range(4)] == [200, 200, 200, 429]  # 2 + 2
+        assert len(gateway.records) == 3
+        redis.stop()
+        assert send(replicas[0]) == 200  # limits_on_store_error: allow (the default)
+        line = replicas[0].wait_for_line(
+            lambda r: "limits store is unavailable" in r.get("msg", "")
+        )
+        assert line["level"] == "warning"
+        redis.proc = None
+        restarted = RedisServer()
+        restarted.port = redis.port
+        redis = restarted.start()
+        # counting resumes in the new (empty) store: three more, then refused again
+        assert [send(replicas[i % 2]) for i in range(4)] == [200, 200, 200, 429]
+    finally:
+        redis.stop()
+
+
+OBSERVED = "chat.limits-observed.test"
+
+
+def test_an_observed_tool_is_held_to_a_token_budget(limited, tmp_path):
+    from tests.support.vendor_origin import VendorOrigin
+    from tests.support.vendor_origin import hosts_resolve_to_loopback
+
+    with hosts_resolve_to_loopback([OBSERVED]):
+        vendor = VendorOrigin([OBSERVED]).start(tmp_path)
+        try:
+            p = limited([{"name": "observed-tokens", "tokens": 10, "per": "month", "match": {"host": [OBSERVED]}}],
+                        observe=[OBSERVED], origin_ca_file=str(vendor.write_ca(tmp_path / "v.pem")),
+                        allowed_private_cidrs=["127.0.0.0/8"], allowed_ports=["1-65535"])  # fmt: skip
+            url = f"https://{OBSERVED}:{vendor.port}/v1/chat/completions"
+            with proxy_client(p, ALICE) as c:
+                first = c.post(url, json={"model": "codestral-latest", "messages": []})
+                assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 18
+                sent, deadline = 1, time.monotonic() + 5
+                # the ledger counts just after the answer is over: a request sent in between is
+                # in flight, and overshoots (documented)
+                while (
+                    second := c.post(url, json={"model": "codestral-latest"})
+                ).status_code == 200:
+                    assert time.monotonic() < deadline, "the budget was never enforced"
+                    sent += 1
+                    time.sleep(0.1)
+            assert second.status_code == 429 and second.headers["x-should-retry"] == "false"
+            assert "observed-tokens: 10 tokens per month by user used (18)" in second.text
+            assert len(vendor.records) == sent <= 2  # the refused one never reached the vendor
+        finally:
+            vendor.stop()
+
+
+@pytest.mark.parametrize("tool", ["codex", "claude"])
+def test_the_real_clis_stop_promptly_on_a_spent_budget_and_show_it(
+    limited, gateway, tmp_path, tool
+):
+    from tests.e2e.test_real_clients import CLAUDE
+    from tests.e2e.test_real_clients import CODEX
+    from tests.e2e.test_real_clients import run
+    from tests.e2e.test_real_clients import tool_env
+
+    exe = CODEX if tool == "codex" else CLAUDE
+    if not exe.exists():
+        pytest.skip(f"{tool} not installed (./run setup)")
+    p = limited([{"name": "no-more-today", "requests": 1, "per": "1d"}])
+    with proxy_client(p, ALICE) as c:  # the one request of the day
+        assert c.post("https://api.openai.com/v1/chat/completions", json={}).status_code == 200
+        assert c.post("https://api.anthropic.com/v1/messages", json={}).status_code == 429
+    before = len(gateway.records)
+    if tool == "codex":
+        env = tool_env(p, tmp_path, CODEX_CA_CERTIFICATE=str(p.ca_path), OPENAI_API_KEY=ALICE)
+        cmd = [str(exe), "exec", "--skip-git-repo-check", "say hi"]
+    else:
+        env = tool_env(p, tmp_path, NODE_EXTRA_CA_CERTS=str(p.ca_path), ANTHROPIC_API_KEY="sk-ant-personal",
+                       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")  # fmt: skip
+        cmd = [str(exe), "-p", "say hi"]
+    r, elapsed = run(cmd, env, tmp_path, timeout=120)
+    said = r.stdout + r.stderr
+    assert "no-more-today" in said, said[-2000:]
+    assert elapsed < 30, f"{tool} took {elapsed:.1f} s to stop"
+    assert len(gateway.records) == before  # nothing refused reached the gateway
+    print(f"{tool} stopped after {elapsed:.1f} s")
