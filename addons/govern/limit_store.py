@@ -3,12 +3,15 @@ Where limits are counted: in this process's memory (one replica, one worker), or
 that every replica and worker shares, with atomic scripts so that two replicas count exactly
 together (four requests split 2 + 2 against a limit of 3: the fourth is refused).
 
-Three operations, one per kind of limit:
-- `take`: a window counter (requests), incremented only while under the limit; a window's key
-  expires on its own shortly after the window ends;
-- `used` / `add`: a token budget, read before a request is sent and added to after it;
-- `acquire` / `release` / `renew`: leases for open requests and streams, each with an expiry
-  that a heartbeat renews, so that a worker that dies leaks nothing for longer than LEASE_TTL.
+- `check_all`: every limit a request counts against, in one call (one Lua script in Redis),
+  all or nothing: window counters (requests) incremented, token budgets read, a lease added
+  per open-request cap; or, if one does not fit, nothing taken at all. A window's key expires
+  on its own shortly after the window ends.
+- `settle`, once a request is over, in one round trip: a token budget's use added, the counts
+  of a request the proxy refused after all given back (a rule's deny, a bad path), its leases
+  released. `renew`: a heartbeat renews the open leases, so a worker that dies leaks nothing
+  for longer than LEASE_TTL.
+- `used` / `held`: what the developer page shows.
 """
 
 from __future__ import annotations
@@ -29,10 +32,22 @@ class StoreUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Count:
-    allowed: bool
-    used: int  # after this request, if allowed; what was already used, if not
-    reset_at: float | None = None  # when the counter goes (None: a lease set, no window)
+class Ask:
+    """One counter a request must fit in: a window (requests), a budget (tokens, read only
+    here) or a lease set (open requests, `lease` the new one's id)."""
+
+    kind: str  # requests, tokens or concurrent
+    key: str
+    amount: int
+    expires: float | None  # when a window's counter goes; None for leases
+    lease: str = ""
+
+
+@dataclass(frozen=True)
+class Fit:
+    refused: int | None  # the index of the first ask that does not fit; None: all taken
+    used: int = 0  # what that one had used
+    reset_at: float | None = None  # for a lease set: when its oldest lease expires
 
 
 class MemoryLimitStore:
@@ -54,47 +69,50 @@ class MemoryLimitStore:
             for key in [k for k, (_, exp) in self._counters.items() if exp <= now]:
                 del self._counters[key]
 
-    async def take(self, key: str, limit: int, expires: float) -> Count:
+    async def check_all(self, asks: list[Ask]) -> Fit:
+        """All of them or none: the first that does not fit refuses, and nothing is taken."""
         now = time.time()
-        used = self._live(key, now)
-        if used >= limit:
-            return Count(False, used, expires)
+        for i, ask in enumerate(asks):
+            if ask.kind == "concurrent":
+                held = [exp for exp in self._leases.get(ask.key, {}).values() if exp > now]
+                if len(held) >= ask.amount:
+                    return Fit(i, len(held), min(held))
+            elif (used := self._live(ask.key, now)) >= ask.amount:
+                return Fit(i, used)
         self._sweep(now)
-        self._counters[key] = (used + 1, expires)
-        return Count(True, used + 1, expires)
+        for ask in asks:
+            if ask.kind == "requests":
+                self._counters[ask.key] = (self._live(ask.key, now) + 1, ask.expires)
+            elif ask.kind == "concurrent":
+                held = {k: e for k, e in self._leases.get(ask.key, {}).items() if e > now}
+                held[ask.lease] = now + LEASE_TTL
+                self._leases[ask.key] = held
+        return Fit(None)
 
-    async def give_back(self, key: str) -> None:
-        found = self._counters.get(key)
-        if found is not None and found[0] > 0:
-            self._counters[key] = (found[0] - 1, found[1])
+    async def settle(self, adds: list[tuple[str, int, float]], give_backs: list[str],
+                     releases: list[tuple[str, str]]) -> None:  # fmt: skip
+        """A request is over: tokens added, a refused request's counts given back, leases
+        released."""
+        now = time.time()
+        for key, amount, expires in adds:
+            self._counters[key] = (self._live(key, now) + amount, expires)
+        for key in give_backs:
+            found = self._counters.get(key)
+            if found is not None and found[0] > 0:
+                self._counters[key] = (found[0] - 1, found[1])
+        for key, lease in releases:
+            held = self._leases.get(key)
+            if held is not None:
+                held.pop(lease, None)
+                if not held:
+                    del self._leases[key]
 
     async def used(self, key: str) -> int:
         return self._live(key, time.time())
 
-    async def add(self, key: str, amount: int, expires: float) -> None:
-        used = self._live(key, time.time())
-        self._counters[key] = (used + amount, expires)
-
-    async def acquire(self, key: str, limit: int, lease: str) -> Count:
-        now = time.time()
-        held = {k: exp for k, exp in self._leases.get(key, {}).items() if exp > now}
-        if len(held) >= limit:
-            self._leases[key] = held
-            return Count(False, len(held), min(held.values()))
-        held[lease] = now + LEASE_TTL
-        self._leases[key] = held
-        return Count(True, len(held))
-
     async def held(self, key: str) -> int:
         now = time.time()
         return sum(1 for exp in self._leases.get(key, {}).values() if exp > now)
-
-    async def release(self, key: str, lease: str) -> None:
-        held = self._leases.get(key)
-        if held is not None:
-            held.pop(lease, None)
-            if not held:
-                del self._leases[key]
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         expires = time.time() + LEASE_TTL
@@ -106,31 +124,35 @@ class MemoryLimitStore:
         pass
 
 
-# KEYS[1] the window's counter; ARGV: limit, expiry (unix ms)
-_TAKE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return {0, used} end
-used = redis.call('INCR', KEYS[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-return {1, used}
-"""
-# KEYS[1] the tokens counter; ARGV: amount, expiry (unix ms)
-_ADD = """
-local used = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-return used
-"""
-# KEYS[1] the lease set; ARGV: limit, now (ms), lease id, ttl (ms)
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, held, tonumber(first[2])}
+# All of a request's asks at once, atomically. KEYS: the counters; ARGV: now (ms), lease ttl
+# (ms), then per key: kind (r, t, c), amount, expiry (unix ms, windows), lease id (leases).
+_CHECK_ALL = """
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local kind, amount = ARGV[4 * i - 1], tonumber(ARGV[4 * i])
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local held = redis.call('ZCARD', KEYS[i])
+    if held >= amount then
+      local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      return {i, held, tonumber(first[2])}
+    end
+  else
+    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if used >= amount then return {i, used, 0} end
+  end
 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[4]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {1, held + 1, 0}
+for i = 1, #KEYS do
+  local kind = ARGV[4 * i - 1]
+  if kind == 'r' then
+    redis.call('INCR', KEYS[i])
+    redis.call('PEXPIREAT', KEYS[i], ARGV[4 * i + 1])
+  elseif kind == 'c' then
+    redis.call('ZADD', KEYS[i], now + ttl, ARGV[4 * i + 2])
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return {0, 0, 0}
 """
 _GIVE_BACK = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -157,10 +179,8 @@ class RedisLimitStore:
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[redis.exceptions.ConnectionError],
         )
-        self._take = self.client.register_script(_TAKE)
-        self._add = self.client.register_script(_ADD)
-        self._acquire = self.client.register_script(_ACQUIRE)
         self._give_back = self.client.register_script(_GIVE_BACK)
+        self._check_all = self.client.register_script(_CHECK_ALL)
 
     async def _call(self, script, keys, args):
         import redis.exceptions
@@ -170,13 +190,34 @@ class RedisLimitStore:
         except (redis.exceptions.RedisError, OSError) as e:
             raise StoreUnavailable(f"{type(e).__name__}") from None
 
-    async def take(self, key: str, limit: int, expires: float) -> Count:
-        ms = int((expires + _SLACK) * 1000)
-        allowed, used = await self._call(self._take, [key], [limit, ms])
-        return Count(bool(allowed), int(used), expires)
+    async def check_all(self, asks: list[Ask]) -> Fit:
+        """One round trip for all of a request's limits, all or nothing."""
+        args: list = [int(time.time() * 1000), int(LEASE_TTL * 1000)]
+        for ask in asks:
+            expiry = int((ask.expires + _SLACK) * 1000) if ask.expires is not None else 0
+            args += [ask.kind[0], ask.amount, expiry, ask.lease or "-"]
+        index, used, first = await self._call(self._check_all, [a.key for a in asks], args)
+        if not index:
+            return Fit(None)
+        return Fit(int(index) - 1, int(used), int(first) / 1000 if first else None)
 
-    async def give_back(self, key: str) -> None:
-        await self._call(self._give_back, [key], [])
+    async def settle(self, adds: list[tuple[str, int, float]], give_backs: list[str],
+                     releases: list[tuple[str, str]]) -> None:  # fmt: skip
+        """One round trip, once a request is over."""
+        import redis.exceptions
+
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, amount, expires in adds:
+                    pipe.incrby(KEY_PREFIX + key, amount)
+                    pipe.pexpireat(KEY_PREFIX + key, int((expires + _SLACK) * 1000))
+                for key in give_backs:
+                    await self._give_back(keys=[KEY_PREFIX + key], client=pipe)
+                for key, lease in releases:
+                    pipe.zrem(KEY_PREFIX + key, lease)
+                await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as e:
+            raise StoreUnavailable(type(e).__name__) from None
 
     async def used(self, key: str) -> int:
         import redis.exceptions
@@ -187,29 +228,11 @@ class RedisLimitStore:
             raise StoreUnavailable(type(e).__name__) from None
         return int(value or 0)
 
-    async def add(self, key: str, amount: int, expires: float) -> None:
-        await self._call(self._add, [key], [amount, int((expires + _SLACK) * 1000)])
-
-    async def acquire(self, key: str, limit: int, lease: str) -> Count:
-        now_ms = int(time.time() * 1000)
-        allowed, held, first = await self._call(
-            self._acquire, [key], [limit, now_ms, lease, int(LEASE_TTL * 1000)]
-        )
-        return Count(bool(allowed), int(held), (int(first) / 1000) if not allowed else None)
-
     async def held(self, key: str) -> int:
         import redis.exceptions
 
         try:
             return int(await self.client.zcount(KEY_PREFIX + key, time.time() * 1000, "+inf"))
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(type(e).__name__) from None
-
-    async def release(self, key: str, lease: str) -> None:
-        import redis.exceptions
-
-        try:
-            await self.client.zrem(KEY_PREFIX + key, lease)
         except (redis.exceptions.RedisError, OSError) as e:
             raise StoreUnavailable(type(e).__name__) from None
 

@@ -42,6 +42,7 @@ from addons.core.record import existing_record
 from addons.core.record import record
 from addons.core.responses import provider_error_response
 from addons.engine.body_limit import limit_buffered_body
+from addons.govern.limit_store import Ask
 from addons.govern.limit_store import MemoryLimitStore
 from addons.govern.limit_store import RedisLimitStore
 from addons.govern.limit_store import StoreUnavailable
@@ -54,6 +55,7 @@ from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_span
 from addons.rules.policy import Facts
 from addons.rules.policy import PolicyError
+from addons.rules.request_target import is_websocket_upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -255,60 +257,52 @@ class LimitGuard:
             self.state.store_ok()
         except StoreUnavailable as e:
             self.state.store_failed(str(e))
-            await self._give_back(taken)
             if self.state.on_store_error == "refuse":
                 self._refuse(flow, entry, in_request, 503,
                              "the proxy cannot check its limits now; try again shortly",
                              {"Retry-After": "5"}, "limits_unavailable")  # fmt: skip
             return
         if refusal is not None:
-            await self._give_back(taken)
             self.state.events.emit(LIMIT_REFUSED, refusal.limit.name)
             entry.limit = refusal.limit.name
             headers = {"Retry-After": str(refusal.retry_after)}
             if refusal.is_budget:
                 headers["x-should-retry"] = "false"  # the openai and anthropic SDKs stop at once
-            self._refuse(flow, entry, in_request, refusal.status, refusal.message, headers,
-                         refusal.code)  # fmt: skip
+            status = refusal.status
+            if is_websocket_upgrade(flow.request.headers):
+                # Codex retries a refused upgrade for minutes, but falls back to HTTPS at once
+                # on 426, where the same limit answers it 429 with the message
+                status, headers = 426, {**headers, "Upgrade": "websocket"}
+            self._refuse(flow, entry, in_request, status, refusal.message, headers, refusal.code)
             return
         if taken.limits or taken.leases:
             self.state.taken[id(flow)] = taken
 
     async def _take_all(self, limits: list[Limit], facts: Facts, now: float, taken: Taken):
-        """Checks each limit in order; the first exhausted one refuses (the others give back
-        what they took)."""
-        store = self.state.store
+        """Every matching limit in one call to the store, all or nothing: the first that
+        does not fit refuses, and nothing is taken (a refused request never counts)."""
+        asks, owners = [], []
         for limit in limits:
             for subject in limit.subjects(facts):
                 key, expires = limit.key(subject, now)
-                if limit.kind == "requests":
-                    got = await store.take(key, limit.amount, expires)
-                    if not got.allowed:
-                        return Refusal(limit, got.used, expires, now)
-                    taken.limits.append((limit, key, None))
-                elif limit.kind == "tokens":
-                    used = await store.used(key)
-                    if used >= limit.amount:
-                        return Refusal(limit, used, expires, now)
-                    taken.limits.append((limit, key, expires))
-                else:
-                    lease = uuid.uuid4().hex
-                    got = await store.acquire(key, limit.amount, lease)
-                    if not got.allowed:
-                        return Refusal(limit, got.used, min(now + 1, got.reset_at or now + 1), now)
-                    taken.leases.append((key, lease))
+                lease = uuid.uuid4().hex if limit.kind == "concurrent" else ""
+                asks.append(Ask(limit.kind, key, limit.amount, expires, lease))
+                owners.append(limit)
+        if not asks:
+            return None
+        verdict = await self.state.store.check_all(asks)
+        if verdict.refused is not None:
+            limit, ask = owners[verdict.refused], asks[verdict.refused]
+            if limit.kind == "concurrent":  # try again when the oldest lease ends, or in a second
+                reset = min(now + 1, verdict.reset_at or now + 1)
+                return Refusal(limit, verdict.used, reset, now)
+            return Refusal(limit, verdict.used, ask.expires, now)
+        for limit, ask in zip(owners, asks, strict=True):
+            if limit.kind == "concurrent":
+                taken.leases.append((ask.key, ask.lease))
+            else:
+                taken.limits.append((limit, ask.key, ask.expires))
         return None
-
-    async def _give_back(self, taken: Taken) -> None:
-        store = self.state.store
-        try:
-            for limit, key, _ in taken.limits:
-                if limit.kind == "requests":
-                    await store.give_back(key)
-            for key, lease in taken.leases:
-                await store.release(key, lease)
-        except StoreUnavailable as e:
-            self.state.store_failed(str(e))
 
     @staticmethod
     def _refuse(flow, entry, in_request, status, message, headers, code) -> None:
@@ -352,14 +346,13 @@ class LimitLedger:
         in_background(self._settle(taken, used, refused), self.state.background)
 
     async def _settle(self, taken: Taken, used: int, refused: bool) -> None:
-        store = self.state.store
+        adds = [
+            (key, used, expires)
+            for limit, key, expires in taken.limits
+            if limit.kind == "tokens" and used and expires is not None and not refused
+        ]
+        give_backs = [key for limit, key, _ in taken.limits if refused and limit.kind == "requests"]
         try:
-            for limit, key, expires in taken.limits:
-                if refused and limit.kind == "requests":
-                    await store.give_back(key)
-                elif limit.kind == "tokens" and used and expires is not None:
-                    await store.add(key, used, expires)
-            for key, lease in taken.leases:
-                await store.release(key, lease)
+            await self.state.store.settle(adds, give_backs, taken.leases)
         except StoreUnavailable as e:
             self.state.store_failed(str(e))

@@ -186,3 +186,20 @@ async def test_a_request_the_router_refuses_gives_its_count_back(chain):
     await settled()
     sent = [await chain.send(connect, content=b"{}") for _ in range(3)]
     assert [f.response.status_code if f.response else None for f in sent] == [None, None, 429]
+
+
+@pytest.mark.parametrize("limits", [[{"name": "one-a-day", "requests": 1, "per": "1d"}]])
+async def test_a_refused_websocket_upgrade_is_426_so_codex_falls_back_to_https(chain):
+    from tests.addons.test_full_chain import UPGRADE
+
+    connect = await chain.connect("api.openai.com")
+    assert (await chain.send(connect, content=b"{}")).response is None
+    upgrade = await chain.send(
+        connect, method="GET", path="/v1/responses", headers=UPGRADE, content=b""
+    )
+    assert (
+        upgrade.response.status_code == 426 and upgrade.response.headers["Upgrade"] == "websocket"
+    )
+    post = await chain.send(connect, path="/v1/responses", content=b"{}")
+    assert post.response.status_code == 429
+    assert json.loads(post.response.content)["error"]["code"] == "insufficient_quota"
