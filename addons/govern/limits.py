@@ -66,9 +66,9 @@ HEARTBEAT = 10.0  # seconds between lease renewals (LEASE_TTL is three of them)
 class Taken:
     """What a request took, to count or give back once it is over."""
 
-    limits: list[tuple[Limit, str, float | None]] = field(default_factory=list)  # token budgets
-    leases: list[tuple[str, str]] = field(default_factory=list)  # (key, lease id)
-    counted: bool = False
+    # (limit, counter key, when the window ends): request windows and token budgets
+    limits: list[tuple[Limit, str, float | None]] = field(default_factory=list)
+    leases: list[tuple[str, str]] = field(default_factory=list)  # (lease set key, lease id)
 
 
 class Limits:

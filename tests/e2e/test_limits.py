@@ -112,11 +112,12 @@ def test_the_anthropic_sdk_stops_once_the_token_budget_is_spent(limited, gateway
 
 
 @pytest.mark.skipif(not NODE_BIN.exists(), reason="Node clients not installed (./run setup)")
-def test_the_node_sdk_shows_the_budget_message(limited, gateway):
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_node_sdks_show_the_budget_message(limited, gateway, sdk):
     p = limited([{"name": "one-an-hour", "requests": 1, "per": "1h"}])
-    env = client_env(p, OPENAI_API_KEY="sk-node-key")
+    env = client_env(p, OPENAI_API_KEY="sk-node-key", ANTHROPIC_API_KEY="sk-ant-node-key")
     env.pop("SSL_CERT_FILE")
-    script = [str(NODE_BIN), str(NODE_DIR / "openai_client.mjs")]
+    script = [str(NODE_BIN), str(NODE_DIR / f"{sdk}_client.mjs")]
     ok = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60, cwd=NODE_DIR)
     assert ok.returncode == 0, ok.stderr
     started = time.monotonic()
