@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 TOKEN_CHECKED = "token_checked"  # (cached: bool)
 GATEWAY_FAILOVER = "gateway_failover"  # (gateway name: str)
 HTTP2_FLOOD = "http2_flood"  # (client connection, what: str): closed with GOAWAY
-LIMIT_REFUSED = "limit_refused"  # (limit name: str)
+LIMIT_REFUSED = "limit_refused"  # (limit name: str, user: str | None)
 LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
 DLP_VERDICT = "dlp_verdict"  # (prompt_dlp.Verdict): a request or message had findings or no scan
 

@@ -184,6 +184,8 @@ class AdminView:
     traffic: list[tuple[str, int, int]]  # provider, requests, errors
     window_minutes: int
     last_reload: str
+    # requests refused by each limit since start: (limit, user or "" for all users, count)
+    limit_refusals: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def nonce() -> str:

@@ -263,7 +263,7 @@ class LimitGuard:
                              {"Retry-After": "5"}, "limits_unavailable")  # fmt: skip
             return
         if refusal is not None:
-            self.state.events.emit(LIMIT_REFUSED, refusal.limit.name)
+            self.state.events.emit(LIMIT_REFUSED, refusal.limit.name, facts.user)
             entry.limit = refusal.limit.name
             headers = {"Retry-After": str(refusal.retry_after)}
             if refusal.is_budget:

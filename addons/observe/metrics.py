@@ -180,6 +180,12 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.user_limit_refusals = Counter(
+            PREFIX + "user_limit_refusals",
+            "Requests refused by a limit, per user (only with user labels on).",
+            ["user", "limit"],
+            registry=r,
+        )
         self.limit_store_errors = Counter(
             PREFIX + "limit_store_errors",
             "Limit checks the shared store could not answer, by what was done (allow, refuse).",
@@ -253,8 +259,10 @@ class Metrics:
     def gateway_failover(self, name: str) -> None:
         self.gateway_failovers.labels(gateway=name).inc()
 
-    def limit_refused(self, name: str) -> None:
+    def limit_refused(self, name: str, user: str | None) -> None:
         self.limit_refusals.labels(limit=name).inc()  # names come from the configuration
+        if user and ctx.options.aibridge_metrics_user_labels:
+            self.user_limit_refusals.labels(user=user, limit=name).inc()
 
     def limit_store_error(self, action: str) -> None:
         self.limit_store_errors.labels(action=action).inc()

@@ -230,6 +230,21 @@ class AdminServer:
                 rows.append((provider, int(requests - old[0]), int(errors - old[1])))
         return rows
 
+    def _limit_refusals(self) -> list[tuple[str, str, int]]:
+        """Who hits what: refusals per limit, and per user where user labels are on."""
+        registry = self.registry()
+        rows: dict[tuple[str, str], float] = {}
+        for family in registry.collect() if registry is not None else ():
+            for sample in family.samples:
+                if sample.name == "aibridge_proxy_limit_refusals_total":
+                    key = (sample.labels.get("limit", "?"), "")
+                elif sample.name == "aibridge_proxy_user_limit_refusals_total":
+                    key = (sample.labels.get("limit", "?"), sample.labels.get("user", "?"))
+                else:
+                    continue
+                rows[key] = rows.get(key, 0.0) + sample.value
+        return sorted((limit, user, int(n)) for (limit, user), n in rows.items() if n)
+
     def _last_reload(self) -> str:
         registry = self.registry()
         if registry is None:
@@ -276,6 +291,7 @@ class AdminServer:
             traffic=self._traffic(),
             window_minutes=TRAFFIC_WINDOW // 60,
             last_reload=self._last_reload(),
+            limit_refusals=self._limit_refusals(),
         )
         platform, shell = platform_and_shell(
             request.query.get("os", ""),

@@ -255,3 +255,15 @@ async def test_the_redis_store_is_all_or_nothing_and_a_dead_workers_lease_expire
     finally:
         await store.close()
         redis.stop()
+
+
+def test_the_admin_page_shows_who_hits_which_limit(limited, gateway):
+    p = limited([{"name": "one-a-day", "requests": 1, "per": "1d"}], metrics={"user_labels": True})
+    with proxy_client(p, ALICE) as c:
+        statuses = [c.post("https://api.openai.com/v1/chat/completions", json={}).status_code
+                    for _ in range(3)]  # fmt: skip
+    assert statuses == [200, 429, 429]
+    page = p.admin("/").text
+    table = page.split('<table id="limit-refusals">', 1)[1].split("</table>", 1)[0]
+    assert "<td>one-a-day</td><td>all users</td><td>2</td>" in table
+    assert "<td>one-a-day</td><td>alice</td><td>2</td>" in table
