@@ -59,6 +59,26 @@ def make_proxy(tmp_path, gateway_server):
 
 
 @pytest.fixture
+def configured_proxy(tmp_path, gateway_server):
+    """Start a proxy from a configuration file holding `config` (the local gateway unless it
+    names one); stopped at the end of the test."""
+    import yaml
+
+    started: list[ProxyProcess] = []
+
+    def start(config: dict) -> ProxyProcess:
+        path = tmp_path / f"config-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump({"gateway": gateway_server.url, **config}))
+        p = ProxyProcess(tmp_path / f"state-{len(started)}", ["--config", str(path)]).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
 def origin(tmp_path):
     """A TLS server on its own CA: a stand-in for a non-provider site on the internet."""
     o = TlsOrigin().start(tmp_path)

@@ -30,10 +30,10 @@ from typing import Any
 from addons.rules.policy import Facts
 from addons.rules.policy import Patterns
 from addons.rules.policy import PolicyError
+from addons.rules.policy import parse_conditions
 
 KINDS = ("requests", "tokens", "concurrent")
 SUBJECTS = ("user", "workspace", "group", "client", "all")
-CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model")
 _PERIOD = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # A window longer than this is a budget: once spent, clients are told to stop, not to retry.
@@ -148,16 +148,7 @@ def parse_limits(raw: Any) -> tuple[Limit, ...]:
         by = entry.get("by", "user")
         if by not in SUBJECTS:
             raise PolicyError(f"{label}: by must be one of {', '.join(SUBJECTS)}")
-        match = entry.get("match") or {}
-        if not isinstance(match, Mapping):
-            raise PolicyError(f"{label}: match must be a mapping of conditions")
-        conditions = {}
-        for key, value in match.items():
-            if key not in CONDITIONS:
-                raise PolicyError(
-                    f"{label}: match.{key} is not a condition (one of {', '.join(CONDITIONS)})"
-                )
-            conditions[key] = Patterns.parse(value, f"{label}: match.{key}", key)
+        conditions = parse_conditions(entry.get("match"), label)
         out.append(Limit(name, conditions, kind, amount, per, by))
     return tuple(out)
 

@@ -307,21 +307,27 @@ def _parse_rules(raw: Any, where: str, gateways: Mapping[str, GatewayTarget]) ->
         unknown = set(entry) - {"name", "match", "route", "origin", "deny", "dlp"}
         if unknown:
             raise PolicyError(f"{label}: unknown key {sorted(unknown)[0]!r}")
-        match = entry.get("match") or {}
-        if not isinstance(match, Mapping):
-            raise PolicyError(f"{label}: match must be a mapping of conditions")
-        conditions = {}
-        for key, value in match.items():
-            if key not in CONDITIONS:
-                raise PolicyError(
-                    f"{label}: match.{key} is not a condition (one of {', '.join(CONDITIONS)})"
-                )
-            conditions[key] = Patterns.parse(value, f"{label}: match.{key}", key)
+        conditions = parse_conditions(entry.get("match"), label)
         dlp = entry.get("dlp")
         if dlp is not None and dlp not in DLP_ACTIONS:
             raise PolicyError(f"{label}: dlp must be one of {', '.join(DLP_ACTIONS)}")
         rules.append(Rule(name, conditions, _parse_action(entry, label, gateways), dlp))
     return tuple(rules)
+
+
+def parse_conditions(match: Any, label: str) -> dict[str, Patterns]:
+    """A rule's (or a limit's) `match:`, each condition checked; errors name `label`."""
+    match = match or {}
+    if not isinstance(match, Mapping):
+        raise PolicyError(f"{label}: match must be a mapping of conditions")
+    conditions = {}
+    for key, value in match.items():
+        if key not in CONDITIONS:
+            raise PolicyError(
+                f"{label}: match.{key} is not a condition (one of {', '.join(CONDITIONS)})"
+            )
+        conditions[key] = Patterns.parse(value, f"{label}: match.{key}", key)
+    return conditions
 
 
 def _parse_action(entry: Mapping, label: str, gateways: Mapping[str, GatewayTarget]) -> Action:

@@ -10,7 +10,6 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
 from addons.rules.prompt_dlp import placeholder
 from proxy.server.app import dlp_mask_key
@@ -33,21 +32,14 @@ VENDOR = "chat.dlp-observed.test"
 
 
 @pytest.fixture
-def dlp_proxy(tmp_path, gateway_server):
-    started = []
-
+def dlp_proxy(configured_proxy, tmp_path):
     def start(action: str, **extra) -> ProxyProcess:
-        config = {"gateway": gateway_server.url, "dlp": {"action": action}, "log": {"level": "debug"},
-                  "dump_dir": str(tmp_path / f"dump-{len(started)}"), **extra}  # fmt: skip
-        path = tmp_path / f"config-{len(started)}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        p = ProxyProcess(tmp_path / f"state-{len(started)}", ["--config", str(path)]).start()
-        started.append(p)
-        return p
+        dumps = tmp_path / f"dump-{len(list(tmp_path.glob('dump-*')))}"
+        dumps.mkdir()
+        config = {"dlp": {"action": action}, "log": {"level": "debug"}, "dump_dir": str(dumps)}
+        return configured_proxy({**config, **extra})
 
-    yield start
-    for p in started:
-        p.stop()
+    return start
 
 
 def mark(p: ProxyProcess, kind: str, value: str) -> str:

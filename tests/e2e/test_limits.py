@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
 from tests.support import ALICE
 from tests.support import NODE_BIN
@@ -24,20 +23,11 @@ from tests.support import run_python
 
 
 @pytest.fixture
-def limited(tmp_path, gateway_server):
-    started = []
-
+def limited(configured_proxy):
     def start(limits: list, **extra) -> ProxyProcess:
-        config = {"gateway": gateway_server.url, "limits": limits, **extra}
-        path = tmp_path / f"config-{len(started)}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        p = ProxyProcess(tmp_path / f"state-{len(started)}", ["--config", str(path)]).start()
-        started.append(p)
-        return p
+        return configured_proxy({"limits": limits, **extra})
 
-    yield start
-    for p in started:
-        p.stop()
+    return start
 
 
 OPENAI_TWICE = """
