@@ -257,3 +257,21 @@ def test_the_admin_page_shows_who_hits_which_limit(limited, gateway):
     table = page.split('<table id="limit-refusals">', 1)[1].split("</table>", 1)[0]
     assert "<td>one-a-day</td><td>all users</td><td>2</td>" in table
     assert "<td>one-a-day</td><td>alice</td><td>2</td>" in table
+
+
+def test_an_open_stream_holds_its_lease_until_the_client_goes_away(limited, gateway):
+    p = limited([{"name": "one-open", "concurrent": 1}])
+    url = "https://api.openai.com/_diag/sse?events=100&interval=0.1"
+    with proxy_client(p, ALICE) as c, proxy_client(p, ALICE) as other:
+        with c.stream("GET", url) as stream:
+            lines = stream.iter_lines()  # kept: a dropped iterator closes the stream
+            next(lines)  # the stream is open: its lease is held
+            refused = other.get(url)
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert "one-open: 1 open requests at once by user" in refused.text
+        # the client went away mid-stream: the lease is released (the proxy's error hook)
+        deadline = time.monotonic() + 5
+        while (again := other.get("https://api.openai.com/v1/models")).status_code == 429:
+            assert time.monotonic() < deadline, "the lease was never released"
+            time.sleep(0.1)
+        assert again.status_code == 200
