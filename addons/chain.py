@@ -121,7 +121,7 @@ def make_addons(patches: EnginePatches) -> list:
         # between the rules (it reads their decision) and the router (which must not stream a
         # body it holds)
         PromptGuard(routing, events, patches.websocket_cap),
-        LimitGuard(routing, limits),  # after the scan: a request it blocks is not counted
+        LimitGuard(limits),  # after the scan: a request it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
         health,

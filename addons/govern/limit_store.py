@@ -16,9 +16,16 @@ together (four requests split 2 + 2 against a limit of 3: the fourth is refused)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 logger = logging.getLogger(__name__)
 
@@ -165,11 +172,6 @@ class RedisLimitStore:
     """Counts in Redis: every replica and worker that names the same store counts together."""
 
     def __init__(self, url: str):
-        import redis.asyncio as aioredis
-        import redis.exceptions
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.url = url
         # one retry on a fresh connection: after Redis restarts, pooled connections are stale
         self.client = aioredis.from_url(
@@ -182,13 +184,14 @@ class RedisLimitStore:
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._check_all = self.client.register_script(_CHECK_ALL)
 
-    async def _call(self, script, keys, args):
-        import redis.exceptions
-
+    @staticmethod
+    @contextlib.contextmanager
+    def _unavailable() -> Iterator[None]:
+        """Any failure to reach Redis is StoreUnavailable (limits_on_store_error decides)."""
         try:
-            return await script(keys=[KEY_PREFIX + k for k in keys], args=args)
+            yield
         except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(f"{type(e).__name__}") from None
+            raise StoreUnavailable(type(e).__name__) from None
 
     async def check_all(self, asks: list[Ask]) -> Fit:
         """One round trip for all of a request's limits, all or nothing."""
@@ -196,7 +199,9 @@ class RedisLimitStore:
         for ask in asks:
             expiry = int((ask.expires + _SLACK) * 1000) if ask.expires is not None else 0
             args += [ask.kind[0], ask.amount, expiry, ask.lease or "-"]
-        index, used, first = await self._call(self._check_all, [a.key for a in asks], args)
+        with self._unavailable():
+            keys = [KEY_PREFIX + a.key for a in asks]
+            index, used, first = await self._check_all(keys=keys, args=args)
         if not index:
             return Fit(None)
         return Fit(int(index) - 1, int(used), int(first) / 1000 if first else None)
@@ -204,9 +209,7 @@ class RedisLimitStore:
     async def settle(self, adds: list[tuple[str, int, float]], give_backs: list[str],
                      releases: list[tuple[str, str]]) -> None:  # fmt: skip
         """One round trip, once a request is over."""
-        import redis.exceptions
-
-        try:
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, amount, expires in adds:
                     pipe.incrby(KEY_PREFIX + key, amount)
@@ -216,40 +219,25 @@ class RedisLimitStore:
                 for key, lease in releases:
                     pipe.zrem(KEY_PREFIX + key, lease)
                 await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(type(e).__name__) from None
 
     async def used(self, key: str) -> int:
-        import redis.exceptions
-
-        try:
-            value = await self.client.get(KEY_PREFIX + key)
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(type(e).__name__) from None
-        return int(value or 0)
+        with self._unavailable():
+            return int(await self.client.get(KEY_PREFIX + key) or 0)
 
     async def held(self, key: str) -> int:
-        import redis.exceptions
-
-        try:
+        with self._unavailable():
             return int(await self.client.zcount(KEY_PREFIX + key, time.time() * 1000, "+inf"))
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(type(e).__name__) from None
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
-        import redis.exceptions
-
         if not leases:
             return
         expires = int((time.time() + LEASE_TTL) * 1000)
-        try:
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, lease in leases:
                     pipe.zadd(KEY_PREFIX + key, {lease: expires}, xx=True)
                     pipe.pexpire(KEY_PREFIX + key, int(LEASE_TTL * 1000))
                 await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise StoreUnavailable(type(e).__name__) from None
 
     async def close(self) -> None:
         await self.client.aclose()

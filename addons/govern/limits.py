@@ -46,10 +46,10 @@ from addons.govern.limit_store import Ask
 from addons.govern.limit_store import MemoryLimitStore
 from addons.govern.limit_store import RedisLimitStore
 from addons.govern.limit_store import StoreUnavailable
-from addons.routing.snapshot import Routing
 from addons.rules.limits import Limit
 from addons.rules.limits import Refusal
 from addons.rules.limits import applicable
+from addons.rules.limits import needs_model
 from addons.rules.limits import parse_limits
 from addons.rules.model_field import ModelUnreadable
 from addons.rules.model_field import model_span
@@ -164,8 +164,9 @@ async def uses_of(state: Limits, facts: Facts) -> list[LimitUse] | None:
 
 
 class LimitGuard:
-    def __init__(self, routing: Routing, limits: Limits):
-        self.routing = routing
+    """Checks each request against the limits that match it, before it is sent."""
+
+    def __init__(self, limits: Limits):
         self.state = limits
 
     def load(self, loader):
@@ -212,7 +213,7 @@ class LimitGuard:
             return
         facts = entry.facts
         # A limit on the model needs the body when nothing read the model yet.
-        if not facts.model_known and any("model" in lim.conditions for lim in self.state.limits):
+        if not facts.model_known and needs_model(self.state.limits):
             if flow.request.method not in ("GET", "HEAD") and not entry.body_held:
                 flow.request.stream = False
                 entry.body_held = True

@@ -28,10 +28,9 @@ from proxy.server.logs import printable
 
 GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit")
 KINDS = ("routed", "observed", "origin", "denied")
-COUNTS = (
-    "requests", "input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out",
-    "dlp_findings",
-)  # fmt: skip
+# the access line's own numbers, summed; COUNTS adds what each line counts as one
+SUMMED = ("input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out")
+COUNTS = ("requests", *SUMMED, "dlp_findings")
 _SPAN = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -159,16 +158,20 @@ def summarize(
             if when is None or (since and when < since) or (until and when >= until):
                 continue
         group = dlp_group(record) if by == "dlp" else str(record.get(by) or "-")
+        found = bool(_dlp_kinds(record))
+        summed = {
+            name: value
+            for name in SUMMED
+            if isinstance(value := record.get(name), int) and not isinstance(value, bool)
+        }
         for target in (
             rows.setdefault((group, kind), Row(group, kind)),
             totals.setdefault(kind, Row("total", kind)),
         ):
             target.requests += 1
-            target.dlp_findings += bool(_dlp_kinds(record))
-            for name in COUNTS[1:-1]:
-                value = record.get(name)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    setattr(target, name, getattr(target, name) + value)
+            target.dlp_findings += found
+            for name, value in summed.items():
+                setattr(target, name, getattr(target, name) + value)
     order = {k: i for i, k in enumerate(KINDS)}
     body = sorted(rows.values(), key=lambda r: (r.group, order[r.traffic]))
     return body + sorted(totals.values(), key=lambda r: order[r.traffic])
