@@ -33,6 +33,7 @@ from addons.core.record import record
 from addons.core.responses import provider_error_response
 from addons.engine.body_limit import limit_buffered_body
 from addons.engine.websocket_cap import WebSocketMessageCap
+from addons.routing.rules import POLICY_VIOLATION
 from addons.routing.snapshot import Routing
 from addons.rules.policy import Decision
 from addons.rules.prompt_dlp import ACTIONS
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 IN_LOOP_BYTES = 256 * 1024
 BLOCK_STATUS = 400  # a 4xx: SDKs and agents do not retry it
-POLICY_VIOLATION = 1008
 _OPTIONS = {
     "aibridge_dlp_action", "aibridge_dlp_on_error", "aibridge_dlp_unreadable",
     "aibridge_dlp_max_bytes", "aibridge_dlp_timeout", "aibridge_dlp_patterns",
@@ -168,6 +168,7 @@ class PromptGuard:
             flow.response is not None
             or entry.self_service
             or entry.identity is None
+            or self.scan is None
             or not self._could_apply()
             or not self.routing.current.intercepts(request.host)
         ):
@@ -178,15 +179,11 @@ class PromptGuard:
             return  # no prompt in these
         if is_binary_protocol(request.headers.get("content-type", "")):
             # an observed tool's own protocol: never held (its streams are bidirectional)
-            self._settle(
-                flow, entry, Verdict(self.policy.unreadable, unscanned="a binary protocol body")
-            )
+            self._settle(flow, entry, self.scan.unreadable("a binary protocol body"))
             return
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.policy.max_bytes:
-            action = self._action(entry) or "block"
-            why = f"the body is larger than dlp.max_bytes ({self.policy.max_bytes} bytes)"
-            self._settle(flow, entry, Verdict(self.policy.failure_action(action), unscanned=why))
+            self._settle(flow, entry, self.scan.too_large(self._action(entry) or "block"))
             return
         # read whole before anything is sent (the router neither streams nor counts it);
         # a body without a length is cut off with 413 past the bound

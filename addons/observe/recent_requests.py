@@ -37,24 +37,20 @@ class RecentRequest:
 
 
 _DLP_DONE = {"block": "blocked", "mask": "masked", "flag": "flagged", "pass": "sent unscanned"}
+_DLP_FIX = {
+    "block": "remove it, or use a placeholder",
+    "mask": "the model never saw it; remove it from your files or history",
+    "flag": "your administrator sees this; rotate the credential",
+}
+_DLP_UNSCANNED_FIX = "send a smaller request, or ask your administrator"
 
 
 def dlp_hint(verdict) -> tuple[str, str]:
     """ "blocked: a GitHub token in messages[3]", and what to do about it."""
     problem = f"{_DLP_DONE.get(verdict.action, verdict.action)}: {verdict.message}"
-    if verdict.findings:
-        fix = (
-            "remove it, or use a placeholder"
-            if verdict.action == "block"
-            else (
-                "the model never saw it; remove it from your files or history"
-                if verdict.action == "mask"
-                else "your administrator sees this; rotate the credential"
-            )
-        )
-    else:
-        fix = "send a smaller request, or ask your administrator"
-    return problem, fix
+    if not verdict.findings:
+        return problem, _DLP_UNSCANNED_FIX
+    return problem, _DLP_FIX.get(verdict.action, _DLP_FIX["flag"])  # sent, as under flag
 
 
 class RecentRequests:
@@ -82,14 +78,15 @@ class RecentRequests:
         if info is None or identity is None or not identity.user:
             return
         status = flow.response.status_code if flow.response is not None else None
-        hint = failure_hint(
-            status,
-            entry.reject.hint if entry.reject is not None else None,
-            info.provider is not None,
-            flow.error.msg if flow.error else None,
-        )
         if entry.dlp is not None:  # what the prompt scan did says more than the status
             hint = dlp_hint(entry.dlp)
+        else:
+            hint = failure_hint(
+                status,
+                entry.reject.hint if entry.reject is not None else None,
+                info.provider is not None,
+                flow.error.msg if flow.error else None,
+            )
         usage = info.usage
         entry = RecentRequest(
             time=time.time(),

@@ -140,15 +140,12 @@ class Scan:
         self.detector = detector
         self.mask_key = mask_key
 
-    def body(self, raw: bytes, encoding: str, action: str, textual: bool = True) -> Verdict:
-        """The verdict on a whole request body under `action` (block, mask or flag). `textual`
-        False: the body is a binary protocol (the unreadable policy applies to it)."""
+    def body(self, raw: bytes, encoding: str, action: str) -> Verdict:
+        """The verdict on a whole request body under `action` (block, mask or flag)."""
         if not raw:
             return Verdict("pass")
         if len(raw) > self.policy.max_bytes:
-            return self._failed(
-                action, f"the body is larger than dlp.max_bytes ({self.policy.max_bytes} bytes)"
-            )
+            return self.too_large(action)
         try:
             decoded = decode_body(raw, encoding, self.policy.max_bytes)
         except DecodedTooLarge:
@@ -157,17 +154,15 @@ class Scan:
                 f"the body decodes to more than dlp.max_bytes ({self.policy.max_bytes} bytes)",
             )
         except UnknownEncoding as e:
-            return self._unreadable(f"its content-encoding {e} is not one the proxy decodes")
+            return self.unreadable(f"its content-encoding {e} is not one the proxy decodes")
         except ValueError as e:
-            return self._unreadable(str(e))
-        if not textual:
-            return self._unreadable("a binary protocol body")
+            return self.unreadable(str(e))
         try:
             parts = prompt_parts(parse(decoded))
             is_json = True
         except NotJson:
             if not _is_text(decoded):
-                return self._unreadable("the body is neither JSON nor text")
+                return self.unreadable("the body is neither JSON nor text")
             parts, is_json = [PromptPart("body", decoded)], False
         return self.parts(parts, action, decoded, is_json)
 
@@ -200,7 +195,12 @@ class Scan:
     def _failed(self, action: str, why: str, findings: tuple[Located, ...] = ()) -> Verdict:
         return Verdict(self.policy.failure_action(action), findings, unscanned=why)
 
-    def _unreadable(self, why: str) -> Verdict:
+    def too_large(self, action: str) -> Verdict:
+        """A body over max_bytes (seen in its Content-Length, or once read)."""
+        why = f"the body is larger than dlp.max_bytes ({self.policy.max_bytes} bytes)"
+        return self._failed(action, why)
+
+    def unreadable(self, why: str) -> Verdict:
         return Verdict(self.policy.unreadable, unscanned=why)
 
 

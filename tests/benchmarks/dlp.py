@@ -247,16 +247,8 @@ def run(quick: bool = False) -> dict:
         "cached": {"turn1": cached[0], "turn10": cached[9], "turn30": cached[29]},
         "uncached": {"turn1": uncached[0], "turn10": uncached[9], "turn30": uncached[29]},
     }
-    env = {
-        **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
-        "PYTHONOPTIMIZE": "1",
-    }
-    gateway_port = free_port()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "gateway", "--listen", f"127.0.0.1:{gateway_port}",
-         "--token", f"{TOKEN}=alice"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    env = bench_env()
+    gateway_port, gateway = start_gateway(env)
     proxies = {}
     try:
         wait_port(gateway_port)
