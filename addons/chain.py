@@ -58,6 +58,7 @@ from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import HTTP2_FLOOD
 from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
+from addons.core.events import LIMIT_USAGE
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.egress.egress_policy import EgressPolicy
@@ -106,6 +107,7 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(DLP_VERDICT, metrics.dlp_verdict)
     events.subscribe(LIMIT_REFUSED, metrics.limit_refused)
     events.subscribe(LIMIT_STORE_ERROR, metrics.limit_store_error)
+    events.subscribe(LIMIT_USAGE, metrics.limit_usage)
     limits = Limits(events)  # the guard checks and takes, the ledger counts and releases
     return [
         routing,

@@ -17,6 +17,7 @@ GATEWAY_FAILOVER = "gateway_failover"  # (gateway name: str)
 HTTP2_FLOOD = "http2_flood"  # (client connection, what: str): closed with GOAWAY
 LIMIT_REFUSED = "limit_refused"  # (limit name: str, user: str | None)
 LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
+LIMIT_USAGE = "limit_usage"  # (limits.LimitUsage list): every limit's use now, sampled
 DLP_VERDICT = "dlp_verdict"  # (prompt_dlp.Verdict): a request or message had findings or no scan
 
 

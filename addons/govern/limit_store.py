@@ -11,12 +11,14 @@ together (four requests split 2 + 2 against a limit of 3: the fourth is refused)
   of a request the proxy refused after all given back (a rule's deny, a bad path), its leases
   released. `renew`: a heartbeat renews the open leases, so a worker that dies leaks nothing
   for longer than LEASE_TTL.
-- `used` / `held`: what the developer page shows.
+- `used` / `held`: what the developer page shows; `usage`: every counter of one limit, for the
+  usage gauges in /metrics (bounded: at most USAGE_KEYS subjects a limit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_TTL = 30.0  # seconds a lease lives without a heartbeat (a dead worker's are gone by then)
 KEY_PREFIX = "aibridge:limit:"
+USAGE_KEYS = 10_000  # counters read per limit for the usage gauges (the rest are not shown)
 _SLACK = 60  # seconds a window's key outlives its window (clock skew between replicas)
 
 
@@ -120,6 +123,17 @@ class MemoryLimitStore:
     async def held(self, key: str) -> int:
         now = time.time()
         return sum(1 for exp in self._leases.get(key, {}).values() if exp > now)
+
+    async def usage(self, prefix: str, leases: bool) -> dict[str, int]:
+        """Every live counter (or lease set) whose key starts with `prefix`, with its use."""
+        now = time.time()
+        if leases:
+            counts = ((k, sum(1 for e in held.values() if e > now))
+                      for k, held in self._leases.items() if k.startswith(prefix))  # fmt: skip
+        else:
+            counts = ((k, c) for k, (c, exp) in self._counters.items()
+                      if exp > now and k.startswith(prefix))  # fmt: skip
+        return dict(itertools.islice(((k, n) for k, n in counts if n), USAGE_KEYS))
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         expires = time.time() + LEASE_TTL
@@ -227,6 +241,27 @@ class RedisLimitStore:
     async def held(self, key: str) -> int:
         with self._unavailable():
             return int(await self.client.zcount(KEY_PREFIX + key, time.time() * 1000, "+inf"))
+
+    async def usage(self, prefix: str, leases: bool) -> dict[str, int]:
+        """SCAN for the prefix (names hold no glob characters), then one pipeline of reads."""
+        now_ms = time.time() * 1000
+        with self._unavailable():
+            keys = []
+            async for key in self.client.scan_iter(match=f"{KEY_PREFIX}{prefix}*", count=1000):
+                keys.append(key.decode() if isinstance(key, bytes) else key)
+                if len(keys) >= USAGE_KEYS:
+                    break
+            if not keys:
+                return {}
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    if leases:
+                        pipe.zcount(key, now_ms, "+inf")
+                    else:
+                        pipe.get(key)
+                values = await pipe.execute()
+        return {key.removeprefix(KEY_PREFIX): int(v or 0) for key, v in zip(keys, values, strict=True)
+                if v and int(v)}  # fmt: skip
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         if not leases:

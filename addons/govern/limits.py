@@ -33,6 +33,7 @@ from mitmproxy import http
 from addons.core.background import in_background
 from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
+from addons.core.events import LIMIT_USAGE
 from addons.core.events import EventBus
 from addons.core.record import FlowRecord
 from addons.core.record import PendingModel
@@ -47,6 +48,7 @@ from addons.govern.limit_store import MemoryLimitStore
 from addons.govern.limit_store import RedisLimitStore
 from addons.govern.limit_store import StoreUnavailable
 from addons.rules.limits import Limit
+from addons.rules.limits import LimitUsage
 from addons.rules.limits import Refusal
 from addons.rules.limits import applicable
 from addons.rules.limits import needs_model
@@ -60,6 +62,7 @@ from addons.rules.request_target import is_websocket_upgrade
 logger = logging.getLogger(__name__)
 
 HEARTBEAT = 10.0  # seconds between lease renewals (LEASE_TTL is three of them)
+USAGE_EVERY = 15.0  # seconds between samples of every limit's use (the /metrics gauges)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Limits:
         self._store_down = False
         self.background: set[asyncio.Task] = set()
         self._heartbeat: asyncio.Task | None = None
+        self._sampler: asyncio.Task | None = None
 
     def store_failed(self, why: str) -> None:
         """Logged once per outage, counted every time."""
@@ -111,13 +115,39 @@ class Limits:
             except StoreUnavailable as e:
                 self.store_failed(str(e))
 
+    async def sample(self) -> list[LimitUsage] | None:
+        """Each limit's use now, per subject, read from the store (None if it cannot say);
+        reported on the bus for the usage gauges."""
+        now = time.time()
+        out = []
+        try:
+            for limit in self.limits:
+                counters = await self.store.usage(limit.prefix(), leases=limit.kind == "concurrent")
+                for key, used in counters.items():
+                    if (subject := limit.subject_of(key, now)) is not None:
+                        out.append(LimitUsage(limit, subject, used))
+        except StoreUnavailable as e:
+            self.store_failed(str(e))
+            return None
+        self.events.emit(LIMIT_USAGE, out)
+        return out
+
+    async def sampler(self) -> None:
+        while True:
+            if self.limits:
+                await self.sample()
+            await asyncio.sleep(USAGE_EVERY)
+
     def start(self) -> None:
         if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat())
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.create_task(self.heartbeat())
+            self._sampler = loop.create_task(self.sampler())
 
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+            self._sampler.cancel()
         await self.store.close()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)

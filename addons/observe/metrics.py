@@ -30,6 +30,7 @@ from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.core.record import route_info
 from addons.routing.snapshot import Routing
+from addons.rules.limits import LimitUsage
 from addons.rules.prompt_dlp import Verdict
 
 PREFIX = "aibridge_proxy_"
@@ -192,6 +193,38 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        # sampled from the limits store every few seconds (addons/govern/limits.py); with a
+        # shared store every worker reads the same numbers, hence the max across workers
+        self.limit_used = Gauge(
+            PREFIX + "limit_used",
+            "What a limit's subjects have used in its current window (requests or tokens) or "
+            "hold now (open requests), summed over them.",
+            ["limit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.limit_exhausted = Gauge(
+            PREFIX + "limit_exhausted_subjects",
+            "Subjects (users, workspaces, groups...) that have used all of a limit now.",
+            ["limit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.user_limit_used = Gauge(
+            PREFIX + "user_limit_used",
+            "A user's use of a per-user limit now (only with user labels on).",
+            ["user", "limit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.user_limit_left = Gauge(
+            PREFIX + "user_limit_left",
+            "What a user has left of a per-user limit now (only with user labels on).",
+            ["user", "limit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._user_limit_series: set[tuple[str, str]] = set()
         self.dlp_findings = Counter(
             PREFIX + "dlp_findings",
             "Credentials found in requests by the prompt scan, by kind and what was done "
@@ -266,6 +299,34 @@ class Metrics:
 
     def limit_store_error(self, action: str) -> None:
         self.limit_store_errors.labels(action=action).inc()
+
+    def limit_usage(self, uses: list[LimitUsage]) -> None:
+        """A fresh sample of every limit's use: the gauges say it, series that went away go."""
+        used: dict[str, int] = {}
+        exhausted: dict[str, int] = {}
+        for use in uses:
+            name = use.limit.name
+            used[name] = used.get(name, 0) + use.used
+            exhausted[name] = exhausted.get(name, 0) + (use.used >= use.limit.amount)
+        for name in {*used, *(labels[0] for labels in self._limit_names())}:
+            self.limit_used.labels(limit=name).set(used.get(name, 0))
+            self.limit_exhausted.labels(limit=name).set(exhausted.get(name, 0))
+        users: set[tuple[str, str]] = set()
+        if ctx.options.aibridge_metrics_user_labels:
+            for use in uses:
+                if use.limit.by == "user":
+                    labels = (use.subject, use.limit.name)
+                    users.add(labels)
+                    self.user_limit_used.labels(*labels).set(use.used)
+                    self.user_limit_left.labels(*labels).set(max(0, use.limit.amount - use.used))
+        for labels in self._user_limit_series - users:  # a window ended: its users are gone
+            self.user_limit_used.remove(*labels)
+            self.user_limit_left.remove(*labels)
+        self._user_limit_series = users
+
+    def _limit_names(self) -> list[tuple[str, ...]]:
+        """The limits the gauges already have a series for."""
+        return [tuple(s.labels.values()) for m in self.limit_used.collect() for s in m.samples]
 
     def dlp_verdict(self, verdict: Verdict) -> None:
         for finding in verdict.findings:

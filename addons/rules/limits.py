@@ -104,6 +104,21 @@ class Limit:
         number, end = self.per.window(now)
         return f"{self.name}:{self.by}:{subject}:{number}", end
 
+    def prefix(self) -> str:
+        """What every counter key of this limit starts with (names hold no ':')."""
+        return f"{self.name}:{self.by}:"
+
+    def subject_of(self, key: str, now: float) -> str | None:
+        """Whose counter `key` is, if it is one of this limit's in the window `now` falls in
+        (None: another limit's, or a window that is over)."""
+        if not key.startswith(self.prefix()):
+            return None
+        rest = key[len(self.prefix()) :]
+        if self.per is None:
+            return rest
+        subject, _, number = rest.rpartition(":")
+        return subject if subject and number == str(self.per.window(now)[0]) else None
+
     def describe(self) -> str:
         if self.per is None:
             return f"{self.amount} open requests at once by {self.by}"
@@ -159,6 +174,15 @@ def applicable(limits: Iterable[Limit], facts: Facts) -> list[Limit]:
 
 def needs_model(limits: Iterable[Limit]) -> bool:
     return any("model" in limit.conditions for limit in limits)
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    """One subject's use of one limit in its current window (or its open requests)."""
+
+    limit: Limit
+    subject: str
+    used: int
 
 
 @dataclass(frozen=True)

@@ -203,3 +203,44 @@ async def test_a_refused_websocket_upgrade_is_426_so_codex_falls_back_to_https(c
     post = await chain.send(connect, path="/v1/responses", content=b"{}")
     assert post.response.status_code == 429
     assert json.loads(post.response.content)["error"]["code"] == "insufficient_quota"
+
+
+def gauge(chain, name: str) -> dict[tuple, float]:
+    registry = chain.addons["Metrics"].registry
+    return {tuple(s.labels.values()): s.value for m in registry.collect() if m.name == name
+            for s in m.samples}  # fmt: skip
+
+
+async def test_the_usage_gauges_follow_the_store(tmp_path):
+    limits = [{"name": "two-a-day", "requests": 2, "per": "1d"},
+              {"name": "team-tokens", "tokens": 100, "per": "month", "by": "all"},
+              {"name": "one-open", "concurrent": 1}]  # fmt: skip
+    with full_chain(aibridge_limits=json.dumps(limits), aibridge_metrics_user_labels=True) as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        alice = await chain.connect("api.openai.com")
+        bob = await chain.connect("api.openai.com", token="tok-bob")
+        first = await chain.send(alice, content=b"{}")
+        await chain.answer(first, body=USAGE, headers=[JSON])
+        await settled()
+        still_open = await chain.send(alice, content=b"{}")  # alice's 2nd: her day is spent
+        await chain.answer(await chain.send(bob, content=b"{}"), body=USAGE, headers=[JSON])
+        await settled()
+        state = chain.addons["LimitGuard"].state
+        uses = await state.sample()
+        assert {(u.limit.name, u.subject, u.used) for u in uses} == {
+            ("two-a-day", "alice", 2), ("two-a-day", "bob", 1),
+            ("team-tokens", "*", 26), ("one-open", "alice", 1)}  # fmt: skip
+        assert gauge(chain, "aibridge_proxy_limit_used") == {
+            ("two-a-day",): 3, ("team-tokens",): 26, ("one-open",): 1}  # fmt: skip
+        assert gauge(chain, "aibridge_proxy_limit_exhausted_subjects") == {
+            ("two-a-day",): 1, ("team-tokens",): 0, ("one-open",): 1}  # fmt: skip
+        assert gauge(chain, "aibridge_proxy_user_limit_left") == {
+            ("alice", "two-a-day"): 0, ("bob", "two-a-day"): 1, ("alice", "one-open"): 0}  # fmt: skip
+        await chain.answer(still_open)  # her lease goes: the next sample drops her series
+        await settled()
+        await state.sample()
+        assert gauge(chain, "aibridge_proxy_limit_used")[("one-open",)] == 0
+        assert ("alice", "one-open") not in gauge(chain, "aibridge_proxy_user_limit_used")
+        chain.tctx.options.update(aibridge_metrics_user_labels=False)
+        await state.sample()
+        assert gauge(chain, "aibridge_proxy_user_limit_used") == {}  # no user, no series

@@ -244,6 +244,9 @@ async def test_the_redis_store_is_all_or_nothing_and_a_dead_workers_lease_expire
         await store.settle([("t", 12, end)], ["w"], [])
         assert (await store.used("w"), await store.used("t"), await store.held("c")) == (0, 12, 1)
         assert (await store.check_all([Ask("tokens", "t", 10, end)])).refused == 0  # spent
+        # what the usage gauges read: every live counter under a prefix, one SCAN and pipeline
+        assert await store.usage("t", leases=False) == {"t": 12}
+        assert await store.usage("c", leases=True) == {"c": 1}
         await asyncio.sleep(0.6)  # lease "a" was never released nor renewed
         assert (await store.check_all([Ask("concurrent", "c", 1, None, "d")])).refused is None
     finally:
