@@ -12,6 +12,8 @@ by concern (each folder's __init__.py says what it may import).
     request       routing/rules (route, origin or deny; reads the model if needed)
                   -> govern/prompt_guard (holds a body to scan it for credentials: block, mask
                      or flag; the routing rule's `dlp:` or the global action)
+                  -> govern/mcp_guard (a governed MCP server's JSON-RPC: denied tools
+                     refused, tool lists filtered as they stream, each call on record)
                   -> govern/limits (requests, tokens and open requests per user, workspace,
                      group, client or all: 429 before anything is sent)
                   -> routing/gateway (applies rules/plan.py's decision: rewrite to
@@ -59,6 +61,7 @@ from addons.core.events import HTTP2_FLOOD
 from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import LIMIT_USAGE
+from addons.core.events import MCP_CALL
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.egress.egress_policy import EgressPolicy
@@ -68,6 +71,7 @@ from addons.engine import EnginePatches
 from addons.govern.limits import LimitGuard
 from addons.govern.limits import LimitLedger
 from addons.govern.limits import Limits
+from addons.govern.mcp_guard import McpGuard
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
 from addons.observe.dump import ApiDump
@@ -109,6 +113,10 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(LIMIT_STORE_ERROR, metrics.limit_store_error)
     events.subscribe(LIMIT_USAGE, metrics.limit_usage)
     limits = Limits(events)  # the guard checks and takes, the ledger counts and releases
+    access_log = AccessLog()
+    events.subscribe(MCP_CALL, access_log.mcp_call)
+    events.subscribe(MCP_CALL, metrics.mcp_call)
+    events.subscribe(MCP_CALL, recent.mcp_call)
     return [
         routing,
         deadlines,
@@ -123,6 +131,9 @@ def make_addons(patches: EnginePatches) -> list:
         # between the rules (it reads their decision) and the router (which must not stream a
         # body it holds)
         PromptGuard(routing, events, patches.websocket_cap),
+        # reads MCP messages (held, like the scan's) and refuses denied tools; before the
+        # limits, so a refused call is not counted
+        McpGuard(routing, events),
         LimitGuard(limits),  # after the scan: a request it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
@@ -134,7 +145,7 @@ def make_addons(patches: EnginePatches) -> list:
         TokenUsage(),
         LimitLedger(limits),  # after token usage: it counts what the response reported
         UpstreamErrors(patches.error_rendering),
-        AccessLog(),
+        access_log,
         metrics,
         recent,
     ]

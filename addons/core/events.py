@@ -18,6 +18,7 @@ HTTP2_FLOOD = "http2_flood"  # (client connection, what: str): closed with GOAWA
 LIMIT_REFUSED = "limit_refused"  # (limit name: str, user: str | None)
 LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
 LIMIT_USAGE = "limit_usage"  # (limits.LimitUsage list): every limit's use now, sampled
+MCP_CALL = "mcp_call"  # (mcp_guard.McpCall): a JSON-RPC request to an MCP server, answered
 DLP_VERDICT = "dlp_verdict"  # (prompt_dlp.Verdict): a request or message had findings or no scan
 
 

@@ -133,6 +133,9 @@ class RouteInfo:
     # Other addons may watch the bodies as they stream by (the dump and token usage do).
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)
+    # A concern may change the response as it streams (MCP governance filters tool lists):
+    # each filter takes a chunk and gives what goes on (b"" at the end: flush what it holds).
+    response_filters: list = field(default_factory=list)
 
     def count_in(self, chunk: bytes, shown: bytes | None = None) -> bytes:
         """`chunk` is sent on; the taps see `shown` instead where a concern said so (a flagged
@@ -143,6 +146,8 @@ class RouteInfo:
         return chunk
 
     def count_out(self, chunk: bytes) -> bytes:
+        for change in self.response_filters:
+            chunk = change(chunk)
         self.bytes_out += len(chunk)
         for tap in self.response_taps:
             tap(chunk)
@@ -191,6 +196,8 @@ class FlowRecord:
     facts: Facts | None = None  # the request as the rules and limits match it (rules: read it)
     limits_pending: bool = False  # limits apply; checked once the body is read
     limit: str | None = None  # the limit that refused it
+    profile: str | None = None  # the profile in force for its workspace (routing rules)
+    mcp: Any = None  # MCP governance's exchange (govern/mcp_guard.py), on a governed server
 
 
 _RECORDS: weakref.WeakKeyDictionary[Any, FlowRecord] = weakref.WeakKeyDictionary()

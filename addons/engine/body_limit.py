@@ -25,6 +25,11 @@ def limit_buffered_body(flow: http.HTTPFlow, max_bytes: int) -> None:
     flow.metadata[_METADATA_KEY] = max_bytes
 
 
+def buffered_body_limit(flow: http.HTTPFlow) -> int:
+    """The limit another concern set on this body (0: none yet)."""
+    return int(flow.metadata.get(_METADATA_KEY) or 0)
+
+
 class BufferedBodyLimit:
     """Wraps `HttpStream.state_consume_request_body`."""
 

@@ -120,6 +120,28 @@ class AccessLog:
         entry = load_catalog().owner(host)
         return entry.name if entry else None
 
+    def mcp_call(self, call) -> None:
+        """One line per JSON-RPC request to a governed MCP server (govern/mcp_guard.py's
+        McpCall): who, which server and tool, how it ended; a digest of the arguments only."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields = {
+            "request_id": call.request_id,
+            "client": call.client,
+            "user": call.user,
+            "workspace": call.workspace,
+            "mcp_server": call.server,
+            "mcp_method": call.method,
+            "mcp_tool": call.tool,
+            "outcome": call.outcome,
+            "mcp_error": call.error_code,
+            "rule": call.rule,
+            "duration_ms": call.duration_ms,
+            "args_digest": call.args_digest,
+            "tool": tool_of(call.user_agent),
+        }
+        logger.info("mcp call", extra={"fields": fields})
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._emit(flow)
 

@@ -43,6 +43,7 @@ TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
 MODEL_LABEL_VALUES = 100  # distinct model label values kept; the rest count as OTHER
+MCP_TOOL_LABEL_VALUES = 50  # tool names a server chose (not the admin): kept, then OTHER
 OTHER = "other"
 
 
@@ -225,6 +226,14 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._user_limit_series: set[tuple[str, str]] = set()
+        self.mcp_calls = Counter(
+            PREFIX + "mcp_calls",
+            "Tool calls to governed MCP servers, by server entry, tool (the tools the entry "
+            "names, then a bounded set, then 'other') and outcome (ok, error, denied, no_answer).",
+            ["server", "tool", "outcome"],
+            registry=r,
+        )
+        self._mcp_tool_label = CappedLabel(MCP_TOOL_LABEL_VALUES)
         self.dlp_findings = Counter(
             PREFIX + "dlp_findings",
             "Credentials found in requests by the prompt scan, by kind and what was done "
@@ -327,6 +336,12 @@ class Metrics:
     def _limit_names(self) -> list[tuple[str, ...]]:
         """The limits the gauges already have a series for."""
         return [tuple(s.labels.values()) for m in self.limit_used.collect() for s in m.samples]
+
+    def mcp_call(self, call) -> None:
+        if call.tool is None:
+            return  # initialize, tools/list, ping...: on record in the log, not counted here
+        tool = call.tool if call.known_tool else self._mcp_tool_label(call.tool)
+        self.mcp_calls.labels(server=call.server, tool=tool, outcome=call.outcome).inc()
 
     def dlp_verdict(self, verdict: Verdict) -> None:
         for finding in verdict.findings:

@@ -15,6 +15,7 @@ from mitmproxy import http
 from addons.core.record import existing_record
 from addons.observe.access_log import tool_name
 from addons.rules.failure_hints import failure_hint
+from addons.rules.user_agents import tool_of
 
 PER_USER = 50
 USERS = 10_000
@@ -34,6 +35,7 @@ class RecentRequest:
     problem: str | None
     fix: str | None
     workspace: str | None
+    outcome: str | None = None  # an MCP call's (ok, error -32601, denied), shown as its status
 
 
 _DLP_DONE = {"block": "blocked", "mask": "masked", "flag": "flagged", "pass": "sent unscanned"}
@@ -71,6 +73,23 @@ class RecentRequests:
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
 
+    def mcp_call(self, call) -> None:
+        """An MCP tool call (govern/mcp_guard.py's McpCall) is a row of its own."""
+        if not call.user:
+            return
+        problem = fix = None
+        if call.outcome == "denied":
+            problem, fix = f"denied: {call.message}", "ask your administrator"
+        elif call.outcome == "no_answer":
+            problem, fix = "the MCP server never answered", "try again, or check the server"
+        outcome = f"error {call.error_code}" if call.outcome == "error" else call.outcome
+        self._add(call.user, RecentRequest(
+            time=time.time(), tool=tool_of(call.user_agent), provider=f"MCP {call.server}",
+            host=call.server, model=call.tool or call.method, status=None,
+            duration_ms=call.duration_ms, input_tokens=None, output_tokens=None,
+            problem=problem, fix=fix, workspace=call.workspace, outcome=outcome,
+        ))  # fmt: skip
+
     def _record(self, flow: http.HTTPFlow) -> None:
         entry = existing_record(flow)
         info = entry.route if entry is not None else None
@@ -102,11 +121,14 @@ class RecentRequests:
             fix=hint[1] if hint else None,
             workspace=identity.workspace,
         )
-        queue = self._by_user.get(identity.user)
+        self._add(identity.user, entry)
+
+    def _add(self, user: str, entry: RecentRequest) -> None:
+        queue = self._by_user.get(user)
         if queue is None:
-            queue = self._by_user[identity.user] = collections.deque(maxlen=self.per_user)
+            queue = self._by_user[user] = collections.deque(maxlen=self.per_user)
             while len(self._by_user) > self.users:
                 self._by_user.popitem(last=False)
         else:
-            self._by_user.move_to_end(identity.user)
+            self._by_user.move_to_end(user)
         queue.append(entry)

@@ -151,6 +151,7 @@ class RoutingRules:
         if policy.empty:
             return
         chosen = self.choices.store.get(identity.user, identity.workspace)
+        entry.profile = policy.profile_in_force(chosen)  # MCP tool calls are decided on it
         observed = snapshot.table.lookup(request.host) is None  # this decision's snapshot
         if observed and is_binary_protocol(request.headers.get("content-type", "")):
             facts = replace(facts, model_known=True)  # model rules do not apply (see above)

@@ -23,6 +23,8 @@ from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
+from addons.rules.mcp import McpServers
+from addons.rules.mcp import parse_mcp_servers
 from addons.rules.policy import POLICY_KEYS
 from addons.rules.policy import PolicyError
 from addons.rules.policy import RoutingPolicy
@@ -40,10 +42,16 @@ class RoutingSnapshot:
     gateway: GatewayTarget | None  # the gateway's own base URL (for /users/me and exemptions)
     policy: RoutingPolicy = RoutingPolicy()
     observed: ObservedHosts = ObservedHosts()
+    mcp: McpServers = McpServers()  # governed MCP servers: their hosts are decrypted too
 
     def intercepts(self, host: str) -> bool:
-        """Routed or observed: we decrypt it (everything else is a raw tunnel)."""
-        return self.table.lookup(host) is not None or self.observed.lookup(host) is not None
+        """Routed, observed or a governed MCP server's: we decrypt it (everything else is a raw
+        tunnel)."""
+        return (
+            self.table.lookup(host) is not None
+            or self.observed.lookup(host) is not None
+            or self.mcp.on_host(host)
+        )
 
     def gateways(self) -> list[GatewayTarget]:
         """Every gateway and Coder deployment we send to or check tokens with."""
@@ -113,10 +121,18 @@ class Routing:
             "and *.suffix patterns.",
         )
 
+        loader.add_option(
+            "aibridge_mcp",
+            str,
+            "[]",
+            "Governed MCP servers as JSON: [{name, url, allow_tools, deny_tools}] (README, MCP "
+            "servers and tools).",
+        )
+
     def configure(self, updated):
         options = {
             "aibridge_gateway", "aibridge_target", "aibridge_providers", "aibridge_policy",
-            "aibridge_observe",
+            "aibridge_observe", "aibridge_mcp",
         }  # fmt: skip
         if not options & set(updated):
             return
@@ -130,12 +146,21 @@ class Routing:
             )
             policy = policy_from_json(ctx.options.aibridge_policy, target)
             observed = ObservedHosts(ctx.options.aibridge_observe)
+            mcp = mcp_from_json(ctx.options.aibridge_mcp)
             if target is None and policy.gateways:  # `gateways:` alone: the first is the default
                 target = policy.gateway(None)
                 gateway = policy.deployments.get(policy.default_gateway or "", target)
         except (ProviderSpecError, TargetError, PolicyError, CatalogError) as e:
             raise exceptions.OptionsError(str(e)) from e
-        self.current = RoutingSnapshot(table, target, gateway, policy, observed)
+        self.current = RoutingSnapshot(table, target, gateway, policy, observed, mcp)
+
+
+def mcp_from_json(text: str) -> McpServers:
+    try:
+        raw = json.loads(text or "[]")
+    except ValueError:
+        raise PolicyError("aibridge_mcp is not JSON") from None
+    return parse_mcp_servers(raw)
 
 
 def policy_from_json(text: str, fallback_gateway: GatewayTarget | None) -> RoutingPolicy:

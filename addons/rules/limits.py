@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from addons.rules.policy import MCP_CONDITIONS
 from addons.rules.policy import Facts
 from addons.rules.policy import Patterns
 from addons.rules.policy import PolicyError
@@ -164,6 +165,8 @@ def parse_limits(raw: Any) -> tuple[Limit, ...]:
         if by not in SUBJECTS:
             raise PolicyError(f"{label}: by must be one of {', '.join(SUBJECTS)}")
         conditions = parse_conditions(entry.get("match"), label)
+        if mcp := [k for k in MCP_CONDITIONS if k in conditions]:
+            raise PolicyError(f"{label}: match.{mcp[0]} is for rules that deny MCP tools")
         out.append(Limit(name, conditions, kind, amount, per, by))
     return tuple(out)
 

@@ -26,7 +26,9 @@ from addons.rules.gateway_target import parse_base_url
 from addons.rules.gateway_target import resolve_target
 
 POLICY_KEYS = ("gateways", "groups", "rules", "profiles", "default_profile")
-CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model")
+CONDITIONS = ("host", "path", "method", "workspace", "user", "group", "client", "model",
+              "mcp_server", "mcp_tool")  # fmt: skip
+MCP_CONDITIONS = ("mcp_server", "mcp_tool")  # a tools/call's: only deny rules take them
 NO_WORKSPACE = ("", "coder")
 DLP_ACTIONS = (
     "block",
@@ -111,6 +113,11 @@ class Rule:
     dlp: str | None = None  # the prompt scan's action for what this rule decides (or off)
 
     @property
+    def is_mcp(self) -> bool:
+        """Decides MCP tool calls (addons/rules/mcp.py), never whole requests."""
+        return any(k in self.conditions for k in MCP_CONDITIONS)
+
+    @property
     def needs_model(self) -> bool:
         """The body's model must be read to match this rule, or to apply it."""
         return "model" in self.conditions or (
@@ -131,6 +138,8 @@ class Facts:
     client: str | None = None
     model: str | None = None
     model_known: bool = False
+    mcp_server: str | None = None  # an MCP tool call's server entry (addons/rules/mcp.py)
+    mcp_tool: str | None = None  # and its tool
 
     def values(self, kind: str) -> tuple[str, ...]:
         if kind == "group":
@@ -197,6 +206,8 @@ class RoutingPolicy:
         if profile is not None:
             chain += [(r, profile) for r in self.profiles.get(profile, ())]
         for rule, source in chain:
+            if rule.is_mcp:
+                continue  # tool calls are decided one by one (mcp_denial)
             others = {k: v for k, v in rule.conditions.items() if k != "model"}
             if not all(p.matches(facts.values(k), k) for k, p in others.items()):
                 continue
@@ -207,6 +218,18 @@ class RoutingPolicy:
             ):
                 continue
             return Decision(rule, source)
+        return None
+
+    def mcp_denial(self, facts: Facts, profile: str | None) -> Decision | None:
+        """The first MCP rule (a deny with mcp_server or mcp_tool) that refuses this tool call;
+        a chosen profile's rules after the admin's, as for requests."""
+        chain = [(r, None) for r in self.rules]
+        if profile is not None:
+            chain += [(r, profile) for r in self.profiles.get(profile, ())]
+        for rule, source in chain:
+            if rule.is_mcp and all(p.matches(facts.values(k), k)
+                                   for k, p in rule.conditions.items()):  # fmt: skip
+                return Decision(rule, source)
         return None
 
 
@@ -311,7 +334,13 @@ def _parse_rules(raw: Any, where: str, gateways: Mapping[str, GatewayTarget]) ->
         dlp = entry.get("dlp")
         if dlp is not None and dlp not in DLP_ACTIONS:
             raise PolicyError(f"{label}: dlp must be one of {', '.join(DLP_ACTIONS)}")
-        rules.append(Rule(name, conditions, _parse_action(entry, label, gateways), dlp))
+        action = _parse_action(entry, label, gateways)
+        if any(k in conditions for k in MCP_CONDITIONS):
+            if not isinstance(action, Deny):
+                raise PolicyError(f"{label}: a rule with mcp_server or mcp_tool must deny")
+            if "model" in conditions:
+                raise PolicyError(f"{label}: a rule cannot match both a model and an MCP tool")
+        rules.append(Rule(name, conditions, action, dlp))
     return tuple(rules)
 
 

@@ -89,7 +89,7 @@ def recent_rows(entries: list[RecentRequest]) -> list[RecentRow]:
             tool=e.tool or "",
             where=e.provider or e.host,
             model=e.model or "",
-            status=str(e.status) if e.status is not None else "failed",
+            status=e.outcome or (str(e.status) if e.status is not None else "failed"),
             duration=f"{e.duration_ms:.0f} ms",
             tokens=tokens(e),
             problem=e.problem or "",

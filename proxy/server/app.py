@@ -82,6 +82,7 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "aibridge_policy": json.dumps(settings.policy_config),
         "aibridge_dlp_patterns": json.dumps(settings.dlp_patterns or []),
         "aibridge_limits": json.dumps(settings.limits or []),
+        "aibridge_mcp": json.dumps(settings.mcp or []),
         "aibridge_dlp_mask_key": dlp_mask_key(settings.ca_key_path),
         "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
         "confdir": str(files.confdir),

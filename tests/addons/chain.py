@@ -73,13 +73,21 @@ class FullChain:
             await self.hook(http_layer.HttpRequestHook(flow))
         return flow
 
-    async def answer(self, flow: http.HTTPFlow, status=200, body=b"", headers=()) -> None:
-        """The upstream's answer (or our own, already set), through the response hooks."""
+    async def answer(
+        self, flow: http.HTTPFlow, status=200, body=b"", headers=(), chunks=None
+    ) -> None:
+        """The upstream's answer (or our own, already set), through the response hooks; a
+        streamed body goes through the stream function chunk by chunk, then b"" at its end,
+        as mitmproxy calls it."""
         if flow.response is None:
             flow.response = http.Response.make(status, b"", list(headers))
             await self.hook(http_layer.HttpResponseHeadersHook(flow))
-            stream = flow.response.stream
-            flow.response.content = stream(body) if callable(stream) else body
+            parts = [body] if chunks is None else list(chunks)
+            if callable(flow.response.stream):
+                sent = [flow.response.stream(part) for part in [*parts, b""]]
+                flow.response.content = b"".join(sent)
+            else:
+                flow.response.content = b"".join(parts)
         await self.hook(http_layer.HttpResponseHook(flow))
 
 

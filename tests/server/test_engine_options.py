@@ -21,6 +21,7 @@ DERIVED = {
     "aibridge_gateway_trusted_ca": "system roots + gateway_ca_file + gateways' ca_file",
     "aibridge_dlp_patterns": "dlp.patterns, as JSON",
     "aibridge_limits": "limits, as JSON",
+    "aibridge_mcp": "mcp, as JSON",
     "aibridge_dlp_mask_key": "derived from the CA key (the same in every replica)",
 }
 

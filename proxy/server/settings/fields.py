@@ -15,6 +15,7 @@ from proxy.server.settings.parsers import parse_dlp_patterns
 from proxy.server.settings.parsers import parse_host_items
 from proxy.server.settings.parsers import parse_limit_list
 from proxy.server.settings.parsers import parse_listen
+from proxy.server.settings.parsers import parse_mcp_list
 from proxy.server.settings.parsers import parse_number
 from proxy.server.settings.parsers import parse_observed
 from proxy.server.settings.parsers import parse_opt_listen
@@ -367,6 +368,13 @@ FIELDS: tuple[Field, ...] = (
         "Hosts to decrypt only to see and account for (who, tool, model, tokens), then forward "
         "unchanged: AI host catalog entries (cursor, windsurf, ...) or host names and *.suffix.",
         option="aibridge_observe",
+    ),
+    Field(
+        "mcp",
+        parse_mcp_list,
+        None,
+        "Governed remote MCP servers: [{name, url, allow_tools, deny_tools}]; their hosts are "
+        "decrypted, denied tools refused and every call logged.",
     ),
     Field(
         "egress.deny_hosts",

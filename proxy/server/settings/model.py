@@ -10,6 +10,8 @@ from pathlib import Path
 from addons.rules.ai_catalog import ObservedHosts
 from addons.rules.gateway_target import GatewayTarget
 from addons.rules.gateway_target import resolve_target
+from addons.rules.mcp import McpServers
+from addons.rules.mcp import parse_mcp_servers
 from addons.rules.policy import POLICY_KEYS
 from addons.rules.policy import RoutingPolicy
 from addons.rules.policy import parse_policy
@@ -72,6 +74,7 @@ class Settings:
     allowed_ports: tuple[str, ...]
     allowed_private_cidrs: tuple[str, ...]
     observe: tuple[str, ...]
+    mcp: list | None
     egress_deny_hosts: tuple[str, ...]
     egress_allow_hosts: tuple[str, ...]
     admin_listen: tuple[str, int] | None
@@ -110,9 +113,15 @@ class Settings:
 
     @cached_property
     def ca_hosts(self) -> tuple[list[str], list[str]]:
-        """What the CA's name constraints permit for the routed and observed hosts, and the
+        """What the CA's name constraints permit for the routed, observed and MCP hosts, and the
         patterns they cannot cover (see addons/rules/providers.py `constraint_hosts`)."""
-        return constraint_hosts(self.provider_table.hosts() + self.observed_hosts.patterns)
+        return constraint_hosts(
+            self.provider_table.hosts() + self.observed_hosts.patterns + self.mcp_servers.hosts()
+        )
+
+    @cached_property
+    def mcp_servers(self) -> McpServers:
+        return parse_mcp_servers(self.mcp)
 
     @cached_property
     def observed_hosts(self) -> ObservedHosts:

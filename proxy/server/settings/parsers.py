@@ -18,6 +18,7 @@ from addons.rules.ai_catalog import expand
 from addons.rules.gateway_target import TargetError
 from addons.rules.gateway_target import parse_base_url
 from addons.rules.limits import parse_limits
+from addons.rules.mcp import parse_mcp_servers
 from addons.rules.policy import PolicyError
 from addons.rules.prompt_dlp import parse_patterns
 from addons.rules.providers import PRESETS
@@ -179,6 +180,16 @@ def parse_limit_list(value: Any) -> list | None:
     value = parse_structured(list)(value)
     try:
         parse_limits(value)
+    except PolicyError as e:
+        raise ValueError(f"is refused: {e}") from None
+    return value
+
+
+def parse_mcp_list(value: Any) -> list | None:
+    """The governed MCP servers, checked now: a broken entry names itself and the key."""
+    value = parse_structured(list)(value)
+    try:
+        parse_mcp_servers(value)
     except PolicyError as e:
         raise ValueError(f"is refused: {e}") from None
     return value

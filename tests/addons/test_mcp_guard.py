@@ -1,0 +1,216 @@
+"""MCP governance in the whole chain, hooks in their real order: a denied tool call is answered by
+the proxy and never sent, tool lists lose denied tools in JSON and SSE answers, a batch and the
+legacy transport get their refusal from the server's own stream, hostile bodies get clear
+JSON-RPC errors, and every call is one access line, a metric and a row on the page."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from addons.core.record import existing_record
+from addons.rules.mcp import DENIED
+from addons.rules.mcp import MAX_MESSAGE_BYTES
+from addons.rules.token_validation import TokenCache
+from tests.addons.chain import full_chain
+from tests.addons.test_auth import CountingValidator
+
+HOST = "mcp.example.com"
+SERVERS = [{"name": "github", "url": f"https://{HOST}/mcp", "deny_tools": ["delete_*"]}]
+RULES = {"groups": {"contractors": ["bob"]},
+         "rules": [{"name": "no-merges-for-contractors",
+                    "match": {"group": ["contractors"], "mcp_tool": ["merge_*"]},
+                    "deny": {"message": "contractors may not merge"}}]}  # fmt: skip
+JSON = [(b"Content-Type", b"application/json")]
+SSE = [(b"Content-Type", b"text/event-stream")]
+TOOLS = ["search_issues", "delete_repo", "merge_pull_request"]
+
+
+def rpc(call_id, method, **params) -> dict:
+    message = {"jsonrpc": "2.0", "id": call_id, "method": method}
+    return {**message, "params": params} if params else message
+
+
+def call(call_id, tool, **arguments) -> dict:
+    return rpc(call_id, "tools/call", name=tool, arguments=arguments)
+
+
+def tool_list(call_id, names=TOOLS) -> dict:
+    tools = [{"name": n, "inputSchema": {"type": "object"}} for n in names]
+    return {"jsonrpc": "2.0", "id": call_id, "result": {"tools": tools}}
+
+
+@pytest.fixture
+async def chain(caplog):
+    caplog.set_level(logging.INFO)
+    with full_chain(aibridge_mcp=json.dumps(SERVERS), aibridge_policy=json.dumps(RULES)) as c:
+        c.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        yield c
+
+
+async def post(chain, body, token="tok-alice", headers=(), path="/mcp"):
+    connect = await chain.connect(HOST, token=token)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await chain.send(connect, path=path, content=content, headers=[*JSON, *headers])
+
+
+def mcp_lines(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if r.name == "aibridge.access" and r.msg == "mcp call"]
+
+
+async def test_a_denied_call_is_answered_by_the_proxy_and_never_sent(chain, caplog):
+    flow = await post(chain, call(1, "delete_repo", name="x"))
+    answer = json.loads(flow.response.content)
+    assert flow.response.status_code == 200 and answer["id"] == 1
+    assert answer["error"]["code"] == DENIED
+    assert "tool delete_repo of the MCP server github is denied" in answer["error"]["message"]
+    assert flow.request.host == HOST  # answered in `request`: mitmproxy sends nothing upstream
+    await chain.answer(flow)
+    (line,) = mcp_lines(caplog)
+    assert (line["mcp_server"], line["mcp_tool"], line["outcome"], line["user"]) == (
+        "github",
+        "delete_repo",
+        "denied",
+        "alice",
+    )
+    assert line["args_digest"] and "x" not in json.dumps(line["args_digest"])
+
+
+async def test_a_rule_keeps_one_tool_from_one_group(chain, caplog):
+    bob = await post(chain, call(5, "merge_pull_request", n=1), token="tok-bob")
+    assert "contractors may not merge (rule no-merges-for-contractors" in bob.response.text
+    alice = await post(chain, call(5, "merge_pull_request", n=1))
+    assert alice.response is None  # sent on
+    await chain.answer(alice, body=json.dumps({"jsonrpc": "2.0", "id": 5, "result": {}}).encode(),
+                       headers=JSON)  # fmt: skip
+    assert [(ln["user"], ln["outcome"], ln["rule"]) for ln in mcp_lines(caplog)] == [
+        ("bob", "denied", "no-merges-for-contractors"), ("alice", "ok", None)]  # fmt: skip
+
+
+async def test_tool_lists_are_filtered_in_json_and_in_sse_answers(chain):
+    flow = await post(chain, rpc(2, "tools/list"))
+    assert flow.response is None
+    body = json.dumps(tool_list(2)).encode()
+    await chain.answer(flow, headers=[*JSON, (b"Content-Length", str(len(body)).encode())],
+                       chunks=[body[:10], body[10:]])  # fmt: skip
+    assert [t["name"] for t in json.loads(flow.response.content)["result"]["tools"]] == [
+        "search_issues", "merge_pull_request"]  # fmt: skip
+    assert "content-length" not in flow.response.headers  # it changed length: chunked
+
+    flow = await post(chain, rpc(3, "tools/list"))
+    events = [
+        b": ping\n\n",
+        b"event: message\ndata: " + json.dumps(tool_list(3)).encode() + b"\n\n",
+    ]
+    await chain.answer(flow, headers=SSE, chunks=[events[0], events[1][:25], events[1][25:]])
+    sent = flow.response.content.split(b"\n\n")
+    assert sent[0] == b": ping"
+    data = json.loads(sent[1].split(b"data: ", 1)[1])
+    assert [t["name"] for t in data["result"]["tools"]] == ["search_issues", "merge_pull_request"]
+
+
+async def test_a_batch_with_one_denied_call_sends_a_ping_in_its_place(chain, caplog):
+    flow = await post(chain, [call(1, "search_issues", q="bug"), call(2, "delete_repo")])
+    sent = json.loads(flow.request.content)
+    assert sent[0]["params"]["name"] == "search_issues"
+    assert sent[1] == {"jsonrpc": "2.0", "id": 2, "method": "ping"}  # never the call itself
+    answers = [{"jsonrpc": "2.0", "id": 1, "result": {"content": []}},
+               {"jsonrpc": "2.0", "id": 2, "result": {}}]  # fmt: skip
+    await chain.answer(flow, body=json.dumps(answers).encode(), headers=JSON)
+    got = json.loads(flow.response.content)
+    assert got[0] == answers[0] and got[1]["error"]["code"] == DENIED
+    assert sorted(ln["outcome"] for ln in mcp_lines(caplog)) == ["denied", "ok"]
+
+
+async def test_the_legacy_transport_gets_its_refusal_on_the_sse_stream(chain, caplog):
+    connect = await chain.connect(HOST)
+    stream = await chain.send(connect, method="GET", path="/mcp/sse", content=b"")
+    # the stream's first event names the session; its later events carry the answers
+    chain_stream = []
+
+    flow = None
+
+    async def open_stream():
+        from mitmproxy import http
+        from mitmproxy.proxy.layers import http as http_layer
+
+        stream.response = http.Response.make(200, b"", SSE)
+        await chain.hook(http_layer.HttpResponseHeadersHook(stream))
+
+    await open_stream()
+    chain_stream.append(
+        stream.response.stream(b"event: endpoint\ndata: /mcp/messages/?session_id=s1\n\n")
+    )
+    flow = await chain.send(connect, path="/mcp/messages/?session_id=s1",
+                            content=json.dumps(call(9, "delete_repo")).encode(), headers=JSON)  # fmt: skip
+    assert json.loads(flow.request.content)["method"] == "ping"
+    await chain.answer(flow, status=202)
+    event = (
+        b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": 9, "result": {}}).encode()
+    )
+    chain_stream.append(stream.response.stream(event + b"\n\n"))
+    refusal = json.loads(chain_stream[-1].split(b"data: ", 1)[1])
+    assert refusal["id"] == 9 and refusal["error"]["code"] == DENIED
+    assert [ln["outcome"] for ln in mcp_lines(caplog)] == ["denied"]
+
+
+async def test_another_users_answers_never_settle_a_call(chain, caplog):
+    """Same session id and call id from two users: each answer settles its own user's call."""
+    headers = [(b"Mcp-Session-Id", b"shared")]
+    alice = await post(chain, call(1, "search_issues"), headers=headers)
+    bob = await post(chain, call(1, "search_issues"), token="tok-bob", headers=headers)
+    assert alice.response is None and bob.response is None
+    answer = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode()
+    await chain.answer(bob, body=answer, headers=JSON)
+    assert [ln["user"] for ln in mcp_lines(caplog)] == ["bob"]
+    assert existing_record(alice).mcp.pending  # alice's call still waits for its own answer
+    await chain.answer(alice, body=answer, headers=JSON)
+    assert [(ln["user"], ln["outcome"]) for ln in mcp_lines(caplog)] == [
+        ("bob", "ok"),
+        ("alice", "ok"),
+    ]
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{oops", 400, -32700),
+    (json.dumps({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}).encode(), 400, -32600),
+    (b" " * (MAX_MESSAGE_BYTES + 1), 413, -32002),
+])  # fmt: skip
+async def test_hostile_bodies_get_clear_json_rpc_errors(chain, body, status, code):
+    flow = await post(chain, body)
+    answer = json.loads(flow.response.content)
+    assert flow.response.status_code == status and answer["error"]["code"] == code
+    assert answer["id"] is None
+
+
+async def test_a_tool_list_too_large_to_check_is_an_error_not_a_leak(chain):
+    flow = await post(chain, rpc(4, "tools/list"))
+    huge = json.dumps(tool_list(4, [f"tool_{i}" for i in range(200_000)] + ["delete_repo"]))
+    assert len(huge) > MAX_MESSAGE_BYTES
+    await chain.answer(flow, headers=JSON, chunks=[huge[i : i + 65536].encode()
+                                                   for i in range(0, len(huge), 65536)])  # fmt: skip
+    answer = json.loads(flow.response.content)
+    assert answer["id"] == 4 and answer["error"]["code"] == -32002
+    assert b"delete_repo" not in flow.response.content
+
+
+async def test_calls_are_counted_and_shown_on_the_developer_page(chain):
+    flow = await post(chain, call(1, "delete_repo"))
+    await chain.answer(flow)
+    metrics = chain.addons["Metrics"]
+    samples = {tuple(s.labels.values()): s.value for m in metrics.registry.collect()
+               if m.name == "aibridge_proxy_mcp_calls" for s in m.samples}  # fmt: skip
+    assert samples == {("github", "delete_repo", "denied"): 1.0}
+    rows = chain.addons["RecentRequests"].of("alice")
+    mcp = [r for r in rows if r.provider == "MCP github"]
+    assert mcp and mcp[0].model == "delete_repo" and mcp[0].outcome == "denied"
+    assert "denied: the tool delete_repo" in mcp[0].problem
+    assert existing_record(flow).mcp.server.name == "github"
+
+
+async def test_requests_outside_the_prefix_pass_unread(chain):
+    connect = await chain.connect(HOST)
+    flow = await chain.send(connect, path="/api/other", content=b"{not json", headers=JSON)
+    assert flow.response is None and existing_record(flow).mcp is None
