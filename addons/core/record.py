@@ -145,13 +145,14 @@ class RouteInfo:
             tap(chunk if shown is None else shown)
         return chunk
 
-    def count_out(self, chunk: bytes) -> bytes:
+    def count_out(self, chunk: bytes) -> bytes | list[bytes]:
         for change in self.response_filters:
             chunk = change(chunk)
         self.bytes_out += len(chunk)
         for tap in self.response_taps:
             tap(chunk)
-        return chunk
+        # nothing to send now (a filter holds it): an empty chunk would end a chunked body
+        return chunk if chunk else []
 
 
 @dataclass(frozen=True)

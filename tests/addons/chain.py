@@ -85,7 +85,8 @@ class FullChain:
             parts = [body] if chunks is None else list(chunks)
             if callable(flow.response.stream):
                 sent = [flow.response.stream(part) for part in [*parts, b""]]
-                flow.response.content = b"".join(sent)
+                flow.response.content = b"".join(s if isinstance(s, bytes) else b"".join(s)
+                                                 for s in sent)  # fmt: skip
             else:
                 flow.response.content = b"".join(parts)
         await self.hook(http_layer.HttpResponseHook(flow))

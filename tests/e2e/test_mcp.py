@@ -1,0 +1,149 @@
+"""MCP governance end to end: the official MCP Python SDK as server (over TLS, behind a host
+name mapped to loopback) and as the agent's client, configured only by HTTPS_PROXY and
+SSL_CERT_FILE, through the real proxy. Over Streamable HTTP with SSE answers, with JSON answers,
+and the legacy HTTP+SSE transport: the denied tools are not listed, calling one gives the
+agent the proxy's message as the tool's failure (and the server never runs it), an allowed
+tool runs, a rule keeps one tool from one group, every call is one access line, and a slow
+stream's events are not held back."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from certs.authority import generate_ca
+from certs.authority import issue_leaf
+from certs.authority import key_pem
+from tests.support import ALICE
+from tests.support import BOB
+from tests.support import ProxyProcess
+from tests.support import base_env
+from tests.support import free_port
+from tests.support.vendor_origin import hosts_resolve_to_loopback
+
+HOST = "mcp.governed.test"
+
+
+@pytest.fixture(scope="module")
+def mcp_server(tmp_path_factory):
+    """The SDK's server on a test CA of its own (trusted by the proxy as origin_ca_file)."""
+    where = tmp_path_factory.mktemp("mcp-server")
+    ca = generate_ca("test MCP server CA", 30, permitted_domains=None)
+    cert, key = issue_leaf(ca, [HOST])
+    pem = where / "server.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    (where / "ca.pem").write_bytes(ca.cert_pem())
+    port, ran = free_port(), where / "ran.txt"
+    ran.touch()
+    with hosts_resolve_to_loopback([HOST]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.mcp_server", "--port", str(port),
+             "--cert", str(pem), "--ran", str(ran)],
+            env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.2)
+        yield {"port": port, "ca": where / "ca.pem", "ran": ran}
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def governing(mcp_server, gateway_server, tmp_path_factory):
+    state = tmp_path_factory.mktemp("governing")
+    base = f"https://{HOST}:{mcp_server['port']}"
+    deny = ["delete_*"]
+    config = {
+        "gateway": gateway_server.url,
+        "mcp": [
+            {"name": "repo-sse", "url": f"{base}/mcp", "deny_tools": deny},
+            {"name": "repo-json", "url": f"{base}/json/mcp", "deny_tools": deny},
+            {"name": "repo-legacy", "url": f"{base}/legacy", "deny_tools": deny},
+        ],
+        "groups": {"contractors": ["bob"]},
+        "rules": [{"name": "no-merges-for-contractors",
+                   "match": {"group": ["contractors"], "mcp_tool": ["merge_*"]},
+                   "deny": {"message": "contractors may not merge"}}],
+        "origin_ca_file": str(mcp_server["ca"]),
+        "allowed_private_cidrs": ["127.0.0.0/8"],
+        "allowed_ports": ["1-65535"],
+        "log": {"level": "debug"},
+    }  # fmt: skip
+    path = state / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    p = ProxyProcess(state / "state", ["--config", str(path)]).start()
+    yield p
+    p.stop()
+
+
+def agent(proxy: ProxyProcess, url: str, transport: str, *calls: str, token: str = ALICE) -> dict:
+    """The SDK client, as an agent runs it: only the environment says where the proxy is."""
+    env = {**base_env(), "HTTPS_PROXY": proxy.url(token), "SSL_CERT_FILE": str(proxy.bundle_path)}
+    r = subprocess.run([sys.executable, "-m", "tests.support.mcp_client", url, transport, *calls],
+                       env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+URLS = {"repo-sse": "/mcp", "repo-json": "/json/mcp", "repo-legacy": "/legacy/sse"}
+TRANSPORTS = {"repo-sse": "streamable", "repo-json": "streamable", "repo-legacy": "legacy"}
+
+
+@pytest.mark.parametrize("server", list(URLS))
+def test_the_sdk_agent_never_sees_or_runs_a_denied_tool(governing, mcp_server, server):
+    ran_before = mcp_server["ran"].read_text()
+    url = f"https://{HOST}:{mcp_server['port']}{URLS[server]}"
+    seen = agent(governing, url, TRANSPORTS[server],
+                 'search_issues={"query": "proxy"}', 'delete_repo={"name": "prod"}')  # fmt: skip
+    assert seen["tools"] == ["merge_pull_request", "search_issues", "slow_count"]
+    assert seen["calls"]["search_issues"] == {**seen["calls"]["search_issues"], "error": False}
+    assert "ran search_issues" in seen["calls"]["search_issues"]["text"]
+    refused = seen["calls"]["delete_repo"]
+    assert refused["error"] and refused.get("code") == -32001, refused
+    assert f"the tool delete_repo of the MCP server {server} is denied" in refused["text"]
+    assert refused["seconds"] < 5  # shown at once, no hang
+    ran = mcp_server["ran"].read_text()[len(ran_before) :].split()
+    assert ran == ["search_issues"]  # the server never ran delete_repo
+    lines = [ln for ln in governing.access_lines() if ln.get("msg") == "mcp call"
+             and ln.get("mcp_server") == server and ln.get("mcp_tool")]  # fmt: skip
+    assert [(ln["mcp_tool"], ln["outcome"], ln["user"]) for ln in lines[-2:]] == [
+        ("search_issues", "ok", "alice"), ("delete_repo", "denied", "alice")]  # fmt: skip
+    assert all(ln["args_digest"] and "prod" not in json.dumps(ln) for ln in lines)
+
+
+def test_a_rule_keeps_merging_from_contractors_only(governing, mcp_server):
+    url = f"https://{HOST}:{mcp_server['port']}/mcp"
+    bob = agent(governing, url, "streamable", 'merge_pull_request={"number": 7}', token=BOB)
+    assert "contractors may not merge (rule no-merges-for-contractors" in bob["calls"][
+        "merge_pull_request"]["text"]  # fmt: skip
+    alice = agent(governing, url, "streamable", 'merge_pull_request={"number": 7}')
+    assert "ran merge_pull_request: #7 merged" in alice["calls"]["merge_pull_request"]["text"]
+    output = governing.output
+    assert ALICE not in output and BOB not in output  # tokens in no log line, at debug level
+
+
+def test_a_slow_streams_events_reach_the_agent_as_they_are_sent(governing, mcp_server):
+    """Progress events 0.3 s apart on an SSE answer arrive 0.3 s apart, not at the end."""
+    url = f"https://{HOST}:{mcp_server['port']}/mcp"
+    seen = agent(governing, url, "streamable", 'slow_count={"n": 5}')
+    counted = seen["calls"]["slow_count"]
+    assert "ran slow_count: counted to 5" in counted["text"]
+    arrivals = counted["progress"]
+    assert len(arrivals) == 5
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) > 0.15, gaps  # each event went on when it came, none waited for the next
+    assert counted["seconds"] - (arrivals[-1] - arrivals[0]) < 1.5
