@@ -147,3 +147,51 @@ def test_a_slow_streams_events_reach_the_agent_as_they_are_sent(governing, mcp_s
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert min(gaps) > 0.15, gaps  # each event went on when it came, none waited for the next
     assert counted["seconds"] - (arrivals[-1] - arrivals[0]) < 1.5
+
+
+@pytest.mark.parametrize("who, shown", [
+    (BOB, "contractors may not merge (rule no-merges-for-contractors; tool merge_pull_request)"),
+    (ALICE, "ran merge_pull_request: #7 merged"),
+])  # fmt: skip
+def test_claude_code_shows_a_denied_tools_message_and_an_allowed_tools_result(
+    governing, mcp_server, gateway, tmp_path, who, shown
+):
+    """The real Claude Code with the server added as an HTTP MCP server, as a user adds it; the
+    local gateway's model calls the MCP tool, then repeats what the tool said."""
+    from tests.e2e.test_real_clients import CLAUDE
+    from tests.e2e.test_real_clients import run
+    from tests.e2e.test_real_clients import tool_env
+
+    if not CLAUDE.exists():
+        pytest.skip("Claude Code not installed (./run setup)")
+    url = f"https://{HOST}:{mcp_server['port']}/mcp"
+    env = tool_env(
+        governing,
+        tmp_path,
+        NODE_EXTRA_CA_CERTS=str(governing.ca_path),
+        ANTHROPIC_API_KEY="sk-ant-personal",
+        HTTPS_PROXY=governing.url(who),
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        ENABLE_TOOL_SEARCH="false",
+    )  # the MCP tools in the model's list, not deferred
+    # fmt: skip
+    added, _ = run([str(CLAUDE), "mcp", "add", "--transport", "http", "repo", url], env, tmp_path)
+    assert added.returncode == 0, added.stdout + added.stderr
+    ran_before = mcp_server["ran"].read_text()
+    gateway.gateway.tool_use = ("mcp__repo__merge_pull_request", {"number": 7})
+    try:
+        r, elapsed = run([str(CLAUDE), "-p", "merge pull request 7",
+                          "--allowedTools", "mcp__repo__merge_pull_request"], env, tmp_path)  # fmt: skip
+    finally:
+        gateway.gateway.tool_use = None
+    said = r.stdout + r.stderr
+    assert shown in said, said[-3000:]
+    ran = mcp_server["ran"].read_text()[len(ran_before) :].split()
+    assert ran == ([] if who == BOB else ["merge_pull_request"])  # bob's call never ran
+    offered = [rec for rec in gateway.records if rec.path.endswith("/v1/messages")
+               and b"mcp__repo__" in rec.body]  # fmt: skip
+    assert offered, "Claude Code never offered the MCP tools to the model"
+    tools = {t["name"] for t in json.loads(offered[0].body)["tools"]}
+    assert "mcp__repo__merge_pull_request" in tools and "mcp__repo__search_issues" in tools
+    assert "mcp__repo__delete_repo" not in tools  # denied by the entry: never listed
+    print(f"Claude Code answered in {elapsed:.1f} s")

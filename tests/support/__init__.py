@@ -136,6 +136,44 @@ class TestGateway(LocalGateway):
         super().__init__(*args, **kw)
         self.fail_users_me: int | None = None  # answer /users/me with this status
         self.health_status = 200  # what GET /api/v2/buildinfo answers
+        # (tool name, input): a model that calls this tool when a Messages request offers it,
+        # then says what the tool answered (an agent's MCP tool call, scripted)
+        self.tool_use: tuple[str, dict] | None = None
+
+    async def _messages(self, request, model, stream):
+        body = json.loads(self.records[-1].body or b"{}")  # as _dispatch recorded it
+        offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        if self.tool_use is None or self.tool_use[0] not in offered:
+            return await super()._messages(request, model, stream)
+        last = (body.get("messages") or [{}])[-1].get("content")
+        results = [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] \
+            if isinstance(last, list) else []  # fmt: skip
+        if results:
+            said = results[-1].get("content")
+            if isinstance(said, list):
+                said = " ".join(str(b.get("text", "")) for b in said if isinstance(b, dict))
+            block = {"type": "text", "text": ""}
+            delta = {"type": "text_delta", "text": f"The tool said: {said}"}
+            stop = "end_turn"
+        else:
+            name, arguments = self.tool_use
+            block = {"type": "tool_use", "id": "toolu_test01", "name": name, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(arguments)}
+            stop = "tool_use"
+        start = {"id": "msg_tool_test", "type": "message", "role": "assistant", "model": model,
+                 "content": [], "stop_reason": None, "stop_sequence": None,
+                 "usage": {"input_tokens": 5, "output_tokens": 0}}  # fmt: skip
+        events = [
+            ("message_start", {"type": "message_start", "message": start}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 8},
+                               "delta": {"stop_reason": stop, "stop_sequence": None}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        parts = [f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events]
+        return await self._stream(request, parts, 0)
 
     async def _dispatch(self, request):
         if request.path == "/api/v2/buildinfo":

@@ -33,7 +33,7 @@ async def run(url: str, transport: str, calls: list[tuple[str, dict]]) -> dict:
                 started = time.monotonic()
                 progress: list[float] = []
 
-                async def on_progress(done, total, message, progress=progress) -> None:
+                async def on_progress(done, total, message, progress=progress, started=started):
                     progress.append(round(time.monotonic() - started, 3))
 
                 try:
