@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", default="7d", help="7d, 24h, 30m or a date (default 7d)")
     usage.add_argument("--until", default=None, help="a date or time (default: now)")
     usage.add_argument(
-        "--by", default="user", help="user, tool, model, workspace, provider, dlp or limit"
+        "--by",
+        default="user",
+        help="user, tool, model, workspace, provider, dlp, limit, mcp_server or mcp_tool",
     )
     usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
 

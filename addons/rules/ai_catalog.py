@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 CATALOG_FILE = Path(__file__).with_name("ai_hosts.yaml")
-ROLES = ("model-api", "vendor-backend", "telemetry", "sign-in", "updates")
-KINDS = ("tool", "provider")
+ROLES = ("model-api", "vendor-backend", "telemetry", "sign-in", "updates", "mcp")
+KINDS = ("tool", "provider", "mcp-server")
 _ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _HOST = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$")
 
@@ -149,8 +149,10 @@ def parse_catalog(raw: Any) -> Catalog:
         if not isinstance(uses, list) or not all(isinstance(u, str) for u in uses):
             raise CatalogError(f"{where}: uses must be a list of entry ids")
         hosts_raw = body.get("hosts")
-        if not isinstance(hosts_raw, list) or not hosts_raw:
-            raise CatalogError(f"{where}: needs at least one host")
+        if hosts_raw is None and uses:
+            hosts_raw = []  # a group of other entries (`mcp`: every remote MCP server)
+        elif not isinstance(hosts_raw, list) or not hosts_raw:
+            raise CatalogError(f"{where}: needs at least one host (or uses)")
         hosts = []
         for item in hosts_raw:
             hosts.append(_parse_host(item, where))

@@ -1,12 +1,13 @@
 """
 `aibridge-proxy usage`: requests, tokens and bytes per user, tool, model, what the prompt
-scan found (`--by dlp`; every grouping counts the requests with a credential) or the limit
-that refused them (`--by limit`), read from the
+scan found (`--by dlp`; every grouping counts the requests with a credential), the limit
+that refused them (`--by limit`), or the MCP server and tool of each MCP call (`--by mcp_server`,
+`--by mcp_tool`: traffic `mcp`, one per JSON-RPC request), read from the
 access log (JSON lines; the rotated files beside it, gzipped or not, included).
 
 Traffic kinds are kept apart: routed (sent to a gateway), observed (an AI tool's own backend,
-seen and forwarded unchanged), origin (a routed host's other paths, sent on unchanged) and
-denied (a host or rule refused it). Lines that are not requests, and refused CONNECTs that
+seen and forwarded unchanged), origin (a routed host's other paths, sent on unchanged), denied
+(a host or rule refused it) and mcp (calls to governed MCP servers, whatever their outcome). Lines that are not requests, and refused CONNECTs that
 were not a policy denial (a missing token, a blocked port), are not usage and are skipped.
 """
 
@@ -26,8 +27,9 @@ from typing import TextIO
 
 from proxy.server.logs import printable
 
-GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit")
-KINDS = ("routed", "observed", "origin", "denied")
+GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit", "mcp_server",
+             "mcp_tool")  # fmt: skip
+KINDS = ("routed", "observed", "origin", "denied", "mcp")
 # the access line's own numbers, summed; COUNTS adds what each line counts as one
 SUMMED = ("input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out")
 COUNTS = ("requests", *SUMMED, "dlp_findings")
@@ -120,6 +122,8 @@ class LogReader:
 def traffic_of(record: dict) -> str | None:
     """Which kind of traffic an access line is, or None when it is not usage."""
     msg = record.get("msg")
+    if msg == "mcp call":  # one per JSON-RPC request to a governed MCP server
+        return "mcp" if record.get("logger", "aibridge.access") == "aibridge.access" else None
     if msg == "connect refused":
         return "denied" if record.get("outcome") == "denied" else None
     if msg != "request" or record.get("logger", "aibridge.access") != "aibridge.access":

@@ -25,6 +25,7 @@ PROMISED = {
     "cursor", "windsurf", "amp", "kiro", "antigravity", "gemini-cli",
     "copilot", "jetbrains-ai", "tabnine", "codeium", "cody", "amazon-q", "gemini-code-assist",
     "mistral", "groq", "together", "perplexity", "huggingface",
+    "mcp",  # the well-known remote MCP servers (`egress.deny_hosts: [mcp]`)
 }  # fmt: skip
 
 
@@ -32,11 +33,14 @@ def test_the_catalog_file_is_valid_and_holds_every_promised_entry():
     catalog = load_catalog()
     assert PROMISED <= set(catalog.entries)
     for entry in catalog.entries.values():
-        assert entry.hosts and all(h.source.startswith("https://") for h in entry.hosts)
+        assert entry.hosts or entry.uses  # an entry of uses alone groups others
+        assert all(h.source.startswith("https://") for h in entry.hosts)
+    mcp = catalog.hosts_of("mcp")
+    assert "mcp.linear.app" in mcp and all(catalog.owner(h).kind == "mcp-server" for h in mcp)
 
 
 def test_no_host_is_listed_twice():
-    hosts = [h["host"] for e in RAW.values() for h in e["hosts"]]
+    hosts = [h["host"] for e in RAW.values() for h in e.get("hosts", [])]
     assert len(hosts) == len(set(hosts))
 
 

@@ -131,6 +131,21 @@ def test_refusals_by_limit():
     assert got == {("three-a-minute", "denied"): 2, ("-", "routed"): 1}
 
 
+def test_mcp_calls_by_server_and_tool():
+    def mcp(tool, outcome, server="github"):
+        return {"time": "2026-12-01T11:00:00+00:00", "logger": "aibridge.access",
+                "msg": "mcp call", "user": "alice", "mcp_server": server, "mcp_method":
+                "tools/call", "mcp_tool": tool, "outcome": outcome}  # fmt: skip
+
+    lines = [mcp("search_issues", "ok"), mcp("delete_repo", "denied"), mcp("delete_repo", "denied"),
+             mcp("run_sql", "ok", server="db"), line("2026-12-01T11:00:02+00:00", outcome="routed")]  # fmt: skip
+    by_tool = {(r.group, r.traffic): r.requests for r in summarize(lines, "mcp_tool")}
+    assert by_tool == {("search_issues", "mcp"): 1, ("delete_repo", "mcp"): 2, ("run_sql", "mcp"): 1,
+                       ("-", "routed"): 1, ("total", "mcp"): 4, ("total", "routed"): 1}  # fmt: skip
+    by_server = {(r.group, r.traffic): r.requests for r in summarize(lines, "mcp_server")}
+    assert by_server[("github", "mcp")] == 3 and by_server[("db", "mcp")] == 1
+
+
 def test_cli_errors_are_one_line(tmp_path):
     assert_one_line_error(
         cli("usage", "--log", str(tmp_path / "missing.log")),
