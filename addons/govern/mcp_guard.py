@@ -124,10 +124,13 @@ class McpGuard:
         key = self._key(entry, server, session_id)
         entry.mcp = Exchange(server, key, self._pending(key) if key else {}, legacy is not None,
                              user_agent=request.headers.get("user-agent"))  # fmt: skip
-        if request.method == "POST":
-            request.stream = False
-            entry.body_held = True
-            limit_buffered_body(flow, max(MAX_MESSAGE_BYTES + 1, buffered_body_limit(flow)))
+        if request.method != "POST":
+            return
+        # read whole before anything is sent; past the bound the engine answers 413 and drops
+        # what it read (an answer set here would make mitmproxy read the whole body first)
+        request.stream = False
+        entry.body_held = True
+        limit_buffered_body(flow, max(MAX_MESSAGE_BYTES + 1, buffered_body_limit(flow)))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         entry = existing_record(flow)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -195,3 +196,42 @@ def test_claude_code_shows_a_denied_tools_message_and_an_allowed_tools_result(
     assert "mcp__repo__merge_pull_request" in tools and "mcp__repo__search_issues" in tools
     assert "mcp__repo__delete_repo" not in tools  # denied by the entry: never listed
     print(f"Claude Code answered in {elapsed:.1f} s")
+
+
+def peak_rss_kib(proxy: ProxyProcess) -> int:
+    status = open(f"/proc/{proxy.proc.pid}/status").read()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+def test_hostile_messages_get_clear_errors_and_memory_stays_bounded(governing, mcp_server):
+    from tests.support import proxy_client
+
+    url = f"https://{HOST}:{mcp_server['port']}/mcp"
+    headers = {"Accept": "application/json, text/event-stream"}
+    with proxy_client(governing, ALICE, timeout=60) as c:
+        broken = c.post(url, content=b"{not json", headers=headers)
+        assert broken.status_code == 400 and broken.json()["error"]["code"] == -32700
+        odd_id = c.post(url, json={"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"},
+                        headers=headers)  # fmt: skip
+        assert odd_id.status_code == 400 and "neither a string nor a number" in odd_id.text
+        before = peak_rss_kib(governing)
+
+        def fifty_megabytes():
+            yield b"["
+            for _ in range(50):
+                yield b" " * (1024 * 1024)
+            yield b"]"
+
+        try:
+            # past its bound the proxy answers 413 and stops reading; a client that sends its
+            # whole body before it reads an answer (httpx) sees its write time out instead
+            huge = c.post(url, content=fifty_megabytes(), headers=headers, timeout=5)
+            assert huge.status_code == 413, huge.text
+        except httpx.TransportError:
+            pass
+        governing.wait_for_line(lambda ln: "larger than" in str(ln.get("error")))
+        grown = peak_rss_kib(governing) - before
+        assert grown < 40 * 1024, f"peak memory grew {grown} KiB for a 50 MB message"
+    # and the proxy serves the next agent as before
+    seen = agent(governing, url, "streamable", 'search_issues={"query": "after"}')
+    assert "ran search_issues" in seen["calls"]["search_issues"]["text"]
