@@ -151,7 +151,8 @@ async def test_the_legacy_transport_gets_its_refusal_on_the_sse_stream(chain, ca
         b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": 9, "result": {}}).encode()
     )
     chain_stream.append(stream.response.stream(event + b"\n\n"))
-    refusal = json.loads(b"".join(chain_stream[-1]).split(b"data: ", 1)[1])
+    last = chain_stream[-1]
+    refusal = json.loads((last if isinstance(last, bytes) else b"".join(last)).split(b"data: ")[1])
     assert refusal["id"] == 9 and refusal["error"]["code"] == DENIED
     assert [ln["outcome"] for ln in mcp_lines(caplog)] == ["denied"]
 
