@@ -194,7 +194,8 @@ def markdown_table(catalog: Catalog | None = None) -> str:
             f"`{h.host}` ({h.role}{'' if h.confirmed else ', unconfirmed'})" for h in entry.hosts
         )
         if entry.uses:
-            hosts += "; also " + ", ".join(f"`{u}`" for u in entry.uses)
+            used = ", ".join(f"`{u}`" for u in entry.uses)
+            hosts = f"{hosts}; also {used}" if hosts else f"those of {used}"
         lines.append(
             f"| `{entry.id}` | {entry.name} | {'yes' if entry.gateway else 'no'} | {hosts} |"
         )

@@ -215,3 +215,43 @@ async def test_requests_outside_the_prefix_pass_unread(chain):
     connect = await chain.connect(HOST)
     flow = await chain.send(connect, path="/api/other", content=b"{not json", headers=JSON)
     assert flow.response is None and existing_record(flow).mcp is None
+
+
+async def test_every_page_and_every_list_after_a_change_stays_filtered(chain):
+    stream_flow = await chain.send(await chain.connect(HOST), method="GET", path="/mcp",
+                                   content=b"", headers=[(b"Mcp-Session-Id", b"s9")])  # fmt: skip
+    from mitmproxy import http
+    from mitmproxy.proxy.layers import http as http_layer
+
+    stream_flow.response = http.Response.make(200, b"", SSE)
+    await chain.hook(http_layer.HttpResponseHeadersHook(stream_flow))
+    changed = b'data: {"jsonrpc":"2.0","method":"notifications/tools/list_changed"}\n\n'
+    assert stream_flow.response.stream(changed) == changed  # passes as the server sent it
+    for page, cursor in ((1, "p2"), (2, None)):
+        params = {"cursor": cursor} if page == 2 else {}
+        flow = await post(
+            chain, rpc(page, "tools/list", **params), headers=[(b"Mcp-Session-Id", b"s9")]
+        )
+        answer = tool_list(page, [f"delete_{page}", f"search_{page}"])
+        if cursor:
+            answer["result"]["nextCursor"] = cursor
+        await chain.answer(flow, body=json.dumps(answer).encode(), headers=JSON)
+        result = json.loads(flow.response.content)["result"]
+        assert [t["name"] for t in result["tools"]] == [f"search_{page}"]
+        assert result.get("nextCursor") == cursor
+
+
+async def test_a_server_on_a_routed_host_is_governed_and_still_routed(caplog):
+    servers = [{"name": "github", "url": "https://api.githubcopilot.com/mcp/",
+                "deny_tools": ["delete_*"]}]  # fmt: skip
+    with full_chain(aibridge_mcp=json.dumps(servers)) as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        connect = await chain.connect("api.githubcopilot.com")
+        denied = await chain.send(connect, path="/mcp/", headers=JSON,
+                                  content=json.dumps(call(1, "delete_repo")).encode())  # fmt: skip
+        assert json.loads(denied.response.content)["error"]["code"] == DENIED
+        allowed = await chain.send(connect, path="/mcp/", headers=JSON,
+                                   content=json.dumps(call(2, "get_me")).encode())  # fmt: skip
+        assert allowed.response is None
+        assert allowed.request.host == "coder.example.com"  # the host's route: the gateway
+        assert allowed.request.path == "/api/v2/aibridge/copilot/mcp/"
