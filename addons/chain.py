@@ -23,7 +23,8 @@ by concern (each folder's __init__.py says what it may import).
                      routing/websocket -> observe/dump
     answer        observe/token_usage (read as it streams) -> govern/limits' ledger (tokens
                   counted, leases released) -> routing/upstream_errors (502/504
-                  in our words) -> observe/access_log, observe/metrics, observe/recent_requests
+                  in our words) -> observe/access_log, observe/telemetry (OTLP spans),
+                  observe/metrics, observe/recent_requests
 
 Addons share a request's state through its record (core/record.py: identity, decision, route,
 usage, the RejectReason of a refusal), written by the concern that knows and read by the
@@ -62,6 +63,7 @@ from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import LIMIT_USAGE
 from addons.core.events import MCP_CALL
+from addons.core.events import TELEMETRY_DROPPED
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
 from addons.egress.egress_policy import EgressPolicy
@@ -77,6 +79,7 @@ from addons.observe.access_log import AccessLog
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
 from addons.observe.recent_requests import RecentRequests
+from addons.observe.telemetry import Telemetry
 from addons.observe.token_usage import TokenUsage
 from addons.routing.gateway import GatewayRouter
 from addons.routing.gateway_health import GatewayHealth
@@ -117,6 +120,9 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(MCP_CALL, access_log.mcp_call)
     events.subscribe(MCP_CALL, metrics.mcp_call)
     events.subscribe(MCP_CALL, recent.mcp_call)
+    telemetry = Telemetry(events)
+    events.subscribe(MCP_CALL, telemetry.mcp_call)
+    events.subscribe(TELEMETRY_DROPPED, metrics.telemetry_dropped)
     return [
         routing,
         deadlines,
@@ -146,6 +152,7 @@ def make_addons(patches: EnginePatches) -> list:
         LimitLedger(limits),  # after token usage: it counts what the response reported
         UpstreamErrors(patches.error_rendering),
         access_log,
+        telemetry,  # after the router (its span starts with the route) and token usage
         metrics,
         recent,
     ]

@@ -199,6 +199,10 @@ class FlowRecord:
     limit: str | None = None  # the limit that refused it
     profile: str | None = None  # the profile in force for its workspace (routing rules)
     mcp: Any = None  # MCP governance's exchange (govern/mcp_guard.py), on a governed server
+    # the audit trail's span (observe/telemetry.py), and what it reads for a content policy
+    span: Any = None
+    span_body: bytearray | None = None
+    span_output: Any = None
 
 
 _RECORDS: weakref.WeakKeyDictionary[Any, FlowRecord] = weakref.WeakKeyDictionary()

@@ -234,6 +234,11 @@ class Metrics:
             registry=r,
         )
         self._mcp_tool_label = CappedLabel(MCP_TOOL_LABEL_VALUES)
+        self.spans_dropped = Counter(
+            PREFIX + "telemetry_dropped",
+            "Spans not exported: the queue was full or the collector could not take them.",
+            registry=r,
+        )
         self.dlp_findings = Counter(
             PREFIX + "dlp_findings",
             "Credentials found in requests by the prompt scan, by kind and what was done "
@@ -342,6 +347,9 @@ class Metrics:
             return  # initialize, tools/list, ping...: on record in the log, not counted here
         tool = call.tool if call.known_tool else self._mcp_tool_label(call.tool)
         self.mcp_calls.labels(server=call.server, tool=tool, outcome=call.outcome).inc()
+
+    def telemetry_dropped(self, count: int) -> None:
+        self.spans_dropped.inc(count)
 
     def dlp_verdict(self, verdict: Verdict) -> None:
         for finding in verdict.findings:

@@ -84,6 +84,8 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "aibridge_limits": json.dumps(settings.limits or []),
         "aibridge_mcp": json.dumps(settings.mcp or []),
         "aibridge_dlp_mask_key": dlp_mask_key(settings.ca_key_path),
+        "aibridge_telemetry_headers": json.dumps(settings.telemetry_headers or {}),
+        "aibridge_telemetry_key": derived_key(settings.ca_key_path, b"telemetry content"),
         "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
         "confdir": str(files.confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
@@ -100,8 +102,14 @@ def dlp_mask_key(ca_key: Path) -> str:
     """The key DLP placeholders are made with: derived from the CA key, which every replica
     and worker shares, so one credential masks the same everywhere and in every turn. One-way:
     the placeholder tells nothing of the CA key."""
+    return derived_key(ca_key, b"dlp mask key")
+
+
+def derived_key(ca_key: Path, purpose: bytes) -> str:
+    """A key for `purpose` every replica and worker derives alike from the CA key (one-way),
+    so digests and placeholders agree across a deployment and mean nothing outside it."""
     material = ca_key.read_bytes() if ca_key.is_file() else b""
-    return hashlib.sha256(b"aibridge-proxy dlp mask key\0" + material).hexdigest()
+    return hashlib.sha256(b"aibridge-proxy " + purpose + b"\0" + material).hexdigest()
 
 
 def option_value(value: Any) -> Any:

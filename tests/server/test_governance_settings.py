@@ -75,3 +75,27 @@ def test_a_broken_limit_is_one_line_from_the_cli(tmp_path):
     assert_one_line_error(
         cli("serve", "--config", str(bad)), "limits", "limits[0] (l): requests needs per"
     )
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"telemetry.content": "redact"}, "needs the prompt scan, which does the masking: set dlp.action"),
+    ({"telemetry.content": "everything"}, "telemetry.content"),
+    ({"telemetry.otlp_endpoint": "collector:4318"}, "telemetry.otlp_endpoint"),
+    ({"mcp": [{"name": "x", "url": "http://x/mcp"}]}, "mcp[0] (x): url must be https://"),
+])  # fmt: skip
+def test_broken_telemetry_and_mcp_settings_name_themselves(tmp_path, values, problem):
+    with pytest.raises(SettingsError) as e:
+        settings(tmp_path, **values)
+    assert problem in str(e.value)
+
+
+def test_telemetry_takes_the_standard_otel_variables(tmp_path):
+    s = load_settings({"gateway": GATEWAY, "state_dir": str(tmp_path)}, environ={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20abc,x-team=ai",
+        "OTEL_SERVICE_NAME": "proxy-eu"})  # fmt: skip
+    assert s.telemetry_otlp_endpoint == "http://collector:4318"
+    assert s.telemetry_headers == {"authorization": "Bearer abc", "x-team": "ai"}
+    assert s.telemetry_service_name == "proxy-eu"
+    redacting = settings(tmp_path, **{"telemetry.content": "redact", "dlp.action": "mask"})
+    assert redacting.telemetry_content == "redact"

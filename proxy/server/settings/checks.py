@@ -65,6 +65,12 @@ def check_combinations(
                 "without a password signs in with Kerberos (the credential cache or keytab), "
                 "which needs the gssapi package: pip install 'aibridge-proxy[kerberos]'",
             )
+    if s.telemetry_content == "redact" and s.dlp_action == "off" and not policy.has_dlp_rules:
+        raise fail(
+            "telemetry.content",
+            "needs the prompt scan, which does the masking: set dlp.action (block, mask or "
+            "flag), or use telemetry.content: hash",
+        )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         key = "tls_cert_file" if s.tls_cert_file is not None else "tls_key_file"
         raise fail(key, "is set alone; set both tls_cert_file and tls_key_file, or neither")

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from addons.rules.genai import CONTENT_POLICIES
 from addons.rules.providers import PRESETS
 from proxy.server.settings.base import ENV_PREFIX
 from proxy.server.settings.parsers import parse_bool
 from proxy.server.settings.parsers import parse_choice
 from proxy.server.settings.parsers import parse_dlp_patterns
+from proxy.server.settings.parsers import parse_header_map
 from proxy.server.settings.parsers import parse_host_items
 from proxy.server.settings.parsers import parse_limit_list
 from proxy.server.settings.parsers import parse_listen
@@ -533,6 +535,37 @@ FIELDS: tuple[Field, ...] = (
         (),
         "Values never reported, e.g. a team's test keys.",
         option="aibridge_dlp_allow",
+    ),
+    Field(
+        "telemetry.otlp_endpoint",
+        parse_opt_url,
+        None,
+        "OTLP/HTTP collector for the audit trail's spans (http://collector:4318); off when unset.",
+        ("OTEL_EXPORTER_OTLP_ENDPOINT",),
+        option="aibridge_telemetry_endpoint",
+    ),
+    Field(
+        "telemetry.headers",
+        parse_header_map,
+        None,
+        "Headers for the collector (a mapping, or k=v,k2=v2); never logged.",
+        ("OTEL_EXPORTER_OTLP_HEADERS",),
+    ),
+    Field(
+        "telemetry.content",
+        parse_choice(*CONTENT_POLICIES),
+        "none",
+        "Prompts and answers in spans: none, hash (keyed digests), redact (as the prompt scan "
+        "masked them; needs dlp.action) or full.",
+        option="aibridge_telemetry_content",
+    ),
+    Field(
+        "telemetry.service_name",
+        parse_str,
+        "aibridge-proxy",
+        "service.name of the spans' resource.",
+        ("OTEL_SERVICE_NAME",),
+        option="aibridge_telemetry_service_name",
     ),
     Field("log.level", parse_choice("debug", "info", "warning", "error"), "info", "Log level."),
     Field("log.format", parse_choice("json", "text"), "json", "json or text."),

@@ -97,6 +97,10 @@ class Settings:
     dlp_timeout: float
     dlp_patterns: list | None
     dlp_allow: tuple[str, ...]
+    telemetry_otlp_endpoint: str | None
+    telemetry_headers: dict[str, str] | None
+    telemetry_content: str
+    telemetry_service_name: str
     log_level: str
     log_format: str
     log_access_file: Path | None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -193,6 +194,21 @@ def parse_mcp_list(value: Any) -> list | None:
     except PolicyError as e:
         raise ValueError(f"is refused: {e}") from None
     return value
+
+
+def parse_header_map(value: Any) -> dict[str, str] | None:
+    """Headers for a collector: a mapping, or OTEL_EXPORTER_OTLP_HEADERS' `k=v,k2=v2`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and not value.lstrip().startswith("{"):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if not all(sep and k.strip() for k, sep, _ in pairs):
+            raise ValueError("must be a mapping, or name=value pairs separated by commas")
+        return {k.strip(): unquote(v.strip()) for k, _, v in pairs}
+    found = parse_structured(dict)(value)
+    if found is None or not all(isinstance(v, str | int) for v in found.values()):
+        raise ValueError("must map header names to values")
+    return {str(k): str(v) for k, v in found.items()}
 
 
 def parse_dlp_patterns(value: Any) -> list | None:

@@ -1,0 +1,191 @@
+"""
+What an AI request is in the OpenTelemetry GenAI semantic conventions (pinned: SEMCONV below):
+its operation, its provider's name, its messages as the conventions spell them, the text the
+model answered (read from the stream as it passes), and keyed digests of both for the `hash`
+content policy. Pure: addons/observe/telemetry.py makes the spans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from addons.rules.content_decoding import BoundedDecoder
+
+SEMCONV = "1.44.0"  # the schema whose GenAI attribute names we emit (README, Audit trail)
+CONTENT_POLICIES = ("none", "hash", "redact", "full")  # what of prompts and answers spans carry
+TEXT_LIMIT = 64 * 1024  # characters of output text kept for a span (content: hash, redact, full)
+BODY_LIMIT = 1024 * 1024  # request bytes read for the input messages
+
+# the conventions' well-known gen_ai.provider.name values, by our provider names
+_PROVIDERS = {
+    "openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "google": "gcp.gemini",
+    "vertex": "gcp.vertex_ai", "bedrock": "aws.bedrock", "azure": "azure.ai.openai",
+    "mistral": "mistral_ai", "groq": "groq", "perplexity": "perplexity", "xai": "x_ai",
+    "deepseek": "deepseek", "cohere": "cohere",
+}  # fmt: skip
+
+
+def provider_name(provider: str | None, observed: str | None) -> str | None:
+    """gen_ai.provider.name: a well-known value where there is one, else our own name
+    (`copilot`, an observed tool's catalog entry)."""
+    name = provider or observed
+    if name is None:
+        return None
+    if name.startswith("copilot"):
+        return "github_copilot"
+    return _PROVIDERS.get(name, name)
+
+
+def operation_of(path: str) -> str | None:
+    """gen_ai.operation.name from the API path (None: not a model call, e.g. a model list)."""
+    path = path.split("?", 1)[0].rstrip("/")
+    if path.endswith(("/chat/completions", "/messages", "/responses")):
+        return "chat"
+    if ":generateContent" in path or ":streamGenerateContent" in path:
+        return "generate_content"
+    if path.endswith("/embeddings") or ":embedContent" in path:
+        return "embeddings"
+    if path.endswith("/completions"):  # the legacy API, Copilot's engines
+        return "text_completion"
+    return None
+
+
+def _text_parts(content: Any) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts = []
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, str):
+            parts.append({"type": "text", "content": block})
+        elif isinstance(block, dict):
+            text = block.get("text")
+            if isinstance(text, str):
+                parts.append({"type": "text", "content": text})
+            elif block.get("type") in ("tool_result", "function_call_output"):
+                inner = block.get("content", block.get("output"))
+                parts += [{"type": "tool_call_response", "content": p["content"]}
+                          for p in _text_parts(inner)]  # fmt: skip
+    return parts
+
+
+def input_messages(body: bytes) -> list[dict]:
+    """The request's messages as gen_ai.input.messages spells them ({role, parts}): chat,
+    Anthropic (with its system), Responses (instructions and input), Gemini contents."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(request, dict):
+        return []
+    out: list[dict] = []
+    for key in ("system", "instructions"):
+        if parts := _text_parts(request.get(key)):
+            out.append({"role": "system", "parts": parts})
+    items = request.get("messages") or request.get("input") or request.get("contents") or []
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        role = item.get("role") or ("tool" if "output" in item else "user")
+        parts = _text_parts(item.get("content", item.get("parts", item.get("output"))))
+        if parts:
+            out.append({"role": "assistant" if role == "model" else role, "parts": parts})
+    return out
+
+
+def digest(key: bytes, text: str) -> str:
+    """A keyed digest: equal texts match within a deployment (one key), and nobody without
+    the key can test a guess against it."""
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _delta_text(event: Any) -> str:
+    """The answer text one SSE event or JSON body carries, in any of the known shapes."""
+    if not isinstance(event, dict):
+        return ""
+    found = []
+    kind = event.get("type")
+    if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+        return event["delta"]
+    if kind == "content_block_delta":
+        delta = event.get("delta")
+        return delta.get("text", "") if isinstance(delta, dict) else ""
+    for choice in event.get("choices") or []:  # chat: deltas, or the whole message
+        if isinstance(choice, dict):
+            for key in ("delta", "message"):
+                part = choice.get(key)
+                if isinstance(part, dict) and isinstance(part.get("content"), str):
+                    found.append(part["content"])
+            if isinstance(choice.get("text"), str):  # legacy completions
+                found.append(choice["text"])
+    if event.get("type") == "message":  # Anthropic, not streamed
+        found += [p["content"] for p in _text_parts(event.get("content")) if p["type"] == "text"]
+    for item in event.get("output") or []:  # Responses, not streamed
+        if isinstance(item, dict):
+            found += [p["content"] for p in _text_parts(item.get("content"))]
+    for candidate in event.get("candidates") or []:  # Gemini
+        if isinstance(candidate, dict) and isinstance(candidate.get("content"), dict):
+            found += [p["content"] for p in _text_parts(candidate["content"].get("parts"))]
+    return "".join(found)
+
+
+class OutputText:
+    """Fed each response chunk as it is relayed (never holding one back): the text the model
+    answered, up to TEXT_LIMIT characters."""
+
+    def __init__(self, content_type: str, content_encoding: str = ""):
+        media = content_type.split(";", 1)[0].strip().lower()
+        self.sse = media == "text/event-stream"
+        self.json = media == "application/json" or media.endswith("+json")
+        self._decoder = BoundedDecoder(content_encoding)
+        self.active = (self.sse or self.json) and self._decoder.ok
+        self._buffer = bytearray()
+        self._text: list[str] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.active or not chunk:
+            return
+        try:
+            data = self._decoder.decode(chunk)
+        except Exception:
+            self.active = False
+            return
+        self._buffer += data
+        if self.sse:
+            *lines, rest = bytes(self._buffer).split(b"\n")
+            self._buffer = bytearray(rest)
+            for line in lines:
+                self._line(line)
+        if len(self._buffer) > BODY_LIMIT:
+            self.active = False
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"data:") and self._size < TEXT_LIMIT:
+            try:
+                self._add(_delta_text(json.loads(line[5:].strip())))
+            except (ValueError, RecursionError):
+                pass
+
+    def _add(self, text: str) -> None:
+        if text:
+            text = text[: TEXT_LIMIT - self._size]
+            self._text.append(text)
+            self._size += len(text)
+
+    def finish(self) -> str:
+        if self.active and self.json and self._buffer:
+            try:
+                body = json.loads(self._buffer)
+            except (ValueError, RecursionError):
+                body = None
+            for item in body if isinstance(body, list) else [body]:
+                self._add(_delta_text(item))
+        elif self.active and self.sse and self._buffer:
+            self._line(bytes(self._buffer))
+        self._buffer.clear()
+        return "".join(self._text)

@@ -1,0 +1,127 @@
+"""The audit trail in-process, the spans caught by the SDK's in-memory exporter: what `redact`
+lets out (the prompt scan's masking), an observed tool's and an MCP call's spans, and the pure
+parts (operations and provider names per API, input messages, output text, keyed digests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from addons.rules.genai import OutputText
+from addons.rules.genai import digest
+from addons.rules.genai import input_messages
+from addons.rules.genai import operation_of
+from addons.rules.genai import provider_name
+from addons.rules.token_validation import TokenCache
+from tests.addons.chain import full_chain
+from tests.addons.test_auth import CountingValidator
+from tests.addons.test_mcp_guard import SERVERS
+from tests.addons.test_mcp_guard import call
+from tests.addons.test_prompt_guard import GITHUB
+from tests.addons.test_prompt_guard import MASK_KEY
+from tests.addons.test_prompt_guard import chat
+
+JSON = (b"Content-Type", b"application/json")
+
+
+def catching(chain) -> InMemorySpanExporter:
+    """The chain's spans go to memory instead of a collector."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    chain.addons["Telemetry"].tracer = provider.get_tracer("test")
+    return exporter
+
+
+async def test_redact_lets_out_the_prompt_as_the_scan_masked_it():
+    with full_chain(aibridge_telemetry_endpoint="http://127.0.0.1:9", aibridge_telemetry_content="redact",
+                    aibridge_dlp_action="mask", aibridge_dlp_mask_key=MASK_KEY) as chain:  # fmt: skip
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        spans = catching(chain)
+        connect = await chain.connect("api.openai.com")
+        flow = await chain.send(connect, content=chat(f"my token is {GITHUB}"), headers=[JSON])
+        answer = json.dumps({"model": "gpt-4o", "choices": [{"message": {"content": "noted"}}],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 1}})  # fmt: skip
+        await chain.answer(flow, body=answer.encode(), headers=[JSON])
+        (span,) = spans.get_finished_spans()
+        sent = span.attributes["gen_ai.input.messages"]
+        assert "[REDACTED" in sent and GITHUB not in sent and "my token is" in sent
+        assert "noted" in span.attributes["gen_ai.output.messages"]
+        assert span.attributes["aibridge.dlp"] == "mask"
+
+
+async def test_an_observed_tools_span_and_an_mcp_calls_span():
+    with full_chain(aibridge_telemetry_endpoint="http://127.0.0.1:9", aibridge_mcp=json.dumps(SERVERS),
+                    aibridge_observe=["mistral"]) as chain:  # fmt: skip
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        spans = catching(chain)
+        connect = await chain.connect("api.mistral.ai")
+        flow = await chain.send(connect, content=b'{"model": "mistral-small"}', headers=[JSON])
+        await chain.answer(flow, body=b'{"model": "mistral-small", "usage": {"prompt_tokens": 4, '
+                                      b'"completion_tokens": 2}}', headers=[JSON])  # fmt: skip
+        mcp = await chain.send(await chain.connect("mcp.example.com"), path="/mcp",
+                               content=json.dumps(call(1, "delete_repo")).encode(), headers=[JSON])  # fmt: skip
+        await chain.answer(mcp)
+        by_name = {s.name: s.attributes for s in spans.get_finished_spans()}
+        observed = by_name["chat mistral-small"]
+        assert (observed["gen_ai.provider.name"], observed["aibridge.outcome"]) == (
+            "mistral_ai",
+            "observed",
+        )
+        assert observed["gen_ai.usage.input_tokens"] == 4
+        tool = by_name["tools/call delete_repo"]
+        assert (tool["mcp.method.name"], tool["gen_ai.tool.name"], tool["aibridge.outcome"]) == (
+            "tools/call",
+            "delete_repo",
+            "denied",
+        )
+        assert tool["gen_ai.operation.name"] == "execute_tool" and tool["user.name"] == "alice"
+
+
+@pytest.mark.parametrize("path, operation", [
+    ("/v1/chat/completions", "chat"), ("/chat/completions", "chat"), ("/v1/messages", "chat"),
+    ("/v1/responses", "chat"), ("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+                                "generate_content"),
+    ("/v1/embeddings", "embeddings"), ("/v1/engines/copilot-codex/completions", "text_completion"),
+    ("/v1/models", None),
+])  # fmt: skip
+def test_the_operation_from_the_path(path, operation):
+    assert operation_of(path) == operation
+
+
+def test_provider_names_are_the_conventions_well_known_ones():
+    assert provider_name("gemini", None) == "gcp.gemini"
+    assert provider_name("copilot-business", None) == "github_copilot"
+    assert provider_name(None, "cursor") == "cursor"  # an observed tool: its catalog entry
+    assert provider_name(None, None) is None
+
+
+def test_input_messages_and_output_text_in_every_shape():
+    anthropic = {"system": "be brief", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi"}, {"type": "tool_result", "content": "42"}]}]}  # fmt: skip
+    assert input_messages(json.dumps(anthropic).encode()) == [
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "hi"},
+                                   {"type": "tool_call_response", "content": "42"}]}]  # fmt: skip
+    assert input_messages(b'{"instructions": "x", "input": "y"}')[1]["parts"][0]["content"] == "y"
+    assert input_messages(b"not json") == []
+    stream = OutputText("text/event-stream")
+    for event in ({"type": "content_block_delta", "delta": {"text": "Hel"}},
+                  {"type": "content_block_delta", "delta": {"text": "lo"}}):  # fmt: skip
+        data = f"data: {json.dumps(event)}\n\n".encode()
+        stream.feed(data[:7])
+        stream.feed(data[7:])
+    assert stream.finish() == "Hello"
+    gemini = OutputText("application/json")
+    gemini.feed(b'{"candidates": [{"content": {"parts": [{"text": "G"}]}}]}')
+    assert gemini.finish() == "G"
+
+
+def test_digests_match_within_a_deployment_and_not_across():
+    assert digest(b"key-a", "same prompt") == digest(b"key-a", "same prompt")
+    assert digest(b"key-a", "same prompt") != digest(b"key-b", "same prompt")
+    assert "same" not in digest(b"key-a", "same prompt")
