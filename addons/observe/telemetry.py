@@ -64,9 +64,10 @@ logger = logging.getLogger(__name__)
 QUEUE = 4096  # spans waiting for export; past it new spans are dropped (and counted)
 EXPORT_TIMEOUT = 5.0  # seconds one export may take (the SDK's retries included)
 PROPAGATOR = TraceContextTextMapPropagator()
-# clients' own session keys, first found wins (README: "Sessions")
-SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id",
-                   "vscode-sessionid", "x-opencode-session")  # fmt: skip
+# clients' own session keys, first found wins: Claude Code's, Codex's (tests/e2e/test_telemetry.py
+# reads them from the real clients), then names other clients use (README: "Sessions")
+SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "session_id", "x-session-id",
+                   "vscode-sessionid")  # fmt: skip
 
 
 @dataclass(frozen=True)

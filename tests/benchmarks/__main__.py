@@ -618,11 +618,14 @@ def main() -> int:
 
     from tests.benchmarks import dlp  # its own proxies (DLP off and on) and gateway
     from tests.benchmarks import limits  # likewise (no limits, in memory, in Redis)
+    from tests.benchmarks import telemetry  # likewise (export off, content none and hash)
 
     print("prompt DLP ...", file=sys.stderr, flush=True)
     results["dlp"] = dlp.run(q)
     print("limits ...", file=sys.stderr, flush=True)
     results["limits"] = limits.run(q)
+    print("telemetry ...", file=sys.stderr, flush=True)
+    results["telemetry"] = telemetry.run(q)
     ratios(results)
     results["targets"] = targets_met(results)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -630,6 +633,7 @@ def main() -> int:
     print()
     print(dlp.table(results["dlp"]))
     print(limits.table(results["limits"]))
+    print(telemetry.table(results["telemetry"]))
     print()
     for line in results["targets"]:
         print(line)

@@ -197,3 +197,37 @@ def test_full_content_and_a_collector_that_goes_away(gateway_server, receiver, t
     finally:
         receiver.start() if receiver._runner is None else None
         p.stop()
+
+
+@pytest.mark.parametrize("tool, header", [("claude", "X-Claude-Code-Session-Id"),
+                                          ("codex", "session-id")])  # fmt: skip
+def test_the_real_clients_sessions_become_session_id(
+    traced, receiver, gateway, tmp_path, tool, header
+):
+    """What each client sends as its session key, read from its real traffic: the span's
+    session.id is the header the gateway received."""
+    from tests.e2e.test_real_clients import CLAUDE
+    from tests.e2e.test_real_clients import CODEX
+    from tests.e2e.test_real_clients import run
+    from tests.e2e.test_real_clients import tool_env
+
+    exe = CLAUDE if tool == "claude" else CODEX
+    if not exe.exists():
+        pytest.skip(f"{tool} not installed (./run setup)")
+    if tool == "claude":
+        env = tool_env(traced, tmp_path, NODE_EXTRA_CA_CERTS=str(traced.ca_path),
+                       ANTHROPIC_API_KEY="sk-ant-personal", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")  # fmt: skip
+        cmd = [str(exe), "-p", "say hi"]
+    else:
+        env = tool_env(
+            traced, tmp_path, CODEX_CA_CERTIFICATE=str(traced.ca_path), OPENAI_API_KEY=ALICE
+        )
+        cmd = [str(exe), "exec", "--skip-git-repo-check", "say hi"]
+    before = len(receiver.spans)
+    r, _ = run(cmd, env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sent = [rec.header(header) for rec in gateway.records if rec.header(header)]
+    assert sent, f"{tool} sent no {header}"
+    spans = spans_for(receiver, 1, lambda s: s in receiver.spans[before:]
+                      and s.attributes.get("session.id") == sent[-1])  # fmt: skip
+    assert spans and spans[0].attributes["aibridge.client.tool"]
