@@ -101,14 +101,20 @@ def agent(proxy: ProxyProcess, url: str, transport: str, *calls: str, token: str
 
 
 URLS = {"repo-sse": "/mcp", "repo-json": "/json/mcp", "repo-legacy": "/legacy/sse"}
-TRANSPORTS = {"repo-sse": "streamable", "repo-json": "streamable", "repo-legacy": "legacy"}
+CASES = [
+    ("repo-sse", "streamable"),
+    ("repo-json", "streamable"),
+    ("repo-legacy", "legacy"),
+    ("repo-json", "stateless"),
+]  # the 2026-07-28 revision: no initialize, no session
 
 
-@pytest.mark.parametrize("server", list(URLS))
-def test_the_sdk_agent_never_sees_or_runs_a_denied_tool(governing, mcp_server, server):
+@pytest.mark.parametrize("server, transport", CASES)
+def test_the_sdk_agent_never_sees_or_runs_a_denied_tool(governing, mcp_server, server, transport):
     ran_before = mcp_server["ran"].read_text()
+    lines_before = len(governing.access_lines())
     url = f"https://{HOST}:{mcp_server['port']}{URLS[server]}"
-    seen = agent(governing, url, TRANSPORTS[server],
+    seen = agent(governing, url, transport,
                  'search_issues={"query": "proxy"}', 'delete_repo={"name": "prod"}')  # fmt: skip
     assert seen["tools"] == ["merge_pull_request", "search_issues", "slow_count"]
     assert seen["calls"]["search_issues"] == {**seen["calls"]["search_issues"], "error": False}
@@ -124,6 +130,9 @@ def test_the_sdk_agent_never_sees_or_runs_a_denied_tool(governing, mcp_server, s
     assert [(ln["mcp_tool"], ln["outcome"], ln["user"]) for ln in lines[-2:]] == [
         ("search_issues", "ok", "alice"), ("delete_repo", "denied", "alice")]  # fmt: skip
     assert all(ln["args_digest"] and "prod" not in json.dumps(ln) for ln in lines)
+    methods = {ln["mcp_method"] for ln in governing.access_lines()[lines_before:]
+               if ln.get("msg") == "mcp call"}  # fmt: skip
+    assert ("initialize" in methods) == (transport != "stateless")
 
 
 def test_a_rule_keeps_merging_from_contractors_only(governing, mcp_server):
