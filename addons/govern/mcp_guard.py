@@ -150,11 +150,17 @@ class McpGuard:
             flow.response = _json_response(status, error_message(None, e.code, str(e)))
             return
         now = time.monotonic()
-        denials = {c.index: self._denial(entry, exchange.server, c) for c in calls if c.tool}
-        denied = {i: d for i, d in denials.items() if d is not None}
+        denied = {c.index: why for c in calls if c.tool
+                  and (why := self._denial(entry, exchange.server, c)) is not None}  # fmt: skip
         requests = [c for c in calls if not c.is_notification]
         exchange.calls = requests
-        if denied and len(denied) == len(messages) and not exchange.legacy:
+        # a denied call sent as a notification expects no answer: it is dropped, never sent
+        dropped = {c.index for c in calls if c.is_notification and c.index in denied}
+        kept = [i for i in range(len(messages)) if i not in dropped]
+        if not kept:
+            flow.response = http.Response.make(202)
+            return
+        if all(i in denied for i in kept) and not exchange.legacy:
             # every message a denied call: answered here, never forwarded
             answers = []
             for call in requests:
@@ -172,9 +178,8 @@ class McpGuard:
                 self._report(flow, entry, Outcome(exchange.pending[oldest].call,
                                                   exchange.pending.pop(oldest), None), NO_ANSWER)  # fmt: skip
         if denied:  # the server is asked a ping in their place (see the module's docstring)
-            for index in denied:
-                messages[index] = ping_in_place_of(messages[index])
-            flow.request.content = encode(messages if batch else messages[0])
+            sent = [ping_in_place_of(messages[i]) if i in denied else messages[i] for i in kept]
+            flow.request.content = encode(sent if batch else sent[0])
 
     def _denial(self, entry: FlowRecord, server: McpServer, call: Call):
         """(message, rule) when this tool call may not be made, else None."""

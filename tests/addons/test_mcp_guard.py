@@ -255,3 +255,12 @@ async def test_a_server_on_a_routed_host_is_governed_and_still_routed(caplog):
         assert allowed.response is None
         assert allowed.request.host == "coder.example.com"  # the host's route: the gateway
         assert allowed.request.path == "/api/v2/aibridge/copilot/mcp/"
+
+
+async def test_a_denied_call_sent_as_a_notification_is_dropped(chain):
+    note = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_repo"}}
+    alone = await post(chain, note)
+    assert alone.response.status_code == 202 and not alone.response.content  # never sent
+    mixed = await post(chain, [note, call(2, "search_issues")])
+    assert mixed.response is None
+    assert json.loads(mixed.request.content) == [call(2, "search_issues")]
