@@ -125,34 +125,25 @@ async def test_a_batch_with_one_denied_call_sends_a_ping_in_its_place(chain, cap
 
 
 async def test_the_legacy_transport_gets_its_refusal_on_the_sse_stream(chain, caplog):
+    from mitmproxy import http
+    from mitmproxy.proxy.layers import http as http_layer
+
     connect = await chain.connect(HOST)
     stream = await chain.send(connect, method="GET", path="/mcp/sse", content=b"")
+    stream.response = http.Response.make(200, b"", SSE)
+    await chain.hook(http_layer.HttpResponseHeadersHook(stream))
     # the stream's first event names the session; its later events carry the answers
-    chain_stream = []
-
-    flow = None
-
-    async def open_stream():
-        from mitmproxy import http
-        from mitmproxy.proxy.layers import http as http_layer
-
-        stream.response = http.Response.make(200, b"", SSE)
-        await chain.hook(http_layer.HttpResponseHeadersHook(stream))
-
-    await open_stream()
-    chain_stream.append(
-        stream.response.stream(b"event: endpoint\ndata: /mcp/messages/?session_id=s1\n\n")
-    )
+    stream.response.stream(b"event: endpoint\ndata: /mcp/messages/?session_id=s1\n\n")
     flow = await chain.send(connect, path="/mcp/messages/?session_id=s1",
                             content=json.dumps(call(9, "delete_repo")).encode(), headers=JSON)  # fmt: skip
-    assert json.loads(flow.request.content)["method"] == "ping"
+    assert json.loads(flow.request.content)["method"] == "ping"  # never the call itself
     await chain.answer(flow, status=202)
     event = (
         b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": 9, "result": {}}).encode()
     )
-    chain_stream.append(stream.response.stream(event + b"\n\n"))
-    last = chain_stream[-1]
-    refusal = json.loads((last if isinstance(last, bytes) else b"".join(last)).split(b"data: ")[1])
+    sent = stream.response.stream(event + b"\n\n")
+    sent = sent if isinstance(sent, bytes) else b"".join(sent)
+    refusal = json.loads(sent.split(b"data: ")[1])
     assert refusal["id"] == 9 and refusal["error"]["code"] == DENIED
     assert [ln["outcome"] for ln in mcp_lines(caplog)] == ["denied"]
 
