@@ -12,7 +12,7 @@ import hmac
 import json
 from typing import Any
 
-from addons.rules.content_decoding import BoundedDecoder
+from addons.rules.token_usage import readable_body
 
 SEMCONV = "1.44.0"  # the schema whose GenAI attribute names we emit (README, Audit trail)
 CONTENT_POLICIES = ("none", "hash", "redact", "full")  # what of prompts and answers spans carry
@@ -138,10 +138,7 @@ class OutputText:
     answered, up to TEXT_LIMIT characters."""
 
     def __init__(self, content_type: str, content_encoding: str = ""):
-        media = content_type.split(";", 1)[0].strip().lower()
-        self.sse = media == "text/event-stream"
-        self.json = media == "application/json" or media.endswith("+json")
-        self._decoder = BoundedDecoder(content_encoding)
+        self.sse, self.json, self._decoder = readable_body(content_type, content_encoding)
         self.active = (self.sse or self.json) and self._decoder.ok
         self._buffer = bytearray()
         self._text: list[str] = []

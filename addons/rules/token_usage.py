@@ -134,14 +134,18 @@ def usage_of_message(obj: Any) -> Usage:
     return found
 
 
+def readable_body(content_type: str, content_encoding: str) -> tuple[bool, bool, BoundedDecoder]:
+    """(an SSE stream, a JSON body, its decoder): what a response reader can follow."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    json_body = media == "application/json" or media.endswith("+json")
+    return media == "text/event-stream", json_body, BoundedDecoder(content_encoding)
+
+
 class UsageReader:
     """Fed each response chunk as it is relayed; `finish` says what the body reported."""
 
     def __init__(self, content_type: str, content_encoding: str = ""):
-        media = content_type.split(";", 1)[0].strip().lower()
-        self.sse = media == "text/event-stream"
-        self.json = media == "application/json" or media.endswith("+json")
-        self._decoder = BoundedDecoder(content_encoding)
+        self.sse, self.json, self._decoder = readable_body(content_type, content_encoding)
         self.active = (self.sse or self.json) and self._decoder.ok
         self._buffer = bytearray()
         self._skipping_line = False

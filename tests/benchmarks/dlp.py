@@ -263,11 +263,7 @@ def run(quick: bool = False) -> dict:
         results["round_trip_ms_p50"] = {
             n: {size: p50(t) for size, t in sizes.items()} for n, sizes in trips.items()
         }
-        cpu: dict[str, list[float]] = {n: [] for n in proxies}
-        for _ in range(2 if quick else 4):
-            for name, p in proxies.items():
-                cpu[name].append(cpu_per_1k(p, 2000 if quick else 4000))
-        results["cpu_s_per_1k"] = {n: p50(v) for n, v in cpu.items()}
+        results["cpu_s_per_1k"] = alternating_cpu(proxies, quick)["cpu_s_per_1k"]
     finally:
         for p in proxies.values():
             p.stop()
@@ -310,15 +306,36 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def alternating_cpu(proxies: dict[str, Proxy], quick: bool) -> dict:
+    """CPU per 1,000 ordinary requests of each proxy, in alternating rounds (so a slow spell of
+    the machine falls on all of them): the medians and every round."""
+    rounds: dict[str, list[float]] = {n: [] for n in proxies}
+    for _ in range(2 if quick else 4):
+        for name, p in proxies.items():
+            rounds[name].append(cpu_per_1k(p, 2000 if quick else 4000))
+    return {"cpu_s_per_1k": {n: statistics.median(v) for n, v in rounds.items()}, "rounds": rounds}
+
+
+def bench_main(doc: str, run, table, name: str) -> None:
+    """A benchmark module's command line: `--quick`, its JSON in results/<name>.json, its table."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    r = run(args.quick)
-    out = ROOT / "tests" / "benchmarks" / "results" / "dlp.json"
+    r = run(ap.parse_args().quick)
+    out = ROOT / "tests" / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
     print(table(r))
+
+
+def cpu_table(title: str, cpu: dict[str, float], baseline: str) -> list[str]:
+    """CPU per 1,000 requests of each variant, and its ratio to `baseline`."""
+    return [f"{title:<37}CPU s per 1k requests   ratio to {baseline}",
+            *(f"  {name:<34} {c:.3f}                   {c / cpu[baseline]:.2f}x"
+              for name, c in cpu.items())]  # fmt: skip
+
+
+def main() -> None:
+    bench_main(__doc__, run, table, "dlp")
 
 
 if __name__ == "__main__":

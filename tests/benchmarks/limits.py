@@ -10,16 +10,16 @@ alternating (loopback only).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 from pathlib import Path
 
 from tests.benchmarks.__main__ import ensure_tools
 from tests.benchmarks.__main__ import wait_port
 from tests.benchmarks.dlp import Proxy
+from tests.benchmarks.dlp import alternating_cpu
 from tests.benchmarks.dlp import bench_env
-from tests.benchmarks.dlp import cpu_per_1k
+from tests.benchmarks.dlp import bench_main
+from tests.benchmarks.dlp import cpu_table
 from tests.benchmarks.dlp import start_gateway
 from tests.support import RedisServer
 
@@ -45,36 +45,22 @@ def run(quick: bool = False) -> dict:
             "memory": Proxy(gateway_port, ["--limits", limits], env),
             "redis": Proxy(gateway_port, ["--limits", limits, "--limits-store", redis.url], env),
         }
-        cpu: dict[str, list[float]] = {n: [] for n in proxies}
-        for _ in range(2 if quick else 4):
-            for name, p in proxies.items():
-                cpu[name].append(cpu_per_1k(p, 2000 if quick else 4000))
+        measured = alternating_cpu(proxies, quick)
     finally:
         for p in proxies.values():
             p.stop()
         gateway.terminate()
         gateway.wait(30)
         redis.stop()
-    medians = {n: statistics.median(v) for n, v in cpu.items()}
-    return {"cpu_s_per_1k": medians, "rounds": cpu}
+    return measured
 
 
 def table(r: dict) -> str:
-    c = r["cpu_s_per_1k"]
-    return "\n".join([
-        "limits (three in force)              CPU s per 1k requests   ratio to none",
-        *(f"  {name:<34} {c[name]:.3f}                   {c[name] / c['none']:.2f}x" for name in c),
-    ])  # fmt: skip
+    return "\n".join(cpu_table("limits (three in force)", r["cpu_s_per_1k"], "none"))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    r = run(ap.parse_args().quick)
-    out = ROOT / "tests" / "benchmarks" / "results" / "limits.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    print(table(r))
+    bench_main(__doc__, run, table, "limits")
 
 
 if __name__ == "__main__":

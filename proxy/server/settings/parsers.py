@@ -176,24 +176,23 @@ def parse_structured(kind: type) -> Callable[[Any], Any]:
     return parse
 
 
-def parse_limit_list(value: Any) -> list | None:
-    """The limits, checked now: a broken entry names itself and the key, as a rule does."""
-    value = parse_structured(list)(value)
-    try:
-        parse_limits(value)
-    except PolicyError as e:
-        raise ValueError(f"is refused: {e}") from None
-    return value
+def checked_list(check: Callable[[Any], Any]) -> Callable[[Any], list | None]:
+    """A list of entries checked now by `check` (parse_limits, parse_mcp_servers): a broken
+    entry names itself and the key, as a rule does."""
+
+    def parse(value: Any) -> list | None:
+        value = parse_structured(list)(value)
+        try:
+            check(value)
+        except PolicyError as e:
+            raise ValueError(f"is refused: {e}") from None
+        return value
+
+    return parse
 
 
-def parse_mcp_list(value: Any) -> list | None:
-    """The governed MCP servers, checked now: a broken entry names itself and the key."""
-    value = parse_structured(list)(value)
-    try:
-        parse_mcp_servers(value)
-    except PolicyError as e:
-        raise ValueError(f"is refused: {e}") from None
-    return value
+parse_limit_list = checked_list(parse_limits)
+parse_mcp_list = checked_list(parse_mcp_servers)
 
 
 def parse_header_map(value: Any) -> dict[str, str] | None:
