@@ -227,13 +227,11 @@ class Telemetry:
         info = entry.route if entry is not None else None
         if self.tracer is None or info is None:
             return
-        parent = PROPAGATOR.extract(
-            {
-                k.lower(): v
-                for k, v in flow.request.headers.items()
-                if k.lower() == "traceparent" or k.lower() == "tracestate"
-            }  # fmt: skip
-        )
+        headers = flow.request.headers
+        parent = None
+        if traceparent := headers.get("traceparent"):  # most clients send none: no parse
+            carrier = {"traceparent": traceparent, "tracestate": headers.get("tracestate", "")}
+            parent = PROPAGATOR.extract(carrier)
         started = time.time_ns() - int((time.monotonic() - info.started) * 1e9)
         span = self.tracer.start_span("request", context=parent, kind=SpanKind.CLIENT,
                                       start_time=started)  # fmt: skip
@@ -395,9 +393,14 @@ def _request_model(entry: FlowRecord) -> str | None:
 def session_of(headers, entry: FlowRecord) -> str | None:
     """The client's own session key: a header some clients send (SESSION_HEADERS); else
     Claude Code's `metadata.user_id` in the body (`..._session_<id>`)."""
+    found = {}
+    for name, value in headers.fields:  # one pass (each `get` would walk them all again)
+        key = name.decode("latin-1").lower()
+        if key in SESSION_HEADERS and value:
+            found[key] = value.decode("utf-8", "replace")
     for name in SESSION_HEADERS:
-        if value := headers.get(name):
-            return value[:128]
+        if name in found:
+            return found[name][:128]
     body = bytes(entry.span_body or b"")
     if b"_session_" in body:
         try:
