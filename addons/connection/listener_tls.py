@@ -24,6 +24,15 @@ from addons.core.responses import plain_response
 
 logger = logging.getLogger(__name__)
 
+# Some clients take an https:// proxy URL and still speak plain HTTP to the proxy (GitHub
+# Copilot's language server, the engine of the JetBrains, Neovim, Xcode and Visual Studio
+# plugins): the answer says what it did and what to use instead.
+PLAINTEXT_ANSWER = (
+    "this proxy listener requires TLS, and this client sent its request in plain text: it "
+    "cannot speak TLS to a proxy (GitHub Copilot's language server ignores https:// in the "
+    "proxy URL). Give it an http:// proxy URL on a listener without tls_cert_file."
+)
+
 
 def listener_context(cert_file: str, key_file: str) -> SSL.Context:
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -105,6 +114,8 @@ class ListenerTLS:
         if self.context is None or flow.response is not None or flow.client_conn.tls_established:
             return
         reject(flow, RejectReason.PLAINTEXT_CLIENT)
-        flow.response = plain_response(
-            403, "this proxy requires TLS: use https:// in the proxy URL"
-        )
+        agent = flow.request.headers.get("user-agent", "")
+        logger.info("a client spoke plain HTTP to the TLS listener (%s): this client cannot speak "
+                    "TLS to a proxy; give it an http:// proxy URL on a plain listener",
+                    agent[:80] or "no User-Agent")  # fmt: skip
+        flow.response = plain_response(403, PLAINTEXT_ANSWER)

@@ -94,6 +94,10 @@ _HINTS: dict[RejectReason, tuple[str, str]] = {
         "send a smaller request, or ask your administrator to raise model_body_limit",
     ),
     RejectReason.BLOCKED_PORT: ("the proxy does not allow this port", _ASK_ADMIN),
+    RejectReason.PLAINTEXT_CLIENT: (
+        "this client spoke plain HTTP to the proxy's TLS listener (GitHub Copilot's language "
+        "server does, whatever the URL says)",
+        "use an http:// proxy URL on a plain listener; ask your administrator for one"),
     RejectReason.LIMITED: ("a limit of the proxy's is used up",
                            "wait until it resets (the tool's error says when), or ask your administrator"),
     RejectReason.DLP_BLOCKED: ("the request carries a credential",

@@ -86,14 +86,18 @@ class ToolSetup:
 
 
 _PROXY = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+# Copilot's language server ignores an https:// proxy URL's scheme: it sends its CONNECT (and
+# the token in Proxy-Authorization) in plain text, which a TLS listener refuses.
+_COPILOT_HTTP = ("Use an http:// proxy URL: Copilot's language server ignores https:// and "
+                 "speaks plain HTTP to the proxy, so a TLS listener refuses it.")  # fmt: skip
 TOOLS: tuple[ToolSetup, ...] = (
     ToolSetup("copilot-vscode", "GitHub Copilot in VS Code", (),
               "VS Code takes its proxy from settings.json and its CAs from the OS trust store "
-              "only (NODE_EXTRA_CA_CERTS is ignored): trust the CA in the OS first.",
+              "only (NODE_EXTRA_CA_CERTS is ignored): trust the CA in the OS first. " + _COPILOT_HTTP,
               ide="vscode"),
     ToolSetup("copilot-jetbrains", "GitHub Copilot in JetBrains IDEs", (),
               "JetBrains IDEs take the proxy from their own settings; trust the CA in the OS "
-              "(or the IDE's Server Certificates).", ide="jetbrains"),
+              "(or the IDE's Server Certificates). " + _COPILOT_HTTP, ide="jetbrains"),
     ToolSetup("copilot-cli", "Copilot CLI", (*_PROXY, "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY")),
     ToolSetup("claude-code", "Claude Code", (*_PROXY, "NODE_EXTRA_CA_CERTS")),
     ToolSetup("codex", "Codex CLI", (*_PROXY, "CODEX_CA_CERTIFICATE")),

@@ -33,6 +33,11 @@ DEFAULT_PATH_PROVIDERS: Mapping[str, str] = {"chatgpt.com": "chatgpt"}
 
 # Opt-in routes, enabled by name (`provider_presets`); each entry can still be changed or
 # removed through `providers`.
+# What happens to Copilot's inline completions (`copilot_completions`): the gateway (coder/
+# aibridge's Copilot provider) bridges /chat/completions and /responses only, not
+# /v1/engines/*/completions, so by default they are observed rather than routed.
+COPILOT_COMPLETIONS = ("observe", "route", "tunnel")
+
 PRESETS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "copilot-completions": (
         # inline completions (FIM) and next-edit suggestions: latency-critical, so opt-in
@@ -270,3 +275,8 @@ def gateway_path(target_path: str, provider: str, original_path: str) -> str:
     if not original_path.startswith("/"):
         original_path = "/" + original_path
     return f"{target_path.rstrip('/')}/{provider}{original_path}"
+
+
+def copilot_completion_hosts() -> tuple[str, ...]:
+    """The hosts Copilot's inline completions go to (the `copilot-completions` preset's)."""
+    return tuple(host for host, _, _ in PRESETS["copilot-completions"])

@@ -37,6 +37,7 @@ from addons.rules.policy import gateway_ca_files
 from addons.rules.profile_choices import CHOICES_FILE
 from certs import prepare as certs_prepare
 from certs.authority import CertificateAuthority
+from certs.authority import uncovered_hosts
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
@@ -64,9 +65,12 @@ class EngineFiles:
     gateway_trust: Path  # bundle for the gateway leg (routed requests, token checks, health)
 
 
-def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
+def engine_options(
+    settings: Settings, files: EngineFiles, ca: CertificateAuthority | None = None
+) -> dict[str, Any]:
     """Our settings, spelt as mitmproxy options: each setting that feeds an addon option says
-    so in its declaration (`Field.option`); the rest are the engine's own or derived."""
+    so in its declaration (`Field.option`); the rest are the engine's own or derived. `ca`:
+    the CA in use, for what it can sign (observed hosts it cannot stay tunnelled)."""
     host, port = settings.listen
     upstream = settings.upstream_proxy
     fed = {f.option: option_value(getattr(settings, f.attr)) for f in FIELDS if f.option}
@@ -83,6 +87,7 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "aibridge_dlp_patterns": json.dumps(settings.dlp_patterns or []),
         "aibridge_limits": json.dumps(settings.limits or []),
         "aibridge_mcp": json.dumps(settings.mcp or []),
+        "aibridge_observe": list(settings.observed_items(signable_by(ca))),
         "aibridge_dlp_mask_key": dlp_mask_key(settings.ca_key_path),
         "aibridge_telemetry_headers": json.dumps(settings.telemetry_headers or {}),
         "aibridge_telemetry_key": derived_key(settings.ca_key_path, b"telemetry content"),
@@ -96,6 +101,13 @@ def engine_options(settings: Settings, files: EngineFiles) -> dict[str, Any]:
         "ssl_verify_upstream_trusted_ca": str(files.origin_trust),
         "aibridge_gateway_trusted_ca": str(files.gateway_trust),
     }
+
+
+def signable_by(ca: CertificateAuthority | None):
+    """Whether `ca` can sign for a host (its name constraints permit it); None: any."""
+    if ca is None:
+        return None
+    return lambda host: not uncovered_hosts(ca, [host])
 
 
 def dlp_mask_key(ca_key: Path) -> str:
@@ -209,7 +221,7 @@ class ProxyApp:
         self._lifecycle = lifecycle
         try:
             # addon-defined options exist only now that the addons are added
-            opts.update(**engine_options(self.settings, files))
+            opts.update(**engine_options(self.settings, files, self.ca))
         except exceptions.OptionsError as e:
             raise StartupError(str(e)) from None
         return m
@@ -298,7 +310,7 @@ class ProxyApp:
             if new.listen != self.settings.listen:
                 raise SettingsError("listen: changing the address needs a restart")
             ca = self._ca(new)
-            opts = engine_options(new, prepare_engine_files(new, ca, self.engine_dir))
+            opts = engine_options(new, prepare_engine_files(new, ca, self.engine_dir), ca)
             for key in ("listen_host", "listen_port", "mode"):
                 opts.pop(key)
             if new.upstream_proxy != self.settings.upstream_proxy:

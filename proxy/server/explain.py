@@ -17,6 +17,7 @@ from addons.rules.policy import NEEDS_MODEL
 from addons.rules.policy import Facts
 from addons.rules.provider_errors import api_family
 from addons.rules.provider_errors import error_body
+from addons.rules.providers import copilot_completion_hosts
 from addons.rules.request_target import decoded_path
 from proxy.server.settings import Settings
 
@@ -55,6 +56,18 @@ def _decide(
     )
     table, policy = settings.provider_table, settings.policy
     route = table.lookup(host)
+    port = parts.port or 443
+    if route is None and (server := settings.mcp_servers.lookup(host, port, parts.path)):
+        return [f"{host}: MCP server {server.name}; decrypted, its tools governed "
+                f"(deny_tools: {', '.join(server.deny_tools) or 'none'}), sent on unchanged"]  # fmt: skip
+    if route is None and (seen := settings.observed_hosts.lookup(host)) is not None:
+        why = (
+            "copilot_completions: observe; the gateway does not serve /v1/engines/*"
+            if host in copilot_completion_hosts()
+            else f"observe: {seen.entry or seen.pattern}"
+        )
+        return [f"{host}: observed ({why}); decrypted, recorded (who, tool, tokens) and sent "
+                "to the original host unchanged"]  # fmt: skip
     if route is None:
         return [f"{host}: not routed; tunnelled untouched (never decrypted)"]
     model = model or model_in_path(path)

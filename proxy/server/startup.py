@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 
+from addons.rules.providers import copilot_completion_hosts
 from certs import prepare as certs_prepare
 from certs.authority import CAError
 from certs.authority import CertificateAuthority
+from certs.authority import uncovered_hosts
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
@@ -44,8 +46,20 @@ def prepare_ca(settings: Settings) -> CertificateAuthority:
     """Load (or create) the CA, warn about what an operator must act on, and write the client
     bundle. Done once per process tree: by the supervisor when there are workers."""
     ca = ensure_ca(settings)
-    for warning in certs_prepare.ca_warnings(ca, *settings.ca_hosts):
+    hosts, uncoverable = settings.ca_hosts
+    tunnelled = []
+    if settings.copilot_completions == "observe":  # left tunnelled where the CA cannot sign
+        tunnelled = [h for h in copilot_completion_hosts() if uncovered_hosts(ca, [h])]
+    hosts = [h for h in hosts if h not in tunnelled]
+    for warning in certs_prepare.ca_warnings(ca, hosts, uncoverable):
         logger.warning(warning)
+    if tunnelled:
+        logger.warning(
+            "Copilot's inline completions are tunnelled, not observed: this CA's name "
+            f"constraints do not cover {', '.join(tunnelled)}; create a CA that does with "
+            "`aibridge-proxy ca init --force` (clients then trust the new CA), or set "
+            "copilot_completions: tunnel to say so"
+        )
     try:
         certs_prepare.write_client_bundle(ca, settings.client_bundle_path)
     except BundleError as e:

@@ -96,11 +96,17 @@ def test_curl_https_proxy_and_tunnel(tls_proxy, listener_cert, gateway, origin, 
     assert '"content"' in out.stdout, out.stderr
 
 
-def test_plaintext_clients_are_refused(tls_proxy, gateway):
-    req = f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n"
+def test_plaintext_clients_are_refused_saying_what_they_did(tls_proxy, gateway):
+    """GitHub Copilot's language server, given https://, still sends its CONNECT in clear: the
+    answer and the log say what happened and what to use instead."""
+    req = (f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: x\r\nUser-Agent: GithubCopilot/1.539.0\r\n"
+           f"Proxy-Authorization: {proxy_basic(ALICE)}\r\n\r\n")  # fmt: skip
     resp = raw_request(tls_proxy.port, req.encode())
     assert resp.startswith(b"HTTP/1.1 403 ")
-    assert b"this proxy requires TLS: use https:// in the proxy URL" in resp
+    assert b"this client sent its request in plain text: it cannot speak TLS to a proxy" in resp
+    assert b"Give it an http:// proxy URL on a listener without tls_cert_file" in resp
+    line = tls_proxy.wait_for_line(lambda ln: "plain HTTP to the TLS listener" in ln.get("msg", ""))
+    assert "GithubCopilot/1.539.0" in line["msg"] and ALICE not in tls_proxy.output
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

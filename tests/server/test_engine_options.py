@@ -22,6 +22,7 @@ DERIVED = {
     "aibridge_dlp_patterns": "dlp.patterns, as JSON",
     "aibridge_limits": "limits, as JSON",
     "aibridge_mcp": "mcp, as JSON",
+    "aibridge_observe": "observe + Copilot's completion hosts the CA can sign (copilot_completions)",
     "aibridge_telemetry_headers": "telemetry.headers, as JSON",
     "aibridge_telemetry_key": "derived from the CA key (the same in every replica)",
     "aibridge_dlp_mask_key": "derived from the CA key (the same in every replica)",

@@ -99,3 +99,20 @@ def test_telemetry_takes_the_standard_otel_variables(tmp_path):
     assert s.telemetry_service_name == "proxy-eu"
     redacting = settings(tmp_path, **{"telemetry.content": "redact", "dlp.action": "mask"})
     assert redacting.telemetry_content == "redact"
+
+
+def test_copilot_completions_are_observed_routed_or_tunnelled(tmp_path):
+    fim = "proxy.business.githubcopilot.com"
+    observed = settings(tmp_path)
+    assert fim in observed.observed_items() and observed.provider_table.lookup(fim) is None
+    assert fim not in observed.observed_items(signable=lambda host: host != fim)  # CA can't sign
+    assert fim in observed.ca_hosts[0] or any(fim.endswith("." + h) for h in observed.ca_hosts[0])
+    routed = settings(tmp_path, copilot_completions="route")
+    assert routed.provider_table.lookup(fim) is not None and fim not in routed.observed_items()
+    tunnelled = settings(tmp_path, copilot_completions="tunnel")
+    assert tunnelled.provider_table.lookup(fim) is None and fim not in tunnelled.observed_items()
+    url = f"https://{fim}/v1/engines/copilot-codex/completions"
+    assert "tunnelled untouched" in explain(tunnelled, url)[0]
+    assert "upstream: https://coder.example.com/api/v2/aibridge/copilot-business/v1/engines" in (
+        "\n".join(explain(routed, url))
+    )

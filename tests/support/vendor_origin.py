@@ -117,6 +117,13 @@ class VendorOrigin:
             )
         if path == "/v1/messages":
             return await self._stream(request, self._anthropic_events(model))
+        if path.startswith("/v1/engines/") and path.endswith("/completions"):  # Copilot's FIM
+            engine = path.split("/")[3]
+            chunks = [{"id": "cmpl-1", "model": engine, "choices": [{"index": 0, "text": t}]}
+                      for t in ("return ", "a + b")]  # fmt: skip
+            chunks.append({"id": "cmpl-1", "model": engine, "choices": [],
+                           "usage": {"prompt_tokens": 21, "completion_tokens": 4}})  # fmt: skip
+            return await self._stream(request, [_sse(c) for c in chunks] + [_sse("[DONE]")])
         if path.startswith("/v1beta/models/") and path.endswith(":streamGenerateContent"):
             return await self._stream(request, self._gemini_events(path))
         return web.Response(text=f"vendor saw {request.method} {request.raw_path} body={len(body)}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.rules.genai import CONTENT_POLICIES
+from addons.rules.providers import COPILOT_COMPLETIONS
 from addons.rules.providers import PRESETS
 from proxy.server.settings.base import ENV_PREFIX
 from proxy.server.settings.parsers import parse_bool
@@ -141,6 +142,14 @@ FIELDS: tuple[Field, ...] = (
         parse_presets,
         (),
         "Opt-in route sets by name: " + ", ".join(PRESETS) + ".",
+    ),
+    Field(
+        "copilot_completions",
+        parse_choice(*COPILOT_COMPLETIONS),
+        "observe",
+        "Copilot's inline completions (proxy.<plan>.githubcopilot.com): observe (decrypted, "
+        "recorded, sent on unchanged; the gateway does not serve them), route (to the gateway) "
+        "or tunnel (never decrypted).",
     ),
     Field("state_dir", parse_opt_path, None, "Where the generated CA and engine files live."),
     Field(
@@ -369,7 +378,6 @@ FIELDS: tuple[Field, ...] = (
         (),
         "Hosts to decrypt only to see and account for (who, tool, model, tokens), then forward "
         "unchanged: AI host catalog entries (cursor, windsurf, ...) or host names and *.suffix.",
-        option="aibridge_observe",
     ),
     Field(
         "mcp",

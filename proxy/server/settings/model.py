@@ -3,6 +3,7 @@ the routing target and policy)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,7 @@ from addons.rules.policy import parse_policy
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderTable
 from addons.rules.providers import constraint_hosts
+from addons.rules.providers import copilot_completion_hosts
 from addons.rules.providers import make_route
 from addons.rules.upstream_proxy import UpstreamProxy
 from proxy.server.settings.parsers import ProviderOverrides
@@ -31,6 +33,7 @@ class Settings:
     providers: ProviderOverrides
     default_providers: bool
     provider_presets: tuple[str, ...]
+    copilot_completions: str
     gateways: dict | None
     groups: dict | None
     rules: list | None
@@ -113,7 +116,22 @@ class Settings:
 
     @cached_property
     def provider_table(self) -> ProviderTable:
-        return build_provider_table(self.providers, self.default_providers, self.provider_presets)
+        presets = self.provider_presets
+        if self.copilot_completions == "route" and "copilot-completions" not in presets:
+            presets = (*presets, "copilot-completions")
+        return build_provider_table(self.providers, self.default_providers, presets)
+
+    def observed_items(self, signable: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+        """What is observed: `observe`, and under `copilot_completions: observe` Copilot's
+        completion hosts that are not routed otherwise and that the CA can sign for
+        (`signable`): with a CA made before this default, clients would reject our leaf, so
+        those stay tunnelled (start-up says so)."""
+        if self.copilot_completions != "observe":
+            return self.observe
+        table = self.provider_table
+        extra = tuple(h for h in copilot_completion_hosts() if table.lookup(h) is None
+                      and h not in self.observe and (signable is None or signable(h)))  # fmt: skip
+        return (*self.observe, *extra)
 
     @cached_property
     def ca_hosts(self) -> tuple[list[str], list[str]]:
@@ -129,7 +147,7 @@ class Settings:
 
     @cached_property
     def observed_hosts(self) -> ObservedHosts:
-        return ObservedHosts(self.observe)
+        return ObservedHosts(self.observed_items())
 
     @cached_property
     def policy_config(self) -> dict:
