@@ -129,6 +129,18 @@ async def start_tcp_server(handle, ssl_context: ssl.SSLContext | None = None) ->
     return server.sockets[0].getsockname()[1]
 
 
+COPILOT_MODELS = {"object": "list", "data": [{
+    "id": "local-model", "name": "Local model", "object": "model", "vendor": "test",
+    "version": "local-model-1", "preview": False, "model_picker_enabled": True,
+    "is_chat_default": True, "is_chat_fallback": True, "policy": {"state": "enabled", "terms": "test terms"},
+    "capabilities": {"family": "local-model", "type": "chat", "object": "model_capabilities",
+                     "tokenizer": "o200k_base",
+                     "limits": {"max_prompt_tokens": 64000, "max_output_tokens": 4096,
+                                "max_context_window_tokens": 68000},
+                     "supports": {"streaming": True, "tool_calls": True}},
+}]}  # fmt: skip
+
+
 class TestGateway(LocalGateway):
     """The local gateway with what only tests need: a token check that fails on request."""
 
@@ -178,6 +190,9 @@ class TestGateway(LocalGateway):
     async def _dispatch(self, request):
         if request.path == "/api/v2/buildinfo":
             return web.json_response({"version": "test"}, status=self.health_status)
+        if request.method == "GET" and request.path == self.prefix + "/copilot/models":
+            await self._record(request)  # Copilot's own shape, which its language server checks
+            return web.json_response(COPILOT_MODELS)
         return await super()._dispatch(request)
 
     def _users_me(self, request):
