@@ -338,6 +338,13 @@ def run_doctor(
     if not step("proxy configured", configured):
         return 1
     proxy = proxy_holder[0]
+    if proxy.scheme == "https":
+        out(
+            "note  https:// works for this shell's tools, but not for GitHub Copilot in JetBrains, "
+            "Neovim, Xcode or Visual Studio: their language server ignores https:// and speaks "
+            "plain HTTP to the proxy, which its TLS listener refuses (403: 'this client cannot "
+            "speak TLS to a proxy') -> give Copilot an http:// proxy URL on a plain listener"
+        )
     probe = ProxyProbe(proxy, target)
     if not step("proxy answers", probe.reachable):
         return 1

@@ -248,6 +248,14 @@ def test_doctor_proxy_down():
     assert "-> fix: check the host and port in HTTPS_PROXY" in lines[-1]
 
 
+def test_doctor_says_copilot_needs_an_http_proxy_url():
+    env = base_env()
+    env["HTTPS_PROXY"] = f"https://coder:x@127.0.0.1:{free_port()}"
+    code, lines = doctor(env)
+    assert code == 1 and lines[1].startswith("note  https:// works for this shell's tools")
+    assert "give Copilot an http:// proxy URL on a plain listener" in lines[1]
+
+
 def test_doctor_not_configured():
     code, lines = doctor(base_env())
     assert code == 1 and lines[0].startswith("FAIL  proxy configured: HTTPS_PROXY is not set")
