@@ -103,7 +103,7 @@ def make_addons(patches: EnginePatches) -> list:
     deadlines = ConnectionDeadlines(patches.header_limit)
     choices = ChoiceStore()  # the store itself comes with the options
     health = GatewayHealth(routing, events)
-    recent = RecentRequests()
+    recent = RecentRequests(who=auth.identity_of)
     egress = EgressPolicy(routing)  # InterceptPolicy checks tunnels' SNI against its hosts
     metrics = Metrics(routing)
     events.subscribe(TOKEN_CHECKED, metrics.token_checked)

@@ -218,6 +218,10 @@ class TokenAuth:
         if (identity := record(flow).identity) is not None:
             self._by_client[flow.client_conn] = identity  # every request in the tunnel inherits it
 
+    def identity_of(self, client: connection.Client) -> Identity | None:
+        """Who opened this client connection's tunnel (None: nobody known)."""
+        return self._by_client.get(client)
+
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Inside a tunnel: the CONNECT's identity. A plain proxied request (no CONNECT) carries
         # its own credentials each time.

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import http
+from mitmproxy import tls
 
 from addons.core.record import existing_record
 from addons.observe.access_log import tool_name
@@ -56,9 +57,10 @@ def dlp_hint(verdict) -> tuple[str, str]:
 
 
 class RecentRequests:
-    def __init__(self, per_user: int = PER_USER, users: int = USERS):
+    def __init__(self, per_user: int = PER_USER, users: int = USERS, who=None):
         self.per_user = per_user
         self.users = users
+        self.who = who  # client connection -> its tunnel's identity (auth's), for TLS failures
         self._by_user: collections.OrderedDict[str, collections.deque[RecentRequest]] = (
             collections.OrderedDict()
         )
@@ -88,6 +90,24 @@ class RecentRequests:
             host=call.server, model=call.tool or call.method, status=None,
             duration_ms=call.duration_ms, input_tokens=None, output_tokens=None,
             problem=problem, fix=fix, workspace=call.workspace, outcome=outcome,
+        ))  # fmt: skip
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """A tool that did not trust our certificate sends nothing the proxy could show, and the
+        editor only says so in its own log (Copilot's completions come back empty): the
+        developer's page shows the refused handshake, with the fix."""
+        client = data.conn
+        identity = self.who(client) if self.who is not None else None
+        if identity is None or not identity.user or not client.sni:
+            return
+        why = str(client.error or "the handshake failed")[:160]
+        self._add(identity.user, RecentRequest(
+            time=time.time(), tool=None, provider=None, host=client.sni, model=None,
+            status=None, duration_ms=0.0, input_tokens=None, output_tokens=None,
+            problem=f"the tool refused the proxy's certificate for {client.sni} ({why})",
+            fix="trust the proxy's CA: `aibridge-proxy trust` for IDEs, or the CA variables "
+                "from `aibridge-proxy env` for CLIs",
+            workspace=identity.workspace, outcome="TLS refused",
         ))  # fmt: skip
 
     def _record(self, flow: http.HTTPFlow) -> None:

@@ -81,3 +81,33 @@ async def test_each_user_sees_their_own_latest_requests_only(chain):
 def test_failure_hints(status, reason, routed, problem):
     hint = failure_hint(status, RejectReason(reason).hint if reason else None, routed, "reset")
     assert (hint[0] if hint else None) == problem
+
+
+async def test_a_refused_handshake_is_a_row_with_its_fix():
+    """Copilot's editor shows nothing when it does not trust our certificate: the page does."""
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.layers.tls import TlsFailedClientHook
+    from mitmproxy.tls import TlsData
+
+    from addons.rules.token_validation import TokenCache
+    from tests.addons.chain import full_chain
+    from tests.addons.test_auth import CountingValidator
+
+    with full_chain(aibridge_observe=["proxy.individual.githubcopilot.com"]) as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        connect = await chain.connect("proxy.individual.githubcopilot.com")
+        client = connect.client_conn
+        client.sni = "proxy.individual.githubcopilot.com"
+        client.error = (
+            "Client TLS handshake failed. The client does not trust the proxy's certificate"
+        )
+        await chain.hook(TlsFailedClientHook(TlsData(client, Context(client, chain.tctx.options))))
+        (row,) = chain.addons["RecentRequests"].of("alice")
+        assert row.outcome == "TLS refused" and row.host == "proxy.individual.githubcopilot.com"
+        assert (
+            "refused the proxy's certificate" in row.problem and "aibridge-proxy trust" in row.fix
+        )
+        stranger = await chain.connect("api.openai.com", token=None)  # nobody known: no row
+        await chain.hook(TlsFailedClientHook(TlsData(stranger.client_conn,
+                                                     Context(stranger.client_conn, chain.tctx.options))))  # fmt: skip
+        assert len(chain.addons["RecentRequests"].of("alice")) == 1
