@@ -64,7 +64,7 @@ def copilot_world(gateway_server, tmp_path):
             completions.stop()
 
 
-def test_the_language_server_signs_in_and_its_inline_completion_is_observed(
+def test_the_language_server_signs_in_completes_and_chats_through_the_proxy(
     copilot_world, gateway, tmp_path
 ):
     proxy, github, completions, trusted = copilot_world
@@ -114,3 +114,4 @@ def test_the_language_server_signs_in_and_its_inline_completion_is_observed(
         lambda ln: ln.get("msg") == "request" and ln.get("host") == COMPLETIONS
     )
     assert (line["outcome"], line["tool"], line["user"]) == ("observed", "GitHub Copilot", "alice")
+    assert ALICE not in proxy.output
