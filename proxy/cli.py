@@ -138,7 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--dry-run", action="store_true", help="only print what would be done")
 
     doctor = sub.add_parser("doctor", help="check this machine's client set-up, step by step")
-    doctor.add_argument("--host", default="api.openai.com", help="provider host to test with")
+    doctor.add_argument(
+        "--host",
+        default=None,
+        help="provider host to test with "
+        "(default api.openai.com; Copilot's API with --tool copilot-*)",
+    )
+    doctor.add_argument(
+        "--tool",
+        choices=("copilot-jetbrains", "copilot-vscode"),
+        default=None,
+        help="also check what this tool needs: Copilot's API and completions hosts",
+    )
 
     usage = sub.add_parser(
         "usage", help="requests, tokens and bytes per user, tool or model, from the access log"

@@ -102,12 +102,19 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return 0
 
 
+COPILOT_API = "api.individual.githubcopilot.com"
+COPILOT_COMPLETIONS = "proxy.individual.githubcopilot.com"  # observed by default (README)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import os
 
     from proxy.client.doctor import run_doctor
 
-    return run_doctor(os.environ, target=args.host)
+    if args.tool is not None:  # Copilot: its API host, and its completions host besides
+        target = args.host or COPILOT_API
+        return run_doctor(os.environ, target=target, completions=COPILOT_COMPLETIONS)
+    return run_doctor(os.environ, target=args.host or "api.openai.com")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

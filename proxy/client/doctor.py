@@ -309,6 +309,7 @@ def run_doctor(
     target: str = "api.openai.com",
     out: Callable[[str], None] = print,
     node: str | None = None,
+    completions: str | None = None,
 ) -> int:
     """Run every check, print one line each; 0 when all pass."""
     failures = 0
@@ -354,5 +355,7 @@ def run_doctor(
     step("CA trusted by OpenSSL", lambda: openssl_trust(proxy, target, environ))
     step("CA trusted by Node", lambda: node_trust(proxy, target, environ, node))
     step("gateway answers", probe.gateway)
+    if completions is not None:  # Copilot's inline completions: decrypted and trusted too
+        step(f"completions host {completions}", ProxyProbe(proxy, completions).python_trust)
     out("all checks passed" if not failures else f"{failures} check(s) failed")
     return 0 if not failures else 1

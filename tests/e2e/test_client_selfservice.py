@@ -185,9 +185,9 @@ def test_trust_installs_and_removes_for_real(tmp_path):
     assert not openssl_trusts()
 
 
-def doctor(env: dict) -> tuple[int, list[str]]:
+def doctor(env: dict, *args: str) -> tuple[int, list[str]]:
     r = subprocess.run(
-        [sys.executable, "-m", "proxy", "doctor"],
+        [sys.executable, "-m", "proxy", "doctor", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -216,6 +216,14 @@ def test_doctor_all_good(proxy, gateway):
         "ok    gateway answers",
     ]
     assert ALICE not in "\n".join(lines)
+
+
+def test_doctor_for_copilot_checks_the_completions_host_too(proxy, gateway):
+    code, lines = doctor(client_env(proxy), "--tool", "copilot-jetbrains")
+    assert code == 0, lines
+    assert "ok    token accepted: CONNECT api.individual.githubcopilot.com:443 accepted" in lines
+    assert ("ok    completions host proxy.individual.githubcopilot.com: Python's ssl accepts the "
+            "certificate for proxy.individual.githubcopilot.com") in lines  # fmt: skip
 
 
 def test_doctor_wrong_token(proxy):
