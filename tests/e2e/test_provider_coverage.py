@@ -68,14 +68,21 @@ def test_copilot_models_and_agents_reach_the_gateway(proxy, gateway):
         "copilot-telemetry.githubusercontent.com",
         "collector.github.com",
         "origin-tracker.githubusercontent.com",
-        "proxy.business.githubcopilot.com",
-        "copilot-proxy.githubusercontent.com",
     ],
 )
-def test_sign_in_telemetry_and_completion_hosts_are_tunnelled_by_default(proxy, host):
+def test_sign_in_and_telemetry_hosts_are_tunnelled_by_default(proxy, host):
     # A tunnel dials the real host before answering; it cannot resolve here, which proves the
     # proxy tried to tunnel rather than decrypt (an intercepted host is answered 200 at once).
     status, body = connect_status(proxy, host)
+    assert status == 502 and b"cannot resolve the destination" in body
+
+
+@pytest.mark.parametrize(
+    "host", ["proxy.business.githubcopilot.com", "copilot-proxy.githubusercontent.com"]
+)
+def test_completion_hosts_are_observed_by_default_and_tunnelled_on_request(proxy, make_proxy, host):
+    assert connect_status(proxy, host)[0] == 200  # decrypted: answered at once, never dialled
+    status, body = connect_status(make_proxy("--copilot-completions", "tunnel"), host)
     assert status == 502 and b"cannot resolve the destination" in body
 
 
