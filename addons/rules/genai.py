@@ -12,12 +12,13 @@ import hmac
 import json
 from typing import Any
 
-from addons.rules.token_usage import readable_body
+from addons.rules.token_usage import BodyReader
 
 SEMCONV = "1.44.0"  # the schema whose GenAI attribute names we emit (README, Audit trail)
 CONTENT_POLICIES = ("none", "hash", "redact", "full")  # what of prompts and answers spans carry
 TEXT_LIMIT = 64 * 1024  # characters of output text kept for a span (content: hash, redact, full)
 BODY_LIMIT = 1024 * 1024  # request bytes read for the input messages
+ANSWER_LIMIT = 1024 * 1024  # a JSON answer larger than this (decoded) is not read for its text
 
 # the conventions' well-known gen_ai.provider.name values, by our provider names
 _PROVIDERS = {
@@ -133,56 +134,31 @@ def _delta_text(event: Any) -> str:
     return "".join(found)
 
 
-class OutputText:
+class OutputText(BodyReader):
     """Fed each response chunk as it is relayed (never holding one back): the text the model
     answered, up to TEXT_LIMIT characters."""
 
+    json_limit = ANSWER_LIMIT
+
     def __init__(self, content_type: str, content_encoding: str = ""):
-        self.sse, self.json, self._decoder = readable_body(content_type, content_encoding)
-        self.active = (self.sse or self.json) and self._decoder.ok
-        self._buffer = bytearray()
+        super().__init__(content_type, content_encoding)
         self._text: list[str] = []
         self._size = 0
 
-    def feed(self, chunk: bytes) -> None:
-        if not self.active or not chunk:
-            return
-        try:
-            data = self._decoder.decode(chunk)
-        except Exception:
-            self.active = False
-            return
-        self._buffer += data
-        if self.sse:
-            *lines, rest = bytes(self._buffer).split(b"\n")
-            self._buffer = bytearray(rest)
-            for line in lines:
-                self._line(line)
-        if len(self._buffer) > BODY_LIMIT:
-            self.active = False
-
-    def _line(self, line: bytes) -> None:
+    def _sse_line(self, line: bytes) -> None:
         if line.startswith(b"data:") and self._size < TEXT_LIMIT:
             try:
-                self._add(_delta_text(json.loads(line[5:].strip())))
+                self._message(json.loads(line[5:].strip()))
             except (ValueError, RecursionError):
                 pass
 
-    def _add(self, text: str) -> None:
+    def _message(self, message: Any) -> None:
+        text = _delta_text(message)
         if text:
             text = text[: TEXT_LIMIT - self._size]
             self._text.append(text)
             self._size += len(text)
 
     def finish(self) -> str:
-        if self.active and self.json and self._buffer:
-            try:
-                body = json.loads(self._buffer)
-            except (ValueError, RecursionError):
-                body = None
-            for item in body if isinstance(body, list) else [body]:
-                self._add(_delta_text(item))
-        elif self.active and self.sse and self._buffer:
-            self._line(bytes(self._buffer))
-        self._buffer.clear()
+        self._read_rest()
         return "".join(self._text)

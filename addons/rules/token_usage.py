@@ -134,23 +134,22 @@ def usage_of_message(obj: Any) -> Usage:
     return found
 
 
-def readable_body(content_type: str, content_encoding: str) -> tuple[bool, bool, BoundedDecoder]:
-    """(an SSE stream, a JSON body, its decoder): what a response reader can follow."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    json_body = media == "application/json" or media.endswith("+json")
-    return media == "text/event-stream", json_body, BoundedDecoder(content_encoding)
+class BodyReader:
+    """Fed each response chunk as it is relayed, never holding one back: an SSE stream is cut
+    into lines, each handed to `_sse_line` (a line over LINE_LIMIT is skipped); a JSON body is
+    kept (up to `json_limit`, decoded) and read whole at its end, each message handed to
+    `_message`. What a reader takes from them is its own (usage here, answer text in genai)."""
 
-
-class UsageReader:
-    """Fed each response chunk as it is relayed; `finish` says what the body reported."""
+    json_limit = JSON_LIMIT
 
     def __init__(self, content_type: str, content_encoding: str = ""):
-        self.sse, self.json, self._decoder = readable_body(content_type, content_encoding)
+        media = content_type.split(";", 1)[0].strip().lower()
+        self.sse = media == "text/event-stream"
+        self.json = media == "application/json" or media.endswith("+json")
+        self._decoder = BoundedDecoder(content_encoding)
         self.active = (self.sse or self.json) and self._decoder.ok
         self._buffer = bytearray()
         self._skipping_line = False
-        self._usage = Usage()
-        self._events = 0
 
     def feed(self, chunk: bytes) -> None:
         if not self.active or not chunk:
@@ -160,13 +159,13 @@ class UsageReader:
         except Exception:  # a broken encoding, or a bomb: we read nothing more, the bytes
             self.active = False  # still flow to the client untouched
             self._buffer.clear()
-            self._usage = Usage()
+            self._forget()
             return
         if self.sse:
             self._feed_sse(data)
         else:
             self._buffer += data
-            if len(self._buffer) > JSON_LIMIT:
+            if len(self._buffer) > self.json_limit:
                 self.active = False
                 self._buffer.clear()
 
@@ -188,6 +187,43 @@ class UsageReader:
             self._buffer.clear()
             self._skipping_line = True
 
+    def _read_rest(self) -> None:
+        """At the end: the JSON body, read whole, or the last SSE line without its newline."""
+        if self.active and self.json and self._buffer:
+            try:
+                body = json.loads(self._buffer)
+            except (ValueError, RecursionError):
+                body = None
+            for item in body if isinstance(body, list) else [body]:  # Gemini streams arrays
+                self._message(item)
+        elif self.active and self.sse and self._buffer and not self._skipping_line:
+            self._sse_line(bytes(self._buffer))
+        self._buffer.clear()
+
+    def _sse_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def _message(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        """What was read so far cannot be trusted (the body broke off): drop it."""
+
+
+class UsageReader(BodyReader):
+    """`finish` says what usage the body reported."""
+
+    def __init__(self, content_type: str, content_encoding: str = ""):
+        super().__init__(content_type, content_encoding)
+        self._usage = Usage()
+        self._events = 0
+
+    def _forget(self) -> None:
+        self._usage = Usage()
+
+    def _message(self, message: Any) -> None:
+        self._usage = self._usage.merged(usage_of_message(message))
+
     def _sse_line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
             return
@@ -204,19 +240,9 @@ class UsageReader:
             event = json.loads(payload)
         except (ValueError, RecursionError):
             return  # e.g. OpenAI's [DONE]
-        self._usage = self._usage.merged(usage_of_message(event))
+        self._message(event)
 
     def finish(self) -> Usage | None:
         """The usage the body reported, or None when it reported none we could read."""
-        if self.active and self.json and self._buffer:
-            try:
-                body = json.loads(self._buffer)
-            except (ValueError, RecursionError):
-                body = None
-            for item in body if isinstance(body, list) else [body]:  # Gemini streams arrays
-                self._usage = self._usage.merged(usage_of_message(item))
-            self._buffer.clear()
-        elif self.active and self.sse and self._buffer and not self._skipping_line:
-            self._sse_line(bytes(self._buffer))  # a last line without its newline
-            self._buffer.clear()
+        self._read_rest()
         return self._usage if self._usage.known else None
