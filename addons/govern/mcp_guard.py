@@ -92,8 +92,8 @@ class Exchange:
     """One flow's part in an MCP session: its server entry, and where its calls wait."""
 
     server: McpServer
-    session: tuple | None  # (user, server, session id): None until one is known
-    pending: dict[str, Pending]  # the session's unanswered calls (or this flow's own)
+    # the session's unanswered calls, shared by its flows (or this flow's own without a session)
+    pending: dict[str, Pending]
     legacy: bool = False  # the legacy HTTP+SSE transport: answers come on the GET stream
     calls: list[Call] = field(default_factory=list)  # the calls this POST carried
     user_agent: str | None = None
@@ -122,7 +122,7 @@ class McpGuard:
         legacy = legacy_session(request.path)  # the legacy transport answers on its stream
         session_id = request.headers.get("mcp-session-id") or legacy
         key = self._key(entry, server, session_id)
-        entry.mcp = Exchange(server, key, self._pending(key) if key else {}, legacy is not None,
+        entry.mcp = Exchange(server, self._pending(key) if key else {}, legacy is not None,
                              user_agent=request.headers.get("user-agent"))  # fmt: skip
         if request.method != "POST":
             return
@@ -173,10 +173,9 @@ class McpGuard:
             message, rule = denied.get(call.index, (None, None))
             pending = Pending(call, now, message, rule)
             exchange.pending[call.id_key] = pending
-            while len(exchange.pending) > PENDING_PER_SESSION:
-                oldest = next(iter(exchange.pending))
-                self._report(flow, entry, Outcome(exchange.pending[oldest].call,
-                                                  exchange.pending.pop(oldest), None), NO_ANSWER)  # fmt: skip
+            while len(exchange.pending) > PENDING_PER_SESSION:  # the oldest is forgotten
+                forgotten = exchange.pending.pop(next(iter(exchange.pending)))
+                self._report(flow, entry, Outcome(forgotten.call, forgotten, None), NO_ANSWER)
         if denied:  # the server is asked a ping in their place (see the module's docstring)
             sent = [ping_in_place_of(messages[i]) if i in denied else messages[i] for i in kept]
             flow.request.content = encode(sent if batch else sent[0])
@@ -247,8 +246,7 @@ class McpGuard:
 
     def bind(self, entry: FlowRecord, exchange: Exchange, session_id: str) -> None:
         """The legacy transport's stream named its session: its answers settle its calls."""
-        exchange.session = self._key(entry, exchange.server, session_id)
-        exchange.pending = self._pending(exchange.session)
+        exchange.pending = self._pending(self._key(entry, exchange.server, session_id))
 
     # -- the record ---------------------------------------------------------------------------
 
@@ -317,7 +315,7 @@ class JsonAnswer:
 
     def __call__(self, chunk: bytes) -> bytes:
         if self.gave_up:
-            return chunk
+            return b""  # nothing more of it reaches the client
         if chunk:
             self.held.append(chunk)
             self.size += len(chunk)
@@ -342,7 +340,6 @@ class JsonAnswer:
             text = f"the MCP server's answer is larger than the proxy checks ({MAX_MESSAGE_BYTES} bytes)"
             answers.append(error_message(call.id, TOO_LARGE, text))
             self.guard._report(self.flow, self.entry, Outcome(call, pending, TOO_LARGE))
-        self.flow.response.stream = lambda chunk: b""  # nothing more of it reaches the client
         return encode(answers if len(answers) != 1 else answers[0])
 
 
