@@ -202,10 +202,7 @@ class RoutingPolicy:
         """The first rule that matches: a Decision; NEEDS_MODEL when going on needs the
         request's model and `facts` does not have it yet; None when no rule matches (the
         provider table decides, as without rules)."""
-        chain = [(r, None) for r in self.rules]
-        if profile is not None:
-            chain += [(r, profile) for r in self.profiles.get(profile, ())]
-        for rule, source in chain:
+        for rule, source in self._chain(profile):
             if rule.is_mcp:
                 continue  # tool calls are decided one by one (mcp_denial)
             others = {k: v for k, v in rule.conditions.items() if k != "model"}
@@ -220,13 +217,18 @@ class RoutingPolicy:
             return Decision(rule, source)
         return None
 
-    def mcp_denial(self, facts: Facts, profile: str | None) -> Decision | None:
-        """The first MCP rule (a deny with mcp_server or mcp_tool) that refuses this tool call;
-        a chosen profile's rules after the admin's, as for requests."""
+    def _chain(self, profile: str | None) -> list[tuple[Rule, str | None]]:
+        """The rules in the order they decide, each with the profile it came from: the
+        admin's first (no profile can lift their deny), then the profile's."""
         chain = [(r, None) for r in self.rules]
         if profile is not None:
             chain += [(r, profile) for r in self.profiles.get(profile, ())]
-        for rule, source in chain:
+        return chain
+
+    def mcp_denial(self, facts: Facts, profile: str | None) -> Decision | None:
+        """The first MCP rule (a deny with mcp_server or mcp_tool) that refuses this tool call;
+        a chosen profile's rules after the admin's, as for requests."""
+        for rule, source in self._chain(profile):
             if rule.is_mcp and all(p.matches(facts.values(k), k)
                                    for k, p in rule.conditions.items()):  # fmt: skip
                 return Decision(rule, source)
