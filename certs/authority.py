@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import os
 import stat
+from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,13 @@ def uncovered_hosts(ca: CertificateAuthority, host_patterns: Iterable[str]) -> l
         if "*" in name or not any(name == d or name.endswith("." + d) for d in permitted):
             out.append(pattern)
     return out
+
+
+def signable_by(ca: CertificateAuthority | None) -> Callable[[str], bool] | None:
+    """Whether `ca` can sign for a host (its name constraints permit it); None: any CA."""
+    if ca is None:
+        return None
+    return lambda host: not uncovered_hosts(ca, [host])
 
 
 def issue_leaf(

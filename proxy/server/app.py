@@ -37,7 +37,7 @@ from addons.rules.policy import gateway_ca_files
 from addons.rules.profile_choices import CHOICES_FILE
 from certs import prepare as certs_prepare
 from certs.authority import CertificateAuthority
-from certs.authority import uncovered_hosts
+from certs.authority import signable_by
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
@@ -101,13 +101,6 @@ def engine_options(
         "ssl_verify_upstream_trusted_ca": str(files.origin_trust),
         "aibridge_gateway_trusted_ca": str(files.gateway_trust),
     }
-
-
-def signable_by(ca: CertificateAuthority | None):
-    """Whether `ca` can sign for a host (its name constraints permit it); None: any."""
-    if ca is None:
-        return None
-    return lambda host: not uncovered_hosts(ca, [host])
 
 
 def dlp_mask_key(ca_key: Path) -> str:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from addons.rules.providers import copilot_completion_hosts
 from certs import prepare as certs_prepare
 from certs.authority import CAError
 from certs.authority import CertificateAuthority
-from certs.authority import uncovered_hosts
+from certs.authority import signable_by
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
@@ -47,9 +46,9 @@ def prepare_ca(settings: Settings) -> CertificateAuthority:
     bundle. Done once per process tree: by the supervisor when there are workers."""
     ca = ensure_ca(settings)
     hosts, uncoverable = settings.ca_hosts
-    tunnelled = []
-    if settings.copilot_completions == "observe":  # left tunnelled where the CA cannot sign
-        tunnelled = [h for h in copilot_completion_hosts() if uncovered_hosts(ca, [h])]
+    # what observing leaves tunnelled because this CA cannot sign for it (engine_options)
+    signable = settings.observed_items(signable_by(ca))
+    tunnelled = [h for h in settings.observed_items() if h not in signable]
     hosts = [h for h in hosts if h not in tunnelled]
     for warning in certs_prepare.ca_warnings(ca, hosts, uncoverable):
         logger.warning(warning)
