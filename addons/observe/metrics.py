@@ -225,6 +225,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._limit_series: set[str] = set()  # limits the gauges have a series for
         self._user_limit_series: set[tuple[str, str]] = set()
         self.mcp_calls = Counter(
             PREFIX + "mcp_calls",
@@ -322,7 +323,8 @@ class Metrics:
             name = use.limit.name
             used[name] = used.get(name, 0) + use.used
             exhausted[name] = exhausted.get(name, 0) + (use.used >= use.limit.amount)
-        for name in {*used, *(labels[0] for labels in self._limit_names())}:
+        self._limit_series |= used.keys()
+        for name in self._limit_series:  # a limit nobody uses now shows 0
             self.limit_used.labels(limit=name).set(used.get(name, 0))
             self.limit_exhausted.labels(limit=name).set(exhausted.get(name, 0))
         users: set[tuple[str, str]] = set()
@@ -337,10 +339,6 @@ class Metrics:
             self.user_limit_used.remove(*labels)
             self.user_limit_left.remove(*labels)
         self._user_limit_series = users
-
-    def _limit_names(self) -> list[tuple[str, ...]]:
-        """The limits the gauges already have a series for."""
-        return [tuple(s.labels.values()) for m in self.limit_used.collect() for s in m.samples]
 
     def mcp_call(self, call) -> None:
         if call.tool is None:
