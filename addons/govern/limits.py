@@ -133,9 +133,8 @@ class Limits:
         return out
 
     async def sampler(self) -> None:
-        while True:
-            if self.limits:
-                await self.sample()
+        while True:  # with no limits left (a reload took them) the gauges fall to 0
+            await self.sample()
             await asyncio.sleep(USAGE_EVERY)
 
     def start(self) -> None:

@@ -244,3 +244,24 @@ async def test_the_usage_gauges_follow_the_store(tmp_path):
         chain.tctx.options.update(aibridge_metrics_user_labels=False)
         await state.sample()
         assert gauge(chain, "aibridge_proxy_user_limit_used") == {}  # no user, no series
+
+
+async def test_the_sampler_zeroes_the_gauges_when_a_reload_takes_every_limit(monkeypatch):
+    from addons.govern import limits as limits_module
+
+    monkeypatch.setattr(limits_module, "USAGE_EVERY", 0.01)
+    with full_chain(
+        aibridge_limits=json.dumps([{"name": "two-a-day", "requests": 2, "per": "1d"}])
+    ) as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        state = chain.addons["LimitGuard"].state
+        await chain.send(await chain.connect("api.openai.com"), content=b"{}")
+        sampler = asyncio.get_running_loop().create_task(state.sampler())
+        try:
+            await asyncio.sleep(0.05)
+            assert gauge(chain, "aibridge_proxy_limit_used") == {("two-a-day",): 1}
+            chain.tctx.options.update(aibridge_limits="[]")
+            await asyncio.sleep(0.05)
+            assert gauge(chain, "aibridge_proxy_limit_used") == {("two-a-day",): 0}
+        finally:
+            sampler.cancel()
