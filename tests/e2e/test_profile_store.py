@@ -3,8 +3,6 @@ one replica, and the next request through the other follows it, also after a res
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +11,7 @@ import yaml
 from tests.support import ALICE
 from tests.support import RedisServer
 from tests.support import ThreadedGateway
-from tests.support import base_env
+from tests.support import cli
 from tests.support import proxy_client
 
 
@@ -36,11 +34,7 @@ def test_two_replicas_share_a_profile_choice(make_proxy, gateway, redis_server, 
         args = ("--config", str(config), "--profile-store", redis_server.url)
         a, b = make_proxy(*args, gateway=""), make_proxy(*args, gateway="")
         url = a.url(ALICE, user="ws-1")
-        r = subprocess.run(
-            [sys.executable, "-m", "proxy", "profile", "use", "elsewhere"],
-            env={**base_env(), "HTTPS_PROXY": url, "HTTP_PROXY": url},
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        r = cli("profile", "use", "elsewhere", env={"HTTPS_PROXY": url, "HTTP_PROXY": url})
         assert r.returncode == 0, r.stderr
         deadline, routed = time.monotonic() + 5, False
         while not routed and time.monotonic() < deadline:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from certs.authority import key_pem
 from tests.support import ALICE
 from tests.support import RedisServer
 from tests.support import ThreadedGateway
-from tests.support import base_env
+from tests.support import cli
 from tests.support import free_port
 from tests.support import metric
 from tests.support import proxy_client
@@ -167,11 +165,7 @@ def test_the_example_plays_as_two_replicas_sharing_limits_and_profiles(image, tm
 
         # the profile: chosen through a, followed by b
         url = a.url(ALICE, user="ws-1")
-        chosen = subprocess.run(
-            [sys.executable, "-m", "proxy", "profile", "use", "elsewhere"],
-            env={**base_env(), "HTTPS_PROXY": url, "HTTP_PROXY": url},
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        chosen = cli("profile", "use", "elsewhere", env={"HTTPS_PROXY": url, "HTTP_PROXY": url})
         assert chosen.returncode == 0, chosen.stderr
         deadline = time.monotonic() + 10
         while not other.records:
