@@ -83,6 +83,7 @@ from addons.observe.telemetry import Telemetry
 from addons.observe.token_usage import TokenUsage
 from addons.routing.gateway import GatewayRouter
 from addons.routing.gateway_health import GatewayHealth
+from addons.routing.gateway_pooling import GatewayPooling
 from addons.routing.gateway_trust import GatewayTrust
 from addons.routing.rules import ChoiceStore
 from addons.routing.rules import RoutingRules
@@ -143,6 +144,7 @@ def make_addons(patches: EnginePatches) -> list:
         LimitGuard(limits),  # after the scan: a request it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
+        GatewayPooling(routing, patches.gateway_leg),
         health,
         Http2Clients(patches.h2_flood, events),
         UpstreamCredentials(patches.upstream_handshake),
@@ -150,7 +152,7 @@ def make_addons(patches: EnginePatches) -> list:
         ApiDump(),
         TokenUsage(),
         LimitLedger(limits),  # after token usage: it counts what the response reported
-        UpstreamErrors(patches.error_rendering),
+        UpstreamErrors(patches.error_rendering, patches.gateway_leg),
         access_log,
         telemetry,  # after the router (its span starts with the route) and token usage
         metrics,

@@ -9,6 +9,7 @@ upgrade moves it:
 
 | module | internal | why |
 |---|---|---|
+| gateway_leg.py | `HttpLayer.get_connection`, `ConnectionHandler.open_connection` | routed requests over a pool of gateway connections shared by every client connection (mitmproxy dials per client connection) |
 | connections.py | `Proxyserver.connections`, `ConnectionHandler.max_conns` | close a client's sockets; lift the 5-connection cap per h2 client (mitmproxy#8322) |
 | header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
 | body_limit.py | `HttpStream.state_consume_request_body` | a per-flow limit on a buffered request body (mitmproxy's is global, and also refuses streamed ones) |
@@ -30,6 +31,7 @@ from dataclasses import field
 
 from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
@@ -48,6 +50,7 @@ class EnginePatches:
     tls_buffers: ReleaseIdleTlsBuffers = field(default_factory=ReleaseIdleTlsBuffers)
     websocket_cap: WebSocketMessageCap = field(default_factory=WebSocketMessageCap)
     upstream_handshake: UpstreamAuthHandshake = field(default_factory=UpstreamAuthHandshake)
+    gateway_leg: PooledGatewayLeg = field(default_factory=PooledGatewayLeg)
 
     def _all(self):
         return (
@@ -58,6 +61,7 @@ class EnginePatches:
             self.tls_buffers,
             self.websocket_cap,
             self.upstream_handshake,
+            self.gateway_leg,
         )
 
     def install(self) -> None:

@@ -21,6 +21,7 @@ from addons.core.record import route_info
 from addons.core.responses import plain_response
 from addons.engine.connections import connection_handler
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.gateway_leg import PooledGatewayLeg
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ def classify(error: str) -> str:
 class UpstreamErrors:
     """Owns the gateway response timeout and the wording of upstream failures."""
 
-    def __init__(self, rendering: ProtocolErrorRendering) -> None:
+    def __init__(self, rendering: ProtocolErrorRendering, legs: PooledGatewayLeg) -> None:
         rendering.renderer = self.render
+        self.legs = legs
         self._timers: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = (
             weakref.WeakKeyDictionary()
         )
@@ -120,8 +122,10 @@ class UpstreamErrors:
             ctx.options.aibridge_gateway_timeout,
             info.request_id,
         )
-        # Closing the upstream socket makes mitmproxy fail the request; `render` turns that
-        # failure into our 504.
+        # Failing the request upstream (its pooled stream, or its own socket) makes mitmproxy
+        # fail it; `render` turns that failure into our 504.
+        if self.legs.abort(flow, "the gateway did not answer in time"):
+            return
         handler = connection_handler(flow.client_conn)
         if handler is not None and flow.server_conn in handler.transports:
             handler.close_connection(flow.server_conn)

@@ -9,6 +9,7 @@ from mitmproxy.test import tflow
 
 from addons.auth.token_auth import TokenAuth
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.observe.metrics import Metrics
 from addons.routing.gateway import GatewayRouter
@@ -33,7 +34,7 @@ def chain():
         auth,
         router,
         WebSocketFallback(WebSocketMessageCap()),
-        UpstreamErrors(ProtocolErrorRendering()),
+        UpstreamErrors(ProtocolErrorRendering(), PooledGatewayLeg()),
     ]
     addons.append(Metrics(routing))
     with loaded(*addons, aibridge_auth_mode="presence"):

@@ -178,6 +178,28 @@ FIELDS: tuple[Field, ...] = (
         option="aibridge_gateway_timeout",
     ),
     Field(
+        "gateway_pool.max_connections",
+        parse_number(0, integer=True),
+        8,
+        "Connections each worker keeps to each gateway, shared by every client (HTTP/2 "
+        "streams multiplex over them); 0: each client connection dials the gateway itself.",
+        option="aibridge_gateway_pool_max_connections",
+    ),
+    Field(
+        "gateway_pool.idle_timeout",
+        parse_number(0.001),
+        90.0,
+        "Seconds an idle pooled gateway connection stays open (beyond gateway_pool.warm).",
+        option="aibridge_gateway_pool_idle_timeout",
+    ),
+    Field(
+        "gateway_pool.warm",
+        parse_number(0, integer=True),
+        1,
+        "Pooled connections opened to each gateway at start-up and kept open while idle.",
+        option="aibridge_gateway_pool_warm",
+    ),
+    Field(
         "header_timeout",
         parse_number(0.001),
         10.0,

@@ -49,6 +49,9 @@ class Settings:
     gateway_ca_file: Path | None
     origin_ca_file: Path | None
     gateway_timeout: float
+    gateway_pool_max_connections: int
+    gateway_pool_idle_timeout: float
+    gateway_pool_warm: int
     header_timeout: float
     idle_timeout: float
     first_request_timeout: float

@@ -1,0 +1,783 @@
+"""
+Connections to a gateway, shared by every client connection of a worker.
+
+mitmproxy opens a server connection per client connection: a CLI that starts, an IDE that
+reconnects or an agent that opens a connection pays a TCP connect, a TLS handshake and then its
+request to the gateway (three round trips to a gateway in another region), although the worker
+already holds connections to it. A `GatewayPool` keeps them, as Go's `http.Transport` does:
+
+- HTTP/2 (the gateway offers `h2` in ALPN, as Coder does): requests are streams multiplexed
+  over a few connections, up to the gateway's MAX_CONCURRENT_STREAMS each;
+- HTTP/1.1: keep-alive connections, one request at a time each.
+
+Pure asyncio over `h2` and `h11` (both sans-I/O, and already what mitmproxy and wsproto run
+on); nothing here knows mitmproxy. `addons/engine/gateway_leg.py` puts it under mitmproxy's
+HTTP layer.
+
+What it promises:
+- A request is retried on another connection only when none of it reached a socket (the pooled
+  connection was found closed first), or when the gateway said it did not process it (h2
+  REFUSED_STREAM, or a stream above GOAWAY's last stream id). A response that started is
+  never retried.
+- Each request carries only its own headers. HPACK's table is per connection, so credentials
+  are sent as never-indexed literals: one user's token never enters a table another user's
+  request is compressed against.
+- GOAWAY: no new stream on that connection; the streams it said it will finish, finish.
+- Backpressure per stream: HTTP/2 data is acknowledged (the window reopened) once the client
+  has taken it, so one slow client never stalls the connection's other streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+from hpack import NeverIndexedHeaderTuple
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+STREAM_WINDOW = 1 << 20  # per stream: what a stream may have in flight to a slow client
+CONNECTION_WINDOW = 16 << 20
+# Streams on a new connection before the gateway's SETTINGS say how many it takes (the RFC's
+# "unlimited" until then is what some servers punish by closing the connection)
+PROVISIONAL_STREAMS = 1
+HEADER_LIST_LIMIT = 256 * 1024
+# Never put into HPACK's shared table (see the module docstring).
+SENSITIVE_HEADERS = frozenset(
+    {b"authorization", b"cookie", b"x-api-key", b"proxy-authorization", b"coder-session-token"}
+)
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    max_connections: int = 8  # per gateway and worker; 0 turns the pool off
+    idle_timeout: float = 90.0  # a connection idle this long closes, unless it keeps the pool warm
+    warm: int = 1  # connections opened ahead of the first request and kept open while idle
+    connect_timeout: float = 10.0
+    ping_interval: float = 30.0  # warm idle HTTP/2 connections are pinged (dead ones dropped)
+
+
+@dataclass
+class OutboundRequest:
+    method: bytes
+    path: bytes
+    authority: bytes
+    headers: list[tuple[bytes, bytes]]  # lower-case names; no hop-by-hop, no host
+    body: bytes | None  # the whole body, when known up front; None: it streams (send/end)
+
+
+class ResponseSink(Protocol):
+    """Where one request's answer goes (the client's side); each call may await briefly."""
+
+    async def on_headers(
+        self, status: int, reason: bytes, version: bytes, headers: list, ended: bool
+    ) -> None: ...
+    async def on_data(self, data: bytes) -> None: ...
+    async def on_end(self, trailers: list | None) -> None: ...
+    async def on_error(self, message: str, connect_failed: bool) -> None: ...
+    def backlog(self) -> Awaitable | None:
+        """Something to await while the client has not taken what it was sent, else None."""
+
+
+class PoolStream:
+    """One request through the pool, from submission to its last response byte."""
+
+    __slots__ = (
+        "pool", "request", "sink", "conn", "stream_id", "pending", "client_ended",
+        "trailers", "sent", "responded", "finished", "attempts",
+    )  # fmt: skip
+
+    def __init__(self, pool: GatewayPool, request: OutboundRequest, sink: ResponseSink):
+        self.pool = pool
+        self.request = request
+        self.sink = sink
+        self.conn: _Connection | None = None
+        self.stream_id: int | None = None
+        self.pending: list[bytes] = []  # streamed body not yet handed to a connection
+        self.client_ended = request.body is not None
+        self.trailers: list | None = None
+        self.sent = False  # some of it reached a socket
+        self.responded = False  # response headers arrived
+        self.finished = False
+        self.attempts = 0
+
+    # -- from the client's side ---------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.finished or not data:
+            return
+        if self.conn is None:
+            self.pending.append(data)
+        else:
+            self.conn.send_body(self, data)
+
+    def end(self, trailers: list | None = None) -> None:
+        if self.finished or self.client_ended:
+            return
+        self.client_ended = True
+        self.trailers = trailers
+        if self.conn is not None:
+            self.conn.end_body(self)
+
+    def cancel(self) -> None:
+        """The client went away: nothing more is delivered, the gateway's stream is reset."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.conn is not None:
+            self.conn.cancel(self)
+
+    # -- from the connection ------------------------------------------------------------------
+
+    async def fail(self, message: str, *, retryable: bool = False, connect_failed=False) -> None:
+        if self.finished:
+            return
+        self.conn = None
+        self.stream_id = None
+        if retryable and not self.responded and self.attempts < 3:
+            self.pool.submit(self)
+            return
+        self.finished = True
+        with _client_gone():
+            await self.sink.on_error(message, connect_failed)
+
+
+@contextlib.contextmanager
+def _client_gone():
+    """A sink whose client connection is gone raises; the pool carries on."""
+    try:
+        yield
+    except Exception:  # the client's handler is gone: nothing left to tell
+        logger.debug("response delivery failed", exc_info=True)
+
+
+Dialer = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class GatewayPool:
+    """The connections of one worker to one gateway address."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        limits: PoolLimits,
+        dial: Dialer | None = None,
+    ) -> None:
+        self.host, self.port, self.tls, self.limits = host, port, tls, limits
+        self.dial = dial or self._dial_tcp
+        self.connections: list[_Connection] = []
+        self.dialing = 0
+        self.queue: collections.deque[PoolStream] = collections.deque()
+        self.opened = 0  # connections opened, over the pool's life
+        self.http2 = False  # the last connection negotiated h2: one dial serves many streams
+        self.closed = False
+        self.retired = False  # replaced by a reload: no warm-up, connections close when idle
+        self._tasks: set[asyncio.Task] = set()
+        self._maintainer: asyncio.Task | None = None
+        self.last_error: str | None = None
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def request(self, request: OutboundRequest, sink: ResponseSink) -> PoolStream:
+        stream = PoolStream(self, request, sink)
+        self.submit(stream)
+        return stream
+
+    def submit(self, stream: PoolStream) -> None:
+        stream.attempts += 1
+        self.queue.append(stream)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.queue:
+            stream = self.queue[0]
+            if stream.finished:
+                self.queue.popleft()
+                continue
+            conn = self._free_connection()
+            if conn is None:
+                self._dial_for_queue()
+                return
+            self.queue.popleft()
+            conn.start(stream)
+
+    def _free_connection(self) -> _Connection | None:
+        best = None
+        for conn in self.connections:
+            room = conn.room()
+            if room > 0 and (best is None or conn.active() > best.active()):
+                best = conn  # the busiest with room: streams gather on few connections
+        return best
+
+    def _dial_for_queue(self) -> None:
+        if self.closed:
+            return
+        room = self.limits.max_connections - len(self.connections) - self.dialing
+        wanted = 1 if self.http2 else len(self.queue) - self.dialing
+        for _ in range(max(0, min(room, wanted))):
+            self._spawn(self._open())
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Open connections until `warm` are open or opening."""
+        if self.closed or self.retired:
+            return
+        for _ in range(self.limits.warm - len(self.connections) - self.dialing):
+            self._spawn(self._open())
+        if self._maintainer is None and not self.closed:
+            self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _dial_tcp(self):
+        return await asyncio.open_connection(
+            self.host,
+            self.port,
+            ssl=self.tls,
+            server_hostname=self.host if self.tls else None,
+            limit=READ_SIZE,
+        )
+
+    async def _open(self) -> None:
+        self.dialing += 1
+        try:
+            reader, writer = await asyncio.wait_for(self.dial(), self.limits.connect_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, EOFError) as e:
+            self.dialing -= 1
+            self.last_error = _describe(e)
+            if not self.connections and not self.dialing:
+                failed, self.queue = self.queue, collections.deque()
+                for stream in failed:  # nothing can serve them now: the caller fails over
+                    await stream.fail(self.last_error, connect_failed=True)
+            return
+        self.dialing -= 1
+        if self.closed:
+            writer.close()
+            return
+        self.last_error = None
+        ssl_object = writer.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        self.http2 = alpn == "h2"
+        conn: _Connection = (
+            _Http2Connection(self, reader, writer)
+            if self.http2
+            else _Http1Connection(self, reader, writer)
+        )
+        self.opened += 1
+        self.connections.append(conn)
+        self._spawn(conn.read_loop())
+        self._pump()
+
+    def forget(self, conn: _Connection) -> None:
+        with contextlib.suppress(ValueError):
+            self.connections.remove(conn)
+        self._pump()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _maintain(self) -> None:
+        """Close connections idle too long beyond the warm ones; ping the warm ones; re-warm."""
+        interval = max(0.05, min(self.limits.idle_timeout, self.limits.ping_interval) / 2)
+        while not self.closed:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            idle = [c for c in self.connections if c.idle_since is not None]
+            idle.sort(key=lambda c: c.idle_since)  # the most recently used stay warm
+            keep = max(0, self.limits.warm - (len(self.connections) - len(idle)))
+            for i, conn in enumerate(idle):
+                if i < len(idle) - keep and now - conn.idle_since >= self.limits.idle_timeout:
+                    conn.close()
+                elif now - conn.last_ping >= self.limits.ping_interval:
+                    conn.ping()
+            if self.last_error is None:
+                self.warm_up()
+
+    def retire(self) -> None:
+        """Replaced (a reload): idle connections close now, busy ones once they are idle."""
+        self.retired = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        for conn in list(self.connections):
+            if conn.active() == 0:
+                conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def stats(self) -> dict:
+        return {
+            "open": len(self.connections),
+            "opened": self.opened,
+            "streams": sum(c.active() for c in self.connections),
+            "queued": len(self.queue),
+        }
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "connect timed out"
+    return str(e) or type(e).__name__
+
+
+class _Connection:
+    """What the pool asks of a connection, whichever protocol it speaks."""
+
+    def __init__(self, pool: GatewayPool, reader, writer) -> None:
+        self.pool = pool
+        self.reader: asyncio.StreamReader = reader
+        self.writer: asyncio.StreamWriter = writer
+        self.idle_since: float | None = time.monotonic()
+        self.last_ping = time.monotonic()
+        self.closed = False
+
+    def room(self) -> int:
+        raise NotImplementedError
+
+    def active(self) -> int:
+        raise NotImplementedError
+
+    def writable(self) -> bool:
+        return not self.closed and not self.writer.is_closing()
+
+    def ping(self) -> None:
+        self.last_ping = time.monotonic()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+        self.pool.forget(self)
+
+
+class _GracefulH2(h2.connection.H2Connection):
+    """h2 closes its state machine on any GOAWAY, and then refuses the frames of the streams
+    the gateway promised to finish. A graceful one (NO_ERROR) leaves it open here; we start
+    no stream on it again (`_Http2Connection.draining`)."""
+
+    def _receive_goaway_frame(self, frame):
+        state = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == h2.errors.ErrorCodes.NO_ERROR:
+            self.state_machine.state = state
+        return frames, events
+
+
+class _Http2Connection(_Connection):
+    CONFIG = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=False,
+    )
+
+    def __init__(self, pool, reader, writer) -> None:
+        super().__init__(pool, reader, writer)
+        self.h2 = _GracefulH2(config=self.CONFIG)
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: HEADER_LIST_LIMIT,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.streams: dict[int, PoolStream] = {}
+        self.outbox: dict[int, bytearray] = {}  # body bytes waiting for the gateway's window
+        self.ended: set[int] = set()  # streams whose request end we sent
+        self.draining = False  # GOAWAY received: no new streams
+        self.settled = False  # the gateway's first SETTINGS arrived
+        self.awaiting_ping: bytes | None = None
+        self._flush()
+
+    def room(self) -> int:
+        if self.draining or not self.writable():
+            return 0
+        limit = self.h2.remote_settings.max_concurrent_streams if self.settled else None
+        return min(limit or PROVISIONAL_STREAMS, 1000) - len(self.streams)
+
+    def active(self) -> int:
+        return len(self.streams)
+
+    def _flush(self) -> None:
+        if data := self.h2.data_to_send():
+            if self.writable():
+                self.writer.write(data)
+
+    def start(self, stream: PoolStream) -> None:
+        request = stream.request
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.draining = True
+            self.pool.submit(stream)
+            return
+        headers = [
+            (b":method", request.method),
+            (b":scheme", b"https" if self.pool.tls else b"http"),
+            (b":authority", request.authority),
+            (b":path", request.path),
+        ]
+        headers += [
+            NeverIndexedHeaderTuple(k, v) if k in SENSITIVE_HEADERS else (k, v)
+            for k, v in request.headers
+        ]
+        body = request.body if request.body is not None else b"".join(stream.pending)
+        stream.pending = []
+        ended = stream.client_ended and not body and not stream.trailers
+        self.h2.send_headers(stream_id, headers, end_stream=ended)
+        if ended:
+            self.ended.add(stream_id)
+        stream.conn, stream.stream_id, stream.sent = self, stream_id, True
+        self.streams[stream_id] = stream
+        self.idle_since = None
+        if body:
+            self.outbox[stream_id] = bytearray(body)
+        self._send_pending(stream_id)
+        self._flush()
+
+    def send_body(self, stream: PoolStream, data: bytes) -> None:
+        assert stream.stream_id is not None
+        self.outbox.setdefault(stream.stream_id, bytearray()).extend(data)
+        self._send_pending(stream.stream_id)
+        self._flush()
+
+    def end_body(self, stream: PoolStream) -> None:
+        assert stream.stream_id is not None
+        self._send_pending(stream.stream_id)
+        self._flush()
+
+    def _send_pending(self, stream_id: int) -> None:
+        """As much of the stream's body as the gateway's windows allow; then its end."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.outbox.pop(stream_id, None)
+            return
+        buffer = self.outbox.get(stream_id)
+        try:
+            while buffer:
+                window = self.h2.local_flow_control_window(stream_id)
+                size = min(window, self.h2.max_outbound_frame_size, len(buffer))
+                if size <= 0:
+                    return  # WindowUpdated brings us back
+                self.h2.send_data(stream_id, bytes(buffer[:size]))
+                del buffer[:size]
+            self.outbox.pop(stream_id, None)
+            if stream.client_ended and stream_id not in self.ended:
+                self.ended.add(stream_id)
+                if stream.trailers:
+                    self.h2.send_headers(stream_id, stream.trailers, end_stream=True)
+                else:
+                    self.h2.end_stream(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.outbox.pop(stream_id, None)
+
+    def cancel(self, stream: PoolStream) -> None:
+        if stream.stream_id is None:
+            return
+        self._forget(stream.stream_id)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+    def _forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+        self.outbox.pop(stream_id, None)
+        self.ended.discard(stream_id)
+        if not self.streams:
+            self.idle_since = time.monotonic()
+            if self.draining or self.pool.retired:
+                self.close()
+                return
+        self.pool._pump()
+
+    def ping(self) -> None:
+        super().ping()
+        if self.awaiting_ping is not None:  # the last one was never answered: dead
+            self.close()
+            return
+        self.awaiting_ping = time.monotonic_ns().to_bytes(8, "big")
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.ping(self.awaiting_ping)
+            self._flush()
+
+    async def read_loop(self) -> None:
+        reason = "the gateway closed the connection"
+        try:
+            while True:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    break
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    reason = f"HTTP/2 protocol error from the gateway: {e}"
+                    break
+                for event in events:
+                    await self._handle(event)
+                self._flush()
+        except (OSError, ssl.SSLError) as e:
+            reason = _describe(e)
+        finally:
+            self.close()
+            streams, self.streams = self.streams, {}
+            for stream in streams.values():
+                await stream.fail(reason)
+
+    async def _handle(self, event: h2.events.Event) -> None:
+        stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+        if isinstance(event, h2.events.ResponseReceived) and stream is not None:
+            status, headers = 0, []
+            for name, value in event.headers:
+                if name == b":status":
+                    status = int(value)
+                elif not name.startswith(b":"):
+                    headers.append((name, value))
+            stream.responded = True
+            ended = event.stream_ended is not None
+            with _client_gone():
+                await stream.sink.on_headers(status, b"", b"HTTP/2.0", headers, ended)
+            if ended:
+                self._end(stream, None)
+                with _client_gone():
+                    await stream.sink.on_end(None)
+        elif isinstance(event, h2.events.DataReceived) and stream is not None:
+            with _client_gone():
+                await stream.sink.on_data(event.data)
+            self._acknowledge(stream, event.stream_id, event.flow_controlled_length)
+            if event.stream_ended is not None:
+                self._end(stream, None)
+                with _client_gone():
+                    await stream.sink.on_end(None)
+        elif isinstance(event, h2.events.DataReceived):
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived) and stream is not None:
+            self._end(stream, None)
+            with _client_gone():
+                await stream.sink.on_end(list(event.headers))
+        elif isinstance(event, h2.events.StreamEnded) and stream is not None:
+            self._end(stream, None)  # ended after headers or data already delivered
+        elif isinstance(event, h2.events.StreamReset) and stream is not None:
+            self._forget(event.stream_id)
+            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            await stream.fail(
+                f"the gateway reset the stream ({_code_name(event.error_code)})",
+                retryable=refused and stream.request.body is not None,
+            )
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settled = True
+            self.pool._pump()
+        elif isinstance(event, h2.events.WindowUpdated):
+            for stream_id in [event.stream_id] if event.stream_id else list(self.outbox):
+                self._send_pending(stream_id)
+        elif isinstance(event, h2.events.PingAckReceived):
+            self.awaiting_ping = None
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            await self._goaway(event)
+
+    def _end(self, stream: PoolStream, _trailers) -> None:
+        if stream.stream_id is not None and stream.stream_id in self.streams:
+            stream.finished = True
+            self._forget(stream.stream_id)
+
+    def _acknowledge(self, stream: PoolStream, stream_id: int, length: int) -> None:
+        """Reopen the window once the client took the data: at once unless it is behind."""
+        if length == 0:
+            return
+        waiting = stream.sink.backlog()
+        if waiting is None:
+            self._ack(stream_id, length)
+            return
+
+        async def later():
+            with contextlib.suppress(Exception):
+                await waiting
+            self._ack(stream_id, length)
+            self._flush()
+
+        self.pool._spawn(later())
+
+    def _ack(self, stream_id: int, length: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            self.h2.acknowledge_received_data(length, stream_id)
+
+    async def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """No new streams here. Those above the last id were never processed: they go to
+        another connection. With NO_ERROR, the rest finish here, otherwise they fail."""
+        self.draining = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        graceful = event.error_code == h2.errors.ErrorCodes.NO_ERROR
+        for stream_id, stream in sorted(self.streams.items()):
+            if stream_id > last:
+                self.streams.pop(stream_id)
+                self.outbox.pop(stream_id, None)
+                await stream.fail(
+                    "the gateway is going away", retryable=stream.request.body is not None
+                )
+            elif not graceful:
+                self.streams.pop(stream_id)
+                await stream.fail(
+                    f"the gateway closed the connection ({_code_name(event.error_code)})"
+                )
+        if not self.streams or not graceful:
+            self.close()
+        self.pool._pump()
+
+
+def _code_name(code) -> str:
+    return getattr(code, "name", str(code))
+
+
+class _Http1Connection(_Connection):
+    """One request at a time, kept alive between them (h11 says when it may not be)."""
+
+    def __init__(self, pool, reader, writer) -> None:
+        super().__init__(pool, reader, writer)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIST_LIMIT)
+        self.stream: PoolStream | None = None
+        self.chunked = False
+
+    def room(self) -> int:
+        usable = self.writable() and self.stream is None and self.h11.our_state is h11.IDLE
+        return 1 if usable else 0
+
+    def active(self) -> int:
+        return 0 if self.stream is None else 1
+
+    def start(self, stream: PoolStream) -> None:
+        request = stream.request
+        headers = [(b"host", request.authority)]
+        headers += [(k, v) for k, v in request.headers if k not in (b"content-length",)]
+        length = dict(request.headers).get(b"content-length")
+        if request.body is not None:
+            if request.body or length is not None or request.method in (b"POST", b"PUT", b"PATCH"):
+                headers.append((b"content-length", b"%d" % len(request.body)))
+            self.chunked = False
+        elif length is not None:
+            headers.append((b"content-length", length))
+            self.chunked = False
+        else:
+            headers.append((b"transfer-encoding", b"chunked"))
+            self.chunked = True
+        try:
+            out = self.h11.send(
+                h11.Request(method=request.method, target=request.path, headers=headers)
+            )
+        except h11.LocalProtocolError as e:
+            self.pool._spawn(stream.fail(f"cannot send the request: {e}"))
+            return
+        stream.conn, self.stream, self.idle_since = self, stream, None
+        stream.sent = True
+        body = request.body if request.body is not None else b"".join(stream.pending)
+        stream.pending = []
+        if body:
+            out += self.h11.send(h11.Data(data=body))
+        if stream.client_ended:
+            out += self.h11.send(h11.EndOfMessage())
+        self.writer.write(out)
+
+    def send_body(self, stream: PoolStream, data: bytes) -> None:
+        with contextlib.suppress(h11.LocalProtocolError):
+            self.writer.write(self.h11.send(h11.Data(data=data)))
+
+    def end_body(self, stream: PoolStream) -> None:
+        with contextlib.suppress(h11.LocalProtocolError):
+            self.writer.write(self.h11.send(h11.EndOfMessage()))
+
+    def cancel(self, stream: PoolStream) -> None:
+        # an HTTP/1.1 response cannot be abandoned half read: the connection goes
+        self.stream = None
+        self.close()
+
+    async def read_loop(self) -> None:
+        reason = "the gateway closed the connection"
+        try:
+            while not self.closed:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    data = await self.reader.read(READ_SIZE)
+                    self.h11.receive_data(data)
+                    if not data and self.stream is None:
+                        break  # closed while idle: a stale keep-alive connection, dropped
+                    continue
+                if event is h11.PAUSED:
+                    # the answer ended before our request did (or an upgrade, which never
+                    # comes through the pool): this connection is not reused
+                    break
+                if isinstance(event, h11.ConnectionClosed):
+                    break
+                await self._handle(event)
+        except h11.RemoteProtocolError as e:
+            reason = f"bad HTTP/1.1 from the gateway: {e}"
+        except (OSError, ssl.SSLError) as e:
+            reason = _describe(e)
+        finally:
+            stream, self.stream = self.stream, None
+            self.close()
+            if stream is not None:
+                await stream.fail(reason)
+
+    async def _handle(self, event) -> None:
+        stream = self.stream
+        if isinstance(event, h11.InformationalResponse) or stream is None:
+            return
+        if isinstance(event, h11.Response):
+            stream.responded = True
+            with _client_gone():
+                await stream.sink.on_headers(
+                    event.status_code, event.reason, b"HTTP/1.1", list(event.headers), False
+                )
+        elif isinstance(event, h11.Data):
+            with _client_gone():
+                await stream.sink.on_data(bytes(event.data))
+            if (waiting := stream.sink.backlog()) is not None:
+                with contextlib.suppress(Exception):
+                    await waiting  # this connection carries only this stream
+        elif isinstance(event, h11.EndOfMessage):
+            stream.finished = True
+            self.stream = None
+            trailers = list(event.headers) or None
+            with _client_gone():
+                await stream.sink.on_end(trailers)
+            self._next_cycle()
+
+    def _next_cycle(self) -> None:
+        """Kept alive when both sides are done and neither said close (`Connection: close`,
+        HTTP/1.0, a body read to EOF); otherwise the connection goes."""
+        if (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            and not self.pool.retired
+        ):
+            self.h11.start_next_cycle()
+            self.idle_since = time.monotonic()
+            self.pool._pump()
+        else:
+            self.close()
