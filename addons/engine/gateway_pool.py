@@ -60,13 +60,19 @@ PROVISIONAL_STREAMS = 1
 HEADER_LIST_LIMIT = 256 * 1024
 # Never put into HPACK's shared table (see the module docstring).
 SENSITIVE_HEADERS = frozenset(
-    {b"authorization", b"cookie", b"x-api-key", b"proxy-authorization", b"coder-session-token"}
-)
+    {
+        b"authorization", b"cookie", b"x-api-key", b"proxy-authorization", b"coder-session-token",
+        b"x-coder-ai-governance-token",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class PoolLimits:
-    max_connections: int = 8  # per gateway and worker; 0 turns the pool off
+    # Connections kept per gateway and worker. A request never waits for another's: while
+    # every kept connection is busy (HTTP/1.1: a request each; HTTP/2: at the gateway's stream
+    # limit) more are opened, and those close once idle. 0 turns the pool off.
+    max_connections: int = 8
     idle_timeout: float = 90.0  # a connection idle this long closes, unless it keeps the pool warm
     warm: int = 1  # connections opened ahead of the first request and kept open while idle
     connect_timeout: float = 10.0
@@ -180,14 +186,20 @@ class GatewayPool:
         tls: ssl.SSLContext | None,
         limits: PoolLimits,
         dial: Dialer | None = None,
+        sensitive_headers: frozenset[bytes] = SENSITIVE_HEADERS,
     ) -> None:
         self.host, self.port, self.tls, self.limits = host, port, tls, limits
+        self.sensitive_headers = sensitive_headers
         self.dial = dial or self._dial_tcp
-        self.connections: list[_Connection] = []
+        self.connections: set[_Connection] = set()
+        self.multiplexed: list[_Http2Connection] = []  # (few: each takes many streams)
+        self.idle_http1: list[_Http1Connection] = []  # kept alive, waiting for a request
         self.dialing = 0
         self.queue: collections.deque[PoolStream] = collections.deque()
         self.opened = 0  # connections opened, over the pool's life
-        self.http2 = False  # the last connection negotiated h2: one dial serves many streams
+        # what the gateway speaks, once a connection said (ALPN); None: not known yet, so one
+        # dial at a time (it may take every waiting stream)
+        self.http2: bool | None = None if tls is not None else False
         self.closed = False
         self.retired = False  # replaced by a reload: no warm-up, connections close when idle
         self._tasks: set[asyncio.Task] = set()
@@ -221,19 +233,32 @@ class GatewayPool:
 
     def _free_connection(self) -> _Connection | None:
         best = None
-        for conn in self.connections:
-            room = conn.room()
-            if room > 0 and (best is None or conn.active() > best.active()):
+        for conn in self.multiplexed:
+            if conn.room() > 0 and (best is None or conn.active() > best.active()):
                 best = conn  # the busiest with room: streams gather on few connections
+        while best is None and self.idle_http1:
+            conn = self.idle_http1.pop()  # the most recently used: the least likely stale
+            if conn.room() > 0:
+                best = conn
         return best
 
     def _dial_for_queue(self) -> None:
+        """Enough dials for what waits: one while HTTP/2 (it will take many streams), else one
+        per waiting request."""
         if self.closed:
             return
-        room = self.limits.max_connections - len(self.connections) - self.dialing
-        wanted = 1 if self.http2 else len(self.queue) - self.dialing
-        for _ in range(max(0, min(room, wanted))):
-            self._spawn(self._open())
+        wanted = (len(self.queue) if self.http2 is False else 1) - self.dialing
+        for _ in range(max(0, wanted)):
+            self._dial()
+
+    def keeps(self, conn: _Connection) -> bool:
+        """An idle connection stays in the pool while fewer than max_connections others idle."""
+        if self.retired or self.closed:
+            return False
+        if isinstance(conn, _Http1Connection):
+            return len(self.idle_http1) < self.limits.max_connections
+        idle = sum(1 for c in self.multiplexed if c is not conn and c.idle_since is not None)
+        return idle < self.limits.max_connections
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -242,7 +267,7 @@ class GatewayPool:
         if self.closed or self.retired:
             return
         for _ in range(self.limits.warm - len(self.connections) - self.dialing):
-            self._spawn(self._open())
+            self._dial()
         if self._maintainer is None and not self.closed:
             self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
 
@@ -255,17 +280,17 @@ class GatewayPool:
             limit=READ_SIZE,
         )
 
+    def _dial(self) -> None:
+        self.dialing += 1  # counted at once: the pump that asked must not ask again
+        self._spawn(self._open())
+
     async def _open(self) -> None:
-        self.dialing += 1
         try:
             reader, writer = await asyncio.wait_for(self.dial(), self.limits.connect_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, EOFError) as e:
+        except Exception as e:  # refused, unreachable, TLS, timeout: each fails the same way
             self.dialing -= 1
             self.last_error = _describe(e)
-            if not self.connections and not self.dialing:
-                failed, self.queue = self.queue, collections.deque()
-                for stream in failed:  # nothing can serve them now: the caller fails over
-                    await stream.fail(self.last_error, connect_failed=True)
+            await self._dial_failed(self.last_error)
             return
         self.dialing -= 1
         if self.closed:
@@ -275,19 +300,36 @@ class GatewayPool:
         ssl_object = writer.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.http2 = alpn == "h2"
-        conn: _Connection = (
-            _Http2Connection(self, reader, writer)
-            if self.http2
-            else _Http1Connection(self, reader, writer)
-        )
+        conn: _Connection
+        if self.http2:
+            conn = _Http2Connection(self, reader, writer)
+            self.multiplexed.append(conn)
+        else:
+            conn = _Http1Connection(self, reader, writer)
+            self.idle_http1.append(conn)
         self.opened += 1
-        self.connections.append(conn)
+        self.connections.add(conn)
         self._spawn(conn.read_loop())
         self._pump()
 
+    async def _dial_failed(self, error: str) -> None:
+        """With nothing open or opening, every waiting request fails (the router fails over);
+        over HTTP/1.1 each dial was for one request, and that one fails."""
+        if self.connections and self.http2:
+            return  # the open connection takes them as its streams end
+        everyone = not self.connections and not self.dialing
+        doomed = len(self.queue) if everyone else 1
+        while doomed and self.queue:
+            stream = self.queue.popleft()
+            if not stream.finished:
+                doomed -= 1
+                await stream.fail(error, connect_failed=True)
+
     def forget(self, conn: _Connection) -> None:
-        with contextlib.suppress(ValueError):
-            self.connections.remove(conn)
+        self.connections.discard(conn)
+        for kept in (self.multiplexed, self.idle_http1):
+            with contextlib.suppress(ValueError):
+                kept.remove(conn)  # type: ignore[arg-type]
         self._pump()
 
     def _spawn(self, coro) -> None:
@@ -446,7 +488,7 @@ class _Http2Connection(_Connection):
             (b":path", request.path),
         ]
         headers += [
-            NeverIndexedHeaderTuple(k, v) if k in SENSITIVE_HEADERS else (k, v)
+            NeverIndexedHeaderTuple(k, v) if k in self.pool.sensitive_headers else (k, v)
             for k, v in request.headers
         ]
         body = request.body if request.body is not None else b"".join(stream.pending)
@@ -513,7 +555,7 @@ class _Http2Connection(_Connection):
         self.ended.discard(stream_id)
         if not self.streams:
             self.idle_since = time.monotonic()
-            if self.draining or self.pool.retired:
+            if self.draining or not self.pool.keeps(self):
                 self.close()
                 return
         self.pool._pump()
@@ -774,10 +816,11 @@ class _Http1Connection(_Connection):
         if (
             self.h11.our_state is h11.DONE
             and self.h11.their_state is h11.DONE
-            and not self.pool.retired
+            and self.pool.keeps(self)
         ):
             self.h11.start_next_cycle()
             self.idle_since = time.monotonic()
+            self.pool.idle_http1.append(self)
             self.pool._pump()
         else:
             self.close()

@@ -7,7 +7,6 @@ those a reload removes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 
@@ -15,6 +14,7 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 
 from addons.engine.gateway_leg import PooledGatewayLeg
+from addons.engine.gateway_pool import SENSITIVE_HEADERS
 from addons.engine.gateway_pool import GatewayPool
 from addons.engine.gateway_pool import PoolLimits
 from addons.routing.snapshot import Routing
@@ -30,6 +30,7 @@ _REBUILD_ON = {
     "aibridge_policy",
     "aibridge_gateway_trusted_ca",
     "aibridge_gateway_timeout",
+    "aibridge_token_header",
     "ssl_insecure",
     "http2",
 }
@@ -39,6 +40,7 @@ class GatewayPooling:
     def __init__(self, routing: Routing, legs: PooledGatewayLeg) -> None:
         self.routing = routing
         self.legs = legs
+        self.started = False  # warm-up waits for the proxy to run (not for options alone)
 
     def load(self, loader):
         loader.add_option(
@@ -76,6 +78,7 @@ class GatewayPooling:
         self._rebuild()
 
     def running(self):
+        self.started = True
         for pool in self.legs.pools.values():
             pool.warm_up()
 
@@ -102,11 +105,14 @@ class GatewayPooling:
         old, pools = self.legs.pools, {}
         for key in wanted:
             host, port, tls = key
-            pools[key] = GatewayPool(host, port, self._tls_context() if tls else None, limits)
+            pools[key] = GatewayPool(
+                host, port, self._tls_context() if tls else None, limits,
+                sensitive_headers=SENSITIVE_HEADERS | {o.aibridge_token_header.lower().encode()},
+            )  # fmt: skip
         self.legs.pools = pools
         for pool in old.values():
             pool.retire()  # streams under way finish; their connections close after
-        if _loop_running():
+        if self.started:
             for pool in pools.values():
                 pool.warm_up()
 
@@ -120,11 +126,3 @@ class GatewayPooling:
             context.verify_mode = ssl.CERT_NONE
         context.set_alpn_protocols(["h2", "http/1.1"] if o.http2 else ["http/1.1"])
         return context
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

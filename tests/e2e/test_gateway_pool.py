@@ -43,7 +43,7 @@ def _stream(p, token: str, results: dict, key, events: int = 4, interval: float 
     with proxy_client(p, token=token) as c:
         url = f"https://api.openai.com/v1/sse?events={events}&interval={interval}&k={key}"
         with c.stream("GET", url) as r:
-            results[key] = (r.status_code, [line for line in r.iter_lines() if line])
+            results[key] = (r.status_code, [x for x in r.iter_lines() if x.startswith("data:")])
 
 
 def _in_threads(calls) -> None:

@@ -28,6 +28,7 @@ from mitmproxy.proxy.layers.websocket import WebsocketConnection
 from addons.engine import EnginePatches
 from addons.engine.body_limit import BufferedBodyLimit
 from addons.engine.error_rendering import ProtocolErrorRendering
+from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
 from addons.engine.reuse_port import _AsyncioWithReusePort
@@ -107,6 +108,48 @@ def test_connection_handlers_are_kept_by_client_id_with_a_connection_cap():
         moved("Proxyserver.connections", "no longer a dict of client id -> handler")
     if "max_conns" not in server.ConnectionHandler.__annotations__:
         moved("mitmproxy.proxy.server.ConnectionHandler.max_conns", "the per-address semaphore")
+
+
+def test_the_http_layer_gets_connections_for_its_streams_by_command():
+    internal = "mitmproxy.proxy.layers.http.HttpLayer.get_connection"
+    getter = http_layer.HttpLayer.get_connection
+    if not inspect.isgeneratorfunction(getter) or params(getter) != ["self", "event", "reuse"]:
+        moved(internal, "no longer a generator method (self, event, *, reuse)")
+    for name in ("command_sources", "connections", "waiting_for_establishment"):
+        if name not in http_layer.HttpLayer.__annotations__:
+            moved(f"mitmproxy.proxy.layers.http.HttpLayer.{name}", "GatewayLeg registers there")
+    if not hasattr(http_layer.HttpStream, "flow"):
+        if "self.flow" not in inspect.getsource(http_layer.HttpStream):
+            moved("mitmproxy.proxy.layers.http.HttpStream.flow", "the leg reads the request")
+    for name in ("RegisterHttpConnection", "GetHttpConnectionCompleted", "ReceiveHttp"):
+        if not hasattr(http_layer, name):
+            moved(f"mitmproxy.proxy.layers.http.{name}", "GatewayLeg speaks it")
+    fields = {f for f in http_layer.GetHttpConnection.__dataclass_fields__}
+    if not {"address", "tls", "via", "transport_protocol"} <= fields:
+        moved("mitmproxy.proxy.layers.http.GetHttpConnection", "the pooled address test")
+
+
+def test_the_connection_handler_opens_connections_and_takes_events():
+    internal = "mitmproxy.proxy.server.ConnectionHandler"
+    opener = server.ConnectionHandler.open_connection
+    if not inspect.iscoroutinefunction(opener) or params(opener) != ["self", "command"]:
+        moved(f"{internal}.open_connection", "no longer a coroutine method (self, command)")
+    event = server.ConnectionHandler.server_event
+    if not inspect.iscoroutinefunction(event) or params(event) != ["self", "event"]:
+        moved(f"{internal}.server_event", "the pool's answers come in through it")
+    if "transports" not in server.ConnectionHandler.__annotations__:
+        moved(f"{internal}.transports", "the leg's virtual connection is kept there")
+
+
+def test_h2_closes_its_state_machine_in_one_goaway_method():
+    """The pool keeps a gracefully closed h2 connection reading (gateway_pool._GracefulH2)."""
+    import h2.connection
+
+    receive = getattr(h2.connection.H2Connection, "_receive_goaway_frame", None)
+    if receive is None or params(receive) != ["self", "frame"]:
+        moved("h2.connection.H2Connection._receive_goaway_frame", "no longer (self, frame)")
+    if "state_machine" not in inspect.getsource(h2.connection.H2Connection.__init__):
+        moved("h2.connection.H2Connection.state_machine", "the state _GracefulH2 restores")
 
 
 def test_connect_streams_sit_in_the_layer_stack():
@@ -201,6 +244,8 @@ def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
         (ReleaseIdleTlsBuffers(), net_tls, "create_client_proxy_context"),
         (WebSocketMessageCap(), WebsocketConnection, "events"),
         (UpstreamAuthHandshake(), _upstream_proxy.HttpUpstreamProxy, "receive_handshake_data"),
+        (PooledGatewayLeg(), http_layer.HttpLayer, "get_connection"),
+        (PooledGatewayLeg(), server.ConnectionHandler, "open_connection"),
     ],
 )
 def test_each_patch_installs_once_and_uninstalls_cleanly(patch, target, attribute):

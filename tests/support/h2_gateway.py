@@ -3,8 +3,11 @@ An HTTP/2-only gateway over TLS (as Coder serves), on the `h2` library's server 
 records which connection carried which request: the pooled gateway leg's tests check
 multiplexing, GOAWAY and MAX_CONCURRENT_STREAMS against it.
 
-Paths: `/sse?events=N&interval=S` streams N events S seconds apart; anything else answers
-JSON naming the connection, the stream and the token the request carried.
+Paths: `/sse?events=N&interval=S` streams N events S seconds apart (the local gateway's
+`/_diag/sse` shape); anything else answers JSON naming the connection, the stream and the token
+the request carried.
+
+Its own process, for benchmarks: python -m tests.support.h2_gateway PORT CERTFILE [STREAMS]
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class H2Gateway:
         self.records: list[H2Received] = []
         self.connections: list[_Conn] = []
         self.goaway_after: int | None = None  # after this many requests, GOAWAY (NO_ERROR)
+        self.refuse_next = 0  # refuse this many new streams with REFUSED_STREAM
+        self.raw_headers: list[list] = []  # each request's header fields as h2 decoded them
         self._numbers = itertools.count(1)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -121,17 +126,20 @@ class H2Gateway:
             writer.close()
 
     def _handle(self, conn: _Conn, event) -> None:
-        if isinstance(event, h2.events.RequestReceived) and conn.draining:
+        if isinstance(event, h2.events.RequestReceived) and (conn.draining or self.refuse_next):
+            self.refuse_next = max(0, self.refuse_next - 1)
             conn.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif isinstance(event, h2.events.RequestReceived):
             conn.heads[event.stream_id] = list(event.headers)
+            self.raw_headers.append(list(event.headers))
             conn.bodies[event.stream_id] = bytearray()
             conn.open_streams += 1
             conn.peak_streams = max(conn.peak_streams, conn.open_streams)
         elif isinstance(event, h2.events.DataReceived):
-            conn.bodies[event.stream_id] += event.data
             conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
+            if event.stream_id in conn.bodies:  # (not a refused one)
+                conn.bodies[event.stream_id] += event.data
+        elif isinstance(event, h2.events.StreamEnded) and event.stream_id in conn.heads:
             headers = conn.heads.pop(event.stream_id)
             pseudo = {k: v for k, v in headers if k.startswith(":")}
             record = H2Received(
@@ -159,8 +167,10 @@ class H2Gateway:
                 )
                 conn.writer.write(conn.h2.data_to_send())
                 for i in range(int(query.get("events", 3))):
-                    await asyncio.sleep(float(query.get("interval", 0.05)))
-                    conn.h2.send_data(sid, f"data: {i} {time.time()}\n\n".encode())
+                    if i:  # the first at once: the stream is open end to end
+                        await asyncio.sleep(float(query.get("interval", 0.05)))
+                    event = json.dumps({"i": i, "sent": time.time()})  # as the local gateway's
+                    conn.h2.send_data(sid, f"event: tick\ndata: {event}\n\n".encode())
                     conn.writer.write(conn.h2.data_to_send())
                 conn.h2.end_stream(sid)
             else:
@@ -186,3 +196,36 @@ class H2Gateway:
         if self.goaway_after is not None and len(self.records) >= self.goaway_after:
             self.goaway_after = None
             self.send_goaway()
+
+
+def main() -> None:
+    import sys
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[2])
+    streams = int(sys.argv[3]) if len(sys.argv) > 3 else 250  # Go's (and so Coder's) default
+    gateway = H2Gateway(context, max_concurrent_streams=streams)
+    gateway.records = _Discard()  # keep nothing over a long run
+    gateway.raw_headers = _Discard()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(
+            gateway._serve, "127.0.0.1", int(sys.argv[1]), ssl=context, backlog=1024
+        )
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+class _Discard(list):
+    def append(self, item) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

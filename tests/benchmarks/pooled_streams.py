@@ -1,0 +1,123 @@
+"""
+Open SSE streams with the gateway leg multiplexed: one `-O` worker of ours in front of an
+HTTP/2 gateway (as Coder serves; 250 streams per connection, Go's default), against the same
+worker with the pool off in front of the HTTP/1.1 gateway (mitmproxy's way: a TLS connection
+to the gateway per stream). RSS with 1,000 and 5,000 streams open (KB per stream from the
+difference), then the event delays with 10,000 open, an event on each every 5 s.
+
+    ./run bench                                          # runs this too
+    .venv/py3.13/bin/python -m tests.benchmarks.pooled_streams [--quick]
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from certs.authority import generate_ca
+from certs.authority import issue_leaf
+from certs.authority import key_pem
+from proxy.server.limits import raise_open_files_limit
+from tests.benchmarks.__main__ import HOST
+from tests.benchmarks.__main__ import ROOT
+from tests.benchmarks.__main__ import TOKEN
+from tests.benchmarks.__main__ import Target
+from tests.benchmarks.__main__ import ensure_tools
+from tests.benchmarks.__main__ import free_port
+from tests.benchmarks.__main__ import hold_streams
+from tests.benchmarks.__main__ import scale_streams
+from tests.benchmarks.__main__ import wait_port
+from tests.benchmarks.dlp import bench_env
+from tests.benchmarks.dlp import bench_main
+
+
+def _serve(work: Path, name: str, gateway_port: int, args: list[str], env: dict):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-O", "-m", "proxy", "serve", "--workers", "1",
+         "--gateway", f"https://localhost:{gateway_port}",
+         "--gateway-ca-file", str(work / "gw-ca.pem"), "--auth-mode", "presence",
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
+         "--state-dir", str(work / name), *args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    return proc, Target(name, f"http://coder:{TOKEN}@127.0.0.1:{port}", proc.pid, f"https://{HOST}")
+
+
+def run(quick: bool = False) -> dict:
+    ensure_tools()
+    raise_open_files_limit()
+    env = bench_env()
+    work = Path(tempfile.mkdtemp(prefix="aibridge-pooled-bench-"))
+    ca = generate_ca("bench gateway CA", 2, permitted_domains=None)
+    cert, key = issue_leaf(ca, ["localhost"], ips=["127.0.0.1"])
+    (work / "gw.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    (work / "gw-ca.pem").write_bytes(ca.cert_pem())
+    h2_port, h1_port = free_port(), free_port()
+    gateways = [
+        subprocess.Popen([sys.executable, "-m", "tests.support.h2_gateway", str(h2_port),
+                          str(work / "gw.pem")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, "-m", "tests.benchmarks.gateway_server", str(h1_port),
+                          str(work / "gw.pem"), TOKEN], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL),
+    ]  # fmt: skip
+    few, many = (200, 1000) if quick else (1000, 5000)
+    out: dict = {"streams": [few, many]}
+    try:
+        wait_port(h2_port)
+        wait_port(h1_port)
+        variants = {
+            "pooled, HTTP/2 gateway": (h2_port, []),
+            "pool off, HTTP/1.1 gateway": (h1_port, ["--gateway-pool-max-connections", "0"]),
+        }
+        for name, (port, args) in variants.items():
+            proc, target = _serve(work, name.split(",")[0].replace(" ", "-"), port, args, env)
+            try:
+                held = [hold_streams(target, work / target.name / "ca.pem", n) for n in (few, many)]
+                r = out[name] = {
+                    "rss_mb": [h["rss_mb"] for h in held],
+                    "failed": [h["failed"] for h in held],
+                    "kb_per_stream": (held[1]["rss_mb"] - held[0]["rss_mb"]) * 1024 / (many - few),
+                }
+                if name.startswith("pooled"):
+                    count = 2000 if quick else 10_000
+                    r["scale"] = scale_streams(target, work / target.name / "ca.pem", count,
+                                               10 if quick else 30)  # fmt: skip
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    finally:
+        for g in gateways:
+            g.terminate()
+            g.wait(30)
+    return out
+
+
+def table(r: dict) -> str:
+    few, many = r["streams"]
+    lines = [f"open SSE streams, one worker      RSS {few} / {many} streams   KB per stream"]
+    for name, x in r.items():
+        if isinstance(x, dict):
+            lines.append(f"  {name:<32}{x['rss_mb'][0]:>7.0f} / {x['rss_mb'][1]:.0f} MB"
+                         f"{x['kb_per_stream']:>15.1f}")  # fmt: skip
+    s = r["pooled, HTTP/2 gateway"].get("scale")
+    if s:
+        lines.append(f"  {s['streams']} pooled streams: {s['opened']} open, {s['failed']} failed, "
+                     f"{s['dropped']} dropped; event delay p50 {s['delay_p50_ms']:.1f} / p99 "
+                     f"{s['delay_p99_ms']:.1f} / max {s['delay_max_ms']:.1f} ms over "
+                     f"{s['events']} events; RSS {s['rss_mb']:.0f} MB")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    bench_main(__doc__, run, table, "pooled_streams")
+
+
+if __name__ == "__main__":
+    main()

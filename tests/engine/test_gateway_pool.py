@@ -1,0 +1,250 @@
+"""The gateway pool on its own (no mitmproxy): reuse, the retry rule, GOAWAY, stale
+connections and HPACK, against real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from hpack import NeverIndexedHeaderTuple
+
+from addons.engine.gateway_pool import GatewayPool
+from addons.engine.gateway_pool import OutboundRequest
+from addons.engine.gateway_pool import PoolLimits
+from tests.support import private_tls_server
+from tests.support.h2_gateway import H2Gateway
+
+
+class Answer:
+    """A sink that keeps what the pool delivered."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.body = b""
+        self.error: str | None = None
+        self.connect_failed = False
+        self.done = asyncio.Event()
+
+    async def on_headers(self, status, reason, version, headers, ended):
+        self.status = status
+
+    async def on_data(self, data):
+        self.body += data
+
+    async def on_end(self, trailers):
+        self.done.set()
+
+    async def on_error(self, message, connect_failed):
+        self.error, self.connect_failed = message, connect_failed
+        self.done.set()
+
+    def backlog(self):
+        return None
+
+
+def post(body: bytes | None = b'{"model":"m"}', path=b"/v1/x", token=b"tok") -> OutboundRequest:
+    headers = [(b"content-type", b"application/json"), (b"x-coder-ai-governance-token", token)]
+    return OutboundRequest(b"POST", path, b"localhost", headers, body)
+
+
+async def ask(pool: GatewayPool, request: OutboundRequest | None = None) -> Answer:
+    answer = Answer()
+    pool.request(request or post(), answer)
+    await asyncio.wait_for(answer.done.wait(), 10)
+    return answer
+
+
+class Http1Gateway:
+    """An HTTP/1.1 server that counts connections; `mode` says how it answers."""
+
+    def __init__(self, mode: str = "keep-alive", delay: float = 0.0) -> None:
+        self.mode, self.delay = mode, delay
+        self.connections = 0
+        self.requests = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.server = server
+        return server.sockets[0].getsockname()[1]
+
+    async def serve(self, reader, writer) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                self.requests += 1
+                if self.mode == "drop":  # read the request, answer nothing, close
+                    writer.close()
+                    return
+                await asyncio.sleep(self.delay)
+                close = b"Connection: close\r\n" if self.mode == "close" else b""
+                writer.write(b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 2\r\n\r\nok")
+                if close:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+
+def test_http1_connection_is_kept_alive_between_requests():
+    async def main():
+        gw = Http1Gateway()
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
+        answers = [await ask(pool) for _ in range(3)]
+        assert [(a.status, a.body) for a in answers] == [(200, b"ok")] * 3
+        assert gw.connections == 1 and pool.opened == 1
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_connection_close_is_respected():
+    async def main():
+        gw = Http1Gateway("close")
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
+        assert [(await ask(pool)).body for _ in range(2)] == [b"ok", b"ok"]
+        assert gw.connections == 2
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_busy_connections_never_make_a_request_wait_and_only_max_stay_idle():
+    async def main():
+        gw = Http1Gateway(delay=0.2)
+        limits = PoolLimits(max_connections=2, warm=0)
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, limits)
+        answers = await asyncio.gather(*(ask(pool) for _ in range(5)))
+        assert all(a.status == 200 for a in answers)
+        assert gw.connections == 5  # none waited for another's answer
+        assert len(pool.connections) == 2  # the rest closed once idle
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_closed_while_idle_is_dropped_not_used():
+    async def main():
+        gw = Http1Gateway()
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
+        assert (await ask(pool)).status == 200
+        gw.writers[0].close()  # the gateway's idle timeout
+        await asyncio.sleep(0.1)
+        answer = await ask(pool)
+        assert answer.status == 200 and answer.error is None
+        assert gw.connections == 2 and gw.requests == 2
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_reached_the_gateway_is_never_sent_again():
+    async def main():
+        gw = Http1Gateway("drop")
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
+        answer = await ask(pool)
+        assert answer.status is None and answer.error and not answer.connect_failed
+        assert gw.requests == 1  # the gateway saw it once: it was not retried
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_gateway_fails_the_request_as_a_connect_failure():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        pool = GatewayPool("127.0.0.1", port, None, PoolLimits(warm=0))
+        answer = await ask(pool)
+        assert answer.connect_failed and answer.status is None
+        pool.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def h2_gateway(tmp_path):
+    context, ca_file = private_tls_server(tmp_path, "gateway")
+    gw = H2Gateway(context).start()
+    client = ssl.create_default_context(cafile=str(ca_file))
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    yield gw, client
+    gw.stop()
+
+
+def test_http2_streams_share_a_connection_and_tokens_stay_out_of_hpack(h2_gateway):
+    gw, tls = h2_gateway
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, PoolLimits(warm=0))
+        answers = await asyncio.gather(*(ask(pool, post(token=b"tok-%d" % i)) for i in range(6)))
+        assert all(a.status == 200 for a in answers)
+        assert len(gw.connections) == 1 and pool.opened == 1
+        pool.close()
+
+    asyncio.run(main())
+    for fields in gw.raw_headers:
+        token = [f for f in fields if f[0] == "x-coder-ai-governance-token"]
+        assert token and isinstance(token[0], NeverIndexedHeaderTuple)
+        content_type = [f for f in fields if f[0] == "content-type"][0]
+        assert not isinstance(content_type, NeverIndexedHeaderTuple)
+
+
+def test_http2_refused_stream_is_retried_when_the_body_is_whole(h2_gateway):
+    gw, tls = h2_gateway
+    gw.refuse_next = 1
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, PoolLimits(warm=0))
+        answer = await ask(pool)
+        assert answer.status == 200 and answer.error is None
+        gw.refuse_next = 1
+        streamed = Answer()
+        stream = pool.request(post(body=None), streamed)
+        stream.send(b'{"model":"m"}')
+        stream.end()
+        await asyncio.wait_for(streamed.done.wait(), 10)
+        # a streamed body is not held, so it is not sent again
+        assert streamed.status is None and "REFUSED_STREAM" in (streamed.error or "")
+        pool.close()
+
+    asyncio.run(main())
+    assert len(gw.records) == 1
+
+
+def test_http2_goaway_new_requests_go_to_a_new_connection(h2_gateway):
+    gw, tls = h2_gateway
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, PoolLimits(warm=0))
+        assert (await ask(pool)).status == 200
+        gw.send_goaway()
+        await asyncio.sleep(0.2)
+        answer = await ask(pool)
+        assert answer.status == 200
+        assert b'"connection": 2' in answer.body
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_warm_connections_open_before_the_first_request(h2_gateway):
+    gw, tls = h2_gateway
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, PoolLimits(warm=2))
+        pool.warm_up()
+        await asyncio.sleep(0.5)
+        assert len(gw.connections) == 2 and not gw.records
+        pool.close()
+
+    asyncio.run(main())
