@@ -47,6 +47,9 @@ from tests.support import H2Tunnel
 from tests.support import child_pids
 
 ROOT = Path(__file__).resolve().parents[2]
+# The streams and the load come from one user at one address: its caps are lifted.
+ONE_USERS_LOAD = ["--connections-max-total", "40000", "--connections-max-per-user", "20000",
+                  "--connections-max-per-address", "40000"]  # fmt: skip
 RESULTS = ROOT / "tests" / "benchmarks" / "results"
 TOKEN = "bench-token-0123456789"
 HOST = "api.openai.com"
@@ -426,6 +429,8 @@ def machine() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="./run bench")
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke check")
+    ap.add_argument("--rtt", type=float, default=20.0,
+                    help="round trip (ms) the far-gateway scenario adds (default 20)")  # fmt: skip
     args = ap.parse_args()
     ensure_tools()
     raise_open_files_limit()  # this process and the gateways it starts hold 5,000 streams
@@ -507,7 +512,8 @@ def main() -> int:
                    "--gateway-ca-file", str(work / "gw-ca.pem"), "--listen", f"127.0.0.1:{port}",
                    "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(work / name),
                    "--allowed-private-cidrs", "127.0.0.0/8", "--allowed-ports",
-                   f"443,{tunnel_port}", "--workers", str(workers)]  # fmt: skip
+                   f"443,{tunnel_port}", "--workers", str(workers),
+                   *ONE_USERS_LOAD]  # fmt: skip
             # as the systemd unit and the image run it (workers get -O from the supervisor)
             optimised = {**env, "PYTHONOPTIMIZE": "1"}
             return stack.enter_context(process(cmd, optimised, log=work / f"{name}.log"))
@@ -617,7 +623,9 @@ def main() -> int:
                                              "3s" if q else "6s")  # fmt: skip
 
     from tests.benchmarks import dlp  # its own proxies (DLP off and on) and gateway
+    from tests.benchmarks import far_gateway  # ours and diy behind a relay adding a round trip
     from tests.benchmarks import limits  # likewise (no limits, in memory, in Redis)
+    from tests.benchmarks import pooled_streams  # one worker, HTTP/2 gateway, pool on and off
     from tests.benchmarks import telemetry  # likewise (export off, content none and hash)
 
     print("prompt DLP ...", file=sys.stderr, flush=True)
@@ -626,6 +634,10 @@ def main() -> int:
     results["limits"] = limits.run(q)
     print("telemetry ...", file=sys.stderr, flush=True)
     results["telemetry"] = telemetry.run(q)
+    print(f"far gateway (+{args.rtt:g} ms) ...", file=sys.stderr, flush=True)
+    results["far_gateway"] = far_gateway.run(q, args.rtt)
+    print("pooled streams ...", file=sys.stderr, flush=True)
+    results["pooled_streams"] = pooled_streams.run(q)
     ratios(results)
     results["targets"] = targets_met(results)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -634,6 +646,8 @@ def main() -> int:
     print(dlp.table(results["dlp"]))
     print(limits.table(results["limits"]))
     print(telemetry.table(results["telemetry"]))
+    print(far_gateway.table(results["far_gateway"]))
+    print(pooled_streams.table(results["pooled_streams"]))
     print()
     for line in results["targets"]:
         print(line)
@@ -642,7 +656,10 @@ def main() -> int:
 
 
 def targets_met(r: dict) -> list[str]:
-    """Issue 14's targets, each with its figure and met or missed."""
+    """Issue 14's and 26's targets, each with its figure and met or missed."""
+    from tests.benchmarks import far_gateway
+    from tests.benchmarks import pooled_streams
+
     y, o = r["diy"], r["ours"]
     added = r["added_latency_ms"]
 
@@ -693,6 +710,8 @@ def targets_met(r: dict) -> list[str]:
         line("added latency p50 / p99", f"ours {added['ours']['p50']:.2f} / {added['ours']['p99']:.2f}"
              f" ms, diy {added['diy']['p50']:.2f} / {added['diy']['p99']:.2f} ms (not worse)",
              added["ours"]["p50"] <= added["diy"]["p50"] and added["ours"]["p99"] <= added["diy"]["p99"]),
+        *(line(name, figure, met) for name, figure, met in far_gateway.targets(r["far_gateway"])),
+        *(line(name, figure, met) for name, figure, met in pooled_streams.targets(r["pooled_streams"])),
     ]  # fmt: skip
 
 

@@ -316,15 +316,21 @@ def alternating_cpu(proxies: dict[str, Proxy], quick: bool) -> dict:
     return {"cpu_s_per_1k": {n: statistics.median(v) for n, v in rounds.items()}, "rounds": rounds}
 
 
-def bench_main(doc: str, run, table, name: str) -> None:
-    """A benchmark module's command line: `--quick`, its JSON in results/<name>.json, its table."""
+def bench_main(doc: str, run, table, name: str, targets=None, **options) -> None:
+    """A benchmark module's command line: `--quick` (and `options`: {flag: (type, default,
+    help)}), its JSON in results/<name>.json, its table and its targets' verdicts."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    r = run(ap.parse_args().quick)
+    for flag, (kind, default, text) in options.items():
+        ap.add_argument(f"--{flag}", type=kind, default=default, help=text)
+    args = vars(ap.parse_args())
+    r = run(args.pop("quick"), *args.values())
     out = ROOT / "tests" / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
     print(table(r))
+    for target, figure, met in targets(r) if targets else ():
+        print(f"{target}: {figure} -> {'met' if met else 'MISSED'}")
 
 
 def cpu_table(title: str, cpu: dict[str, float], baseline: str) -> list[str]:

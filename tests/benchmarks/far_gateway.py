@@ -15,10 +15,8 @@ connection's first bytes a whole rtt more (the TCP handshake a far gateway costs
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import json
 import signal
 import socket
 import ssl
@@ -39,6 +37,7 @@ from tests.benchmarks.__main__ import ensure_tools
 from tests.benchmarks.__main__ import free_port
 from tests.benchmarks.__main__ import wait_port
 from tests.benchmarks.dlp import bench_env
+from tests.benchmarks.dlp import bench_main
 
 TOKEN = "bench-token-0123456789"
 HOST = "api.openai.com"
@@ -114,7 +113,7 @@ def _request(tls: ssl.SSLSocket, close: bool) -> None:
         (
             f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\n"
             f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BODY)}\r\n{'Connection: close' if close else ''}\r\n\r\n"
+            f"Content-Length: {len(BODY)}\r\n{'Connection: close\r\n' if close else ''}\r\n"
             f"{BODY}"
         ).encode()
     )
@@ -194,7 +193,11 @@ class Side:
                    "--set", f"ssl_verify_upstream_trusted_ca={work / 'gw-ca.pem'}"]  # fmt: skip
             env = {**env, "DIY_GATEWAY": gateway}
             self.ca = work / "diy" / "mitmproxy-ca-cert.pem"
-        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
         wait_port(self.port)
         self.context = ssl.create_default_context(cafile=str(self.ca))
 
@@ -292,17 +295,8 @@ def main() -> None:
         except KeyboardInterrupt:
             pass
         return
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rtt", type=float, default=20.0, help="added round trip, ms (default 20)")
-    args = ap.parse_args()
-    r = run(args.quick, args.rtt)
-    out = ROOT / "tests" / "benchmarks" / "results" / "far_gateway.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    print(table(r))
-    for name, figure, met in targets(r):
-        print(f"{name}: {figure} -> {'met' if met else 'MISSED'}")
+    rtt = (float, 20.0, "added round trip, ms (default 20)")
+    bench_main(__doc__, run, table, "far_gateway", targets, rtt=rtt)
 
 
 if __name__ == "__main__":

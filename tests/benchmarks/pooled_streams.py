@@ -24,6 +24,7 @@ from certs.authority import issue_leaf
 from certs.authority import key_pem
 from proxy.server.limits import raise_open_files_limit
 from tests.benchmarks.__main__ import HOST
+from tests.benchmarks.__main__ import ONE_USERS_LOAD
 from tests.benchmarks.__main__ import ROOT
 from tests.benchmarks.__main__ import TOKEN
 from tests.benchmarks.__main__ import Target
@@ -43,7 +44,7 @@ def _serve(work: Path, name: str, gateway_port: int, args: list[str], env: dict)
          "--gateway", f"https://localhost:{gateway_port}",
          "--gateway-ca-file", str(work / "gw-ca.pem"), "--auth-mode", "presence",
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
-         "--state-dir", str(work / name), *args],
+         "--state-dir", str(work / name), *ONE_USERS_LOAD, *args],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_port(port)
@@ -99,6 +100,36 @@ def run(quick: bool = False) -> dict:
     return out
 
 
+def targets(r: dict) -> list[tuple[str, str, bool]]:
+    """(name, figure, met) for issue 26's stream targets (one worker, gateway leg pooled)."""
+    x = r["pooled, HTTP/2 gateway"]
+    few, many = r["streams"]
+    out = [
+        (
+            f"memory per stream, pooled ({few} -> {many})",
+            f"{x['kb_per_stream']:.1f} KB (target <= 60; pool off: "
+            f"{r['pool off, HTTP/1.1 gateway']['kb_per_stream']:.1f})",
+            x["kb_per_stream"] <= 60 and not any(x["failed"]),
+        ),
+        (
+            f"memory, {few} pooled streams, one worker",
+            f"{x['rss_mb'][0]:.0f} MB (target <= 150)",
+            x["rss_mb"][0] <= 150,
+        ),
+    ]
+    if s := x.get("scale"):
+        out.append(
+            (
+                f"{s['streams']} pooled streams, one worker (p99 <= 50 ms, no errors)",
+                f"{s['opened']} open, {s['failed']} failed, {s['dropped']} dropped; p50 "
+                f"{s['delay_p50_ms']:.1f} / p99 {s['delay_p99_ms']:.1f} ms; RSS "
+                f"{s['rss_mb']:.0f} MB",
+                not (s["failed"] or s["dropped"]) and s["delay_p99_ms"] <= 50,
+            )
+        )
+    return out  # fmt: skip
+
+
 def table(r: dict) -> str:
     few, many = r["streams"]
     lines = [f"open SSE streams, one worker      RSS {few} / {many} streams   KB per stream"]
@@ -116,7 +147,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    bench_main(__doc__, run, table, "pooled_streams")
+    bench_main(__doc__, run, table, "pooled_streams", targets)
 
 
 if __name__ == "__main__":
