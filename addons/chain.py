@@ -57,6 +57,7 @@ from addons.connection.http2_clients import Http2Clients
 from addons.connection.listener_tls import ListenerTLS
 from addons.connection.request_limits import RequestLimits
 from addons.core.events import DLP_VERDICT
+from addons.core.events import GATEWAY_CONNECTION
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import HTTP2_FLOOD
 from addons.core.events import LIMIT_REFUSED
@@ -109,6 +110,7 @@ def make_addons(patches: EnginePatches) -> list:
     metrics = Metrics(routing)
     events.subscribe(TOKEN_CHECKED, metrics.token_checked)
     events.subscribe(GATEWAY_FAILOVER, metrics.gateway_failover)
+    events.subscribe(GATEWAY_CONNECTION, metrics.gateway_connection)
     caps = ConnectionCaps()
     events.subscribe(HTTP2_FLOOD, caps.flooded)
     events.subscribe(HTTP2_FLOOD, metrics.http2_flood)
@@ -144,7 +146,7 @@ def make_addons(patches: EnginePatches) -> list:
         LimitGuard(limits),  # after the scan: a request it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
-        GatewayPooling(routing, patches.gateway_leg),
+        GatewayPooling(routing, patches.gateway_leg, events),
         health,
         Http2Clients(patches.h2_flood, events),
         UpstreamCredentials(patches.upstream_handshake),

@@ -20,6 +20,7 @@ LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
 LIMIT_USAGE = "limit_usage"  # (limits.LimitUsage list): every limit's use now, sampled
 MCP_CALL = "mcp_call"  # (mcp_guard.McpCall): a JSON-RPC request to an MCP server, answered
 TELEMETRY_DROPPED = "telemetry_dropped"  # (spans: int): not exported (queue full, collector down)
+GATEWAY_CONNECTION = "gateway_connection"  # (gateway origin, protocol, opened: bool): pooled
 DLP_VERDICT = "dlp_verdict"  # (prompt_dlp.Verdict): a request or message had findings or no scan
 
 

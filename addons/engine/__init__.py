@@ -10,6 +10,7 @@ upgrade moves it:
 | module | internal | why |
 |---|---|---|
 | gateway_leg.py | `HttpLayer.get_connection`, `ConnectionHandler.open_connection` | routed requests over a pool of gateway connections shared by every client connection (mitmproxy dials per client connection) |
+| pause_queues.py | `Layer.__init__`, `Layer._paused_event_queue` | a layer's deque for events that wait on a hook made when one first waits: 0.6 KB less per layer, a dozen layers per open stream |
 | connections.py | `Proxyserver.connections`, `ConnectionHandler.max_conns` | close a client's sockets; lift the 5-connection cap per h2 client (mitmproxy#8322) |
 | header_limit.py | `Http1Server.read_headers` | mitmproxy buffers request headers without limit (its FIXME) |
 | body_limit.py | `HttpStream.state_consume_request_body` | a per-flow limit on a buffered request body (mitmproxy's is global, and also refuses streamed ones) |
@@ -34,6 +35,7 @@ from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
+from addons.engine.pause_queues import LazyPauseQueues
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
 from addons.engine.upstream_handshake import UpstreamAuthHandshake
 from addons.engine.websocket_cap import WebSocketMessageCap
@@ -51,6 +53,7 @@ class EnginePatches:
     websocket_cap: WebSocketMessageCap = field(default_factory=WebSocketMessageCap)
     upstream_handshake: UpstreamAuthHandshake = field(default_factory=UpstreamAuthHandshake)
     gateway_leg: PooledGatewayLeg = field(default_factory=PooledGatewayLeg)
+    pause_queues: LazyPauseQueues = field(default_factory=LazyPauseQueues)
 
     def _all(self):
         return (
@@ -62,6 +65,7 @@ class EnginePatches:
             self.websocket_cap,
             self.upstream_handshake,
             self.gateway_leg,
+            self.pause_queues,
         )
 
     def install(self) -> None:

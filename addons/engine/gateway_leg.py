@@ -317,7 +317,7 @@ class PooledGatewayLeg:
         await handler.server_event(events.OpenConnectionCompleted(command, None))
         cancelled = None
         try:
-            await asyncio.Event().wait()
+            await asyncio.get_running_loop().create_future()  # (resolved by nothing)
         except asyncio.CancelledError as e:
             cancelled = e
         server.state = connection.ConnectionState.CLOSED

@@ -187,9 +187,11 @@ class GatewayPool:
         limits: PoolLimits,
         dial: Dialer | None = None,
         sensitive_headers: frozenset[bytes] = SENSITIVE_HEADERS,
+        on_connection: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.host, self.port, self.tls, self.limits = host, port, tls, limits
         self.sensitive_headers = sensitive_headers
+        self.on_connection = on_connection  # (protocol, opened): for the metrics
         self.dial = dial or self._dial_tcp
         self.connections: set[_Connection] = set()
         self.multiplexed: list[_Http2Connection] = []  # (few: each takes many streams)
@@ -309,6 +311,8 @@ class GatewayPool:
             self.idle_http1.append(conn)
         self.opened += 1
         self.connections.add(conn)
+        if self.on_connection is not None:
+            self.on_connection(conn.protocol, True)
         self._spawn(conn.read_loop())
         self._pump()
 
@@ -326,6 +330,8 @@ class GatewayPool:
                 await stream.fail(error, connect_failed=True)
 
     def forget(self, conn: _Connection) -> None:
+        if conn in self.connections and self.on_connection is not None:
+            self.on_connection(conn.protocol, False)
         self.connections.discard(conn)
         for kept in (self.multiplexed, self.idle_http1):
             with contextlib.suppress(ValueError):
@@ -390,6 +396,8 @@ def _describe(e: BaseException) -> str:
 class _Connection:
     """What the pool asks of a connection, whichever protocol it speaks."""
 
+    protocol = ""
+
     def __init__(self, pool: GatewayPool, reader, writer) -> None:
         self.pool = pool
         self.reader: asyncio.StreamReader = reader
@@ -431,6 +439,7 @@ class _GracefulH2(h2.connection.H2Connection):
 
 
 class _Http2Connection(_Connection):
+    protocol = "h2"
     CONFIG = h2.config.H2Configuration(
         client_side=True,
         header_encoding=None,
@@ -699,6 +708,8 @@ def _code_name(code) -> str:
 
 class _Http1Connection(_Connection):
     """One request at a time, kept alive between them (h11 says when it may not be)."""
+
+    protocol = "http/1.1"
 
     def __init__(self, pool, reader, writer) -> None:
         super().__init__(pool, reader, writer)

@@ -176,6 +176,19 @@ class Metrics:
             ["gateway"],
             registry=r,
         )
+        self.gateway_connections_opened = Counter(
+            PREFIX + "gateway_connections_opened",
+            "Connections the worker pools opened to each gateway, by protocol (h2, http/1.1).",
+            ["gateway", "protocol"],
+            registry=r,
+        )
+        self.gateway_connections = Gauge(
+            PREFIX + "gateway_connections",
+            "Pooled connections open to each gateway, shared by every client.",
+            ["gateway", "protocol"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.limit_refusals = Counter(
             PREFIX + "limit_refusals",
             "Requests refused by a limit, by the limit's name.",
@@ -306,6 +319,13 @@ class Metrics:
 
     def gateway_failover(self, name: str) -> None:
         self.gateway_failovers.labels(gateway=name).inc()
+
+    def gateway_connection(self, gateway: str, protocol: str, opened: bool) -> None:
+        if opened:
+            self.gateway_connections_opened.labels(gateway=gateway, protocol=protocol).inc()
+            self.gateway_connections.labels(gateway=gateway, protocol=protocol).inc()
+        else:
+            self.gateway_connections.labels(gateway=gateway, protocol=protocol).dec()
 
     def limit_refused(self, name: str, user: str | None) -> None:
         self.limit_refusals.labels(limit=name).inc()  # names come from the configuration

@@ -7,12 +7,15 @@ those a reload removes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from addons.core.events import GATEWAY_CONNECTION
+from addons.core.events import EventBus
 from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.gateway_pool import SENSITIVE_HEADERS
 from addons.engine.gateway_pool import GatewayPool
@@ -37,9 +40,10 @@ _REBUILD_ON = {
 
 
 class GatewayPooling:
-    def __init__(self, routing: Routing, legs: PooledGatewayLeg) -> None:
+    def __init__(self, routing: Routing, legs: PooledGatewayLeg, events: EventBus) -> None:
         self.routing = routing
         self.legs = legs
+        self.events = events
         self.started = False  # warm-up waits for the proxy to run (not for options alone)
 
     def load(self, loader):
@@ -105,9 +109,11 @@ class GatewayPooling:
         old, pools = self.legs.pools, {}
         for key in wanted:
             host, port, tls = key
+            origin = f"{'https' if tls else 'http'}://{host}:{port}"
             pools[key] = GatewayPool(
                 host, port, self._tls_context() if tls else None, limits,
                 sensitive_headers=SENSITIVE_HEADERS | {o.aibridge_token_header.lower().encode()},
+                on_connection=functools.partial(self.events.emit, GATEWAY_CONNECTION, origin),
             )  # fmt: skip
         self.legs.pools = pools
         for pool in old.values():

@@ -41,6 +41,7 @@ from certs.authority import signable_by
 from certs.bundle import BundleError
 from proxy.server.admin import AdminServer
 from proxy.server.admin import AdminState
+from proxy.server.collector import CollectorPacing
 from proxy.server.errors import StartupError
 from proxy.server.reloading import ReloadRecorder
 from proxy.server.settings import FIELDS
@@ -190,6 +191,7 @@ class ProxyApp:
         self.listen_address: tuple[str, int] | None = None
         self.started = asyncio.Event()
         self.stopping = False
+        self.collector = CollectorPacing()
 
     # -- assembly ----------------------------------------------------------------------------
 
@@ -244,6 +246,7 @@ class ProxyApp:
         addrs = ps.listen_addrs()
         if not addrs:
             raise StartupError("the proxy did not bind any listener")
+        self.collector.start(asyncio.get_running_loop())
         self.listen_address = addrs[0][:2]
         self._publish()
         if self.settings.admin_listen is not None:
@@ -371,6 +374,7 @@ class ProxyApp:
         await self._run_task
         if self.admin is not None:
             await self.admin.stop()
+        self.collector.stop()
         logger.info("stopped")
 
     async def serve_forever(self) -> None:

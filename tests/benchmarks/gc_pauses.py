@@ -1,8 +1,9 @@
 """
 The 10,000-stream tail and the cyclic garbage collector: one worker of ours (gateway leg pooled
-over HTTP/2) with every collection timed through `gc.callbacks`, 10,000 streams open with an
-event on each every 5 s, the event delays (gateway send time to client arrival) and the
-collections' pauses by generation while all are open.
+over HTTP/2) with every collection timed through `gc.callbacks` and its loop's lag probed,
+10,000 streams opened and then held with an event on each every 5 s: the event delays (gateway
+send time to client arrival), and the collections and the lag while they open and while they
+are open; the worker's collector paced (as shipped) and left alone.
 
     .venv/py3.13/bin/python -m tests.benchmarks.gc_pauses [--quick]
 """
@@ -38,25 +39,28 @@ from tests.benchmarks.streams import StreamClient
 
 
 def timed_worker() -> None:
-    """`python -m tests.benchmarks.gc_pauses worker OUT ARGS...`: aibridge-proxy serve in this
-    process; SIGUSR1 starts recording collections and the loop's lag, SIGUSR2 writes them to
-    OUT as JSON."""
+    """`python -m tests.benchmarks.gc_pauses worker OUT PACING ARGS...`: aibridge-proxy serve in
+    this process, its collections and its loop's lag recorded; each SIGUSR1 writes what was
+    recorded since the last to OUT.<n> as JSON. PACING: paced (as shipped) or unpaced."""
     import gc
 
     from proxy.cli import main
 
-    out = Path(sys.argv[2])
+    out, paced = Path(sys.argv[2]), sys.argv[3] == "paced"
     pauses: list[tuple[int, float]] = []
-    recording = [False]
+    lags: list[float] = []
     started = [0.0]
+    dumps = [0]
+    if not paced:  # the worker as it was before CollectorPacing
+        from proxy.server import collector
+
+        collector.CollectorPacing.start = lambda self, loop: None
 
     def callback(phase, info):
         if phase == "start":
             started[0] = time.perf_counter()
-        elif recording[0]:
+        else:
             pauses.append((info["generation"], (time.perf_counter() - started[0]) * 1000))
-
-    lags: list[float] = []
 
     async def lag_probe() -> None:
         """How late the worker's loop runs a 5 ms timer: its own delay, whoever else runs."""
@@ -64,8 +68,7 @@ def timed_worker() -> None:
         while True:
             planned = loop.time() + 0.005
             await asyncio.sleep(0.005)
-            if recording[0]:
-                lags.append((loop.time() - planned) * 1000)
+            lags.append((loop.time() - planned) * 1000)
 
     real_run = asyncio.run
 
@@ -82,22 +85,47 @@ def timed_worker() -> None:
     asyncio.run = run_with_probe
     gc.callbacks.append(callback)
 
-    def start(*_):
+    def dump(*_):
+        path = out.with_suffix(f".{dumps[0]}")
+        path.with_suffix(".tmp").write_text(json.dumps({"pauses": pauses, "lags": lags}))
+        path.with_suffix(".tmp").rename(path)
         pauses.clear()
         lags.clear()
-        recording[0] = True
+        dumps[0] += 1
 
-    def dump(*_):
-        recording[0] = False
-        out.with_suffix(".tmp").write_text(json.dumps({"pauses": pauses, "lags": lags}))
-        out.with_suffix(".tmp").rename(out)
+    signal.signal(signal.SIGUSR1, dump)
+    sys.exit(main(sys.argv[4:]))
 
-    signal.signal(signal.SIGUSR1, start)
-    signal.signal(signal.SIGUSR2, dump)
-    sys.exit(main(sys.argv[3:]))
+
+def _recorded(proc: subprocess.Popen, out: Path, n: int) -> dict:
+    proc.send_signal(signal.SIGUSR1)
+    path = out.with_suffix(f".{n}")
+    while not path.exists():
+        time.sleep(0.05)
+    return json.loads(path.read_text())
+
+
+def _summary(recorded: dict) -> dict:
+    collections = {}
+    for g in (0, 1, 2):
+        mine = [ms for gen, ms in recorded["pauses"] if gen == g]
+        collections[g] = {"count": len(mine), "total_ms": round(sum(mine), 1),
+                          "max_ms": round(max(mine), 1) if mine else 0}  # fmt: skip
+    lags = recorded["lags"]
+    return {"collections": collections,
+            "loop_lag_ms": {"p50": percentile(lags, 50), "p99": percentile(lags, 99),
+                            "max": max(lags) if lags else 0}}  # fmt: skip
+
+
+# the worker's collector as shipped (proxy/server/collector.py), and left alone
+VARIANTS = {"paced (as shipped)": "paced", "unpaced": "unpaced"}
 
 
 def run(quick: bool = False) -> dict:
+    return {variant: run_one(quick, variant) for variant in VARIANTS}
+
+
+def run_one(quick: bool, variant: str) -> dict:
     raise_open_files_limit()
     env = bench_env()
     work = Path(tempfile.mkdtemp(prefix="aibridge-gc-bench-"))
@@ -109,9 +137,10 @@ def run(quick: bool = False) -> dict:
     gateway = subprocess.Popen([sys.executable, "-m", "tests.support.h2_gateway", str(gw_port),
                                 str(work / "gw.pem")], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL)  # fmt: skip
-    out = work / "pauses.json"
+    out = work / "recorded"
     proc = subprocess.Popen(
-        [sys.executable, "-O", "-m", "tests.benchmarks.gc_pauses", "worker", str(out), "serve",
+        [sys.executable, "-O", "-m", "tests.benchmarks.gc_pauses", "worker", str(out),
+         VARIANTS[variant], "serve",
          "--workers", "1", "--gateway", f"https://localhost:{gw_port}",
          "--gateway-ca-file", str(work / "gw-ca.pem"), "--auth-mode", "presence",
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off", "--state-dir",
@@ -119,58 +148,53 @@ def run(quick: bool = False) -> dict:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     count, measure = (2000, 10) if quick else (10_000, 30)
+    phases: dict = {}
     try:
         wait_port(gw_port)
         wait_port(port, 60)
         client = StreamClient(f"http://coder:{TOKEN}@127.0.0.1:{port}", HOST, TOKEN,
                               str(work / "ours" / "ca.pem"))  # fmt: skip
-        seen: dict = {}
+        _recorded(proc, out, 0)  # start-up: not counted
+
+        def at_start():
+            phases["opening"] = _summary(_recorded(proc, out, 1))
 
         def at_end():
-            proc.send_signal(signal.SIGUSR2)
-            while not out.exists():
-                time.sleep(0.1)
-            seen["rss_mb"] = rss_mb(proc.pid)
+            phases["open"] = _summary(_recorded(proc, out, 2))
+            phases["rss_mb"] = rss_mb(proc.pid)
 
         counts = asyncio.run(
-            client.hold(count, interval=5, measure=measure,
-                        at_start=lambda: proc.send_signal(signal.SIGUSR1), at_end=at_end)
-        )  # fmt: skip
+            client.hold(count, interval=5, measure=measure, at_start=at_start, at_end=at_end)
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         gateway.terminate()
         gateway.wait(30)
-    recorded = json.loads(out.read_text())
-    pauses, lags = recorded["pauses"], recorded["lags"]
-    by_generation = {}
-    for g in (0, 1, 2):
-        mine = [ms for gen, ms in pauses if gen == g]
-        by_generation[g] = {"count": len(mine), "total_ms": round(sum(mine), 1),
-                            "max_ms": round(max(mine), 1) if mine else 0}  # fmt: skip
     d = counts.delays_ms
     return {
         "streams": count, "opened": counts.opened, "failed": counts.failed,
-        "dropped": counts.dropped, "measure_s": measure, "events": len(d),
-        "delay_p50_ms": percentile(d, 50), "delay_p99_ms": percentile(d, 99),
-        "delay_max_ms": max(d) if d else None, "rss_mb": seen.get("rss_mb"),
-        "collections": by_generation,
-        "worker_loop_lag_ms": {"p50": percentile(lags, 50), "p99": percentile(lags, 99),
-                               "max": max(lags) if lags else None, "samples": len(lags)},
+        "dropped": counts.dropped, "open_s": round(counts.open_s, 1), "measure_s": measure,
+        "events": len(d), "delay_p50_ms": percentile(d, 50), "delay_p99_ms": percentile(d, 99),
+        "delay_max_ms": max(d) if d else 0, **phases,
     }  # fmt: skip
 
 
 def table(r: dict) -> str:
-    lines = [f"{r['streams']} pooled streams, one worker: {r['opened']} open, {r['failed']} "
-             f"failed, {r['dropped']} dropped; event delay p50 {r['delay_p50_ms']:.1f} / p99 "
-             f"{r['delay_p99_ms']:.1f} / max {r['delay_max_ms']:.1f} ms over {r['events']} "
-             f"events in {r['measure_s']} s; RSS {r['rss_mb']:.0f} MB",
-             f"the worker's own loop lag (a 5 ms timer): p50 {r['worker_loop_lag_ms']['p50']:.1f}"
-             f" / p99 {r['worker_loop_lag_ms']['p99']:.1f} / max {r['worker_loop_lag_ms']['max']:.1f}"
-             " ms", "collections while measuring:"]  # fmt: skip
-    for g, c in r["collections"].items():
-        lines.append(f"  generation {g}: {c['count']} collections, {c['total_ms']} ms in all, "
-                     f"longest {c['max_ms']} ms")  # fmt: skip
+    lines = []
+    for variant, x in r.items():
+        lines.append(f"{x['streams']} pooled streams, one worker, collector {variant}: "
+                     f"{x['opened']} open, {x['failed']} failed, {x['dropped']} dropped; event "
+                     f"delay p50 {x['delay_p50_ms']:.1f} / p99 {x['delay_p99_ms']:.1f} / max "
+                     f"{x['delay_max_ms']:.1f} ms over {x['events']} events; RSS "
+                     f"{x['rss_mb']:.0f} MB")  # fmt: skip
+        for phase, seconds in (("opening", x["open_s"]), ("open", x["measure_s"])):
+            p = x[phase]
+            lag = p["loop_lag_ms"]
+            gens = ", ".join(f"gen{g} {c['count']} ({c['total_ms']:g} ms, longest "
+                             f"{c['max_ms']:g})" for g, c in p["collections"].items())  # fmt: skip
+            lines.append(f"  {phase} ({seconds:g} s): worker loop lag p50 {lag['p50']:.1f} / p99 "
+                         f"{lag['p99']:.1f} / max {lag['max']:.1f} ms; {gens}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import pytest
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ThreadedGateway
+from tests.support import metric
 from tests.support import private_tls_server
 from tests.support import proxy_client
 from tests.support.h2_gateway import H2Gateway
@@ -123,6 +124,10 @@ def test_http1_gateway_connection_is_kept_alive_across_clients(make_proxy, gatew
     assert len({rec.peer for rec in gateway.records}) == 1  # six clients, one connection
     tokens = [rec.header("X-Coder-AI-Governance-Token") for rec in gateway.records]
     assert tokens == [BOB, ALICE] * 3  # each request carried its own user's token
+    text = p.admin("/metrics").text
+    labels = {"gateway": gateway.url, "protocol": "http/1.1"}
+    assert metric(text, "aibridge_proxy_gateway_connections_opened_total", **labels) == 1
+    assert metric(text, "aibridge_proxy_gateway_connections", **labels) == 1
 
 
 def test_without_the_pool_each_client_connection_dials_the_gateway(make_proxy, gateway):

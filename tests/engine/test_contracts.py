@@ -13,6 +13,7 @@ from mitmproxy import master
 from mitmproxy import options
 from mitmproxy.addons import proxyserver
 from mitmproxy.net import tls as net_tls
+from mitmproxy.proxy import layer as mitmproxy_layer
 from mitmproxy.proxy import layers
 from mitmproxy.proxy import mode_servers
 from mitmproxy.proxy import server
@@ -31,6 +32,7 @@ from addons.engine.error_rendering import ProtocolErrorRendering
 from addons.engine.gateway_leg import PooledGatewayLeg
 from addons.engine.h2_abuse import Http2FloodGuard
 from addons.engine.header_limit import HeaderSizeLimit
+from addons.engine.pause_queues import LazyPauseQueues
 from addons.engine.reuse_port import _AsyncioWithReusePort
 from addons.engine.tls_buffers import ReleaseIdleTlsBuffers
 from addons.engine.upstream_handshake import UpstreamAuthHandshake
@@ -141,6 +143,43 @@ def test_the_connection_handler_opens_connections_and_takes_events():
         moved(f"{internal}.transports", "the leg's virtual connection is kept there")
 
 
+def test_layers_keep_waiting_events_in_one_deque_made_at_birth():
+    internal = "mitmproxy.proxy.layer.Layer._paused_event_queue"
+    source = inspect.getsource(mitmproxy_layer.Layer)
+    uses = source.count("_paused_event_queue")
+    init = inspect.getsource(mitmproxy_layer.Layer.__init__)
+    if "self._paused_event_queue = collections.deque()" not in init:
+        moved(internal, "no longer made in Layer.__init__ (LazyPauseQueues drops it there)")
+    for use in (".append(event)", ".popleft()", "and self._paused_event_queue"):
+        if "_paused_event_queue" + use not in source and use not in source:
+            moved(internal, f"no longer used as {use!r} (what _NoEventsYet stands in for)")
+    if uses != 5:  # annotation, init, append, the resume loop's test and popleft
+        moved(internal, f"used {uses} times in Layer, not 5: check LazyPauseQueues")
+    http = inspect.getsource(http_layer.HttpStream)
+    if http.count("_paused_event_queue") != 1 or "for evt in self._paused_event_queue" not in http:
+        moved("mitmproxy.proxy.layers.http.HttpStream", "reads the queue otherwise now")
+
+
+def test_a_layer_gets_its_queue_when_an_event_first_waits():
+    from mitmproxy.proxy import context
+    from mitmproxy.test import tflow
+
+    patch = LazyPauseQueues()
+    patch.install()
+    try:
+        ctx = context.Context(tflow.tclient_conn(), options.Options())
+        waiting = mitmproxy_layer.NextLayer(ctx)
+        assert "_paused_event_queue" not in waiting.__dict__
+        assert not waiting._paused_event_queue and list(waiting._paused_event_queue) == []
+        waiting._paused_event_queue.append("event")
+        assert list(waiting._paused_event_queue) == ["event"]
+        assert waiting._paused_event_queue.popleft() == "event"
+        assert not waiting._paused_event_queue
+    finally:
+        patch.uninstall()
+    assert "_paused_event_queue" in mitmproxy_layer.NextLayer(ctx).__dict__
+
+
 def test_h2_closes_its_state_machine_in_one_goaway_method():
     """The pool keeps a gracefully closed h2 connection reading (gateway_pool._GracefulH2)."""
     import h2.connection
@@ -246,6 +285,7 @@ def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
         (UpstreamAuthHandshake(), _upstream_proxy.HttpUpstreamProxy, "receive_handshake_data"),
         (PooledGatewayLeg(), http_layer.HttpLayer, "get_connection"),
         (PooledGatewayLeg(), server.ConnectionHandler, "open_connection"),
+        (LazyPauseQueues(), mitmproxy_layer.Layer, "__init__"),
     ],
 )
 def test_each_patch_installs_once_and_uninstalls_cleanly(patch, target, attribute):
