@@ -315,7 +315,8 @@ def scale_streams(target: Target, ca: Path, count: int, measure: float) -> dict:
     return {"streams": count, "opened": c.opened, "failed": c.failed, "dropped": c.dropped,
             "errors": dict(c.errors), "open_s": round(c.open_s, 1), "events": len(d),
             "delay_p50_ms": percentile(d, 50), "delay_p99_ms": percentile(d, 99),
-            "delay_max_ms": max(d) if d else float("nan"), **c.observed}  # fmt: skip
+            "delay_max_ms": max(d) if d else float("nan"),
+            "client_lag_p99_ms": percentile(c.client_lag_ms, 99), **c.observed}  # fmt: skip
 
 
 def scale_ok(r: dict) -> bool:

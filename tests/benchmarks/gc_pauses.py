@@ -176,6 +176,8 @@ def run_one(quick: bool, variant: str) -> dict:
         "streams": count, "opened": counts.opened, "failed": counts.failed,
         "dropped": counts.dropped, "open_s": round(counts.open_s, 1), "measure_s": measure,
         "events": len(d), "delay_p50_ms": percentile(d, 50), "delay_p99_ms": percentile(d, 99),
+        "client_loop_lag_ms": {"p99": percentile(counts.client_lag_ms, 99),
+                               "max": max(counts.client_lag_ms, default=0)},
         "delay_max_ms": max(d) if d else 0, **phases,
     }  # fmt: skip
 
@@ -187,7 +189,9 @@ def table(r: dict) -> str:
                      f"{x['opened']} open, {x['failed']} failed, {x['dropped']} dropped; event "
                      f"delay p50 {x['delay_p50_ms']:.1f} / p99 {x['delay_p99_ms']:.1f} / max "
                      f"{x['delay_max_ms']:.1f} ms over {x['events']} events; RSS "
-                     f"{x['rss_mb']:.0f} MB")  # fmt: skip
+                     f"{x['rss_mb']:.0f} MB; the load generator's own loop lag p99 "
+                     f"{x['client_loop_lag_ms']['p99']:.1f} / max "
+                     f"{x['client_loop_lag_ms']['max']:.1f} ms")  # fmt: skip
         for phase, seconds in (("opening", x["open_s"]), ("open", x["measure_s"])):
             p = x[phase]
             lag = p["loop_lag_ms"]

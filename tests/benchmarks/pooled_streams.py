@@ -122,8 +122,9 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
             (
                 f"{s['streams']} pooled streams, one worker (p99 <= 50 ms, no errors)",
                 f"{s['opened']} open, {s['failed']} failed, {s['dropped']} dropped; p50 "
-                f"{s['delay_p50_ms']:.1f} / p99 {s['delay_p99_ms']:.1f} ms; RSS "
-                f"{s['rss_mb']:.0f} MB",
+                f"{s['delay_p50_ms']:.1f} / p99 {s['delay_p99_ms']:.1f} ms (the load "
+                f"generator's own loop lag p99 {s['client_lag_p99_ms']:.1f} ms); RSS "
+                f"{s['rss_mb']:.0f} MB, CPU {s['cpu_cores']:.2f} cores",
                 not (s["failed"] or s["dropped"]) and s["delay_p99_ms"] <= 50,
             )
         )
@@ -142,7 +143,8 @@ def table(r: dict) -> str:
         lines.append(f"  {s['streams']} pooled streams: {s['opened']} open, {s['failed']} failed, "
                      f"{s['dropped']} dropped; event delay p50 {s['delay_p50_ms']:.1f} / p99 "
                      f"{s['delay_p99_ms']:.1f} / max {s['delay_max_ms']:.1f} ms over "
-                     f"{s['events']} events; RSS {s['rss_mb']:.0f} MB")  # fmt: skip
+                     f"{s['events']} events; RSS {s['rss_mb']:.0f} MB; the load generator's "
+                     f"own loop lag p99 {s['client_lag_p99_ms']:.1f} ms")  # fmt: skip
     return "\n".join(lines)
 
 
