@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable
@@ -249,6 +250,8 @@ class GatewayPool:
         per waiting request."""
         if self.closed:
             return
+        if any(not c.settled and c.room() == 0 and not c.draining for c in self.multiplexed):
+            return  # a new HTTP/2 connection takes more streams once its SETTINGS arrive
         wanted = (len(self.queue) if self.http2 is False else 1) - self.dialing
         for _ in range(max(0, wanted)):
             self._dial()
@@ -496,14 +499,25 @@ class _Http2Connection(_Connection):
             (b":authority", request.authority),
             (b":path", request.path),
         ]
+        sensitive = self.pool.sensitive_headers
         headers += [
-            NeverIndexedHeaderTuple(k, v) if k in self.pool.sensitive_headers else (k, v)
-            for k, v in request.headers
+            NeverIndexedHeaderTuple(k, v) if k in sensitive else (k, v)
+            for k, v in ((k, v.strip(b" \t")) for k, v in request.headers)
         ]
         body = request.body if request.body is not None else b"".join(stream.pending)
         stream.pending = []
         ended = stream.client_ended and not body and not stream.trailers
-        self.h2.send_headers(stream_id, headers, end_stream=ended)
+        if problem := _not_for_http2(headers):
+            # refused before h2 sees it: HPACK's table is the connection's, and an encoder
+            # that fails halfway would leave it out of step for every stream that follows
+            self.pool._spawn(stream.fail(f"cannot send the request over HTTP/2: {problem}"))
+            return
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=ended)
+        except Exception as e:  # unforeseen: this connection's HPACK state is unknown now
+            self.pool._spawn(stream.fail(f"cannot send the request over HTTP/2: {e}"))
+            self.close()
+            return
         if ended:
             self.ended.add(stream_id)
         stream.conn, stream.stream_id, stream.sent = self, stream_id, True
@@ -700,6 +714,20 @@ class _Http2Connection(_Connection):
         if not self.streams or not graceful:
             self.close()
         self.pool._pump()
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def _not_for_http2(headers: list) -> str | None:
+    """Why HTTP/2 cannot carry these header fields (RFC 9113 8.2.1), or None."""
+    for name, value in headers[4:]:  # (after the four pseudo-headers we made)
+        if not _TOKEN.fullmatch(name):
+            return f"the header name {name[:40]!r} is not a lower-case token"
+        if _BAD_VALUE.search(value):
+            return f"the value of {name.decode()} holds NUL, CR or LF"
+    return None
 
 
 def _code_name(code) -> str:

@@ -250,14 +250,7 @@ def reconnect_ms(target: Target, ca: Path, count: int) -> dict:
         times, reused, session = [], 0, None
         for _ in range(count):
             started = time.perf_counter()
-            with socket.create_connection((proxy.hostname, proxy.port)) as raw:
-                raw.sendall(
-                    f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
-                    f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode()
-                )
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += raw.recv(4096)
+            with open_tunnel(proxy.hostname, proxy.port, creds) as raw:
                 with context.wrap_socket(
                     raw, server_hostname=HOST, session=session if kind == "resumed" else None
                 ) as tls:
@@ -269,6 +262,20 @@ def reconnect_ms(target: Target, ca: Path, count: int) -> dict:
             times.append((time.perf_counter() - started) * 1000)
         out[kind] = {"p50_ms": percentile(times, 50), "resumed": reused, "of": count}
     return out
+
+
+def open_tunnel(host: str, port: int, creds: str) -> socket.socket:
+    """A socket through the proxy at host:port to HOST:443 (CONNECT answered 200)."""
+    raw = socket.create_connection((host, port))
+    raw.sendall(
+        f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
+        f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += raw.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return raw
 
 
 def hold_streams(target: Target, ca: Path, count: int) -> dict:

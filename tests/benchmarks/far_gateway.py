@@ -18,26 +18,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from certs.authority import generate_ca
-from certs.authority import issue_leaf
-from certs.authority import key_pem
 from tests.benchmarks.__main__ import ROOT
 from tests.benchmarks.__main__ import ensure_tools
 from tests.benchmarks.__main__ import free_port
+from tests.benchmarks.__main__ import open_tunnel
 from tests.benchmarks.__main__ import wait_port
 from tests.benchmarks.dlp import bench_env
 from tests.benchmarks.dlp import bench_main
+from tests.benchmarks.gateways import gateway_workdir
 
 TOKEN = "bench-token-0123456789"
 HOST = "api.openai.com"
@@ -96,15 +91,7 @@ def _close(writer) -> None:
 
 def _connect(proxy_port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
     creds = base64.b64encode(f"coder:{TOKEN}".encode()).decode()
-    raw = socket.create_connection(("127.0.0.1", proxy_port))
-    raw.sendall(
-        f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
-        f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += raw.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200"), head
+    raw = open_tunnel("127.0.0.1", proxy_port, creds)
     return context.wrap_socket(raw, server_hostname=HOST)
 
 
@@ -213,11 +200,7 @@ class Side:
 def run(quick: bool = False, rtt_ms: float = 20.0) -> dict:
     ensure_tools()
     env = bench_env()
-    work = Path(tempfile.mkdtemp(prefix="aibridge-far-bench-"))
-    ca = generate_ca("bench gateway CA", 2, permitted_domains=None)
-    cert, key = issue_leaf(ca, ["localhost"], ips=["127.0.0.1"])
-    (work / "gw.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
-    (work / "gw-ca.pem").write_bytes(ca.cert_pem())
+    work = gateway_workdir("aibridge-far-bench-")
     gateway_port = free_port()
     gateway = subprocess.Popen(
         [sys.executable, "-m", "tests.benchmarks.gateway_server", str(gateway_port),

@@ -14,14 +14,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from certs.authority import generate_ca
-from certs.authority import issue_leaf
-from certs.authority import key_pem
 from proxy.server.limits import raise_open_files_limit
 from tests.benchmarks.__main__ import HOST
 from tests.benchmarks.__main__ import ONE_USERS_LOAD
@@ -35,6 +29,8 @@ from tests.benchmarks.__main__ import scale_streams
 from tests.benchmarks.__main__ import wait_port
 from tests.benchmarks.dlp import bench_env
 from tests.benchmarks.dlp import bench_main
+from tests.benchmarks.gateways import gateway_workdir
+from tests.benchmarks.gateways import start_h2_gateway
 
 
 def _serve(work: Path, name: str, gateway_port: int, args: list[str], env: dict):
@@ -55,15 +51,11 @@ def run(quick: bool = False) -> dict:
     ensure_tools()
     raise_open_files_limit()
     env = bench_env()
-    work = Path(tempfile.mkdtemp(prefix="aibridge-pooled-bench-"))
-    ca = generate_ca("bench gateway CA", 2, permitted_domains=None)
-    cert, key = issue_leaf(ca, ["localhost"], ips=["127.0.0.1"])
-    (work / "gw.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
-    (work / "gw-ca.pem").write_bytes(ca.cert_pem())
-    h2_port, h1_port = free_port(), free_port()
+    work = gateway_workdir("aibridge-pooled-bench-")
+    h1_port = free_port()
+    h2_port, h2_gateway = start_h2_gateway(work, env)
     gateways = [
-        subprocess.Popen([sys.executable, "-m", "tests.support.h2_gateway", str(h2_port),
-                          str(work / "gw.pem")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
+        h2_gateway,
         subprocess.Popen([sys.executable, "-m", "tests.benchmarks.gateway_server", str(h1_port),
                           str(work / "gw.pem"), TOKEN], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL),

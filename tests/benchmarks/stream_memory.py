@@ -12,17 +12,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from certs.authority import generate_ca
-from certs.authority import issue_leaf
-from certs.authority import key_pem
 from proxy.server.limits import raise_open_files_limit
 from tests.benchmarks.__main__ import HOST
 from tests.benchmarks.__main__ import ONE_USERS_LOAD
@@ -33,6 +27,8 @@ from tests.benchmarks.__main__ import rss_mb
 from tests.benchmarks.__main__ import wait_port
 from tests.benchmarks.dlp import bench_env
 from tests.benchmarks.dlp import bench_main
+from tests.benchmarks.gateways import gateway_workdir
+from tests.benchmarks.gateways import start_h2_gateway
 from tests.benchmarks.streams import StreamClient
 
 
@@ -66,15 +62,9 @@ def _snapshot(proc: subprocess.Popen, path: Path) -> tracemalloc.Snapshot:
 def run(quick: bool = False) -> dict:
     raise_open_files_limit()
     env = bench_env()
-    work = Path(tempfile.mkdtemp(prefix="aibridge-memory-bench-"))
-    ca = generate_ca("bench gateway CA", 2, permitted_domains=None)
-    cert, key = issue_leaf(ca, ["localhost"], ips=["127.0.0.1"])
-    (work / "gw.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem(key))
-    (work / "gw-ca.pem").write_bytes(ca.cert_pem())
-    gw_port, port = free_port(), free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "tests.support.h2_gateway", str(gw_port),
-                                str(work / "gw.pem")], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
+    work = gateway_workdir("aibridge-memory-bench-")
+    port = free_port()
+    gw_port, gateway = start_h2_gateway(work, env)
     snap = work / "snapshot"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.benchmarks.stream_memory", "worker", str(snap), "serve",

@@ -248,3 +248,18 @@ def test_warm_connections_open_before_the_first_request(h2_gateway):
         pool.close()
 
     asyncio.run(main())
+
+
+def test_a_header_http2_refuses_fails_that_request_only(h2_gateway):
+    gw, tls = h2_gateway
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, PoolLimits(warm=0))
+        odd = post()
+        odd.headers.append((b"", b"x"))  # no name: h2's encoder would fail halfway
+        answer = await ask(pool, odd)
+        assert answer.status is None and "cannot send the request" in (answer.error or "")
+        assert (await ask(pool)).status == 200
+        pool.close()
+
+    asyncio.run(main())
