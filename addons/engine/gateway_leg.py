@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from dataclasses import field
 
 from mitmproxy import connection
 from mitmproxy import http
@@ -70,9 +71,9 @@ CLIENT_BACKLOG = 256 * 1024  # unsent bytes to a client before its gateway strea
 
 @dataclass
 class GatewayAnswer(events.ConnectionEvent):
-    """An HTTP event for one of a leg's streams, from the pool."""
+    """HTTP events for one of a leg's streams, from the pool, in order."""
 
-    http_event: object = None
+    http_events: list = field(default_factory=list)
 
 
 def outbound_request(request: http.Request) -> OutboundRequest:
@@ -108,19 +109,22 @@ def outbound_request(request: http.Request) -> OutboundRequest:
 
 
 class _ClientSide:
-    """One stream's way back into its client connection's layers."""
+    """One stream's way back into its client connection's layers: what the pool queues goes
+    in as one GatewayAnswer (one pass through the layers) per flush."""
 
-    __slots__ = ("leg", "stream_id", "request")
+    __slots__ = ("leg", "stream_id", "request", "queued")
 
     def __init__(self, leg: GatewayLeg, stream_id: int, request: http.Request) -> None:
         self.leg, self.stream_id, self.request = leg, stream_id, request
+        self.queued: list = []
 
-    async def _deliver(self, http_event) -> None:
+    async def flush(self) -> None:
+        answers, self.queued = self.queued, []
         leg = self.leg
-        if leg.handler is not None and not leg.closed:
-            await leg.handler.server_event(GatewayAnswer(leg.context.server, http_event))
+        if answers and leg.handler is not None and not leg.closed:
+            await leg.handler.server_event(GatewayAnswer(leg.context.server, answers))
 
-    async def on_headers(self, status, reason, version, headers, ended) -> None:
+    def on_headers(self, status, reason, version, headers, ended) -> None:
         response = http.Response(
             http_version=version,
             status_code=status,
@@ -131,19 +135,19 @@ class _ClientSide:
             timestamp_start=time.time(),
             timestamp_end=None,
         )
-        await self._deliver(ResponseHeaders(self.stream_id, response, ended))
+        self.queued.append(ResponseHeaders(self.stream_id, response, ended))
 
-    async def on_data(self, data: bytes) -> None:
-        await self._deliver(ResponseData(self.stream_id, data))
+    def on_data(self, data: bytes) -> None:
+        self.queued.append(ResponseData(self.stream_id, data))
 
-    async def on_end(self, trailers) -> None:
+    def on_end(self, trailers) -> None:
         if trailers:
-            await self._deliver(ResponseTrailers(self.stream_id, http.Headers(trailers)))
-        await self._deliver(ResponseEndOfMessage(self.stream_id))
+            self.queued.append(ResponseTrailers(self.stream_id, http.Headers(trailers)))
+        self.queued.append(ResponseEndOfMessage(self.stream_id))
 
-    async def on_error(self, message: str, connect_failed: bool) -> None:
+    def on_error(self, message: str, connect_failed: bool) -> None:
         code = ErrorCode.CONNECT_FAILED if connect_failed else ErrorCode.GENERIC_SERVER_ERROR
-        await self._deliver(ResponseProtocolError(self.stream_id, message, code))
+        self.queued.append(ResponseProtocolError(self.stream_id, message, code))
 
     def backlog(self):
         handler = self.leg.handler
@@ -178,10 +182,10 @@ class GatewayLeg(layer.Layer):
             err = yield commands.OpenConnection(server)
             yield RegisterHttpConnection(server, err)
         elif isinstance(event, GatewayAnswer):
-            answer = event.http_event
-            if isinstance(answer, (ResponseEndOfMessage, ResponseProtocolError)):
-                self.streams.pop(answer.stream_id, None)
-            yield ReceiveHttp(answer)
+            for answer in event.http_events:
+                if isinstance(answer, (ResponseEndOfMessage, ResponseProtocolError)):
+                    self.streams.pop(answer.stream_id, None)
+                yield ReceiveHttp(answer)
         elif isinstance(event, RequestHeaders):
             sink = _ClientSide(self, event.stream_id, event.request)
             stream = self.pool.request(outbound_request(event.request), sink)
@@ -218,7 +222,8 @@ class GatewayLeg(layer.Layer):
             if stream.sink.request is request:  # type: ignore[attr-defined]
                 del self.streams[stream_id]
                 stream.cancel()
-                self.pool._spawn(stream.sink.on_error(message, False))
+                stream.sink.on_error(message, False)
+                self.pool._spawn(stream.sink.flush())
                 return True
         return False
 

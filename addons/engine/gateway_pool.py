@@ -90,14 +90,17 @@ class OutboundRequest:
 
 
 class ResponseSink(Protocol):
-    """Where one request's answer goes (the client's side); each call may await briefly."""
+    """Where one request's answer goes (the client's side). The `on_*` calls queue; `flush`
+    hands over what is queued, once per read from the gateway: each hand-over is a pass
+    through the client connection's layers, so one read's headers, data and end go in one."""
 
-    async def on_headers(
+    def on_headers(
         self, status: int, reason: bytes, version: bytes, headers: list, ended: bool
     ) -> None: ...
-    async def on_data(self, data: bytes) -> None: ...
-    async def on_end(self, trailers: list | None) -> None: ...
-    async def on_error(self, message: str, connect_failed: bool) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_end(self, trailers: list | None) -> None: ...
+    def on_error(self, message: str, connect_failed: bool) -> None: ...
+    async def flush(self) -> None: ...
     def backlog(self) -> Awaitable | None:
         """Something to await while the client has not taken what it was sent, else None."""
 
@@ -161,8 +164,9 @@ class PoolStream:
             self.pool.submit(self)
             return
         self.finished = True
+        self.sink.on_error(message, connect_failed)
         with _client_gone():
-            await self.sink.on_error(message, connect_failed)
+            await self.sink.flush()
 
 
 @contextlib.contextmanager
@@ -301,6 +305,7 @@ class GatewayPool:
         if self.closed:
             writer.close()
             return
+        lean_tls_read_buffer(writer)
         self.last_error = None
         ssl_object = writer.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -388,6 +393,22 @@ class GatewayPool:
             "streams": sum(c.active() for c in self.connections),
             "queued": len(self.queue),
         }
+
+
+TLS_READ_BUFFER = 16 * 1024  # one TLS record
+
+
+def lean_tls_read_buffer(writer: asyncio.StreamWriter) -> None:
+    """asyncio's SSL transport reads into a 256 KiB buffer of its own per connection
+    (`SSLProtocol.max_size`, a class attribute): 290 KB of RSS for each pooled HTTP/1.1
+    connection, one per open stream, measured. A record at a time is enough; the buffer is
+    swapped while no read is under way (between the handshake and our first read)."""
+    protocol = getattr(writer.transport, "_ssl_protocol", None)
+    if protocol is None or not hasattr(protocol, "_ssl_buffer_view"):
+        return
+    protocol.max_size = TLS_READ_BUFFER
+    protocol._ssl_buffer = bytearray(TLS_READ_BUFFER)
+    protocol._ssl_buffer_view = memoryview(protocol._ssl_buffer)
 
 
 def _describe(e: BaseException) -> str:
@@ -605,8 +626,15 @@ class _Http2Connection(_Connection):
                 except h2.exceptions.ProtocolError as e:
                     reason = f"HTTP/2 protocol error from the gateway: {e}"
                     break
+                touched: dict[PoolStream, None] = {}
+                acks: list[tuple[PoolStream, int, int]] = []
                 for event in events:
-                    await self._handle(event)
+                    await self._handle(event, touched, acks)
+                for stream in touched:
+                    with _client_gone():
+                        await stream.sink.flush()
+                for stream, stream_id, length in acks:
+                    self._acknowledge(stream, stream_id, length)
                 self._flush()
         except (OSError, ssl.SSLError) as e:
             reason = _describe(e)
@@ -616,8 +644,12 @@ class _Http2Connection(_Connection):
             for stream in streams.values():
                 await stream.fail(reason)
 
-    async def _handle(self, event: h2.events.Event) -> None:
+    async def _handle(self, event: h2.events.Event, touched: dict, acks: list) -> None:
+        """One h2 event: answers are queued on their stream's sink (`touched`), flushed after
+        the read; window acknowledgements wait for that too (`acks`)."""
         stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+        if stream is not None:
+            touched[stream] = None
         if isinstance(event, h2.events.ResponseReceived) and stream is not None:
             status, headers = 0, []
             for name, value in event.headers:
@@ -627,26 +659,21 @@ class _Http2Connection(_Connection):
                     headers.append((name, value))
             stream.responded = True
             ended = event.stream_ended is not None
-            with _client_gone():
-                await stream.sink.on_headers(status, b"", b"HTTP/2.0", headers, ended)
+            stream.sink.on_headers(status, b"", b"HTTP/2.0", headers, ended)
             if ended:
                 self._end(stream, None)
-                with _client_gone():
-                    await stream.sink.on_end(None)
+                stream.sink.on_end(None)
         elif isinstance(event, h2.events.DataReceived) and stream is not None:
-            with _client_gone():
-                await stream.sink.on_data(event.data)
-            self._acknowledge(stream, event.stream_id, event.flow_controlled_length)
+            stream.sink.on_data(event.data)
+            acks.append((stream, event.stream_id, event.flow_controlled_length))
             if event.stream_ended is not None:
                 self._end(stream, None)
-                with _client_gone():
-                    await stream.sink.on_end(None)
+                stream.sink.on_end(None)
         elif isinstance(event, h2.events.DataReceived):
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived) and stream is not None:
             self._end(stream, None)
-            with _client_gone():
-                await stream.sink.on_end(list(event.headers))
+            stream.sink.on_end(list(event.headers))
         elif isinstance(event, h2.events.StreamEnded) and stream is not None:
             self._end(stream, None)  # ended after headers or data already delivered
         elif isinstance(event, h2.events.StreamReset) and stream is not None:
@@ -743,6 +770,7 @@ class _Http1Connection(_Connection):
         super().__init__(pool, reader, writer)
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIST_LIMIT)
         self.stream: PoolStream | None = None
+        self.answering: PoolStream | None = None  # whose answer this read queued
         self.chunked = False
 
     def room(self) -> int:
@@ -803,6 +831,7 @@ class _Http1Connection(_Connection):
             while not self.closed:
                 event = self.h11.next_event()
                 if event is h11.NEED_DATA:
+                    await self._flush_answer()
                     data = await self.reader.read(READ_SIZE)
                     self.h11.receive_data(data)
                     if not data and self.stream is None:
@@ -820,33 +849,41 @@ class _Http1Connection(_Connection):
         except (OSError, ssl.SSLError) as e:
             reason = _describe(e)
         finally:
+            await self._flush_answer()
             stream, self.stream = self.stream, None
             self.close()
             if stream is not None:
                 await stream.fail(reason)
 
+    async def _flush_answer(self) -> None:
+        """Hand over what this read queued, then wait while the client is behind (this
+        connection carries only its stream)."""
+        stream, self.answering = self.answering, None
+        if stream is None:
+            return
+        with _client_gone():
+            await stream.sink.flush()
+        if (waiting := stream.sink.backlog()) is not None:
+            with contextlib.suppress(Exception):
+                await waiting
+
     async def _handle(self, event) -> None:
         stream = self.stream
         if isinstance(event, h11.InformationalResponse) or stream is None:
             return
+        self.answering = stream
         if isinstance(event, h11.Response):
             stream.responded = True
-            with _client_gone():
-                await stream.sink.on_headers(
-                    event.status_code, event.reason, b"HTTP/1.1", list(event.headers), False
-                )
+            stream.sink.on_headers(
+                event.status_code, event.reason, b"HTTP/1.1", list(event.headers), False
+            )
         elif isinstance(event, h11.Data):
-            with _client_gone():
-                await stream.sink.on_data(bytes(event.data))
-            if (waiting := stream.sink.backlog()) is not None:
-                with contextlib.suppress(Exception):
-                    await waiting  # this connection carries only this stream
+            stream.sink.on_data(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             stream.finished = True
             self.stream = None
-            trailers = list(event.headers) or None
-            with _client_gone():
-                await stream.sink.on_end(trailers)
+            stream.sink.on_end(list(event.headers) or None)
+            await self._flush_answer()  # before this connection takes another request
             self._next_cycle()
 
     def _next_cycle(self) -> None:

@@ -27,8 +27,12 @@ from tests.benchmarks.__main__ import free_port
 from tests.benchmarks.__main__ import hold_streams
 from tests.benchmarks.__main__ import scale_streams
 from tests.benchmarks.__main__ import wait_port
+from tests.benchmarks.dlp import Proxy
+from tests.benchmarks.dlp import alternating_cpu
 from tests.benchmarks.dlp import bench_env
 from tests.benchmarks.dlp import bench_main
+from tests.benchmarks.dlp import cpu_table
+from tests.benchmarks.dlp import start_gateway
 from tests.benchmarks.gateways import gateway_workdir
 from tests.benchmarks.gateways import start_h2_gateway
 
@@ -67,10 +71,12 @@ def run(quick: bool = False) -> dict:
         wait_port(h1_port)
         variants = {
             "pooled, HTTP/2 gateway": (h2_port, []),
+            "pooled, HTTP/1.1 gateway": (h1_port, []),
             "pool off, HTTP/1.1 gateway": (h1_port, ["--gateway-pool-max-connections", "0"]),
         }
         for name, (port, args) in variants.items():
-            proc, target = _serve(work, name.split(",")[0].replace(" ", "-"), port, args, env)
+            label = name.replace(",", "").replace(" ", "-").replace("/", "")
+            proc, target = _serve(work, label, port, args, env)
             try:
                 held = [hold_streams(target, work / target.name / "ca.pem", n) for n in (few, many)]
                 r = out[name] = {
@@ -78,7 +84,7 @@ def run(quick: bool = False) -> dict:
                     "failed": [h["failed"] for h in held],
                     "kb_per_stream": (held[1]["rss_mb"] - held[0]["rss_mb"]) * 1024 / (many - few),
                 }
-                if name.startswith("pooled"):
+                if name == "pooled, HTTP/2 gateway":
                     count = 2000 if quick else 10_000
                     r["scale"] = scale_streams(target, work / target.name / "ca.pem", count,
                                                10 if quick else 30)  # fmt: skip
@@ -89,7 +95,27 @@ def run(quick: bool = False) -> dict:
         for g in gateways:
             g.terminate()
             g.wait(30)
+    out["cpu"] = _cpu_per_request(quick, env)
     return out
+
+
+def _cpu_per_request(quick: bool, env: dict) -> dict:
+    """CPU per 1,000 ordinary requests (16 kept-alive connections, the local HTTP/1.1 gateway
+    on loopback) with the pool and without, alternating."""
+    gateway_port, gateway = start_gateway(env)
+    proxies = {}
+    try:
+        wait_port(gateway_port)
+        proxies = {
+            "pooled": Proxy(gateway_port, [], env),
+            "pool off": Proxy(gateway_port, ["--gateway-pool-max-connections", "0"], env),
+        }
+        return alternating_cpu(proxies, quick)
+    finally:
+        for p in proxies.values():
+            p.stop()
+        gateway.terminate()
+        gateway.wait(30)
 
 
 def targets(r: dict) -> list[tuple[str, str, bool]]:
@@ -99,7 +125,8 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
     out = [
         (
             f"memory per stream, pooled ({few} -> {many})",
-            f"{x['kb_per_stream']:.1f} KB (target <= 60; pool off: "
+            f"{x['kb_per_stream']:.1f} KB over HTTP/2 (target <= 60; pooled over HTTP/1.1: "
+            f"{r['pooled, HTTP/1.1 gateway']['kb_per_stream']:.1f}; pool off: "
             f"{r['pool off, HTTP/1.1 gateway']['kb_per_stream']:.1f})",
             x["kb_per_stream"] <= 60 and not any(x["failed"]),
         ),
@@ -127,7 +154,7 @@ def table(r: dict) -> str:
     few, many = r["streams"]
     lines = [f"open SSE streams, one worker      RSS {few} / {many} streams   KB per stream"]
     for name, x in r.items():
-        if isinstance(x, dict):
+        if isinstance(x, dict) and "rss_mb" in x:
             lines.append(f"  {name:<32}{x['rss_mb'][0]:>7.0f} / {x['rss_mb'][1]:.0f} MB"
                          f"{x['kb_per_stream']:>15.1f}")  # fmt: skip
     s = r["pooled, HTTP/2 gateway"].get("scale")
@@ -137,6 +164,8 @@ def table(r: dict) -> str:
                      f"{s['delay_p99_ms']:.1f} / max {s['delay_max_ms']:.1f} ms over "
                      f"{s['events']} events; RSS {s['rss_mb']:.0f} MB; the load generator's "
                      f"own loop lag p99 {s['client_lag_p99_ms']:.1f} ms")  # fmt: skip
+    cpu = r["cpu"]["cpu_s_per_1k"]
+    lines += cpu_table("CPU, kept-alive requests", cpu, "pool off")
     return "\n".join(lines)
 
 

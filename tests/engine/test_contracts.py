@@ -180,6 +180,21 @@ def test_a_layer_gets_its_queue_when_an_event_first_waits():
     assert "_paused_event_queue" in mitmproxy_layer.NextLayer(ctx).__dict__
 
 
+def test_asyncio_ssl_transports_read_into_a_buffer_of_max_size():
+    """gateway_pool.lean_tls_read_buffer shrinks it per connection."""
+    from asyncio import sslproto
+
+    internal = "asyncio.sslproto.SSLProtocol"
+    if getattr(sslproto.SSLProtocol, "max_size", None) != 256 * 1024:
+        moved(f"{internal}.max_size", "no longer the 256 KiB class attribute")
+    source = inspect.getsource(sslproto.SSLProtocol)
+    for name in ("self._ssl_buffer = bytearray(self.max_size)", "return self._ssl_buffer_view"):
+        if name not in source:
+            moved(internal, f"{name!r} is gone")
+    if "self._ssl_protocol = ssl_protocol" not in inspect.getsource(sslproto._SSLProtocolTransport):
+        moved("asyncio.sslproto._SSLProtocolTransport._ssl_protocol", "the transport's protocol")
+
+
 def test_h2_closes_its_state_machine_in_one_goaway_method():
     """The pool keeps a gracefully closed h2 connection reading (gateway_pool._GracefulH2)."""
     import h2.connection

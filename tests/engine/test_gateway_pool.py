@@ -24,20 +24,27 @@ class Answer:
         self.body = b""
         self.error: str | None = None
         self.connect_failed = False
+        self.ended = False
+        self.flushes = 0  # hand-overs: one per read, not one per event
         self.done = asyncio.Event()
 
-    async def on_headers(self, status, reason, version, headers, ended):
+    def on_headers(self, status, reason, version, headers, ended):
         self.status = status
 
-    async def on_data(self, data):
+    def on_data(self, data):
         self.body += data
 
-    async def on_end(self, trailers):
-        self.done.set()
+    def on_end(self, trailers):
+        self.ended = True
 
-    async def on_error(self, message, connect_failed):
+    def on_error(self, message, connect_failed):
         self.error, self.connect_failed = message, connect_failed
-        self.done.set()
+        self.ended = True
+
+    async def flush(self):
+        self.flushes += 1
+        if self.ended:
+            self.done.set()
 
     def backlog(self):
         return None
@@ -99,6 +106,7 @@ def test_http1_connection_is_kept_alive_between_requests():
         pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
         answers = [await ask(pool) for _ in range(3)]
         assert [(a.status, a.body) for a in answers] == [(200, b"ok")] * 3
+        assert [a.flushes for a in answers] == [1] * 3  # one read, one hand-over
         assert gw.connections == 1 and pool.opened == 1
         pool.close()
 
@@ -261,5 +269,34 @@ def test_a_header_http2_refuses_fails_that_request_only(h2_gateway):
         assert answer.status is None and "cannot send the request" in (answer.error or "")
         assert (await ask(pool)).status == 200
         pool.close()
+
+    asyncio.run(main())
+
+
+def test_pooled_tls_connections_read_a_record_at_a_time_and_large_answers_arrive_whole(tmp_path):
+    import hashlib
+
+    server_context, ca_file = private_tls_server(tmp_path, "gateway")
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(13)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await asyncio.sleep(10)  # the connection stays open (kept alive)
+
+    async def main():
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        tls = ssl.create_default_context(cafile=str(ca_file))
+        pool = GatewayPool("localhost", port, tls, PoolLimits(warm=0))
+        got = await ask(pool)
+        assert (
+            got.status == 200 and hashlib.sha256(got.body).digest() == hashlib.sha256(body).digest()
+        )
+        (conn,) = pool.connections
+        assert len(conn.writer.transport._ssl_protocol._ssl_buffer) == 16 * 1024
+        pool.close()
+        server.close()
 
     asyncio.run(main())
