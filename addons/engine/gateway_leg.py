@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -239,7 +240,11 @@ class PooledGatewayLeg:
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, int, bool], GatewayPool] = {}
-        self.legs: dict[connection.Server, GatewayLeg] = {}
+        # weak: a leg whose client connection ended before its virtual connection opened
+        # (so _open_virtual never ran to forget it) goes with that connection
+        self.legs: weakref.WeakValueDictionary[connection.Server, GatewayLeg] = (
+            weakref.WeakValueDictionary()
+        )
         self._originals: dict[str, object] = {}
 
     def pool_for(self, event: GetHttpConnection) -> GatewayPool | None:
