@@ -83,7 +83,10 @@ class H2Gateway:
             assert self._server is not None
             self._server.close()
             for conn in self.connections:
-                conn.writer.close()
+                conn.writer.transport.abort()
+            # every connection gone before the loop stops: a transport collected after it
+            # would report itself to a server that no longer waits (an unraisable TypeError)
+            await asyncio.wait_for(self._server.wait_closed(), 5)
             await asyncio.sleep(0.05)  # their readers see the close and end
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
