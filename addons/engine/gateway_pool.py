@@ -29,6 +29,7 @@ What it promises:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import contextlib
@@ -417,7 +418,7 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-class _Connection:
+class _Connection(abc.ABC):
     """What the pool asks of a connection, whichever protocol it speaks."""
 
     protocol = ""
@@ -430,11 +431,31 @@ class _Connection:
         self.last_ping = time.monotonic()
         self.closed = False
 
+    @abc.abstractmethod
     def room(self) -> int:
-        raise NotImplementedError
+        """How many more requests it takes now."""
 
+    @abc.abstractmethod
     def active(self) -> int:
-        raise NotImplementedError
+        """How many requests it carries now."""
+
+    @abc.abstractmethod
+    def start(self, stream: PoolStream) -> None:
+        """Send the request (and whatever of its body is known)."""
+
+    @abc.abstractmethod
+    def send_body(self, stream: PoolStream, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def end_body(self, stream: PoolStream) -> None: ...
+
+    @abc.abstractmethod
+    def cancel(self, stream: PoolStream) -> None:
+        """The client went away: stop the request (HTTP/1.1: the connection goes)."""
+
+    @abc.abstractmethod
+    async def read_loop(self) -> None:
+        """Read answers until the connection ends; then fail what it still carried."""
 
     def writable(self) -> bool:
         return not self.closed and not self.writer.is_closing()
