@@ -225,39 +225,30 @@ class ProxyApp:
         # We report bind failures ourselves, in one line that names the setting.
         logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_drop_bind_errors)
         self.master = self._build_master()
+        # The admin listener first: if its port is taken, we stop before the main listener
+        # has accepted anyone (a client connecting in between would get a reset).
+        if self.settings.admin_listen is not None:
+            self.admin = await start_admin(
+                self.admin_state, lambda: self.metrics.registry, self.settings.admin_listen
+            )
         self._run_task = asyncio.get_running_loop().create_task(self.master.run())
         waiter = asyncio.ensure_future(self._lifecycle.event.wait())
         done, _ = await asyncio.wait({waiter, self._run_task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._run_task in done:
-            waiter.cancel()
-            self._run_task.result()
-            raise StartupError("the proxy engine stopped during start-up")
-        ps = self.master.addons.get("proxyserver")
-        for server in ps.servers:
-            if (exc := server.last_exception) is not None:
-                host, port = self.settings.listen
-                reason = getattr(exc, "strerror", None) or str(exc)
-                if "address already in use" in str(exc).lower():
-                    reason = "address already in use"
-                raise StartupError(
-                    f"listen: cannot bind {host or '*'}:{port}: {reason}; "
-                    "choose another address with --listen"
-                )
-        addrs = ps.listen_addrs()
-        if not addrs:
-            raise StartupError("the proxy did not bind any listener")
-        self.collector.start(asyncio.get_running_loop())
-        self.listen_address = addrs[0][:2]
-        self._publish()
-        if self.settings.admin_listen is not None:
-            try:
-                self.admin = await start_admin(
-                    self.admin_state, lambda: self.metrics.registry, self.settings.admin_listen
-                )
-            except StartupError:
+        try:
+            if self._run_task in done:
+                waiter.cancel()
+                self._run_task.result()
+                raise StartupError("the proxy engine stopped during start-up")
+            self.listen_address = self._bound_address()
+        except BaseException:
+            if not self._run_task.done():
                 self.master.shutdown()
                 await self._run_task
-                raise
+            if self.admin is not None:
+                await self.admin.stop()
+            raise
+        self.collector.start(asyncio.get_running_loop())
+        self._publish()
         logger.info(
             "proxy listening",
             extra={
@@ -281,6 +272,24 @@ class ProxyApp:
                 handler.flush()  # our "proxy listening" line is in the log pipe before READY
             self.reports.send(WorkerReport(READY))
         self.notifier.ready(f"proxy on {self.listen_address[0]}:{self.listen_address[1]}")
+
+    def _bound_address(self) -> tuple[str, int]:
+        """The main listener's address, or the one line that says why it has none."""
+        assert self.master is not None
+        ps = self.master.addons.get("proxyserver")
+        for server in ps.servers:
+            if (exc := server.last_exception) is not None:
+                host, port = self.settings.listen
+                reason = getattr(exc, "strerror", None) or str(exc)
+                if "address already in use" in str(exc).lower():
+                    reason = "address already in use"
+                raise StartupError(
+                    f"listen: cannot bind {host or '*'}:{port}: {reason}; "
+                    "choose another address with --listen"
+                )
+        if not (addrs := ps.listen_addrs()):
+            raise StartupError("the proxy did not bind any listener")
+        return addrs[0][:2]
 
     @property
     def metrics(self):

@@ -49,8 +49,9 @@ class CollectorPacing:
     def _collected(self, phase: str, info: dict) -> None:
         # Not from inside the collector: the freeze runs as the loop's next callback.
         if phase == "stop" and info["generation"] == 2 and not self._freeze_pending:
+            if self._loop is None or self._loop.is_closed():
+                return  # a collection during interpreter exit, after the loop has gone
             self._freeze_pending = True
-            assert self._loop is not None
             self._loop.call_soon_threadsafe(self._freeze)
 
     def _freeze(self) -> None:

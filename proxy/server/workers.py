@@ -164,6 +164,13 @@ class Supervisor:
         ca = prepare_ca(self.settings)  # the CA exists before workers start
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True, mode=0o700)
+        if self.settings.admin_listen is not None:
+            # bound before any worker accepts a client: a taken port stops us first
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
+            self.admin = await start_admin(
+                self.admin_state, lambda: registry, self.settings.admin_listen
+            )
         for i in range(self.count):
             await self._spawn(i)
         all_ready = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in self.ready.values())))
@@ -175,6 +182,8 @@ class Supervisor:
             all_ready.cancel()
             await asyncio.gather(all_ready, return_exceptions=True)  # retrieve the cancellation
             await self._stop_workers()
+            if self.admin is not None:
+                await self.admin.stop()
             if stopped in done:
                 return
             raise StartupError("workers did not start; see the log lines above")
@@ -183,16 +192,6 @@ class Supervisor:
         await asyncio.sleep(0.1)
         self.admin_state.publish(self.settings, ca.cert_pem(), self.port)
         self.admin_state.listening = True
-        if self.settings.admin_listen is not None:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
-            try:
-                self.admin = await start_admin(
-                    self.admin_state, lambda: registry, self.settings.admin_listen
-                )
-            except StartupError:
-                await self._stop_workers()
-                raise
         logger.info(
             "proxy listening",
             extra={

@@ -94,6 +94,54 @@ def test_port_in_use(tmp_path):
     assert_one_line_error(r, f"listen: cannot bind 127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_admin_port_in_use_stops_before_the_proxy_accepts(tmp_path, workers):
+    """A taken admin port is one line and exit 2, no traceback; and the main listener never
+    accepted a client in the meantime (it would have reset it)."""
+    import threading
+
+    main_port = free_port()
+    accepted = []
+    done = threading.Event()
+
+    def probe():
+        while not done.is_set():
+            with socket.socket() as c:
+                c.settimeout(0.2)
+                if c.connect_ex(("127.0.0.1", main_port)) == 0:
+                    accepted.append(time.monotonic())
+            time.sleep(0.002)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        admin_port = s.getsockname()[1]
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            r = cli(
+                "serve",
+                "--gateway",
+                "http://127.0.0.1:1",
+                "--auth-mode",
+                "presence",
+                "--state-dir",
+                str(tmp_path),
+                "--listen",
+                f"127.0.0.1:{main_port}",
+                "--admin-listen",
+                f"127.0.0.1:{admin_port}",
+                "--workers",
+                workers,
+            )
+        finally:
+            done.set()
+            prober.join()
+    assert_one_line_error(r, f"admin.listen: cannot bind 127.0.0.1:{admin_port}")
+    assert "Exception ignored" not in r.stderr and "RuntimeError" not in r.stderr
+    assert accepted == []
+
+
 def test_ca_init_and_show(tmp_path):
     r = cli("ca", "init", "--state-dir", str(tmp_path), "--provider", "*.openai.azure.com=azure")
     assert r.returncode == 0, r.stderr

@@ -37,15 +37,16 @@ def require_tools() -> None:
             pytest.skip(f"{tool} is not installed (./run setup installs it on Debian)")
 
 
-def root_tarball() -> Path:
-    key = hashlib.sha256(" ".join((SUITE, MIRROR, *PACKAGES)).encode()).hexdigest()[:12]
-    tar = CACHE / f"debian-{SUITE}-systemd-{key}.tar"
+def root_tarball(packages: tuple[str, ...] = PACKAGES, label: str = "systemd") -> Path:
+    """A minbase root with `packages`, made once and kept in CACHE (keyed by its contents)."""
+    key = hashlib.sha256(" ".join((SUITE, MIRROR, *packages)).encode()).hexdigest()[:12]
+    tar = CACHE / f"debian-{SUITE}-{label}-{key}.tar"
     if not tar.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = tar.with_name(f"{tar.stem}.partial.tar")
         subprocess.run(
             ["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet"]
-            + [f"--include={','.join(PACKAGES)}"]
+            + [f"--include={','.join(packages)}"]
             + [SUITE, str(partial), MIRROR],
             check=True,
             timeout=900,

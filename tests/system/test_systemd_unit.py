@@ -78,7 +78,7 @@ def service(tmp_path_factory, gateway_server):
         shutil.copy(ROOT / "deploy" / "requirements.lock", machine.path("/root"))
         machine.run(
             "python3 -m venv /opt/aibridge-proxy"
-            " && /opt/aibridge-proxy/bin/pip install --quiet --require-hashes --no-deps"
+            " && /opt/aibridge-proxy/bin/pip install --quiet --require-hashes --no-deps --only-binary=:all:"
             " -r /root/requirements.lock"
             f" && /opt/aibridge-proxy/bin/pip install --quiet --no-deps /root/{wheel.name}",
             timeout=600,
