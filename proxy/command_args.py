@@ -23,7 +23,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for f in FIELDS:
         if f.key == "providers":
             group.add_argument(
-                "--provider",
+                f.flag,
                 dest="providers",
                 action="append",
                 metavar="HOST=NAME[@/PATH,...]",

@@ -211,7 +211,9 @@ class EgressPolicy:
         if sni is None:
             if client_hello[:1] == b"\x16":
                 return f"the TLS handshake to {connect_host} names no host (SNI), which the egress policy needs"
-            return None  # not TLS: a protocol without a name to check (see the README)
+            return (
+                None  # not TLS: a protocol without a name to check (see the manual, Security model)
+            )
         if host_key(sni) == host_key(connect_host):
             return None  # checked on the CONNECT already
         return self.hosts.refusal(sni, self.routing.current.intercepts(sni))

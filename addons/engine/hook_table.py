@@ -6,7 +6,7 @@ children, looks the hook up by name, enters a `safecall` context and awaits a co
 whether the addon has the hook or not, and builds the hook's arguments again for each one.
 After every flow hook it does all that once more for `update`, which no addon in our master
 implements. With our twenty addons that bookkeeping was a fifth of a proxied request's CPU
-(py-spy, README's performance section). `HookTable` keeps mitmproxy's rules: addons are called
+(py-spy, the manual's Performance page). `HookTable` keeps mitmproxy's rules: addons are called
 in order, a failing handler is logged as "Addon error" and the next one still runs, `AddonHalt`
 ends the hook, `OptionsError` reaches whoever set the option, and sync-triggered hooks refuse
 async handlers. It only looks each hook's handlers up once, again after any addon is added or

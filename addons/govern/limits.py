@@ -201,7 +201,7 @@ class LimitGuard:
     def load(self, loader):
         loader.add_option("aibridge_limits", str, "[]",
                           "Limits and budgets as JSON: [{name, match, requests|tokens|concurrent, "
-                          "per, by}] (README, Limits and budgets).")  # fmt: skip
+                          "per, by}] (manual, Limits and budgets).")  # fmt: skip
         loader.add_option("aibridge_limits_store", str | None, None,
                           "Where limits are counted: a redis:// URL every replica shares "
                           "(default: this process's memory).")  # fmt: skip

@@ -65,7 +65,7 @@ QUEUE = 4096  # spans waiting for export; past it new spans are dropped (and cou
 EXPORT_TIMEOUT = 5.0  # seconds one export may take (the SDK's retries included)
 PROPAGATOR = TraceContextTextMapPropagator()
 # clients' own session keys, first found wins: Claude Code's, Codex's (tests/e2e/test_telemetry.py
-# reads them from the real clients), then names other clients use (README: "Sessions")
+# reads them from the real clients), then names other clients use (the manual, Audit trail: "Sessions")
 SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "session_id", "x-session-id",
                    "vscode-sessionid")  # fmt: skip
 
@@ -150,7 +150,7 @@ class Telemetry:
 
     def load(self, loader):
         loader.add_option("aibridge_telemetry_endpoint", str | None, None,
-                          "OTLP/HTTP collector for spans, e.g. http://collector:4318 (README, "
+                          "OTLP/HTTP collector for spans, e.g. http://collector:4318 (manual, "
                           "Audit trail and OpenTelemetry); off when unset.")  # fmt: skip
         loader.add_option("aibridge_telemetry_headers", str, "{}",
                           "Headers for the collector as JSON (never logged).")  # fmt: skip

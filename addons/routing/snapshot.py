@@ -103,7 +103,7 @@ class Routing:
             str,
             "{}",
             "Routing rules as JSON: {gateways, groups, rules, profiles, default_profile}, as in "
-            "the configuration file (see README, Routing rules and profiles).",
+            "the configuration file (see the manual, Routing rules and profiles).",
         )
         loader.add_option(
             "aibridge_gateway_trusted_ca",
@@ -125,7 +125,7 @@ class Routing:
             "aibridge_mcp",
             str,
             "[]",
-            "Governed MCP servers as JSON: [{name, url, allow_tools, deny_tools}] (README, MCP "
+            "Governed MCP servers as JSON: [{name, url, allow_tools, deny_tools}] (manual, MCP "
             "servers and tools).",
         )
 

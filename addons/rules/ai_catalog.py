@@ -183,7 +183,7 @@ def _parse_host(item: Any, where: str) -> CatalogHost:
 
 
 def markdown_table(catalog: Catalog | None = None) -> str:
-    """The README's catalog table, made from the file (tests/rules keep the two in step)."""
+    """The manual's catalog table, made from the file when the manual is built."""
     catalog = catalog or load_catalog()
     lines = [
         "| id | tool or provider | AI Bridge can serve it | hosts (role) |",

@@ -14,7 +14,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Every range the proxy refuses to dial for a client, with what lives there and an address
-# in it. The README's destination table and the tests are made from this one list. Python's
+# in it. The security model's destination table (docs/security.md) and the tests are made from this one list. Python's
 # `is_global` covers most of it already; the list makes the policy explicit, and adds what it
 # calls global (CGNAT, NAT64, the Azure host agent, IPv4-compatible and site-local IPv6).
 REFUSED_DESTINATIONS: tuple[tuple[str, str, str], ...] = (

@@ -14,7 +14,7 @@ from typing import Any
 
 from addons.rules.token_usage import BodyReader
 
-SEMCONV = "1.44.0"  # the schema whose GenAI attribute names we emit (README, Audit trail)
+SEMCONV = "1.44.0"  # the schema whose GenAI attribute names we emit (manual, Audit trail)
 CONTENT_POLICIES = ("none", "hash", "redact", "full")  # what of prompts and answers spans carry
 TEXT_LIMIT = 64 * 1024  # characters of output text kept for a span (content: hash, redact, full)
 BODY_LIMIT = 1024 * 1024  # request bytes read for the input messages

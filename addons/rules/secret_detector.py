@@ -5,7 +5,7 @@ rather than a regex list of our own.
 The detector is Kingfisher (MongoDB's Rust scanner, `kingfisher-secret-scanner`): it carries
 the Betterleaks and Veles rule catalogues (cloud, VCS, chat, SaaS and AI provider keys,
 private keys, JWTs, connection strings), compiles them once with Vectorscan and scans tens of
-MB/s on one core with the GIL released; the README gives the measured comparison with the
+MB/s on one core with the GIL released; the manual (DLP page) gives the measured comparison with the
 alternatives. Its catalogue has no generic "high entropy" rule at the confidence we load, which
 is what made entropy detectors unusable on code.
 

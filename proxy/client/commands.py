@@ -103,7 +103,9 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 COPILOT_API = "api.individual.githubcopilot.com"
-COPILOT_COMPLETIONS = "proxy.individual.githubcopilot.com"  # observed by default (README)
+COPILOT_COMPLETIONS = (
+    "proxy.individual.githubcopilot.com"  # observed by default (manual, Routed hosts)
+)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ class Supervisor:
             sys.executable,
             # mitmproxy type-checks every request and response it builds and every event its
             # layers pass, under `if __debug__`: a sixth of a request's CPU. Our code keeps no
-            # check in an assert, so workers run optimised (see README, Performance).
+            # check in an assert, so workers run optimised (see the manual, Performance).
             "-O",
             "-m",
             "proxy",

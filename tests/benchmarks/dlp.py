@@ -44,7 +44,10 @@ URL = "https://api.openai.com/v1/chat/completions"
 ORDINARY = (
     '{"model":"m","messages":[{"role":"user","content":"write a function that sorts a list"}]}'
 )
-PROSE = (ROOT / "README.md").read_text() + (ROOT / "addons/routing/gateway.py").read_text()
+PROSE = (
+    "".join(p.read_text() for p in sorted((ROOT / "docs").rglob("*.md")))
+    + (ROOT / "addons/routing/gateway.py").read_text()
+)
 
 
 def prompt(size: int) -> bytes:

@@ -1,5 +1,5 @@
 """The whole destination table, through the real proxy, where nothing can be dialled by
-mistake: a network namespace of its own with only loopback up. And the README's table is the
+mistake: a network namespace of its own with only loopback up. And the security model's table is the
 code's table."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tests.support import ROOT
 from tests.support import base_env
 
 
-def test_readme_lists_every_refused_range():
-    readme = (ROOT / "README.md").read_text()
+def test_the_security_model_lists_every_refused_range():
+    readme = (ROOT / "docs" / "security.md").read_text()
     for net, what, example in REFUSED_DESTINATIONS:
         assert f"| `{net}` | {what} | `{example}` |" in readme, net
 

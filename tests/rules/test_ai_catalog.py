@@ -104,7 +104,11 @@ def test_suffix_patterns_match_names_under_the_suffix_only():
     assert not host_matches("*.cursor.sh", "evilcursor.sh")
 
 
-def test_the_readme_table_is_made_from_the_catalog():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- catalog:start -->\n", 1)[1].split("\n<!-- catalog:end -->", 1)[0]
-    assert block == markdown_table(), "the README's catalog table is stale: run ./run catalog"
+def test_the_manuals_table_is_made_from_the_catalog():
+    from proxy.devtools.manual import CATALOG_MARKER
+    from proxy.devtools.manual import on_page_markdown
+
+    page = (ROOT / "docs" / "routing" / "observing.md").read_text()
+    assert page.count(CATALOG_MARKER) == 1
+    built = on_page_markdown(page)
+    assert markdown_table() in built and CATALOG_MARKER not in built

@@ -43,6 +43,7 @@ class Field:
     aliases: tuple[str, ...] = ()  # other environment variable names (Coder's)
     merge: bool = False  # mapping merged across sources rather than replaced
     option: str | None = None  # the mitmproxy option this setting feeds (engine_options)
+    flag_name: str | None = None  # a flag not spelt like the key
 
     @property
     def attr(self) -> str:
@@ -54,7 +55,7 @@ class Field:
 
     @property
     def flag(self) -> str:
-        return "--" + self.key.replace(".", "-").replace("_", "-")
+        return self.flag_name or "--" + self.key.replace(".", "-").replace("_", "-")
 
 
 _CODER = ("CODER_AIBRIDGE_PROXY_", "CODER_AI_GATEWAY_PROXY_")
@@ -88,6 +89,7 @@ FIELDS: tuple[Field, ...] = (
         None,
         "Routed hosts to add, replace (host: provider or {provider, paths}) or remove (host: null).",
         merge=True,
+        flag_name="--provider",  # one host=name[@/path,...] per flag, repeatable (host=- removes)
     ),
     Field("default_providers", parse_bool, True, "Start from the built-in provider table."),
     Field(
