@@ -36,8 +36,10 @@ from mitmproxy import http
 from addons.core.events import MCP_CALL
 from addons.core.events import EventBus
 from addons.core.record import FlowRecord
+from addons.core.record import RejectReason
 from addons.core.record import existing_record
 from addons.core.record import record
+from addons.core.responses import plain_response
 from addons.engine.body_limit import buffered_body_limit
 from addons.engine.body_limit import limit_buffered_body
 from addons.routing.snapshot import Routing
@@ -58,6 +60,8 @@ from addons.rules.mcp import parse_event
 from addons.rules.mcp import ping_in_place_of
 from addons.rules.mcp import read_messages
 from addons.rules.mcp import rewrite_answers
+from addons.rules.request_target import decoded_path
+from addons.rules.request_target import path_problem
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +120,16 @@ class McpGuard:
         request = flow.request
         if flow.response is not None or entry.self_service or entry.identity is None:
             return
-        server = self.routing.current.mcp.lookup(request.host, request.port, request.path)
+        servers = self.routing.current.mcp
+        if not servers.on_host(request.host):
+            return
+        # the entry is matched on the path as the server reads it (percent-decoded once, as
+        # Starlette and Go do); a spelling two servers could read differently is refused
+        if (problem := path_problem(request.path)) is not None:
+            entry.reject = RejectReason.AMBIGUOUS_PATH
+            flow.response = plain_response(400, f"{problem}; MCP servers are governed here")
+            return
+        server = servers.lookup(request.host, request.port, decoded_path(request.path))
         if server is None:
             return
         legacy = legacy_session(request.path)  # the legacy transport answers on its stream

@@ -62,6 +62,22 @@ def ambiguous_path(path: str) -> str | None:
     return None
 
 
+_ESCAPED_ESCAPE = re.compile(r"%25[0-9a-f]{2}", re.I)
+
+
+def path_problem(path: str) -> str | None:
+    """Why a server could read this path as another than the one a check matched, or None:
+    dot segments (also encoded), an encoded slash, an empty segment, or an escaped escape
+    (`%256d`: `%6d` to a server that decodes once, `m` to one that decodes twice)."""
+    if has_dot_segments(path):
+        return "the path holds . or .. segments"
+    if problem := ambiguous_path(path):
+        return problem
+    if _ESCAPED_ESCAPE.search(path.split("?", 1)[0]):
+        return "the path holds an encoded percent sign (%25)"
+    return None
+
+
 def is_websocket_upgrade(headers) -> bool:
     """A request asking to switch to WebSocket (any mapping of header names to values)."""
     return headers.get("upgrade", "").lower() == "websocket"

@@ -57,7 +57,9 @@ def _decide(
     table, policy = settings.provider_table, settings.policy
     route = table.lookup(host)
     port = parts.port or 443
-    if route is None and (server := settings.mcp_servers.lookup(host, port, parts.path)):
+    if route is None and (
+        server := settings.mcp_servers.lookup(host, port, decoded_path(parts.path))
+    ):
         return [f"{host}: MCP server {server.name}; decrypted, its tools governed "
                 f"(deny_tools: {', '.join(server.deny_tools) or 'none'}), sent on unchanged"]  # fmt: skip
     if route is None and (seen := settings.observed_hosts.lookup(host)) is not None:

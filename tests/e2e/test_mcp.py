@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -133,6 +134,36 @@ def test_the_sdk_agent_never_sees_or_runs_a_denied_tool(governing, mcp_server, s
     methods = {ln["mcp_method"] for ln in governing.access_lines()[lines_before:]
                if ln.get("msg") == "mcp call"}  # fmt: skip
     assert ("initialize" in methods) == (transport != "stateless")
+
+
+def test_an_escaped_path_is_governed_as_the_server_reads_it(governing, mcp_server):
+    """`/json/%6dcp` is `/json/mcp` to the server (Starlette decodes it): the entry governs it,
+    and the SDK agent there still never runs the denied tool."""
+    ran_before = mcp_server["ran"].read_text()
+    url = f"https://{HOST}:{mcp_server['port']}/json/%6dcp"
+    seen = agent(governing, url, "streamable", 'delete_repo={"name": "prod"}')
+    assert "delete_repo" not in seen["tools"]
+    refused = seen["calls"]["delete_repo"]
+    assert refused["error"] and refused.get("code") == -32001, refused
+    assert "the MCP server repo-json is denied" in refused["text"]
+    assert mcp_server["ran"].read_text()[len(ran_before) :].split() == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/json/%2e/mcp", "/json/%2E%2e/json/mcp", "/json%2fmcp", "//json/mcp", "/json/%256dcp"]
+)
+def test_a_path_servers_could_read_two_ways_is_refused(governing, mcp_server, path):
+    ran_before = mcp_server["ran"].read_text()
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "delete_repo", "arguments": {"name": "prod"}}}  # fmt: skip
+    url = httpx.URL(f"https://{HOST}:{mcp_server['port']}").copy_with(raw_path=path.encode())
+    verify = ssl.create_default_context(cafile=str(governing.bundle_path))
+    with httpx.Client(proxy=governing.url(ALICE), verify=verify, trust_env=False,
+                      timeout=20) as client:  # fmt: skip
+        r = client.post(url, json=call, headers={"Accept": "application/json, text/event-stream"})
+    assert r.status_code == 400, r.text
+    assert "MCP servers are governed here" in r.text
+    assert mcp_server["ran"].read_text()[len(ran_before) :].split() == []
 
 
 def test_a_rule_keeps_merging_from_contractors_only(governing, mcp_server):

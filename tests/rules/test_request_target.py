@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from addons.rules.request_target import has_dot_segments
 from addons.rules.request_target import is_method
 from addons.rules.request_target import is_request_target
+from addons.rules.request_target import path_problem
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,19 @@ def test_routed_paths_that_read_two_ways_are_named(path, problem):
 
     found = ambiguous_path(path)
     assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize(
+    "path, problem",
+    [
+        ("/json/mcp", None),
+        ("/json/%6dcp", None),  # one reading: /json/mcp (matched decoded)
+        ("/json/mcp?session_id=a%2Fb", None),  # the query is not the path
+        ("/json/%2e/mcp", "the path holds . or .. segments"),
+        ("/json%2Fmcp", "the path holds an encoded slash (%2F or %5C)"),
+        ("//json/mcp", "the path holds an empty segment (//)"),
+        ("/json/%256dcp", "the path holds an encoded percent sign (%25)"),
+    ],
+)
+def test_path_problem_names_spellings_servers_read_differently(path, problem):
+    assert path_problem(path) == problem
