@@ -222,7 +222,10 @@ class GatewayLeg(layer.Layer):
         for stream_id, stream in self.streams.items():
             if stream.sink.request is request:  # type: ignore[attr-defined]
                 del self.streams[stream_id]
+                conn = stream.conn
                 stream.cancel()
+                if conn is not None:  # a connection that let a stream time out takes no more
+                    conn.retire()
                 stream.sink.on_error(message, False)
                 self.pool._spawn(stream.sink.flush())
                 return True

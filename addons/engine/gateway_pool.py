@@ -16,13 +16,18 @@ HTTP layer.
 
 What it promises:
 - A request is retried on another connection only when none of it reached a socket (the pooled
-  connection was found closed first), or when the gateway said it did not process it (h2
-  REFUSED_STREAM, or a stream above GOAWAY's last stream id). A response that started is
-  never retried.
+  connection was found closed first), when the gateway said it did not process it (h2
+  REFUSED_STREAM, or a stream above GOAWAY's last stream id), or when its connection died
+  silently before any answer; and only while its whole body so far is held (a streamed body
+  is kept for this up to REPLAY_LIMIT). A response that started is never retried.
 - Each request carries only its own headers. HPACK's table is per connection, so credentials
   are sent as never-indexed literals: one user's token never enters a table another user's
   request is compressed against.
 - GOAWAY: no new stream on that connection; the streams it said it will finish, finish.
+- A silent HTTP/2 connection is found out within `silence` + `ping_timeout` seconds, under
+  traffic too: it is dropped, and the requests it had not answered at all go to a fresh one
+  when their whole body is held (a streamed body fails instead). A stream that times out, or
+  whose body the gateway does not take within `connect_timeout`, retires its connection.
 - Backpressure per stream: HTTP/2 data is acknowledged (the window reopened) once the client
   has taken it, so one slow client never stalls the connection's other streams.
 """
@@ -60,6 +65,9 @@ CONNECTION_WINDOW = 16 << 20
 # "unlimited" until then is what some servers punish by closing the connection)
 PROVISIONAL_STREAMS = 1
 HEADER_LIST_LIMIT = 256 * 1024
+# A streamed request body is also kept, up to this much, until its answer starts: a request
+# whose connection died before any answer can then be sent again on a fresh one.
+REPLAY_LIMIT = 1 << 20
 # Never put into HPACK's shared table (see the module docstring).
 SENSITIVE_HEADERS = frozenset(
     {
@@ -79,6 +87,12 @@ class PoolLimits:
     warm: int = 1  # connections opened ahead of the first request and kept open while idle
     connect_timeout: float = 10.0
     ping_interval: float = 30.0  # warm idle HTTP/2 connections are pinged (dead ones dropped)
+    # An HTTP/2 connection that carries streams (or still owes its SETTINGS) and has sent
+    # nothing for `silence` seconds is asked a PING; one unanswered after `ping_timeout` is
+    # dead: what a load balancer or NAT that silently dropped the flow, a gateway that never
+    # finished its preface, or one that stopped reading look like from here.
+    silence: float = 1.0
+    ping_timeout: float = 3.0
 
 
 @dataclass
@@ -111,7 +125,7 @@ class PoolStream:
 
     __slots__ = (
         "pool", "request", "sink", "conn", "stream_id", "pending", "client_ended",
-        "trailers", "sent", "responded", "finished", "attempts",
+        "trailers", "sent", "responded", "finished", "attempts", "replay",
     )  # fmt: skip
 
     def __init__(self, pool: GatewayPool, request: OutboundRequest, sink: ResponseSink):
@@ -127,12 +141,28 @@ class PoolStream:
         self.responded = False  # response headers arrived
         self.finished = False
         self.attempts = 0
+        # the streamed body so far, while it may still be sent again (None: it may not)
+        self.replay: bytearray | None = bytearray() if request.body is None else None
 
     # -- from the client's side ---------------------------------------------------------------
+
+    @property
+    def replayable(self) -> bool:
+        """Its whole body so far is held: it can go to another connection."""
+        return not self.responded and (self.request.body is not None or self.replay is not None)
+
+    def answered(self) -> None:
+        self.responded = True
+        self.replay = None
 
     def send(self, data: bytes) -> None:
         if self.finished or not data:
             return
+        if self.replay is not None:
+            if len(self.replay) + len(data) > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay += data
         if self.conn is None:
             self.pending.append(data)
         else:
@@ -161,7 +191,10 @@ class PoolStream:
             return
         self.conn = None
         self.stream_id = None
-        if retryable and not self.responded and self.attempts < 3:
+        if retryable and self.replayable and self.attempts < 3:
+            if self.request.body is None:
+                assert self.replay is not None
+                self.pending = [bytes(self.replay)]  # what was sent; the rest follows
             self.pool.submit(self)
             return
         self.finished = True
@@ -460,6 +493,11 @@ class _Connection(abc.ABC):
     def writable(self) -> bool:
         return not self.closed and not self.writer.is_closing()
 
+    def retire(self) -> None:
+        """No new request here (a stream timed out on it): closed once idle."""
+        if self.active() == 0:
+            self.close()
+
     def ping(self) -> None:
         self.last_ping = time.monotonic()
 
@@ -508,10 +546,15 @@ class _Http2Connection(_Connection):
         self.streams: dict[int, PoolStream] = {}
         self.outbox: dict[int, bytearray] = {}  # body bytes waiting for the gateway's window
         self.ended: set[int] = set()  # streams whose request end we sent
-        self.draining = False  # GOAWAY received: no new streams
+        self.draining = False  # GOAWAY received, or retired: no new streams
         self.settled = False  # the gateway's first SETTINGS arrived
         self.awaiting_ping: bytes | None = None
+        self.ping_sent = 0.0
+        self.last_received = time.monotonic()
+        self.blocked: dict[int, float] = {}  # stream id -> since when its body waits for a window
+        self._watch: asyncio.TimerHandle | None = None
         self._flush()
+        self._arm()  # the gateway owes its SETTINGS
 
     def room(self) -> int:
         if self.draining or not self.writable():
@@ -569,6 +612,7 @@ class _Http2Connection(_Connection):
             self.outbox[stream_id] = bytearray(body)
         self._send_pending(stream_id)
         self._flush()
+        self._arm()
 
     def send_body(self, stream: PoolStream, data: bytes) -> None:
         assert stream.stream_id is not None
@@ -593,10 +637,12 @@ class _Http2Connection(_Connection):
                 window = self.h2.local_flow_control_window(stream_id)
                 size = min(window, self.h2.max_outbound_frame_size, len(buffer))
                 if size <= 0:
+                    self.blocked.setdefault(stream_id, time.monotonic())
                     return  # WindowUpdated brings us back
                 self.h2.send_data(stream_id, bytes(buffer[:size]))
                 del buffer[:size]
             self.outbox.pop(stream_id, None)
+            self.blocked.pop(stream_id, None)
             if stream.client_ended and stream_id not in self.ended:
                 self.ended.add(stream_id)
                 if stream.trailers:
@@ -617,6 +663,7 @@ class _Http2Connection(_Connection):
     def _forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         self.outbox.pop(stream_id, None)
+        self.blocked.pop(stream_id, None)
         self.ended.discard(stream_id)
         if not self.streams:
             self.idle_since = time.monotonic()
@@ -626,14 +673,73 @@ class _Http2Connection(_Connection):
         self.pool._pump()
 
     def ping(self) -> None:
+        """The maintainer's ping of a warm idle connection; the watch drops it unanswered."""
         super().ping()
-        if self.awaiting_ping is not None:  # the last one was never answered: dead
-            self.close()
-            return
+        if self.awaiting_ping is None:
+            self._send_ping()
+        self._arm()
+
+    def retire(self) -> None:
+        self.draining = True
+        super().retire()
+
+    def _send_ping(self) -> None:
         self.awaiting_ping = time.monotonic_ns().to_bytes(8, "big")
+        self.ping_sent = time.monotonic()
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.ping(self.awaiting_ping)
             self._flush()
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._watch is None and not self.closed:
+            delay = self.pool.limits.silence
+            self._watch = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        """While the gateway owes us something: a PING after `silence`, death after
+        `ping_timeout` unanswered; a body that waits for a window too long retires us."""
+        self._watch = None
+        if self.closed:
+            return
+        limits, now = self.pool.limits, time.monotonic()
+        if self.awaiting_ping is not None and now - self.ping_sent >= limits.ping_timeout:
+            self._die(f"the gateway stopped answering (no PING answer in {limits.ping_timeout:g}s)")
+            return
+        for stream_id, since in list(self.blocked.items()):
+            if now - since >= limits.connect_timeout and (stream := self.streams.get(stream_id)):
+                self.draining = True  # the gateway takes no data here: nothing new either
+                self.cancel(stream)
+                self.pool._spawn(stream.fail(
+                    f"the gateway did not take the request body in {limits.connect_timeout:g}s",
+                    retryable=True,
+                ))  # fmt: skip
+        owed = bool(self.streams) or not self.settled
+        if self.awaiting_ping is None and not owed:
+            return  # idle: the maintainer's pings take over
+        if self.awaiting_ping is None and now - self.last_received >= limits.silence:
+            self._send_ping()
+        due = (
+            self.ping_sent + limits.ping_timeout
+            if self.awaiting_ping is not None
+            else self.last_received + limits.silence
+        )
+        self._watch = asyncio.get_running_loop().call_later(max(0.01, due - now), self._check)
+
+    def _die(self, reason: str) -> None:
+        """Dropped at once (no flush: a gateway that stopped reading would hold it); what it
+        had not answered at all goes to a fresh connection when its whole body is held."""
+        streams, self.streams = self.streams, {}
+        self.outbox.clear()
+        self.blocked.clear()
+        logger.warning("gateway %s:%s: %s; dropping the connection (%d streams)",
+                       self.pool.host, self.pool.port, reason, len(streams))  # fmt: skip
+        self.closed = True
+        self.writer.transport.abort()
+        self.pool.forget(self)
+        for stream in streams.values():  # (fail sends again only what it may)
+            self.pool._spawn(stream.fail(reason, retryable=True))
 
     async def read_loop(self) -> None:
         reason = "the gateway closed the connection"
@@ -642,6 +748,7 @@ class _Http2Connection(_Connection):
                 data = await self.reader.read(READ_SIZE)
                 if not data:
                     break
+                self.last_received = time.monotonic()
                 try:
                     events = self.h2.receive_data(data)
                 except h2.exceptions.ProtocolError as e:
@@ -661,6 +768,9 @@ class _Http2Connection(_Connection):
             reason = _describe(e)
         finally:
             self.close()
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
             streams, self.streams = self.streams, {}
             for stream in streams.values():
                 await stream.fail(reason)
@@ -678,7 +788,7 @@ class _Http2Connection(_Connection):
                     status = int(value)
                 elif not name.startswith(b":"):
                     headers.append((name, value))
-            stream.responded = True
+            stream.answered()
             ended = event.stream_ended is not None
             stream.sink.on_headers(status, b"", b"HTTP/2.0", headers, ended)
             if ended:
@@ -702,7 +812,7 @@ class _Http2Connection(_Connection):
             refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
             await stream.fail(
                 f"the gateway reset the stream ({_code_name(event.error_code)})",
-                retryable=refused and stream.request.body is not None,
+                retryable=refused,
             )
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.settled = True
@@ -751,9 +861,7 @@ class _Http2Connection(_Connection):
             if stream_id > last:
                 self.streams.pop(stream_id)
                 self.outbox.pop(stream_id, None)
-                await stream.fail(
-                    "the gateway is going away", retryable=stream.request.body is not None
-                )
+                await stream.fail("the gateway is going away", retryable=True)
             elif not graceful:
                 self.streams.pop(stream_id)
                 await stream.fail(
@@ -894,7 +1002,7 @@ class _Http1Connection(_Connection):
             return
         self.answering = stream
         if isinstance(event, h11.Response):
-            stream.responded = True
+            stream.answered()
             stream.sink.on_headers(
                 event.status_code, event.reason, b"HTTP/1.1", list(event.headers), False
             )

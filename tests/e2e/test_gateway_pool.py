@@ -148,3 +148,32 @@ def test_a_pooled_connection_the_gateway_closed_is_not_used(make_proxy):
         assert gw.last().path == "/api/v2/aibridge/openai/v1/chat/completions"
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("fault", ["no_settings", "silent", "stop_reading"])
+def test_a_silent_gateway_connection_heals_under_steady_traffic(make_proxy, h2_gateway, fault):
+    """The proxy with its default PING bounds: a gateway connection that never finishes its
+    preface, goes silent, or stops reading is dropped, and the requests a client keeps making
+    are answered through a fresh connection, never a 504 after gateway_timeout."""
+    import time
+
+    gw, ca = h2_gateway()
+    p = _proxy_for(make_proxy, gw, ca, "--gateway-timeout", "60")
+    with proxy_client(p, token=ALICE, timeout=30) as c:
+        url = "https://api.openai.com/v1/chat/completions"
+        if fault == "no_settings":
+            gw.next_fault = fault
+            gw.break_connections("silent")  # the warm connection too: the next one is faulty
+        else:
+            assert c.post(url, json={"model": "m"}).json()["connection"] == 1
+            gw.break_connections(fault)
+        broke = time.monotonic()
+        statuses, served_by, healed = [], [], None
+        for _ in range(8):  # steady traffic: one request after another
+            r = c.post(url, json={"model": "m"})
+            statuses.append(r.status_code)
+            served_by.append(r.json().get("connection") if r.status_code == 200 else None)
+            healed = healed or time.monotonic() - broke
+    assert statuses == [200] * 8, statuses
+    assert all(n is not None and n > 1 for n in served_by), served_by
+    print(f"\n{fault}: served again {healed:.1f} s after the connection broke")

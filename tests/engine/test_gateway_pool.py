@@ -9,6 +9,7 @@ import ssl
 import pytest
 from hpack import NeverIndexedHeaderTuple
 
+from addons.engine.gateway_pool import REPLAY_LIMIT
 from addons.engine.gateway_pool import GatewayPool
 from addons.engine.gateway_pool import OutboundRequest
 from addons.engine.gateway_pool import PoolLimits
@@ -221,12 +222,20 @@ def test_http2_refused_stream_is_retried_when_the_body_is_whole(h2_gateway):
         stream.send(b'{"model":"m"}')
         stream.end()
         await asyncio.wait_for(streamed.done.wait(), 10)
-        # a streamed body is not held, so it is not sent again
-        assert streamed.status is None and "REFUSED_STREAM" in (streamed.error or "")
+        # a small streamed body is held until its answer starts, so it is sent again too
+        assert streamed.status == 200 and b'"body_length": 13' in streamed.body
+        gw.refuse_next = 1
+        large = Answer()
+        stream = pool.request(post(body=None), large)
+        stream.send(b"x" * (REPLAY_LIMIT + 1))
+        stream.end()
+        await asyncio.wait_for(large.done.wait(), 10)
+        # one larger than the pool holds is not
+        assert large.status is None and "REFUSED_STREAM" in (large.error or "")
         pool.close()
 
     asyncio.run(main())
-    assert len(gw.records) == 1
+    assert len(gw.records) == 2
 
 
 def test_http2_goaway_new_requests_go_to_a_new_connection(h2_gateway):
@@ -298,5 +307,77 @@ def test_pooled_tls_connections_read_a_record_at_a_time_and_large_answers_arrive
         assert len(conn.writer.transport._ssl_protocol._ssl_buffer) == 16 * 1024
         pool.close()
         server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("fault", ["no_settings", "silent", "stop_reading"])
+def test_a_silent_connection_is_dropped_and_steady_traffic_moves_to_a_fresh_one(h2_gateway, fault):
+    """A connection that never finishes its preface, goes silent after answering, or stops
+    reading: under steady traffic, found out by an unanswered PING, and every request it held
+    or would have taken is answered by a fresh connection (none waits for gateway_timeout)."""
+    gw, tls = h2_gateway
+    limits = PoolLimits(warm=0, silence=0.2, ping_timeout=0.4)
+
+    async def main():
+        pool = GatewayPool("localhost", gw.port, tls, limits)
+        if fault == "no_settings":
+            gw.next_fault = fault
+        else:
+            assert b'"connection": 1' in (await ask(pool)).body
+            gw.break_connections(fault)
+            await asyncio.sleep(0.05)
+        waiting = []
+        for _ in range(12):  # a request every 0.1 s
+            waiting.append(asyncio.ensure_future(ask(pool)))
+            await asyncio.sleep(0.1)
+        answers = await asyncio.gather(*waiting)
+        assert [a.status for a in answers] == [200] * 12, [a.error for a in answers]
+        assert all(b'"connection": 2' in a.body for a in answers)
+        assert pool.opened == 2 and len(pool.connections) == 1
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_streamed_body_on_a_silent_connection_moves_or_fails_at_once(h2_gateway):
+    """A streamed body the pool still holds goes to a fresh connection; one larger than it
+    holds cannot be sent again and fails within the PING bound, naming why."""
+    gw, tls = h2_gateway
+
+    async def main():
+        limits = PoolLimits(warm=0, silence=0.2, ping_timeout=0.4)
+        pool = GatewayPool("localhost", gw.port, tls, limits)
+        assert (await ask(pool)).status == 200
+        gw.break_connections("silent")
+        await asyncio.sleep(0.05)
+        small, large = Answer(), Answer()
+        for answer, body in ((small, b'{"model":"m"}'), (large, b"x" * (REPLAY_LIMIT + 1))):
+            stream = pool.request(post(body=None), answer)
+            stream.send(body)
+            stream.end()
+        await asyncio.wait_for(asyncio.gather(small.done.wait(), large.done.wait()), 5)
+        assert small.status == 200 and b'"connection": 2' in small.body
+        assert large.status is None and "stopped answering" in (large.error or "")
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_body_the_gateway_never_takes_moves_on_within_the_connect_deadline(h2_gateway):
+    """The gateway answers PINGs but never opens a window for the body: after connect_timeout
+    (not gateway_timeout) the stream leaves that connection, which takes no new stream, and
+    its held body is answered by a fresh one."""
+    gw, tls = h2_gateway
+    gw.next_fault = "window_closed"
+
+    async def main():
+        limits = PoolLimits(warm=0, silence=0.2, ping_timeout=0.4, connect_timeout=0.6)
+        pool = GatewayPool("localhost", gw.port, tls, limits)
+        answer = await ask(pool, post(body=b"x" * 200_000))
+        assert answer.status == 200, answer.error
+        assert b'"connection": 2' in answer.body and b'"body_length": 200000' in answer.body
+        assert b'"connection": 2' in (await ask(pool)).body
+        pool.close()
 
     asyncio.run(main())

@@ -52,9 +52,16 @@ class _Conn:
     open_streams: int = 0
     peak_streams: int = 0
     draining: bool = False  # sent GOAWAY
+    fault: str | None = None  # see H2Gateway.FAULTS
 
 
 class H2Gateway:
+    # How a connection can break without closing: it never sends its preface (SETTINGS); it
+    # goes silent (reads and ignores everything: no answers, no PING or SETTINGS acks, as
+    # behind a NAT that dropped the flow); it stops reading its socket at all; or it answers
+    # PINGs but never opens a window for a request body.
+    FAULTS = ("no_settings", "silent", "stop_reading", "window_closed")
+
     def __init__(self, ssl_context: ssl.SSLContext, max_concurrent_streams: int = 100) -> None:
         ssl_context.set_alpn_protocols(["h2"])
         self.ssl_context = ssl_context
@@ -63,6 +70,7 @@ class H2Gateway:
         self.connections: list[_Conn] = []
         self.goaway_after: int | None = None  # after this many requests, GOAWAY (NO_ERROR)
         self.refuse_next = 0  # refuse this many new streams with REFUSED_STREAM
+        self.next_fault: str | None = None  # the next connection's fault (FAULTS)
         self.raw_headers: list[list] = []  # each request's header fields as h2 decoded them
         self._numbers = itertools.count(1)
         self._loop = asyncio.new_event_loop()
@@ -92,6 +100,16 @@ class H2Gateway:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
+    def break_connections(self, fault: str) -> None:
+        """Every open connection from now on fails as `fault` says (FAULTS)."""
+        assert fault in self.FAULTS
+
+        def apply():
+            for conn in self.connections:
+                conn.fault = fault
+
+        self._loop.call_soon_threadsafe(apply)
+
     def send_goaway(self) -> None:
         """GOAWAY (NO_ERROR) on every connection: streams under way may finish."""
 
@@ -109,17 +127,19 @@ class H2Gateway:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = _Conn(next(self._numbers), h2.connection.H2Connection(config=config), writer)
-        conn.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams
-            },
-        )
+        conn.fault, self.next_fault = self.next_fault, None
+        settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
+        conn.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         conn.h2.initiate_connection()
-        writer.write(conn.h2.data_to_send())
+        if conn.fault in (None, "window_closed"):
+            writer.write(conn.h2.data_to_send())
         self.connections.append(conn)
         try:
             while data := await reader.read(65536):
+                if conn.fault == "stop_reading":
+                    await asyncio.Event().wait()  # never reads again: the socket fills up
+                if conn.fault not in (None, "window_closed"):
+                    continue
                 for event in conn.h2.receive_data(data):
                     self._handle(conn, event)
                 writer.write(conn.h2.data_to_send())
@@ -139,7 +159,8 @@ class H2Gateway:
             conn.open_streams += 1
             conn.peak_streams = max(conn.peak_streams, conn.open_streams)
         elif isinstance(event, h2.events.DataReceived):
-            conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if conn.fault != "window_closed":  # (that one's windows never reopen)
+                conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if event.stream_id in conn.bodies:  # (not a refused one)
                 conn.bodies[event.stream_id] += event.data
         elif isinstance(event, h2.events.StreamEnded) and event.stream_id in conn.heads:
@@ -163,6 +184,8 @@ class H2Gateway:
         url = urlsplit(record.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         sid = record.stream_id
+        if conn.fault not in (None, "window_closed"):
+            return
         try:
             if url.path.endswith("/sse"):
                 conn.h2.send_headers(
