@@ -270,7 +270,12 @@ class GatewayPool:
                 self._dial_for_queue()
                 return
             self.queue.popleft()
-            conn.start(stream)
+            try:
+                conn.start(stream)
+            except Exception as e:  # unforeseen: contained to this connection and request
+                logger.exception("gateway %s:%s: starting a request failed", self.host, self.port)
+                conn.close()
+                self._spawn(stream.fail(f"cannot send the request: {type(e).__name__}"))
 
     def _free_connection(self) -> _Connection | None:
         best = None
@@ -924,6 +929,12 @@ class _Http1Connection(_Connection):
         else:
             headers.append((b"transfer-encoding", b"chunked"))
             self.chunked = True
+        if self.h11.our_state is not h11.IDLE or self.h11.their_state is not h11.IDLE:
+            # framing in doubt (the gateway sent what no request asked for): this connection
+            # goes, and the request, of which nothing was sent, takes a fresh one
+            self.close()
+            self.pool.submit(stream)
+            return
         try:
             out = self.h11.send(
                 h11.Request(method=request.method, target=request.path, headers=headers)
@@ -962,9 +973,15 @@ class _Http1Connection(_Connection):
                 if event is h11.NEED_DATA:
                     await self._flush_answer()
                     data = await self.reader.read(READ_SIZE)
+                    if self.stream is None:
+                        # closed while idle (a stale keep-alive connection), or bytes no
+                        # request asked for: either way its framing is done, so it goes
+                        if data:
+                            logger.warning("gateway %s:%s sent %d bytes on an idle connection; "
+                                           "closing it", self.pool.host, self.pool.port,
+                                           len(data))  # fmt: skip
+                        break
                     self.h11.receive_data(data)
-                    if not data and self.stream is None:
-                        break  # closed while idle: a stale keep-alive connection, dropped
                     continue
                 if event is h11.PAUSED:
                     # the answer ended before our request did (or an upgrade, which never
@@ -1016,11 +1033,14 @@ class _Http1Connection(_Connection):
             self._next_cycle()
 
     def _next_cycle(self) -> None:
-        """Kept alive when both sides are done and neither said close (`Connection: close`,
-        HTTP/1.0, a body read to EOF); otherwise the connection goes."""
+        """Kept alive when both sides are done, neither said close (`Connection: close`,
+        HTTP/1.0, a body read to EOF) and nothing came after the answer (a second answer, a
+        body longer than its Content-Length: the framing is in doubt); otherwise it goes."""
+        extra, _closed = self.h11.trailing_data
         if (
             self.h11.our_state is h11.DONE
             and self.h11.their_state is h11.DONE
+            and not extra
             and self.pool.keeps(self)
         ):
             self.h11.start_next_cycle()

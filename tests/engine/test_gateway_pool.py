@@ -93,7 +93,15 @@ class Http1Gateway:
                     return
                 await asyncio.sleep(self.delay)
                 close = b"Connection: close\r\n" if self.mode == "close" else b""
-                writer.write(b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 2\r\n\r\nok")
+                answer = b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 2\r\n\r\nok"
+                if self.mode == "second-answer":  # a whole second answer behind the first
+                    answer += b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+                elif self.mode == "short-length":  # a body longer than its Content-Length
+                    answer += b"-and-more"
+                writer.write(answer)
+                if self.mode == "unsolicited":  # an answer no request asked for, while idle
+                    await asyncio.sleep(0.1)
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
                 if close:
                     writer.close()
                     return
@@ -148,6 +156,25 @@ def test_a_connection_closed_while_idle_is_dropped_not_used():
         await asyncio.sleep(0.1)
         answer = await ask(pool)
         assert answer.status == 200 and answer.error is None
+        assert gw.connections == 2 and gw.requests == 2
+        pool.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["second-answer", "short-length", "unsolicited"])
+def test_a_connection_whose_framing_is_in_doubt_is_closed_and_the_next_request_served(mode):
+    """Bytes past an answer's end, or an answer nobody asked for: that connection is never
+    used again, and the next user's request is answered on a fresh one."""
+
+    async def main():
+        gw = Http1Gateway(mode=mode)
+        pool = GatewayPool("127.0.0.1", await gw.start(), None, PoolLimits(warm=0))
+        first = await ask(pool)
+        assert (first.status, first.body) == (200, b"ok")
+        await asyncio.sleep(0.3)  # (the unsolicited answer arrives while idle)
+        second = await ask(pool)
+        assert (second.status, second.body) == (200, b"ok")
         assert gw.connections == 2 and gw.requests == 2
         pool.close()
 
