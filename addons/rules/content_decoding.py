@@ -55,11 +55,25 @@ class BoundedDecoder:
         self.ok = encoding in ("", "identity") or self._z is not None or self._br is not None
         self._budget = self._left = budget
 
+    def _inflate(self, chunk: bytes) -> bytes:
+        """gzip member after member, as Python's and Go's readers (and so servers) decode a
+        body: a credential in the second member is in the body too. max_length bounds the
+        output; one byte past the budget is enough to know it is exceeded. Bytes after a
+        member that are not another member are corrupt (zlib.error), never skipped."""
+        assert self._z is not None
+        pieces: list[bytes] = []
+        produced = 0
+        while True:
+            pieces.append(self._z.decompress(chunk, self._left + 1 - produced))
+            produced += len(pieces[-1])
+            if not self._z.eof or not self._z.unused_data or produced > self._left:
+                return b"".join(pieces)
+            chunk = self._z.unused_data
+            self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)
+
     def decode(self, chunk: bytes) -> bytes:
         if self._z is not None:
-            # max_length bounds the output; what is left of the input waits in unconsumed_tail,
-            # and one byte past the budget is enough to know it is exceeded
-            data = self._z.decompress(chunk, self._left + 1)
+            data = self._inflate(chunk)
         elif self._br is not None:
             # brotli's output limit is a hint (its buffer grows in steps): ask in small steps
             # and count as it goes, never holding more than a step past the budget

@@ -9,16 +9,20 @@ tool results), Anthropic Messages (`system`, text and `tool_result` blocks), Gem
 (`contents[].parts[].text`), Copilot (the Chat Completions shape), Codex's `response.create`
 messages and an observed tool's own JSON all come out the same way, and a field a new API
 version adds is read too. Skipped: opaque blobs no one types into (signatures, encrypted
-reasoning, base64 images and documents). Objects keep every key: a duplicated key cannot hide
+reasoning, base64 images and other binary media); a text file attached as a document (a text
+source, a base64 source or data URL of a text media type) is read decoded. Objects keep every key: a duplicated key cannot hide
 a value from the scan.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 # Opaque values: signed or encrypted by the provider, or binary data in base64.
 _OPAQUE_KEYS = frozenset(
@@ -59,18 +63,57 @@ def _get(obj: _Object, key: str) -> Any:
     return next((v for k, v in obj if k == key), None)
 
 
-def _is_binary(key: str, value: str, parent: _Object) -> bool:
+# Media types whose bytes are text a person or a tool wrote (a file attached as a document)
+_TEXT_MEDIA = re.compile(
+    r"^(text/[\w.+-]+|application/(json|xml|yaml|x-yaml|toml|x-toml|javascript|x-sh|x-python"
+    r"|sql|x-ndjson|ld\+json|[\w.-]+\+(json|xml)))$",
+    re.I,
+)
+_DATA_URL = re.compile(r"^data:([^,;]*)((?:;[^,;]*)*),", re.S)
+
+
+def _is_text_media(media: Any) -> bool:
+    return isinstance(media, str) and bool(_TEXT_MEDIA.match(media.split(";", 1)[0].strip()))
+
+
+def _decoded_base64(value: str) -> str | None:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8", "replace")
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _data_url_text(value: str) -> str | None:
+    """The text a `data:` URL carries, decoded; None for binary media (an image)."""
+    m = _DATA_URL.match(value)
+    if m is None:
+        return value  # not a data URL after all: read as it is
+    media = m.group(1) or "text/plain"
+    if not _is_text_media(media):
+        return None
+    payload = value[m.end() :]
+    if ";base64" in m.group(2).lower():
+        decoded = _decoded_base64(payload)
+        return decoded if decoded is not None else value
+    return unquote(payload)
+
+
+def _text_of(key: str, value: str, parent: _Object) -> str | None:
+    """The text to scan in one string value: itself, or a text file's decoded content (a data
+    URL, a base64 source whose media type is text); None for what is really opaque or binary
+    (signatures, encrypted reasoning, images)."""
     if key in _OPAQUE_KEYS:
-        return True
+        return None
     if key not in _BINARY_KEYS:
-        return False
-    # data URLs and base64 sources (Anthropic's `source.data`, Gemini's `inlineData.data`)
-    keys = {k for k, _ in parent}
-    return (
-        value.startswith("data:")
-        or _get(parent, "type") == "base64"
-        or bool(keys & {"mimeType", "mime_type", "media_type"})
-    )
+        return value
+    if value.startswith("data:"):
+        return _data_url_text(value)
+    media = next((v for k, v in parent if k in ("media_type", "mime_type", "mimeType")), None)
+    if _get(parent, "type") == "base64":
+        return _decoded_base64(value) if _is_text_media(media) else None
+    if media is not None and not _is_text_media(media):
+        return None  # Gemini's inlineData: base64 of its mimeType
+    return value  # a text source (Anthropic's {"type": "text", "data": ...}) or a plain URL
 
 
 def _tool_label(obj: _Object) -> str | None:
@@ -98,8 +141,9 @@ def prompt_parts(document: Any) -> list[PromptPart]:
     while stack:
         node, where, numbered, key, parent = stack.pop()
         if isinstance(node, str):
-            if parent is None or not _is_binary(key, node, parent):
-                out.append(PromptPart(where[:_WHERE_LIMIT], node.encode("utf-8", "surrogatepass")))
+            text = node if parent is None else _text_of(key, node, parent)
+            if text is not None:
+                out.append(PromptPart(where[:_WHERE_LIMIT], text.encode("utf-8", "surrogatepass")))
         elif isinstance(node, _Object):
             top = parent is None and where == "body"
             label = None if top else _tool_label(node)

@@ -309,3 +309,58 @@ def test_a_growing_conversation_costs_the_scan_of_its_new_turn_only():
         assert dlp.body(chat(*turns), "", "block").action == "pass"
         costs.append(detector.scanned_bytes - before)
     assert max(costs[1:]) <= costs[0] * 1.1  # each turn scans one turn's text, not the history
+
+
+def test_a_credential_in_the_second_gzip_member_is_found_and_masked():
+    """Servers decode every member of a gzip body (Python's and Go's readers do)."""
+    first, second = chat("hello"), f" and key {GITHUB}".encode()
+    body = gzip.compress(first) + gzip.compress(second)
+    assert scan().body(body, "gzip", "block").action == "block"
+    verdict = scan().body(body, "gzip", "mask")
+    assert verdict.action == "mask" and GITHUB.encode() not in verdict.body
+    assert verdict.body.startswith(first)
+
+
+def test_bytes_after_a_gzip_member_that_are_no_member_are_not_skipped():
+    body = gzip.compress(chat("hello")) + b"trailing, not gzip " + GITHUB.encode()
+    verdict = scan(unreadable="block").body(body, "gzip", "block")
+    assert verdict.action == "block" and verdict.unscanned
+
+
+def _document(source: dict) -> bytes:
+    return json.dumps({"model": "claude", "messages": [{"role": "user", "content": [
+        {"type": "document", "source": source}]}]}).encode()  # fmt: skip
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _document({"type": "text", "media_type": "text/plain", "data": f"notes {GITHUB}"}),
+        _document({"type": "base64", "media_type": "text/plain", "data": _b64(f"k={GITHUB}")}),
+        json.dumps({"model": "gpt-5", "input": [{"role": "user", "content": [
+            {"type": "input_file", "filename": "a.env",
+             "file_data": f"data:text/plain;base64,{_b64(f'TOKEN={GITHUB}')}"}]}]}).encode(),
+        json.dumps({"model": "gpt-5", "input": [{"role": "user", "content": [
+            {"type": "input_file", "file_data": f"data:application/json,%7B%22t%22%3A%22{GITHUB}%22%7D"}]}]}).encode(),
+    ],
+    ids=["anthropic-text-source", "anthropic-base64-text", "openai-file-base64", "openai-file-url-escaped"],
+)  # fmt: skip
+def test_a_text_document_is_scanned_under_block_and_never_passes_under_mask(body):
+    verdict = scan().body(body, "", "block")
+    assert verdict.action == "block" and "github" in verdict.message.lower()
+    masked = scan().body(body, "", "mask")
+    assert masked.action == "block" or (
+        masked.action == "mask" and GITHUB.encode() not in masked.body
+    )
+
+
+def test_binary_media_stays_skipped():
+    image = _b64("\x89PNG" + GITHUB)  # a PNG's bytes are not a prompt
+    body = _document({"type": "base64", "media_type": "image/png", "data": image})
+    assert scan().body(body, "", "block").action == "pass"
