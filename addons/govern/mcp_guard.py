@@ -43,6 +43,8 @@ from addons.core.responses import plain_response
 from addons.engine.body_limit import buffered_body_limit
 from addons.engine.body_limit import limit_buffered_body
 from addons.routing.snapshot import Routing
+from addons.rules.content_decoding import DECODE_ERRORS
+from addons.rules.content_decoding import BoundedDecoder
 from addons.rules.mcp import DENIED
 from addons.rules.mcp import MAX_MESSAGE_BYTES
 from addons.rules.mcp import TOO_LARGE
@@ -137,6 +139,8 @@ class McpGuard:
         key = self._key(entry, server, session_id)
         entry.mcp = Exchange(server, self._pending(key) if key else {}, legacy is not None,
                              user_agent=request.headers.get("user-agent"))  # fmt: skip
+        # answers are read before they are passed on: asked for as they are, not compressed
+        request.headers["accept-encoding"] = "identity"
         if request.method != "POST":
             return
         # read whole before anything is sent; past the bound the engine answers 413 and drops
@@ -216,15 +220,26 @@ class McpGuard:
         info = entry.route if entry is not None else None
         if exchange is None or info is None or flow.response is None:
             return
-        kind = flow.response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        headers = flow.response.headers
+        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        reader: EventStream | JsonAnswer
         if kind == "text/event-stream":
-            info.response_filters.append(EventStream(self, flow, entry, exchange))
+            reader = EventStream(self, flow, entry, exchange)
         elif kind == "application/json" and exchange.calls:
-            info.response_filters.append(JsonAnswer(self, flow, entry, exchange))
-            if "content-length" in flow.response.headers:  # it may change: chunked instead
-                del flow.response.headers["content-length"]
-                if flow.response.http_version == "HTTP/1.1":
-                    flow.response.headers["transfer-encoding"] = "chunked"
+            reader = JsonAnswer(self, flow, entry, exchange)
+        else:
+            return
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # compressed though asked not to be: read decoded, and passed on decoded
+            info.response_filters.append(Decoded(encoding, reader))
+            del headers["content-encoding"]
+        else:
+            info.response_filters.append(reader)
+        if "content-length" in headers:  # what is sent may differ: its length is not known
+            del headers["content-length"]
+            if flow.response.http_version == "HTTP/1.1":
+                headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._over(flow)
@@ -341,8 +356,14 @@ class JsonAnswer:
         return body if changed is None else changed
 
     def _too_large(self) -> bytes:
-        """Too large to check: a tool list or a refusal in it cannot be let through unread,
-        so each call it answers gets an error instead; the rest of the body is dropped."""
+        return self.unreadable(
+            f"the MCP server's answer is larger than the proxy checks ({MAX_MESSAGE_BYTES} bytes)"
+        )
+
+    def unreadable(self, text: str) -> bytes:
+        """An answer the guard cannot read (too large, an encoding it cannot undo): a tool
+        list or a refusal in it cannot be let through unread, so each call it answers gets an
+        error instead; the rest of the body is dropped."""
         self.gave_up = True
         self.held = []
         answers = []
@@ -350,7 +371,6 @@ class JsonAnswer:
             pending = self.exchange.pending.pop(call.id_key, None)
             if pending is None:
                 continue
-            text = f"the MCP server's answer is larger than the proxy checks ({MAX_MESSAGE_BYTES} bytes)"
             answers.append(error_message(call.id, TOO_LARGE, text))
             self.guard._report(self.flow, self.entry, Outcome(call, pending, TOO_LARGE))
         return encode(answers if len(answers) != 1 else answers[0])
@@ -363,8 +383,11 @@ class EventStream:
         self.guard, self.flow, self.entry, self.exchange = guard, flow, entry, exchange
         self.events = SseSplitter(MAX_MESSAGE_BYTES)
         self.dropping = False
+        self.gone = False  # unreadable: nothing more is passed on
 
     def __call__(self, chunk: bytes) -> bytes:
+        if self.gone:
+            return b""
         out = []
         for raw in self.events.feed(chunk):
             if self.dropping:  # the end of an event that was too large
@@ -381,6 +404,15 @@ class EventStream:
             out.append(self.events.rest())  # the stream ended mid-event: as it was
         return b"".join(out)
 
+    def unreadable(self, text: str) -> bytes:
+        """A stream the guard cannot read: nothing more of it reaches the client."""
+        logger.warning("MCP server %s: %s; the rest of its stream is dropped",
+                       self.exchange.server.name, text)  # fmt: skip
+        self.events.rest()
+        self.dropping = True
+        self.gone = True
+        return b""
+
     def _event(self, raw: bytes) -> bytes:
         event = parse_event(raw)
         if event.kind == "endpoint":
@@ -391,3 +423,31 @@ class EventStream:
             return raw
         changed = self.guard.settle(self.flow, self.entry, self.exchange, event.data)
         return raw if changed is None else event.with_data(changed)
+
+
+class Decoded:
+    """An answer's Content-Encoding undone before the guard reads it (the client gets it
+    decoded): each chunk may decode to at most MAX_MESSAGE_BYTES, so a small bomb cannot grow
+    the worker; an encoding not undone here, or corrupt data, is unreadable, never passed."""
+
+    def __init__(self, encoding: str, reader: EventStream | JsonAnswer):
+        self.decoder = BoundedDecoder(encoding, MAX_MESSAGE_BYTES)
+        self.reader = reader
+        self.given_up = False
+        self.problem = None if self.decoder.ok else f"it is encoded as {encoding!r}"
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.given_up:
+            return b""
+        data = b""
+        if self.problem is None and chunk:
+            try:
+                self.decoder.refill()
+                data = self.decoder.decode(chunk)
+            except (ValueError, *DECODE_ERRORS) as e:
+                self.problem = str(e)
+        if self.problem is not None:
+            self.given_up = True
+            return self.reader.unreadable(f"the MCP server's answer cannot be read: {self.problem}")
+        out = self.reader(data) if data else b""
+        return out if chunk else out + self.reader(b"")

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
     zstd = None
 
 _BROTLI_ERRORS = (brotli.error,) if brotli is not None else ()
+DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error, *_BROTLI_ERRORS)  # corrupt data
 
 # What a compressed response may decode to before we stop reading its usage.
 DECODED_LIMIT = 8 * 1024 * 1024
@@ -70,6 +71,10 @@ class BoundedDecoder:
                 return b"".join(pieces)
             chunk = self._z.unused_data
             self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)
+
+    def refill(self) -> None:
+        """A fresh budget (a stream decoded chunk by chunk, each chunk bounded)."""
+        self._left = self._budget
 
     def decode(self, chunk: bytes) -> bytes:
         if self._z is not None:

@@ -154,7 +154,7 @@ class Call:
 
     @property
     def id_key(self) -> str:
-        return json.dumps(self.id)
+        return id_key(self.id)
 
     @property
     def is_notification(self) -> bool:
@@ -162,6 +162,9 @@ class Call:
 
 
 def id_key(message_id: Any) -> str:
+    """An id as JSON-RPC compares them: `1` and `1.0` are the same number."""
+    if isinstance(message_id, float) and message_id.is_integer():
+        message_id = int(message_id)
     return json.dumps(message_id)
 
 

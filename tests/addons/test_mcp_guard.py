@@ -5,10 +5,12 @@ JSON-RPC errors, and every call is one access line, a metric and a row on the pa
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 
 import pytest
+from mitmproxy.net.encoding import encode
 
 from addons.core.record import existing_record
 from addons.rules.mcp import DENIED
@@ -109,6 +111,61 @@ async def test_tool_lists_are_filtered_in_json_and_in_sse_answers(chain):
     assert sent[0] == b": ping"
     data = json.loads(sent[1].split(b"data: ", 1)[1])
     assert [t["name"] for t in data["result"]["tools"]] == ["search_issues", "merge_pull_request"]
+
+
+async def test_a_compressed_tool_list_is_read_decoded_and_passed_on_decoded(chain):
+    """Asked for as it is (identity); a server that compresses anyway is decoded before the
+    filter, and the client gets the filtered list decoded, never the hidden tool."""
+    flow = await post(chain, rpc(2, "tools/list"), headers=[(b"Accept-Encoding", b"gzip")])
+    assert flow.request.headers["accept-encoding"] == "identity"
+    body = gzip.compress(json.dumps(tool_list(2)).encode())
+    await chain.answer(flow, headers=[*JSON, (b"Content-Encoding", b"gzip")],
+                       chunks=[body[:15], body[15:]])  # fmt: skip
+    assert "content-encoding" not in flow.response.headers
+    names = [t["name"] for t in json.loads(flow.response.content)["result"]["tools"]]
+    assert names == ["search_issues", "merge_pull_request"]
+
+    flow = await post(chain, rpc(3, "tools/list"))
+    event = b"event: message\ndata: " + json.dumps(tool_list(3)).encode() + b"\n\n"
+    packed = gzip.compress(b": ping\n\n" + event)
+    await chain.answer(flow, headers=[*SSE, (b"Content-Encoding", b"gzip")],
+                       chunks=[packed[:20], packed[20:]])  # fmt: skip
+    assert b"delete_repo" not in flow.response.content and b"search_issues" in flow.response.content
+
+
+@pytest.mark.parametrize(
+    "encoding, body",
+    [(b"zstd", encode(json.dumps(tool_list(4)).encode(), "zstd")), (b"gzip", b"not gzip")],
+)
+async def test_an_answer_the_guard_cannot_decode_is_an_error_not_a_leak(chain, encoding, body):
+    """zstd is not undone chunk by chunk here, and corrupt gzip is not gzip: either way the
+    client gets an error for its call, never the list unfiltered."""
+    flow = await post(chain, rpc(4, "tools/list"))
+    await chain.answer(flow, headers=[*JSON, (b"Content-Encoding", encoding)], body=body)
+    answer = json.loads(flow.response.content)
+    assert answer["id"] == 4 and "cannot be read" in answer["error"]["message"]
+
+
+async def test_a_shortened_sse_answer_is_framed_as_sent(chain):
+    """A Content-Length the server declared no longer holds once a tool is filtered out, and
+    events with CR-only line ends are each passed on whole, the later ones too."""
+    flow = await post(chain, rpc(5, "tools/list"))
+    events = (b"event: message\rdata: " + json.dumps(tool_list(5)).encode() + b"\r\r"
+              + b"event: message\rdata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\"}\r\r")  # fmt: skip
+    await chain.answer(flow, headers=[*SSE, (b"Content-Length", str(len(events)).encode())],
+                       chunks=[events[:30], events[30:]])  # fmt: skip
+    assert "content-length" not in flow.response.headers
+    sent = flow.response.content
+    assert b"delete_repo" not in sent and b"notifications/x" in sent
+    assert sent.endswith(b"\r\r")
+
+
+async def test_an_answer_id_is_matched_as_json_rpc_numbers_compare(chain):
+    """`1.0` answers request 1: a hostile server cannot skip the filter by spelling it so."""
+    flow = await post(chain, rpc(1, "tools/list"))
+    body = json.dumps(tool_list(1)).replace('"id": 1,', '"id": 1.0,').encode()
+    await chain.answer(flow, headers=JSON, body=body)
+    assert b"delete_repo" not in flow.response.content
 
 
 async def test_a_batch_with_one_denied_call_sends_a_ping_in_its_place(chain, caplog):
