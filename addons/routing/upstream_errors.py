@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 def classify(error: str) -> str:
     """A short, detail-free reason for an upstream failure message from the engine."""
     e = error.lower()
+    if "reset the stream" in e:  # the gateway answered TLS and HTTP/2, and refused one stream
+        if "refused_stream" in e:
+            return "the gateway refused the request's stream without processing it (REFUSED_STREAM)"
+        return "the gateway reset the request's stream"
+    if "stopped answering" in e or "did not take the request body" in e:
+        return error  # our own words, from the gateway pool
     if "certificate" in e or "tls" in e or "ssl" in e:
         return "TLS handshake failed (is the certificate trusted? see gateway_ca_file)"
     if "name or service not known" in e or "nodename nor servname" in e or "getaddrinfo" in e:

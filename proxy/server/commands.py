@@ -67,13 +67,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from proxy.server.explain import ExplainError
     from proxy.server.explain import explain
 
     settings = settings_from(args, require_gateway=False)
-    for line in explain(
+    try:
+        lines = explain(
         settings, args.url, method=args.method, user=args.user, workspace=args.workspace,
-        model=args.model, client=args.client, profile=args.profile,
-    ):  # fmt: skip
+            model=args.model, client=args.client, profile=args.profile,
+        )  # fmt: skip
+    except ExplainError as e:
+        raise UsageError(str(e)) from None
+    for line in lines:
         print(line)
     return 0
 

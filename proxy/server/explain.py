@@ -19,6 +19,8 @@ from addons.rules.provider_errors import api_family
 from addons.rules.provider_errors import error_body
 from addons.rules.providers import copilot_completion_hosts
 from addons.rules.request_target import decoded_path
+from addons.rules.request_target import is_request_target
+from addons.rules.request_target import path_problem
 from proxy.server.settings import Settings
 
 WORKSPACE_NOTE = (
@@ -27,10 +29,35 @@ WORKSPACE_NOTE = (
 )
 
 
+class ExplainError(ValueError):
+    """A URL `explain` cannot take (the message is one line for the user)."""
+
+
+def _checked(url: str) -> tuple[str, int, str, str]:
+    """host, port, path and query of an https:// URL, or ExplainError saying what is wrong."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # brackets that are not an IPv6 address, and the like
+        raise ExplainError(f"explain: {_shown(url)} is not a URL like https://host/path") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ExplainError(f"explain: {_shown(url)} is not a URL like https://host/path")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ExplainError(f"explain: the port of {_shown(url)} is not a port (1-65535)") from None
+    return parts.hostname.lower(), port, parts.path, parts.query
+
+
+def _shown(text: str) -> str:
+    """Text from the command line, safe on a terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def explain(settings: Settings, url: str, **request: str | None) -> list[str]:
     """What the proxy would do with a request to `url` (method, user, workspace, model, client,
-    profile), line by line, as the router decides it."""
-    lines = _decide(settings, url, **request)
+    profile), line by line, as the router decides it. ExplainError for a URL it cannot take."""
+    _checked(url)
+    lines = [_shown(line) for line in _decide(settings, url, **request)]
     policy = settings.policy
     every = policy.rules + tuple(r for rules in policy.profiles.values() for r in rules)
     if any("workspace" in rule.conditions for rule in every):
@@ -49,16 +76,17 @@ def _decide(
     profile: str | None = None,
 ) -> list[str]:
     method = method or "POST"
-    parts = urlsplit(url)
-    host, path = (
-        (parts.hostname or "").lower(),
-        parts.path + (f"?{parts.query}" if parts.query else ""),
-    )
+    host, port, raw_path, query = _checked(url)
+    path = raw_path + (f"?{query}" if query else "")
     table, policy = settings.provider_table, settings.policy
     route = table.lookup(host)
-    port = parts.port or 443
+    problem = path_problem(raw_path)
+    if not is_request_target(path):
+        problem = "the request target holds spaces, control or non-ASCII characters"
+    if problem is not None and (route is not None or settings.mcp_servers.on_host(host)):
+        return [f"answer:   400 {problem} (the proxy refuses such a path on {host})"]
     if route is None and (
-        server := settings.mcp_servers.lookup(host, port, decoded_path(parts.path))
+        server := settings.mcp_servers.lookup(host, port, decoded_path(raw_path))
     ):
         return [f"{host}: MCP server {server.name}; decrypted, its tools governed "
                 f"(deny_tools: {', '.join(server.deny_tools) or 'none'}), sent on unchanged"]  # fmt: skip

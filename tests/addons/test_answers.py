@@ -16,6 +16,7 @@ from addons.routing.gateway import GatewayRouter
 from addons.routing.gateway_health import GatewayHealth
 from addons.routing.snapshot import Routing
 from addons.routing.upstream_errors import UpstreamErrors
+from addons.routing.upstream_errors import classify
 from addons.routing.websocket import WebSocketFallback
 from tests.addons.chain import connect_flow
 from tests.addons.chain import loaded
@@ -109,3 +110,18 @@ async def test_inflight_gauge_returns_to_zero_on_response_error_and_disconnect(c
     assert gauge._value.get() == 1
     metrics.client_disconnected(flows[2].client_conn)
     assert gauge._value.get() == 0
+
+
+@pytest.mark.parametrize(
+    "engine_error, said",
+    [
+        ("the gateway reset the stream (REFUSED_STREAM)",
+         "the gateway refused the request's stream without processing it (REFUSED_STREAM)"),
+        ("the gateway reset the stream (INTERNAL_ERROR)", "the gateway reset the request's stream"),
+        ("the gateway stopped answering (no PING answer in 3s)",
+         "the gateway stopped answering (no PING answer in 3s)"),
+        ("[Errno 111] Connect call failed ('127.0.0.1', 1)", "connection refused"),
+    ],
+)  # fmt: skip
+def test_a_refused_stream_is_not_called_a_refused_connection(engine_error, said):
+    assert classify(engine_error) == said

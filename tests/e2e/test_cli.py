@@ -142,6 +142,35 @@ def test_admin_port_in_use_stops_before_the_proxy_accepts(tmp_path, workers):
     assert accepted == []
 
 
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("https://api.openai.com:99999/v1/chat/completions", "is not a port (1-65535)"),
+        ("api.openai.com/v1/chat/completions", "is not a URL like https://host/path"),
+        ("https://api.openai.com:9\x1b[31m/v1", "\\x1b[31m"),
+    ],
+)
+def test_explain_takes_a_bad_url_in_one_escaped_line(url, fragment):
+    r = cli("explain", "--gateway", "https://coder.example.com", url)
+    assert_one_line_error(r, fragment)
+    assert "\x1b" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "path, answer",
+    [
+        ("/v1/../v1/chat/completions", "400 the path holds . or .. segments"),
+        ("/v1/%2e%2e/x", "400 the path holds . or .. segments"),
+        ("/v1/audio%2Fspeech", "400 the path holds an encoded slash"),
+        ("/v1/chat\x1b[2J", "400 the request target holds spaces, control"),
+    ],
+)
+def test_explain_says_the_proxy_refuses_what_it_refuses(path, answer):
+    r = cli("explain", "--gateway", "https://coder.example.com", f"https://api.openai.com{path}")
+    assert r.returncode == 0, r.stderr
+    assert answer in r.stdout and "\x1b" not in r.stdout
+
+
 def test_ca_init_and_show(tmp_path):
     r = cli("ca", "init", "--state-dir", str(tmp_path), "--provider", "*.openai.azure.com=azure")
     assert r.returncode == 0, r.stderr
