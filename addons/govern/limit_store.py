@@ -13,10 +13,17 @@ together (four requests split 2 + 2 against a limit of 3: the fourth is refused)
   for longer than LEASE_TTL.
 - `used` / `held`: what the developer page shows; `usage`: every counter of one limit, for the
   usage gauges in /metrics (bounded: at most USAGE_KEYS subjects a limit).
+
+Redis trouble costs a request little: each command has a short timeout, and after
+BREAKER_FAILURES failures in a row the store is taken as unavailable at once (no request waits
+on it) until a background PING answers again, tried every BREAKER_PROBE seconds. A counter
+that holds something else than a number (a wrong type, garbage) is corrupt, not an outage: it
+starts again at zero with its window's expiry, logged once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -35,6 +42,9 @@ LEASE_TTL = 30.0  # seconds a lease lives without a heartbeat (a dead worker's a
 KEY_PREFIX = "aibridge:limit:"
 USAGE_KEYS = 10_000  # counters read per limit for the usage gauges (the rest are not shown)
 _SLACK = 60  # seconds a window's key outlives its window (clock skew between replicas)
+COMMAND_TIMEOUT = 0.25  # seconds one Redis command may take (Redis answers in well under 1 ms)
+BREAKER_FAILURES = 3  # failures in a row that open the breaker
+BREAKER_PROBE = 1.0  # seconds between the background PINGs while it is open
 
 
 class StoreUnavailable(RuntimeError):
@@ -149,18 +159,29 @@ class MemoryLimitStore:
 # (ms), then per key: kind (r, t, c), amount, expiry (unix ms, windows), lease id (leases).
 _CHECK_ALL = """
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local reset = {}
 for i = 1, #KEYS do
   local kind, amount = ARGV[4 * i - 1], tonumber(ARGV[4 * i])
   if kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local swept = redis.pcall('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    if type(swept) == 'table' and swept.err then  -- not a lease set: corrupt, start again
+      redis.call('DEL', KEYS[i])
+      table.insert(reset, KEYS[i])
+    end
     local held = redis.call('ZCARD', KEYS[i])
     if held >= amount then
       local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-      return {i, held, tonumber(first[2])}
+      return {i, held, tonumber(first[2]), reset}
     end
   else
-    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if used >= amount then return {i, used, 0} end
+    local raw = redis.pcall('GET', KEYS[i])
+    local used = tonumber(raw or '0')
+    if (type(raw) == 'table' and raw.err) or used == nil then  -- corrupt: start again
+      redis.call('DEL', KEYS[i])
+      table.insert(reset, KEYS[i])
+      used = 0
+    end
+    if used >= amount then return {i, used, 0, reset} end
   end
 end
 for i = 1, #KEYS do
@@ -173,12 +194,22 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
-return {0, 0, 0}
+return {0, 0, 0, reset}
 """
 _GIVE_BACK = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used > 0 then redis.call('DECR', KEYS[1]) end
+local used = tonumber(redis.pcall('GET', KEYS[1]) or '0')
+if used ~= nil and used > 0 then redis.call('DECR', KEYS[1]) end
 return 0
+"""
+# A budget's use added: a corrupt counter (not a number) starts again from this amount.
+_ADD = """
+local total = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(total) == 'table' and total.err then
+  redis.call('DEL', KEYS[1])
+  total = redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return total
 """
 
 
@@ -190,22 +221,64 @@ class RedisLimitStore:
         # one retry on a fresh connection: after Redis restarts, pooled connections are stale
         self.client = aioredis.from_url(
             url,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[redis.exceptions.ConnectionError],
         )
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._check_all = self.client.register_script(_CHECK_ALL)
+        self._add = self.client.register_script(_ADD)
+        self.failures = 0  # in a row
+        self.attempts = 0  # commands tried (what the breaker spares Redis, in tests)
+        self._probe: asyncio.Task | None = None
+        self._reported: set[str] = set()  # corrupt counters already logged
 
-    @staticmethod
+    @property
+    def breaker_open(self) -> bool:
+        return self._probe is not None
+
     @contextlib.contextmanager
-    def _unavailable() -> Iterator[None]:
-        """Any failure to reach Redis is StoreUnavailable (limits_on_store_error decides)."""
+    def _unavailable(self) -> Iterator[None]:
+        """Any failure to reach Redis is StoreUnavailable (limits_on_store_error decides); so
+        is every call while the breaker is open, at once."""
+        if self._probe is not None:
+            raise StoreUnavailable("the limits store is failing (retried in the background)")
+        self.attempts += 1
         try:
             yield
         except (redis.exceptions.RedisError, OSError) as e:
+            self.failures += 1
+            if self.failures >= BREAKER_FAILURES and self._probe is None:
+                logger.warning("limits store %s failed %d times in a row (%s): deciding at "
+                               "once until it answers", self._safe_url(), self.failures,
+                               type(e).__name__)  # fmt: skip
+                self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
             raise StoreUnavailable(type(e).__name__) from None
+        self.failures = 0
+
+    async def _probe_until_back(self) -> None:
+        while True:
+            await asyncio.sleep(BREAKER_PROBE)
+            try:
+                await self.client.ping()
+            except (redis.exceptions.RedisError, OSError):
+                continue
+            logger.info("limits store %s answers again", self._safe_url())
+            self.failures = 0
+            self._probe = None
+            return
+
+    def _safe_url(self) -> str:
+        return self.url.split("@")[-1]  # never a password
+
+    def _corrupt(self, keys) -> None:
+        for key in keys or ():
+            key = key.decode() if isinstance(key, bytes) else key
+            if key not in self._reported:
+                self._reported.add(key)
+                logger.warning("limits store: the counter %s held no count; started again "
+                               "from zero", key.removeprefix(KEY_PREFIX))  # fmt: skip
 
     async def check_all(self, asks: list[Ask]) -> Fit:
         """One round trip for all of a request's limits, all or nothing."""
@@ -215,7 +288,8 @@ class RedisLimitStore:
             args += [ask.kind[0], ask.amount, expiry, ask.lease or "-"]
         with self._unavailable():
             keys = [KEY_PREFIX + a.key for a in asks]
-            index, used, first = await self._check_all(keys=keys, args=args)
+            index, used, first, reset = await self._check_all(keys=keys, args=args)
+        self._corrupt(reset)
         if not index:
             return Fit(None)
         return Fit(int(index) - 1, int(used), int(first) / 1000 if first else None)
@@ -226,8 +300,8 @@ class RedisLimitStore:
         with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, amount, expires in adds:
-                    pipe.incrby(KEY_PREFIX + key, amount)
-                    pipe.pexpireat(KEY_PREFIX + key, int((expires + _SLACK) * 1000))
+                    expiry = int((expires + _SLACK) * 1000)
+                    await self._add(keys=[KEY_PREFIX + key], args=[amount, expiry], client=pipe)
                 for key in give_backs:
                     await self._give_back(keys=[KEY_PREFIX + key], client=pipe)
                 for key, lease in releases:
@@ -236,7 +310,8 @@ class RedisLimitStore:
 
     async def used(self, key: str) -> int:
         with self._unavailable():
-            return int(await self.client.get(KEY_PREFIX + key) or 0)
+            raw = await self.client.get(KEY_PREFIX + key)
+        return _count(raw)
 
     async def held(self, key: str) -> int:
         with self._unavailable():
@@ -260,8 +335,10 @@ class RedisLimitStore:
                     else:
                         pipe.get(key)
                 values = await pipe.execute()
-        return {key.removeprefix(KEY_PREFIX): int(v or 0) for key, v in zip(keys, values, strict=True)
-                if v and int(v)}  # fmt: skip
+        counts = {
+            key.removeprefix(KEY_PREFIX): _count(v) for key, v in zip(keys, values, strict=True)
+        }
+        return {key: n for key, n in counts.items() if n}
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         if not leases:
@@ -275,4 +352,14 @@ class RedisLimitStore:
                 await pipe.execute()
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.client.aclose()
+
+
+def _count(raw) -> int:
+    """A counter's value; a corrupt one (the next check resets it) counts as nothing."""
+    try:
+        return int(raw or 0)
+    except (TypeError, ValueError):
+        return 0

@@ -149,7 +149,13 @@ def _decide(
 def _limit_lines(settings: Settings, facts: Facts) -> list[str]:
     """The limits this request counts against (what is left is counted by the running proxy)."""
     found = applicable(parse_limits(settings.limits), facts)
-    return [f"limit:    {limit.name} ({limit.describe()})" for limit in found]
+    lines = [f"limit:    {limit.name} ({limit.describe()})" for limit in found]
+    if any(limit.by == "workspace" for limit in found):
+        lines.append(
+            "note:     a limit by workspace rests on the client's claim: a new workspace name "
+            "gets a fresh budget; use by: user or by: group for budgets"
+        )
+    return lines
 
 
 def _dlp_lines(settings: Settings, decision) -> list[str]:

@@ -282,3 +282,77 @@ def test_an_open_stream_holds_its_lease_until_the_client_goes_away(limited, gate
             assert time.monotonic() < deadline, "the lease was never released"
             time.sleep(0.1)
         assert again.status_code == 200
+
+
+async def test_a_paused_redis_costs_requests_little_and_the_store_heals(monkeypatch):
+    """Redis stopped with SIGSTOP (it accepts and never answers): after BREAKER_FAILURES
+    timeouts the store decides at once without touching Redis, and once Redis answers again
+    the background probe closes the breaker."""
+    import asyncio
+    import signal
+
+    from addons.govern import limit_store
+    from addons.govern.limit_store import Ask
+    from addons.govern.limit_store import RedisLimitStore
+    from addons.govern.limit_store import StoreUnavailable
+
+    monkeypatch.setattr(limit_store, "BREAKER_PROBE", 0.2)
+    redis = RedisServer().start()
+    store = RedisLimitStore(redis.url)
+    asks = [Ask("requests", "w", 100, time.time() + 60)]
+    try:
+        assert (await store.check_all(asks)).refused is None
+        redis.proc.send_signal(signal.SIGSTOP)
+        for _ in range(limit_store.BREAKER_FAILURES):
+            with pytest.raises(StoreUnavailable):
+                await store.check_all(asks)
+        assert store.breaker_open
+        tried = store.attempts
+        for _ in range(50):  # every request decides at once: Redis is not asked
+            with pytest.raises(StoreUnavailable, match="retried in the background"):
+                await store.check_all(asks)
+        assert store.attempts == tried
+        redis.proc.send_signal(signal.SIGCONT)
+        for _ in range(50):
+            if not store.breaker_open:
+                break
+            await asyncio.sleep(0.1)
+        assert not store.breaker_open
+        assert (await store.check_all(asks)).refused is None
+        # commands that timed out were still in Redis's socket: it ran them when it resumed
+        assert await store.used("w") >= 2
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+        await store.close()
+        redis.stop()
+
+
+async def test_a_corrupt_counter_starts_again_instead_of_an_outage(caplog):
+    import redis.asyncio as aioredis
+
+    from addons.govern.limit_store import KEY_PREFIX
+    from addons.govern.limit_store import Ask
+    from addons.govern.limit_store import RedisLimitStore
+
+    redis = RedisServer().start()
+    store = RedisLimitStore(redis.url)
+    raw = aioredis.from_url(redis.url)
+    end = time.time() + 60
+    try:
+        await raw.set(KEY_PREFIX + "w", "lots")
+        await raw.set(KEY_PREFIX + "t", "lots")
+        await raw.rpush(KEY_PREFIX + "c", "not a lease set")
+        asks = [Ask("requests", "w", 3, end), Ask("tokens", "t", 10, end),
+                Ask("concurrent", "c", 1, None, "a")]  # fmt: skip
+        assert (await store.check_all(asks)).refused is None
+        assert await store.used("w") == 1 and await store.held("c") == 1
+        assert 0 < await raw.pttl(KEY_PREFIX + "w") <= 120_000  # it expires with its window
+        await raw.set(KEY_PREFIX + "t", "lots")
+        await store.settle([("t", 5, end)], [], [])
+        assert await store.used("t") == 5
+        assert sum("held no count" in r.getMessage() for r in caplog.records) == 3  # once each
+        assert store.failures == 0 and not store.breaker_open
+    finally:
+        await raw.aclose()
+        await store.close()
+        redis.stop()

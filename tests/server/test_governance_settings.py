@@ -116,3 +116,13 @@ def test_copilot_completions_are_observed_routed_or_tunnelled(tmp_path):
     assert "upstream: https://coder.example.com/api/v2/aibridge/copilot-business/v1/engines" in (
         "\n".join(explain(routed, url))
     )
+
+
+def test_explain_says_a_workspace_limit_rests_on_the_clients_claim(tmp_path):
+    limits = [{"name": "team-x", "tokens": 1000, "per": "month", "by": "workspace"}]
+    lines = explain(settings(tmp_path, limits=limits), "https://api.openai.com/v1/responses")
+    assert "limit:    team-x (1000 tokens per month by workspace)" in lines
+    assert any("rests on the client's claim" in line and "by: user" in line for line in lines)
+    by_user = explain(settings(tmp_path, limits=[{**limits[0], "by": "user"}]),
+                      "https://api.openai.com/v1/responses")  # fmt: skip
+    assert not any("client's claim" in line for line in by_user)
