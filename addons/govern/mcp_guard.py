@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import replace
 
+from mitmproxy import ctx
 from mitmproxy import http
 
 from addons.core.events import MCP_CALL
@@ -114,6 +115,12 @@ class McpGuard:
         self._sessions: collections.OrderedDict[tuple, dict[str, Pending]] = (
             collections.OrderedDict()
         )
+        self.key = b"aibridge-proxy"  # of the arguments' digests: the audit trail's key
+
+    def configure(self, updated) -> None:
+        # the deployment's digest key, declared by the audit trail (observe/telemetry.py)
+        if "aibridge_telemetry_key" in updated:
+            self.key = (ctx.options.aibridge_telemetry_key or "aibridge-proxy").encode()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class McpGuard:
             body = b"\x00"
         try:
             messages, batch = read_messages(body)
-            calls = calls_in(messages)
+            calls = calls_in(messages, self.key)
         except MessageError as e:
             status = 413 if e.code == TOO_LARGE else 400
             logger.info("MCP server %s: refused a message: %s", exchange.server.name, e)

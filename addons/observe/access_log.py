@@ -16,6 +16,7 @@ from addons.core.record import RejectReason
 from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.rules.ai_catalog import load_catalog
+from addons.rules.genai import recorded_model
 from addons.rules.user_agents import tool_of
 
 logger = logging.getLogger("aibridge.access")
@@ -52,7 +53,7 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         "rule": info.rule,
         "profile": info.profile,
         "gateway": info.gateway,
-        "model": info.model or (usage.model if usage else None),
+        "model": recorded_model(info.model or (usage.model if usage else None)),
         "model_sent": info.model_sent,
         "outcome": outcome(entry.reject, info),
         "reason": entry.reject,  # the proxy's own refusal, if it refused

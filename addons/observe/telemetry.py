@@ -57,11 +57,17 @@ from addons.rules.genai import digest
 from addons.rules.genai import input_messages
 from addons.rules.genai import operation_of
 from addons.rules.genai import provider_name
+from addons.rules.genai import recorded_model
+from addons.rules.genai import recorded_session
 from addons.rules.user_agents import tool_of
 
 logger = logging.getLogger(__name__)
 
 QUEUE = 4096  # spans waiting for export; past it new spans are dropped (and counted)
+# ... and their attributes' size, which `content: full` makes large (a 1 MiB prompt is a 1 MiB
+# span): a collector that hangs holds at most this much in the worker
+QUEUE_BYTES = 64 * 1024 * 1024
+ATTRIBUTE_CHARS = 256  # any attribute but the content ones (a model a gateway echoes, a path)
 EXPORT_TIMEOUT = 5.0  # seconds one export may take (the SDK's retries included)
 PROPAGATOR = TraceContextTextMapPropagator()
 # clients' own session keys, first found wins: Claude Code's, Codex's (tests/e2e/test_telemetry.py
@@ -93,11 +99,13 @@ class _CountingExporter(SpanExporter):
         self.dropped = dropped
         self.down = False
         self.pending = 0  # queued and not yet exported: a full queue drops new spans
+        self.pending_bytes = 0  # their size (span_size)
         self.lock = threading.Lock()
 
     def export(self, spans) -> SpanExportResult:
         with self.lock:
             self.pending -= len(spans)
+            self.pending_bytes -= sum(span_size(s) for s in spans)
         result = self.inner.export(spans)
         if result is SpanExportResult.SUCCESS:
             if self.down:
@@ -128,14 +136,47 @@ class _BoundedProcessor(BatchSpanProcessor):
         self.counting = exporter
 
     def on_end(self, span) -> None:
+        size = span_size(span)
         with self.counting.lock:
-            full = self.counting.pending >= QUEUE
+            full = (
+                self.counting.pending >= QUEUE or self.counting.pending_bytes + size > QUEUE_BYTES
+            )
             if not full:
                 self.counting.pending += 1
+                self.counting.pending_bytes += size
         if full:
             self.counting.dropped(1)
             return
         super().on_end(span)
+
+
+def span_size(span) -> int:
+    """About what a queued span holds: its name and attribute values (what content grows)."""
+    size = len(span.name)
+    for value in (span.attributes or {}).values():
+        if isinstance(value, str | bytes):
+            size += len(value)
+        elif isinstance(value, tuple | list):
+            size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in value)
+        else:
+            size += 8
+    return size
+
+
+def _capped(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Every attribute but the content ones cut to ATTRIBUTE_CHARS (a gateway may echo
+    anything into a model name or a client into a path)."""
+    out = {}
+    for name, value in attributes.items():
+        if value is None:
+            continue
+        if isinstance(value, str) and not name.startswith(CONTENT_ATTRIBUTES):
+            value = value[:ATTRIBUTE_CHARS]
+        out[name] = value
+    return out
+
+
+CONTENT_ATTRIBUTES = ("gen_ai.input.messages", "gen_ai.output.messages", "aibridge.input.")
 
 
 class Telemetry:
@@ -286,16 +327,17 @@ class Telemetry:
         usage = info.usage
         request = flow.request
         operation = operation_of(info.original_path)
-        model = info.model or (usage.model if usage else None) or _request_model(entry)
+        model = recorded_model(info.model or (usage.model if usage else None)
+                               or _request_model(entry))  # fmt: skip
         span.update_name(f"{operation} {model}" if operation and model else
-                         operation or f"{request.method} {info.original_host}")  # fmt: skip
+                         operation or f"{request.method} {info.original_host}"[:ATTRIBUTE_CHARS])  # fmt: skip
         identity = entry.identity
         result = outcome(entry.reject, info)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider_name(info.provider, info.observed),
-            "gen_ai.request.model": info.model or _request_model(entry),
-            "gen_ai.response.model": usage.model if usage else None,
+            "gen_ai.request.model": recorded_model(info.model or _request_model(entry)),
+            "gen_ai.response.model": recorded_model(usage.model) if usage else None,
             "gen_ai.usage.input_tokens": usage.input_tokens if usage else None,
             "gen_ai.usage.output_tokens": usage.output_tokens if usage else None,
             "gen_ai.usage.cache_read.input_tokens": usage.cached_tokens if usage else None,
@@ -318,12 +360,12 @@ class Telemetry:
             "aibridge.request_id": info.request_id,
             "aibridge.time_to_first_byte_ms": round((info.first_byte - info.started) * 1000, 2)
             if info.first_byte else None,
-            "session.id": session_of(request.headers, entry),
+            "session.id": recorded_session(self.key, session_of(request.headers, entry)),
         }  # fmt: skip
         if entry.dlp is not None:
             attributes["aibridge.dlp"] = entry.dlp.action
         attributes.update(self._content(entry))
-        span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+        span.set_attributes(_capped(attributes))
         if flow.error is not None:
             span.set_status(Status(StatusCode.ERROR, flow.error.msg))
             span.set_attribute("error.type", "client_or_upstream_error")
@@ -379,7 +421,7 @@ class Telemetry:
             "aibridge.client.tool": tool_of(call.user_agent),
             "aibridge.request_id": call.request_id,
         }
-        span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+        span.set_attributes(_capped(attributes))
         if call.outcome != "ok":
             span.set_status(Status(StatusCode.ERROR, call.outcome))
             span.set_attribute("error.type", call.outcome)

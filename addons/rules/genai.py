@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from addons.rules.token_usage import BodyReader
@@ -96,6 +97,35 @@ def input_messages(body: bytes) -> list[dict]:
         if parts:
             out.append({"role": "assistant" if role == "model" else role, "parts": parts})
     return out
+
+
+# What a model name looks like (`gpt-4o`, `claude-sonnet-4-5@20250929`, `models/gemini-2.5-pro`,
+# `us.anthropic.claude-3-7:0`): anything else, a credential a client put in `model` and the
+# gateway echoed, is recorded as a digest, never as it is.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+# ... and no well-known credential's prefix (GitHub, OpenAI, Anthropic, Slack, AWS, Google,
+# GitLab, Hugging Face tokens; a JWT)
+_CREDENTIAL = re.compile(
+    r"(gh[oprsu]_|github_pat_|sk-|sk_|xox[abeprs]-|A[KS]IA[0-9A-Z]{12}|AIza|glpat-|hf_|eyJ)"
+)
+# A client's session key as the known clients spell it (a UUID, or hex and dashes)
+_SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
+
+
+def recorded_model(model: str | None) -> str | None:
+    """A model name as logs and spans may carry it: itself when it has a model name's shape,
+    else `unrecognised-model:<digest>` (high-entropy secrets stay unguessable)."""
+    if model is None or (_MODEL_NAME.fullmatch(model) and not _CREDENTIAL.match(model)):
+        return model
+    return "unrecognised-model:" + hashlib.sha256(model.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def recorded_session(key: bytes, session: str | None) -> str | None:
+    """A client's session key: itself in the known clients' shape, else a keyed digest (a
+    token a client put in a session header never leaves in clear)."""
+    if session is None or _SESSION_ID.fullmatch(session):
+        return session
+    return "h:" + digest(key, session)
 
 
 def digest(key: bytes, text: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterator
@@ -199,7 +200,7 @@ def read_messages(body: bytes) -> tuple[list[Any], bool]:
     return messages, batch
 
 
-def calls_in(messages: list[Any]) -> list[Call]:
+def calls_in(messages: list[Any], key: bytes = b"") -> list[Call]:
     """The requests and notifications among a client's messages (its answers to the server's
     own requests are not calls)."""
     out = []
@@ -214,15 +215,18 @@ def calls_in(messages: list[Any]) -> list[Call]:
             if not isinstance(name, str):
                 raise MessageError(INVALID_REQUEST, "tools/call needs params.name")
             tool = name
-            digest = args_digest(params.get("arguments"))
+            digest = args_digest(params.get("arguments"), key)
         out.append(Call(i, message.get("id"), method, tool, digest))
     return out
 
 
-def args_digest(arguments: Any) -> str:
-    """What a call's arguments were, without them: equal arguments give the same digest."""
+def args_digest(arguments: Any, key: bytes) -> str:
+    """What a call's arguments were, without them: equal arguments give the same digest within
+    a deployment (keyed, like the audit trail's content digests: a reader of the logs cannot
+    test a guess such as {"name": "prod"})."""
     canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:ARGS_DIGEST_HEX]
+    mac = hmac.new(key, canonical.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return mac.hexdigest()[:ARGS_DIGEST_HEX]
 
 
 def error_message(message_id: Any, code: int, text: str) -> dict:

@@ -125,3 +125,69 @@ def test_digests_match_within_a_deployment_and_not_across():
     assert digest(b"key-a", "same prompt") == digest(b"key-a", "same prompt")
     assert digest(b"key-a", "same prompt") != digest(b"key-b", "same prompt")
     assert "same" not in digest(b"key-a", "same prompt")
+
+
+async def test_values_a_client_or_gateway_controls_reach_spans_bounded_and_unkeyed_never():
+    """A token in a session header leaves as a keyed digest; a gateway echoing a huge model
+    (or a credential as the model) is digested and every other attribute capped."""
+    with full_chain(aibridge_telemetry_endpoint="http://127.0.0.1:9") as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        spans = catching(chain)
+        connect = await chain.connect("api.openai.com")
+        flow = await chain.send(connect, content=chat("hello"), headers=[JSON,
+                                (b"X-Claude-Code-Session-Id", GITHUB.encode())])  # fmt: skip
+        # the gateway echoes a credential the client put in `model` (dlp: flag lets it through)
+        answer = {"model": GITHUB, "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+        await chain.answer(flow, body=json.dumps(answer).encode(), headers=[JSON])
+        (span,) = spans.get_finished_spans()
+        assert span.attributes["session.id"].startswith("h:")
+        assert span.attributes["gen_ai.response.model"].startswith("unrecognised-model:")
+        assert GITHUB not in json.dumps(dict(span.attributes)) and GITHUB not in span.name
+
+        connect = await chain.connect("api.openai.com")
+        flow = await chain.send(connect, content=json.dumps({"model": "m" * 200_002}).encode(),
+                                headers=[JSON])  # fmt: skip
+        await chain.answer(flow, body=b"{}", headers=[JSON])
+        span = spans.get_finished_spans()[-1]
+        assert len(span.name) <= 256
+        assert all(len(v) <= 256 for v in span.attributes.values() if isinstance(v, str))
+
+        connect = await chain.connect("api.openai.com")
+        uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+        flow = await chain.send(connect, content=chat("hi"), headers=[JSON,
+                                (b"X-Claude-Code-Session-Id", uuid.encode())])  # fmt: skip
+        answer = {"model": "gpt-4o", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+        await chain.answer(flow, body=json.dumps(answer).encode(), headers=[JSON])
+        span = spans.get_finished_spans()[-1]
+        assert span.attributes["session.id"] == uuid  # the client's own shape: as it is
+        assert span.attributes["gen_ai.response.model"] == "gpt-4o"
+
+
+def test_the_export_queue_is_bounded_in_bytes_as_well_as_spans(monkeypatch):
+    """A collector that never answers: spans queue up to QUEUE_BYTES of attributes, and the
+    rest are dropped and counted, not held."""
+    from addons.observe import telemetry
+
+    monkeypatch.setattr(telemetry, "QUEUE_BYTES", 3 * (1 << 20))
+    dropped = []
+
+    class Hanging(telemetry.SpanExporter):
+        def export(self, spans):
+            raise AssertionError("not reached: the batch waits for its schedule")
+
+        def shutdown(self):
+            pass
+
+    counting = telemetry._CountingExporter(Hanging(), dropped.append)
+    processor = telemetry._BoundedProcessor(counting)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    prompt = "p" * (1 << 20)  # a 1 MiB prompt under content: full
+    for _ in range(10):
+        with tracer.start_as_current_span("chat m") as span:
+            span.set_attribute("gen_ai.input.messages", prompt)
+    assert counting.pending == 2 and counting.pending_bytes <= 3 * (1 << 20)
+    assert sum(dropped) == 8
+    processor._batch_processor._queue.clear()  # (nothing to flush at shutdown)
+    processor.shutdown()

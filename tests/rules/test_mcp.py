@@ -4,6 +4,7 @@ whole however the stream is sliced."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -114,11 +115,16 @@ def test_a_batch_is_read_call_by_call_with_a_digest_of_the_arguments():
         {"jsonrpc": "2.0", "id": "a", "result": {}},  # an answer to the server: not a call
     ]  # fmt: skip
     messages, is_batch = read_messages(json.dumps(batch).encode())
-    calls = calls_in(messages)
+    calls = calls_in(messages, b"key")
     assert is_batch and [(c.index, c.method, c.tool) for c in calls] == [
         (0, "tools/call", "search_issues"), (1, "notifications/initialized", None)]  # fmt: skip
-    assert calls[0].args_digest == args_digest({"n": 2, "q": "bug"}) != args_digest({"q": "x"})
+    same, other = args_digest({"n": 2, "q": "bug"}, b"key"), args_digest({"q": "x"}, b"key")
+    assert calls[0].args_digest == same != other
     assert "bug" not in calls[0].args_digest and calls[1].is_notification
+    # keyed: without the deployment's key, a guess at the arguments cannot be tested
+    assert args_digest({"n": 2, "q": "bug"}, b"another deployment") != same
+    canonical = json.dumps({"n": 2, "q": "bug"}, sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(canonical.encode()).hexdigest()[:16] != same
 
 
 def pending(call_id, method, tool=None, denied=None) -> Pending:
