@@ -47,6 +47,7 @@ from addons.routing.snapshot import Routing
 from addons.rules.content_decoding import DECODE_ERRORS
 from addons.rules.content_decoding import BoundedDecoder
 from addons.rules.mcp import DENIED
+from addons.rules.mcp import HEADER_MISMATCH
 from addons.rules.mcp import MAX_MESSAGE_BYTES
 from addons.rules.mcp import TOO_LARGE
 from addons.rules.mcp import Call
@@ -58,6 +59,7 @@ from addons.rules.mcp import SseSplitter
 from addons.rules.mcp import calls_in
 from addons.rules.mcp import encode
 from addons.rules.mcp import error_message
+from addons.rules.mcp import header_mismatch
 from addons.rules.mcp import legacy_session
 from addons.rules.mcp import parse_event
 from addons.rules.mcp import ping_in_place_of
@@ -168,10 +170,15 @@ class McpGuard:
         try:
             messages, batch = read_messages(body)
             calls = calls_in(messages, self.key)
+            headers = flow.request.headers
+            if why := header_mismatch(headers.get("mcp-method"), headers.get("mcp-name"),
+                                      messages, batch):  # fmt: skip
+                raise MessageError(HEADER_MISMATCH, why)
         except MessageError as e:
             status = 413 if e.code == TOO_LARGE else 400
             logger.info("MCP server %s: refused a message: %s", exchange.server.name, e)
-            flow.response = _json_response(status, error_message(None, e.code, str(e)))
+            one = messages[0] if e.code == HEADER_MISMATCH and not batch else {}
+            flow.response = _json_response(status, error_message(one.get("id"), e.code, str(e)))
             return
         now = time.monotonic()
         denied = {c.index: why for c in calls if c.tool

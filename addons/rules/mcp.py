@@ -36,6 +36,7 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 DENIED = -32001  # a tool the policy does not allow
 TOO_LARGE = -32002  # a message larger than the proxy reads
+HEADER_MISMATCH = -32020  # Mcp-Method or Mcp-Name disagrees with the body (SEP-2243)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a client's POST body, or one server answer, checked whole
 ARGS_DIGEST_HEX = 16
@@ -218,6 +219,29 @@ def calls_in(messages: list[Any], key: bytes = b"") -> list[Call]:
             digest = args_digest(params.get("arguments"), key)
         out.append(Call(i, message.get("id"), method, tool, digest))
     return out
+
+
+def header_mismatch(method: str | None, name: str | None, messages: list[Any],
+                    batch: bool) -> str | None:  # fmt: skip
+    """Why the `Mcp-Method` / `Mcp-Name` request headers (the 2026-07-28 revision, SEP-2243)
+    disagree with the body, or None. A server that dispatches on the header would otherwise run
+    what the body, which the guard checked, does not say."""
+    if method is None and name is None:
+        return None
+    if batch:
+        return "Mcp-Method and Mcp-Name describe one message, and the body is a batch"
+    message = messages[0]
+    if method is not None and method != message.get("method"):
+        return "the Mcp-Method header does not match the body's method"
+    if name is not None:
+        params = message.get("params")
+        params = params if isinstance(params, dict) else {}
+        named = (
+            params.get("uri") if message.get("method") == "resources/read" else params.get("name")
+        )
+        if name != named:
+            return "the Mcp-Name header does not match the name in the body"
+    return None
 
 
 def args_digest(arguments: Any, key: bytes) -> str:

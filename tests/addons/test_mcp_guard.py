@@ -168,6 +168,32 @@ async def test_an_answer_id_is_matched_as_json_rpc_numbers_compare(chain):
     assert b"delete_repo" not in flow.response.content
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"Mcp-Method", b"tools/call"), (b"Mcp-Name", b"delete_repo")],  # names a denied tool
+        [(b"Mcp-Method", b"tools/list"), (b"Mcp-Name", b"search_issues")],
+        [(b"Mcp-Name", b"search_issues ")],
+    ],
+)
+async def test_mcp_headers_that_disagree_with_the_body_are_refused(chain, headers):
+    """The 2026-07-28 revision's Mcp-Method and Mcp-Name (SEP-2243): a server may dispatch on
+    them, so one that says something else than the body the guard checked never goes on."""
+    flow = await post(chain, call(7, "search_issues", q="x"), headers=headers)
+    assert flow.response is not None and flow.response.status_code == 400
+    answer = json.loads(flow.response.content)
+    assert answer["id"] == 7 and answer["error"]["code"] == -32020
+
+
+async def test_mcp_headers_that_agree_with_the_body_pass(chain):
+    headers = [(b"Mcp-Method", b"tools/call"), (b"Mcp-Name", b"search_issues")]
+    flow = await post(chain, call(8, "search_issues", q="x"), headers=headers)
+    assert flow.response is None  # sent on
+    denied = await post(chain, call(9, "delete_repo"),
+                        headers=[(b"Mcp-Method", b"tools/call"), (b"Mcp-Name", b"delete_repo")])  # fmt: skip
+    assert json.loads(denied.response.content)["error"]["code"] == DENIED
+
+
 async def test_a_batch_with_one_denied_call_sends_a_ping_in_its_place(chain, caplog):
     flow = await post(chain, [call(1, "search_issues", q="bug"), call(2, "delete_repo")])
     sent = json.loads(flow.request.content)
