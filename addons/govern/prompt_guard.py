@@ -244,25 +244,28 @@ class PromptGuard:
     # -- WebSocket messages (Codex's Responses API) --------------------------------------------
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Each message the client sends, read as a body is: a JSON text or binary frame for
+        its prompt parts, other text as text, and a binary frame that is neither as what the
+        scan cannot read (dlp.unreadable decides), never skipped. permessage-deflate is undone
+        by the engine before this hook."""
         entry = record(flow)
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
-        if not message.from_client or self.scan is None or not message.is_text or message.dropped:
+        if not message.from_client or self.scan is None or message.dropped:
             return
         action = self._action(entry)
         if action is None:
             return
-        try:
-            parts = prompt_parts(parse(message.content))
-        except NotJson:
-            return  # not a JSON message: no prompt in it a model reads
-        verdict = self.scan.parts(parts, action, message.content)
+        verdict = self.scan.body(message.content, "", action)
         if verdict.action == "pass" and verdict.unscanned is None:
             return
         entry.dlp = verdict
         self.events.emit(DLP_VERDICT, verdict)
+        if verdict.unscanned is not None:
+            logger.warning("prompt DLP could not scan a WebSocket message to %s (%s): %s",
+                           flow.request.host, verdict.unscanned, verdict.action)  # fmt: skip
         if verdict.action == "mask" and verdict.body is not None:
-            message.content = verdict.body
+            message.content = verdict.body  # the frame keeps its type
         elif verdict.action == "block":
             message.drop()
             reason = f"DLP: {verdict.message}"[:120]

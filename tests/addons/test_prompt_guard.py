@@ -198,9 +198,10 @@ async def test_a_body_over_max_bytes_follows_on_error(chain, caplog, status):
     assert line["dlp"] == ("block:unscanned" if status else "pass:unscanned")
 
 
+@pytest.mark.parametrize("is_text", [True, False], ids=["text-frame", "binary-frame"])
 @pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}, {}])
 async def test_codex_websocket_messages_are_masked_or_close_the_session(
-    chain, monkeypatch, options
+    chain, monkeypatch, options, is_text
 ):
     guard = chain.addons["PromptGuard"]
     closes = []
@@ -212,13 +213,36 @@ async def test_codex_websocket_messages_are_masked_or_close_the_session(
         connect, method="GET", path="/v1/responses", headers=UPGRADE, content=b""
     )
     message = _websocket_message(flow, json.dumps({"type": "response.create", "model": "gpt-5",
-                                                   "input": [{"role": "user", "content": f"k {GITHUB}"}]}).encode())  # fmt: skip
+                                                   "input": [{"role": "user", "content": f"k {GITHUB}"}]}).encode(),
+                                 is_text=is_text)  # fmt: skip
     await chain.hook(ws_layer.WebsocketMessageHook(flow))
     if options:  # mask
         assert closes == [] and GITHUB.encode() not in message.content
         assert b"[REDACTED github-pat " in message.content
     else:
         assert message.dropped and closes == [(1008, "DLP: a GitHub token in input[0]")]
+
+
+@pytest.mark.parametrize(
+    "options, dropped",
+    [({"aibridge_dlp_unreadable": "pass"}, False), ({"aibridge_dlp_unreadable": "block"}, True)],
+)
+async def test_a_binary_websocket_message_that_is_not_text_is_a_decision(
+    chain, monkeypatch, caplog, options, dropped
+):
+    guard = chain.addons["PromptGuard"]
+    closes = []
+    monkeypatch.setattr(
+        guard.websocket_closer, "close", lambda c, code, why: closes.append((code, why))
+    )
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(
+        connect, method="GET", path="/v1/responses", headers=UPGRADE, content=b""
+    )
+    message = _websocket_message(flow, b"\x00\x01\xff binary " + GITHUB.encode(), is_text=False)
+    await chain.hook(ws_layer.WebsocketMessageHook(flow))
+    assert message.dropped == dropped and bool(closes) == dropped
+    assert any("could not scan a WebSocket message" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
