@@ -43,9 +43,6 @@ from addons.rules.prompt_dlp import Scan
 from addons.rules.prompt_dlp import Verdict
 from addons.rules.prompt_dlp import parse_allow
 from addons.rules.prompt_dlp import parse_patterns
-from addons.rules.prompt_text import NotJson
-from addons.rules.prompt_text import parse
-from addons.rules.prompt_text import prompt_parts
 from addons.rules.request_target import is_binary_protocol
 from addons.rules.secret_detector import SecretDetector
 from addons.rules.secret_detector import engine
@@ -175,10 +172,12 @@ class PromptGuard:
             return
         if isinstance(entry.decision, Decision) and self._action(entry) is None:
             return  # decided, and no scan applies to it
-        if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            return  # no prompt in these
-        if is_binary_protocol(request.headers.get("content-type", "")):
-            # an observed tool's own protocol: never held (its streams are bidirectional)
+        if not _has_body(request):
+            return  # nothing to read (a GET with a body is read like any other)
+        routed = self.routing.current.table.lookup(request.host) is not None
+        if is_binary_protocol(request.headers.get("content-type", "")) and not routed:
+            # an observed tool's own protocol: never held (its streams are bidirectional); a
+            # routed host's gateway speaks JSON APIs, so a body labelled so there is read
             self._settle(flow, entry, self.scan.unreadable("a binary protocol body"))
             return
         length = request.headers.get("content-length", "")
@@ -200,13 +199,14 @@ class PromptGuard:
             return
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding", "")
+        kind = flow.request.headers.get("content-type", "")
         if len(raw) > IN_LOOP_BYTES:
             loop = asyncio.get_running_loop()
             verdict = await loop.run_in_executor(
-                self._thread, self.scan.body, raw, encoding, action
+                self._thread, self.scan.body, raw, encoding, action, kind
             )
         else:
-            verdict = self.scan.body(raw, encoding, action)
+            verdict = self.scan.body(raw, encoding, action, kind)
         if verdict.action == "mask" and verdict.body is not None:
             flow.request.content = verdict.body  # re-encoded as the client encoded it
         elif verdict.body is not None:
@@ -271,3 +271,13 @@ class PromptGuard:
             reason = f"DLP: {verdict.message}"[:120]
             logger.info("closing a WebSocket session: %s", reason)
             self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, reason)
+
+
+def _has_body(request: http.Request) -> bool:
+    """A body follows the headers: a length above zero, or chunked (any method)."""
+    length = request.headers.get("content-length", "").strip()
+    if length:
+        return length != "0"
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return True
+    return request.http_version.startswith("HTTP/2") and request.method not in ("GET", "HEAD")

@@ -18,6 +18,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from addons.rules.content_decoding import DecodedTooLarge
@@ -140,8 +141,9 @@ class Scan:
         self.detector = detector
         self.mask_key = mask_key
 
-    def body(self, raw: bytes, encoding: str, action: str) -> Verdict:
-        """The verdict on a whole request body under `action` (block, mask or flag)."""
+    def body(self, raw: bytes, encoding: str, action: str, content_type: str = "") -> Verdict:
+        """The verdict on a whole request body under `action` (block, mask or flag); a
+        multipart body part by part (`content_type` names its boundary)."""
         if not raw:
             return Verdict("pass")
         if len(raw) > self.policy.max_bytes:
@@ -157,6 +159,8 @@ class Scan:
             return self.unreadable(f"its content-encoding {e} is not one the proxy decodes")
         except ValueError as e:
             return self.unreadable(str(e))
+        if (boundary := multipart_boundary(content_type)) is not None:
+            return self._multipart(decoded, boundary, action)
         try:
             parts = prompt_parts(parse(decoded))
             is_json = True
@@ -165,6 +169,27 @@ class Scan:
                 return self.unreadable("the body is neither JSON nor text")
             parts, is_json = [PromptPart("body", decoded)], False
         return self.parts(parts, action, decoded, is_json)
+
+    def _multipart(self, decoded: bytes, boundary: bytes, action: str) -> Verdict:
+        """Each part read as a body is (a file upload's text part too); a binary part is
+        unreadable (dlp.unreadable decides), and the text parts are still scanned."""
+        texts: list[PromptPart] = []
+        binary = 0
+        for i, content in enumerate(multipart_parts(decoded, boundary)):
+            try:
+                texts += prompt_parts(parse(content))
+            except NotJson:
+                if _is_text(content):
+                    texts.append(PromptPart(f"part {i}", content))
+                else:
+                    binary += 1
+        verdict = self.parts(texts, action, decoded, is_json=False) if texts else Verdict("pass")
+        if not binary or verdict.action == "block":
+            return verdict
+        unreadable = self.unreadable(f"{binary} binary part(s) of a multipart body")
+        if unreadable.action == "block":
+            return unreadable
+        return replace(verdict, unscanned=unreadable.unscanned)
 
     def parts(
         self, parts: list[PromptPart], action: str, decoded: bytes, is_json: bool = True
@@ -208,6 +233,29 @@ def _mask_text(body: bytes, values: dict[str, str]) -> bytes:
     for value in outermost(values):
         body = body.replace(value.encode("utf-8", "surrogatepass"), values[value].encode())
     return body
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.I)
+
+
+def multipart_boundary(content_type: str) -> bytes | None:
+    if not content_type.lower().lstrip().startswith("multipart/"):
+        return None
+    m = _BOUNDARY.search(content_type)
+    return m.group(1).encode("latin-1", "replace") if m else None
+
+
+def multipart_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The contents of a multipart body's parts (their headers dropped)."""
+    out = []
+    for chunk in body.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        _head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            _head, sep, content = chunk.partition(b"\n\n")
+        out.append(content.removesuffix(b"\r\n").removesuffix(b"\n"))
+    return out
 
 
 def _is_text(data: bytes) -> bool:

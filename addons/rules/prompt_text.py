@@ -138,6 +138,7 @@ def prompt_parts(document: Any) -> list[PromptPart]:
     out: list[PromptPart] = []
     # (node, its place, whether the place is numbered yet, the key it sits under, its object)
     stack: list[tuple[Any, str, bool, str, _Object | None]] = [(document, "body", False, "", None)]
+    keys: list[str] = []
     while stack:
         node, where, numbered, key, parent = stack.pop()
         if isinstance(node, str):
@@ -147,6 +148,7 @@ def prompt_parts(document: Any) -> list[PromptPart]:
         elif isinstance(node, _Object):
             top = parent is None and where == "body"
             label = None if top else _tool_label(node)
+            keys.extend(k for k, _ in node)  # a key is text too: {"ghp_...": 1}
             for k, v in reversed(node):
                 if top:
                     stack.append((v, _printable(k), False, k, node))
@@ -156,11 +158,20 @@ def prompt_parts(document: Any) -> list[PromptPart]:
                 else:  # only a list right under a top-level field is numbered
                     stack.append((v, where, True, k, node))
         elif isinstance(node, list):
+            # a message's text parts read together as well: a credential split across two
+            # adjacent parts is one to the model
+            joined = [v for item in node if isinstance(item, _Object)
+                      for k, v in item if k == "text" and isinstance(v, str)]  # fmt: skip
+            if len(joined) > 1:
+                text = "".join(joined).encode("utf-8", "surrogatepass")
+                out.append(PromptPart(where[:_WHERE_LIMIT], text))
             for i in range(len(node) - 1, -1, -1):
                 if numbered or where == "body":
                     stack.append((node[i], where, numbered, key, parent))
                 else:
                     stack.append((node[i], f"{where}[{i}]", True, key, parent))
+    if keys:  # every object key, read as one text (one scan, not one per key)
+        out.append(PromptPart("object keys", "\n".join(keys).encode("utf-8", "surrogatepass")))
     return out
 
 

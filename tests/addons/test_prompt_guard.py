@@ -171,6 +171,27 @@ async def test_an_observed_tools_json_is_scanned_and_its_protobuf_recorded_unsca
     assert existing_record(grpc).dlp.unscanned == "a binary protocol body"
 
 
+async def test_shapes_that_once_passed_are_read(chain):
+    """A JSON body labelled as gRPC on a routed host (its gateway speaks JSON APIs), and a
+    GET with a JSON body, are read like any other body."""
+    connect = await chain.connect("api.openai.com")
+    grpc = await chain.send(connect, content=chat(f"x {GITHUB}"),
+                            headers=[(b"Content-Type", b"application/grpc")])  # fmt: skip
+    assert grpc.response is not None and grpc.response.status_code == 400
+    get = await chain.send(connect, method="GET", content=chat(f"x {GITHUB}"), headers=[JSON])
+    assert get.response is not None and get.response.status_code == 400
+
+
+async def test_headers_and_query_strings_are_outside_dlps_scope_as_documented(chain):
+    """The manual's DLP page: bodies and WebSocket messages are scanned (what a model reads);
+    a query string or a custom header is not, and goes on as it is."""
+    connect = await chain.connect("api.openai.com")
+    flow = await chain.send(connect, path=f"/v1/chat/completions?note={GITHUB}",
+                            content=chat("hello"), headers=[JSON, (b"X-Note", GITHUB.encode())])  # fmt: skip
+    assert flow.response is None
+    assert flow.request.headers["x-note"] == GITHUB and GITHUB in flow.request.path
+
+
 async def test_ordinary_requests_pass_and_an_off_switch_holds_nothing(chain):
     connect = await chain.connect("api.openai.com")
     flow = await chain.send(connect, content=chat("def f():\n    return sha256(b'x').hexdigest()"))

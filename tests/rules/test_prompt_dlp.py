@@ -364,3 +364,42 @@ def test_binary_media_stays_skipped():
     image = _b64("\x89PNG" + GITHUB)  # a PNG's bytes are not a prompt
     body = _document({"type": "base64", "media_type": "image/png", "data": image})
     assert scan().body(body, "", "block").action == "pass"
+
+
+def test_a_credential_used_as_an_object_key_is_found_and_masked():
+    body = json.dumps({"model": "gpt-4o", "metadata": {GITHUB: 1}}).encode()
+    assert scan().body(body, "", "block").action == "block"
+    masked = scan().body(body, "", "mask")
+    assert masked.action == "mask" and GITHUB.encode() not in masked.body
+
+
+def test_a_credential_split_across_two_text_parts_is_found():
+    half = len(GITHUB) // 2
+    body = json.dumps({"model": "claude", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": f"my token is {GITHUB[:half]}"},
+        {"type": "text", "text": f"{GITHUB[half:]} thanks"}]}]}).encode()  # fmt: skip
+    assert scan().body(body, "", "block").action == "block"
+    assert scan().body(body, "", "mask").action in ("block", "mask")
+    masked = scan().body(body, "", "mask")
+    assert masked.action == "block" or GITHUB[:half].encode() not in masked.body
+
+
+def _multipart(*parts: tuple[str, bytes]) -> tuple[bytes, str]:
+    boundary = "XyZ123"
+    out = b""
+    for name, content in parts:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                .encode() + content + b"\r\n")  # fmt: skip
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_multipart_upload_is_scanned_part_by_part():
+    body, kind = _multipart(("file", b"\x89PNG\x00\x01\x02"), ("purpose", f"k={GITHUB}".encode()))
+    assert scan().body(body, "", "block", kind).action == "block"  # the text part is read
+    masked = scan().body(body, "", "mask", kind)
+    assert masked.action == "mask" and GITHUB.encode() not in masked.body
+    assert b"\x89PNG\x00\x01\x02" in masked.body  # the binary part untouched
+    clean, kind = _multipart(("file", b"\x89PNG\x00\x01\x02"), ("purpose", b"assistants"))
+    verdict = scan().body(clean, "", "block", kind)
+    assert verdict.action == "pass" and "binary part" in verdict.unscanned  # recorded, not silent
+    assert scan(unreadable="block").body(clean, "", "block", kind).action == "block"
