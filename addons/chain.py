@@ -143,7 +143,7 @@ def make_addons(patches: EnginePatches) -> list:
         # reads MCP messages (held, like the scan's) and refuses denied tools; before the
         # limits, so a refused call is not counted
         McpGuard(routing, events),
-        LimitGuard(limits),  # after the scan: a request it blocks is not counted
+        LimitGuard(limits, patches.websocket_cap),  # after the scan: what it blocks is not counted
         GatewayRouter(routing, health),
         GatewayTrust(routing),
         GatewayPooling(routing, patches.gateway_leg, events),

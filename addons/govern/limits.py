@@ -43,6 +43,7 @@ from addons.core.record import existing_record
 from addons.core.record import record
 from addons.core.responses import provider_error_response
 from addons.engine.body_limit import limit_buffered_body
+from addons.engine.websocket_cap import WebSocketMessageCap
 from addons.govern.limit_store import Ask
 from addons.govern.limit_store import MemoryLimitStore
 from addons.govern.limit_store import RedisLimitStore
@@ -58,6 +59,7 @@ from addons.rules.model_field import model_span
 from addons.rules.policy import Facts
 from addons.rules.policy import PolicyError
 from addons.rules.request_target import is_websocket_upgrade
+from addons.rules.token_usage import usage_of_message
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +197,9 @@ async def uses_of(state: Limits, facts: Facts) -> list[LimitUse] | None:
 class LimitGuard:
     """Checks each request against the limits that match it, before it is sent."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, websocket_closer: WebSocketMessageCap | None = None):
         self.state = limits
+        self.websocket_closer = websocket_closer or WebSocketMessageCap()
 
     def load(self, loader):
         loader.add_option("aibridge_limits", str, "[]",
@@ -282,8 +285,18 @@ class LimitGuard:
         now = time.time()
         taken = Taken()
         refusal = None
+        limits = applicable(self.state.limits, facts)
         try:
-            refusal = await self._take_all(applicable(self.state.limits, facts), facts, now, taken)
+            if is_websocket_upgrade(flow.request.headers):
+                # a session is not a request: each `response.create` in it counts
+                # (websocket_message); one whose window is spent already is refused here
+                windows = [limit for limit in limits if limit.kind == "requests"]
+                limits = [limit for limit in limits if limit.kind != "requests"]
+                refusal = await self._spent(windows, facts, now)
+                if refusal is None:
+                    refusal = await self._take_all(limits, facts, now, taken)
+            else:
+                refusal = await self._take_all(limits, facts, now, taken)
             self.state.store_ok()
         except StoreUnavailable as e:
             self.state.store_failed(str(e))
@@ -307,6 +320,15 @@ class LimitGuard:
             return
         if taken.limits or taken.leases:
             self.state.taken[id(flow)] = taken
+
+    async def _spent(self, limits: list[Limit], facts: Facts, now: float) -> Refusal | None:
+        """The first of these request windows already spent, read without counting."""
+        for limit in limits:
+            for subject in limit.subjects(facts):
+                key, expires = limit.key(subject, now)
+                if (used := await self.state.store.used(key)) >= limit.amount:
+                    return Refusal(limit, used, expires, now)
+        return None
 
     async def _take_all(self, limits: list[Limit], facts: Facts, now: float, taken: Taken):
         """Every matching limit in one call to the store, all or nothing: the first that
@@ -333,6 +355,68 @@ class LimitGuard:
             else:
                 taken.limits.append((limit, ask.key, ask.expires))
         return None
+
+    # -- WebSocket sessions (Codex's Responses API) -------------------------------------------
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Each `response.create` a client sends is a request: counted against `requests`
+        limits and checked against budgets, the one over refused by closing the session (1008,
+        the limit's message as the reason); each `response.completed` spends its tokens."""
+        entry = existing_record(flow)
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        if entry is None or entry.facts is None or not self.state.limits or message.dropped:
+            return
+        event = _responses_event(message.content)
+        if event is None:
+            return
+        limits = applicable(self.state.limits, entry.facts)
+        if not message.from_client:
+            if event.get("type") == "response.completed":
+                usage = usage_of_message(event)
+                used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+                await self._spend(limits, entry.facts, used)
+            return
+        if event.get("type") != "response.create":
+            return
+        taken = Taken()
+        try:
+            refusal = await self._take_all([limit for limit in limits if limit.kind != "concurrent"],
+                                           entry.facts, time.time(), taken)  # fmt: skip
+            self.state.store_ok()
+        except StoreUnavailable as e:
+            self.state.store_failed(str(e))
+            if self.state.on_store_error != "refuse":
+                return
+            refusal_message, code = "the proxy cannot check its limits now", "limits_unavailable"
+        else:
+            if refusal is None:
+                return
+            self.state.events.emit(LIMIT_REFUSED, refusal.limit.name, entry.facts.user)
+            entry.limit = refusal.limit.name
+            refusal_message, code = refusal.message, refusal.code
+        # The session ends with the refusal as its close reason (1008): an error event sent
+        # first would be queued by the engine behind the close, and lost
+        message.drop()
+        logger.info("closing a WebSocket session (%s): %s", code, refusal_message)
+        self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, refusal_message[:120])
+
+    async def _spend(self, limits: list[Limit], facts: Facts, used: int) -> None:
+        now = time.time()
+        adds = []
+        for limit in limits:
+            if limit.kind != "tokens" or not used:
+                continue
+            for subject in limit.subjects(facts):
+                key, expires = limit.key(subject, now)
+                if expires is not None:
+                    adds.append((key, used, expires))
+        if not adds:
+            return
+        try:
+            await self.state.store.settle(adds, [], [])
+        except StoreUnavailable as e:
+            self.state.store_failed(str(e))
 
     @staticmethod
     def _refuse(flow, entry, in_request, status, message, headers, code) -> None:
@@ -386,3 +470,17 @@ class LimitLedger:
             await self.state.store.settle(adds, give_backs, taken.leases)
         except StoreUnavailable as e:
             self.state.store_failed(str(e))
+
+
+POLICY_VIOLATION = 1008  # the WebSocket close code for a refused message
+
+
+def _responses_event(content: bytes) -> dict | None:
+    """A Responses API event of a WebSocket session (Codex), or None for anything else."""
+    if b'"type"' not in content or len(content) > 16 * 1024 * 1024:
+        return None
+    try:
+        event = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None

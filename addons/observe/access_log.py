@@ -64,6 +64,8 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
     }
     if usage is not None:  # absent, not zero, when the response did not say
         fields.update(usage.token_fields())
+        if usage.estimated:
+            fields["tokens_estimated"] = True  # the stream reported none: characters / 4
     if entry.dlp is not None:  # kinds and places, never a value
         fields["dlp"] = dlp_field(entry.dlp)
     return fields

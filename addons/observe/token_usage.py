@@ -7,9 +7,12 @@ the metrics take the result from the request's record (RouteInfo.usage) when the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mitmproxy import http
 
 from addons.core.record import route_info
+from addons.rules.token_usage import CHARS_PER_TOKEN
 from addons.rules.token_usage import UsageReader
 
 
@@ -37,5 +40,9 @@ class TokenUsage:
         info = route_info(flow)
         if info is None or info.usage_reader is None:
             return
-        info.usage = info.usage_reader.finish()
+        usage = info.usage_reader.finish()
         info.usage_reader = None
+        if usage is not None and usage.estimated and usage.input_tokens is None:
+            # the prompt's size, as the answer's: an estimate (high: JSON's own bytes count)
+            usage = replace(usage, input_tokens=-(-info.bytes_in // CHARS_PER_TOKEN))
+        info.usage = usage

@@ -16,7 +16,9 @@ usage, never a zero.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from addons.rules.content_decoding import BoundedDecoder
@@ -36,6 +38,8 @@ class Usage:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # counts the proxy estimated (the answer's characters / 4): a stream that reported none
+    estimated: bool = False
 
     def merged(self, later: Usage) -> Usage:
         """Fields `later` knows replace ours (SSE usage counts are running totals)."""
@@ -46,6 +50,7 @@ class Usage:
             self.output_tokens if later.output_tokens is None else later.output_tokens,
             self.cached_tokens if later.cached_tokens is None else later.cached_tokens,
             self.reasoning_tokens if later.reasoning_tokens is None else later.reasoning_tokens,
+            self.estimated and later.estimated,
         )
 
     @property
@@ -210,13 +215,22 @@ class BodyReader:
         """What was read so far cannot be trusted (the body broke off): drop it."""
 
 
+# The text of an OpenAI chat stream's chunk (`"content":"..."`), found without parsing it
+_CHUNK_CONTENT = re.compile(rb'"content":\s*"((?:[^"\\]|\\.)*)"')
+CHARS_PER_TOKEN = 4  # the usual estimate for English and code
+
+
 class UsageReader(BodyReader):
-    """`finish` says what usage the body reported."""
+    """`finish` says what usage the body reported. An OpenAI chat stream whose request did not
+    ask for usage (`stream_options.include_usage`) reports none: its answer's characters are
+    counted on the way (a regular expression, no parse), and `finish` estimates the output
+    tokens from them, marked `estimated`, so a budget is never spent by nothing."""
 
     def __init__(self, content_type: str, content_encoding: str = ""):
         super().__init__(content_type, content_encoding)
         self._usage = Usage()
         self._events = 0
+        self._answer_chars = 0
 
     def _forget(self) -> None:
         self._usage = Usage()
@@ -228,6 +242,8 @@ class UsageReader(BodyReader):
         if not line.startswith(b"data:"):
             return
         payload = line[5:].strip()
+        if b"chat.completion.chunk" in payload and self._usage.output_tokens is None:
+            self._answer_chars += sum(len(m.group(1)) for m in _CHUNK_CONTENT.finditer(payload))
         # Parse only what can carry a model or usage: every event of a long stream otherwise.
         if self._usage.model is not None and b"usage" not in payload:
             return
@@ -243,6 +259,11 @@ class UsageReader(BodyReader):
         self._message(event)
 
     def finish(self) -> Usage | None:
-        """The usage the body reported, or None when it reported none we could read."""
+        """The usage the body reported, or None when it reported none we could read; for a
+        chat stream that reported none, the output estimated from its answer."""
         self._read_rest()
-        return self._usage if self._usage.known else None
+        usage = self._usage
+        if usage.output_tokens is None and self._answer_chars and self.active:
+            estimate = -(-self._answer_chars // CHARS_PER_TOKEN)
+            usage = replace(usage, output_tokens=estimate, estimated=True)
+        return usage if usage.known else None

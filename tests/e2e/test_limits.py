@@ -356,3 +356,79 @@ async def test_a_corrupt_counter_starts_again_instead_of_an_outage(caplog):
         await raw.aclose()
         await store.close()
         redis.stop()
+
+
+OPENAI_STREAMS = """
+import json, openai
+client = openai.OpenAI(max_retries=0)
+out = []
+for _ in range(3):
+    try:
+        stream = client.chat.completions.create(model="gpt-test", stream=True,
+                                                messages=[{"role": "user", "content": "hi"}])
+        out.append({"ok": True, "text": "".join(c.choices[0].delta.content or "" for c in stream if c.choices)})
+    except openai.RateLimitError as e:
+        out.append({"ok": False, "error": e.message})
+print(json.dumps(out))
+"""
+
+
+def test_a_stream_that_reports_no_usage_still_spends_the_budget(limited, gateway):
+    """The openai SDK streaming chat without stream_options.include_usage: the gateway reports
+    no usage, so the proxy estimates it from the answer (marked so) instead of counting zero."""
+    p = limited([{"name": "small-budget", "tokens": 10, "per": "1h"}])
+    out = run_python(OPENAI_STREAMS, client_env(p, OPENAI_API_KEY="sk-personal"))
+    assert out.returncode == 0, out.stderr
+    first, second, third = json.loads(out.stdout)
+    assert first["ok"] and first["text"]
+    assert not second["ok"] and "small-budget" in second["error"]
+    assert not third["ok"]
+    line = p.wait_for_line(lambda r: r.get("msg") == "request" and r.get("status") == 200)
+    assert line["tokens_estimated"] is True
+    assert line["output_tokens"] == -(-len(first["text"]) // 4) and line["input_tokens"] > 0
+    assert len(gateway.records) == 1
+
+
+async def _responses_session(p, sends: int) -> list:
+    """One Codex-like WebSocket session: `sends` response.create messages, one after another's
+    completion; what each got (its text), then the close (code and reason)."""
+    import ssl
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    ctx = ssl.create_default_context(cafile=str(p.ca_path))
+    got: list = []
+    async with connect("wss://api.openai.com/v1/responses", proxy=p.url(ALICE), ssl=ctx,
+                       open_timeout=10) as ws:  # fmt: skip
+        try:
+            for _ in range(sends):
+                await ws.send(json.dumps({"type": "response.create", "model": "m", "input": "hi"}))
+                text = ""
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event["type"] == "response.completed":
+                        got.append(("ok", text))
+                        break
+                    text += event.get("delta", "")
+            await ws.recv()
+        except ConnectionClosed as e:
+            got.append(("closed", e.rcvd.code if e.rcvd else None, e.rcvd.reason if e.rcvd else ""))
+    return got
+
+
+async def test_each_response_create_in_a_websocket_session_counts_as_a_request(limited, gateway):
+    p = limited([{"name": "three-a-minute", "requests": 3, "per": "1m"}])
+    got = await _responses_session(p, 5)
+    assert [kind for kind, *_ in got[:3]] == ["ok", "ok", "ok"], got
+    kind, code, reason = got[3]
+    assert (kind, code) == ("closed", 1008) and "three-a-minute" in reason
+    assert len(gateway.gateway.websocket_messages) == 3  # the refused one never reached it
+
+
+async def test_a_websocket_sessions_answers_spend_the_token_budget(limited, gateway):
+    p = limited([{"name": "ws-budget", "tokens": 10, "per": "1h"}])
+    got = await _responses_session(p, 3)
+    assert got[0][0] == "ok"
+    kind, code, reason = got[1]
+    assert (kind, code) == ("closed", 1008) and "ws-budget" in reason
