@@ -68,6 +68,7 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 CLIENT_BACKLOG = 256 * 1024  # unsent bytes to a client before its gateway stream waits
+LEGS_OF_HANDLER = "_aibridge_gateway_legs"  # a client connection's legs, on its handler
 
 
 @dataclass
@@ -231,6 +232,13 @@ class GatewayLeg(layer.Layer):
                 return True
         return False
 
+    def upload_backlog(self):
+        """What to await before the client's connection is read further, or None."""
+        for stream in self.streams.values():
+            if (waiting := stream.upload_backlog()) is not None:
+                return waiting
+        return None
+
     def cancel_all(self) -> None:
         self.closed = True
         for stream in self.streams.values():
@@ -265,7 +273,9 @@ class PooledGatewayLeg:
             return
         get_connection = http_layers.HttpLayer.get_connection
         open_connection = proxy_server.ConnectionHandler.open_connection
-        self._originals = {"get_connection": get_connection, "open_connection": open_connection}
+        drain_writers = proxy_server.ConnectionHandler.drain_writers
+        self._originals = {"get_connection": get_connection, "open_connection": open_connection,
+                           "drain_writers": drain_writers}  # fmt: skip
         registry = self
 
         def pooled_get_connection(http_layer, event, *, reuse=True):
@@ -283,14 +293,27 @@ class PooledGatewayLeg:
                 return await open_connection(handler, command)
             await registry._open_virtual(handler, leg, command)
 
+        async def pooled_drain_writers(handler):
+            # after each read of a client: wait while a pooled stream's body waits for the
+            # gateway, as mitmproxy waits for its own server sockets' writers (backpressure)
+            await drain_writers(handler)
+            for leg in list(getattr(handler, LEGS_OF_HANDLER, ())):
+                while (waiting := leg.upload_backlog()) is not None:
+                    try:
+                        await waiting
+                    except Exception:  # the gateway connection went: the stream fails on its own
+                        break
+
         http_layers.HttpLayer.get_connection = pooled_get_connection
         proxy_server.ConnectionHandler.open_connection = pooled_open_connection
+        proxy_server.ConnectionHandler.drain_writers = pooled_drain_writers
 
     def uninstall(self) -> None:
         if not self._originals:
             return
         http_layers.HttpLayer.get_connection = self._originals["get_connection"]
         proxy_server.ConnectionHandler.open_connection = self._originals["open_connection"]
+        proxy_server.ConnectionHandler.drain_writers = self._originals["drain_writers"]
         self._originals = {}
 
     def _leg_connection(self, http_layer, pool: GatewayPool, event: GetHttpConnection):
@@ -327,6 +350,11 @@ class PooledGatewayLeg:
         server.peername = server.address
         server.state = connection.ConnectionState.OPEN
         leg.handler = handler
+        legs = getattr(handler, LEGS_OF_HANDLER, None)
+        if legs is None:
+            legs = weakref.WeakSet()
+            setattr(handler, LEGS_OF_HANDLER, legs)
+        legs.add(leg)
         await handler.server_event(events.OpenConnectionCompleted(command, None))
         cancelled = None
         try:

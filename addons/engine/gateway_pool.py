@@ -68,6 +68,9 @@ HEADER_LIST_LIMIT = 256 * 1024
 # A streamed request body is also kept, up to this much, until its answer starts: a request
 # whose connection died before any answer can then be sent again on a fresh one.
 REPLAY_LIMIT = 1 << 20
+# Request body bytes a stream may have waiting for the gateway (its window, or the socket)
+# before the client's connection is read no further: an upload is held by a window, never whole.
+UPLOAD_BACKLOG = 256 * 1024
 # Never put into HPACK's shared table (see the module docstring).
 SENSITIVE_HEADERS = frozenset(
     {
@@ -125,7 +128,7 @@ class PoolStream:
 
     __slots__ = (
         "pool", "request", "sink", "conn", "stream_id", "pending", "client_ended",
-        "trailers", "sent", "responded", "finished", "attempts", "replay",
+        "trailers", "sent", "responded", "finished", "attempts", "replay", "started",
     )  # fmt: skip
 
     def __init__(self, pool: GatewayPool, request: OutboundRequest, sink: ResponseSink):
@@ -143,6 +146,7 @@ class PoolStream:
         self.attempts = 0
         # the streamed body so far, while it may still be sent again (None: it may not)
         self.replay: bytearray | None = bytearray() if request.body is None else None
+        self.started: asyncio.Future | None = None  # resolved once a connection takes it
 
     # -- from the client's side ---------------------------------------------------------------
 
@@ -176,6 +180,30 @@ class PoolStream:
         if self.conn is not None:
             self.conn.end_body(self)
 
+    def upload_backlog(self) -> Awaitable | None:
+        """Something to await before more of the body is read from the client (the gateway
+        has not taken what it was sent, or no connection has taken the stream yet), else None."""
+        if self.finished:
+            return None
+        if self.conn is not None:
+            return self.conn.upload_backlog(self)
+        if sum(map(len, self.pending)) <= UPLOAD_BACKLOG:
+            return None
+        if self.started is None:
+            self.started = asyncio.get_running_loop().create_future()
+        return self.started
+
+    def detach(self) -> None:
+        """Its connection let it go: until `fail` decides, more body waits in `pending`."""
+        self.conn = None
+        self.stream_id = None
+
+    def wake(self) -> None:
+        """A connection took the stream (or it ended): a client held back may go on."""
+        if self.started is not None and not self.started.done():
+            self.started.set_result(None)
+        self.started = None
+
     def cancel(self) -> None:
         """The client went away: nothing more is delivered, the gateway's stream is reset."""
         if self.finished:
@@ -189,8 +217,7 @@ class PoolStream:
     async def fail(self, message: str, *, retryable: bool = False, connect_failed=False) -> None:
         if self.finished:
             return
-        self.conn = None
-        self.stream_id = None
+        self.detach()
         if retryable and self.replayable and self.attempts < 3:
             if self.request.body is None:
                 assert self.replay is not None
@@ -198,6 +225,7 @@ class PoolStream:
             self.pool.submit(self)
             return
         self.finished = True
+        self.wake()
         self.sink.on_error(message, connect_failed)
         with _client_gone():
             await self.sink.flush()
@@ -272,6 +300,7 @@ class GatewayPool:
             self.queue.popleft()
             try:
                 conn.start(stream)
+                stream.wake()
             except Exception as e:  # unforeseen: contained to this connection and request
                 logger.exception("gateway %s:%s: starting a request failed", self.host, self.port)
                 conn.close()
@@ -492,6 +521,11 @@ class _Connection(abc.ABC):
         """The client went away: stop the request (HTTP/1.1: the connection goes)."""
 
     @abc.abstractmethod
+    def upload_backlog(self, stream: PoolStream) -> Awaitable | None:
+        """While more than UPLOAD_BACKLOG of the stream's body waits here: what resolves once
+        it has gone out (or the stream ended)."""
+
+    @abc.abstractmethod
     async def read_loop(self) -> None:
         """Read answers until the connection ends; then fail what it still carried."""
 
@@ -557,6 +591,7 @@ class _Http2Connection(_Connection):
         self.ping_sent = 0.0
         self.last_received = time.monotonic()
         self.blocked: dict[int, float] = {}  # stream id -> since when its body waits for a window
+        self.drained: dict[int, asyncio.Future] = {}  # stream id -> resolved below UPLOAD_BACKLOG
         self._watch: asyncio.TimerHandle | None = None
         self._flush()
         self._arm()  # the gateway owes its SETTINGS
@@ -646,8 +681,11 @@ class _Http2Connection(_Connection):
                     return  # WindowUpdated brings us back
                 self.h2.send_data(stream_id, bytes(buffer[:size]))
                 del buffer[:size]
+                if len(buffer) <= UPLOAD_BACKLOG:
+                    self._drained(stream_id)
             self.outbox.pop(stream_id, None)
             self.blocked.pop(stream_id, None)
+            self._drained(stream_id)
             if stream.client_ended and stream_id not in self.ended:
                 self.ended.add(stream_id)
                 if stream.trailers:
@@ -665,10 +703,26 @@ class _Http2Connection(_Connection):
             self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
         self._flush()
 
+    def upload_backlog(self, stream: PoolStream) -> Awaitable | None:
+        buffer = self.outbox.get(stream.stream_id) if stream.stream_id is not None else None
+        if buffer is None or len(buffer) <= UPLOAD_BACKLOG:
+            return None
+        assert stream.stream_id is not None
+        waiting = self.drained.get(stream.stream_id)
+        if waiting is None:
+            waiting = self.drained[stream.stream_id] = asyncio.get_running_loop().create_future()
+        return waiting
+
+    def _drained(self, stream_id: int) -> None:
+        waiting = self.drained.pop(stream_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
     def _forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         self.outbox.pop(stream_id, None)
         self.blocked.pop(stream_id, None)
+        self._drained(stream_id)
         self.ended.discard(stream_id)
         if not self.streams:
             self.idle_since = time.monotonic()
@@ -716,6 +770,7 @@ class _Http2Connection(_Connection):
             if now - since >= limits.connect_timeout and (stream := self.streams.get(stream_id)):
                 self.draining = True  # the gateway takes no data here: nothing new either
                 self.cancel(stream)
+                stream.detach()  # what the client sends meanwhile waits for fail's decision
                 self.pool._spawn(stream.fail(
                     f"the gateway did not take the request body in {limits.connect_timeout:g}s",
                     retryable=True,
@@ -738,12 +793,15 @@ class _Http2Connection(_Connection):
         streams, self.streams = self.streams, {}
         self.outbox.clear()
         self.blocked.clear()
+        for stream_id in list(self.drained):
+            self._drained(stream_id)
         logger.warning("gateway %s:%s: %s; dropping the connection (%d streams)",
                        self.pool.host, self.pool.port, reason, len(streams))  # fmt: skip
         self.closed = True
         self.writer.transport.abort()
         self.pool.forget(self)
         for stream in streams.values():  # (fail sends again only what it may)
+            stream.detach()
             self.pool._spawn(stream.fail(reason, retryable=True))
 
     async def read_loop(self) -> None:
@@ -776,6 +834,8 @@ class _Http2Connection(_Connection):
             if self._watch is not None:
                 self._watch.cancel()
                 self._watch = None
+            for stream_id in list(self.drained):
+                self._drained(stream_id)
             streams, self.streams = self.streams, {}
             for stream in streams.values():
                 await stream.fail(reason)
@@ -959,6 +1019,11 @@ class _Http1Connection(_Connection):
     def end_body(self, stream: PoolStream) -> None:
         with contextlib.suppress(h11.LocalProtocolError):
             self.writer.write(self.h11.send(h11.EndOfMessage()))
+
+    def upload_backlog(self, stream: PoolStream) -> Awaitable | None:
+        if self.closed or self.writer.transport.get_write_buffer_size() <= UPLOAD_BACKLOG:
+            return None
+        return self.writer.drain()  # (raises once the connection is lost: callers suppress)
 
     def cancel(self, stream: PoolStream) -> None:
         # an HTTP/1.1 response cannot be abandoned half read: the connection goes

@@ -177,3 +177,37 @@ def test_a_silent_gateway_connection_heals_under_steady_traffic(make_proxy, h2_g
     assert statuses == [200] * 8, statuses
     assert all(n is not None and n > 1 for n in served_by), served_by
     print(f"\n{fault}: served again {healed:.1f} s after the connection broke")
+
+
+def test_an_upload_the_gateway_does_not_take_holds_the_client_back(make_proxy, h2_gateway):
+    """The gateway's flow-control window never reopens: the proxy stops reading the client's
+    body (as mitmproxy does for its own sockets) instead of taking the whole upload into
+    memory; the client's sends block on the socket."""
+    import time
+
+    gw, ca = h2_gateway()
+    gw.every_fault = "window_closed"
+    p = _proxy_for(make_proxy, gw, ca)
+    sent = [0]
+    chunk = b"u" * 65536
+
+    def body():
+        for _ in range(1024):  # 64 MiB, if nothing held it back
+            sent[0] += len(chunk)
+            yield chunk
+
+    def upload():
+        try:
+            with proxy_client(p, token=ALICE, timeout=30) as c:
+                c.post("https://api.openai.com/v1/files", content=body())
+        except Exception:
+            pass  # the proxy answers 502 once the stream gives up; or the test ends first
+
+    worker = threading.Thread(target=upload, daemon=True)
+    worker.start()
+    time.sleep(4)
+    held = sent[0]
+    rss_kb = int(next(line.split()[1] for line in open(f"/proc/{p.proc.pid}/status")
+                      if line.startswith("VmRSS")))  # fmt: skip
+    assert held < 16 * 1024 * 1024, held  # socket buffers' worth, not the upload
+    print(f"\nclient had sent {held / 2**20:.1f} MiB after 4 s; proxy RSS {rss_kb / 1024:.0f} MiB")

@@ -141,6 +141,16 @@ def test_the_connection_handler_opens_connections_and_takes_events():
         moved(f"{internal}.server_event", "the pool's answers come in through it")
     if "transports" not in server.ConnectionHandler.__annotations__:
         moved(f"{internal}.transports", "the leg's virtual connection is kept there")
+    drain = server.ConnectionHandler.drain_writers
+    if not inspect.iscoroutinefunction(drain) or params(drain) != ["self"]:
+        moved(f"{internal}.drain_writers", "no longer a coroutine method (self)")
+    reads = inspect.getsource(server.ConnectionHandler.handle_connection)
+    if reads.find("self.drain_writers()") < reads.find("reader.read("):
+        moved(
+            f"{internal}.handle_connection",
+            "no longer drains writers after each read "
+            "(where a pooled upload holds the client back)",
+        )
 
 
 def test_layers_keep_waiting_events_in_one_deque_made_at_birth():
@@ -300,6 +310,7 @@ def test_the_upstream_connect_is_a_tunnel_handshake_on_the_tunnel_connection():
         (UpstreamAuthHandshake(), _upstream_proxy.HttpUpstreamProxy, "receive_handshake_data"),
         (PooledGatewayLeg(), http_layer.HttpLayer, "get_connection"),
         (PooledGatewayLeg(), server.ConnectionHandler, "open_connection"),
+        (PooledGatewayLeg(), server.ConnectionHandler, "drain_writers"),
         (LazyPauseQueues(), mitmproxy_layer.Layer, "__init__"),
     ],
 )

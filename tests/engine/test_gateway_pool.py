@@ -10,6 +10,7 @@ import pytest
 from hpack import NeverIndexedHeaderTuple
 
 from addons.engine.gateway_pool import REPLAY_LIMIT
+from addons.engine.gateway_pool import UPLOAD_BACKLOG
 from addons.engine.gateway_pool import GatewayPool
 from addons.engine.gateway_pool import OutboundRequest
 from addons.engine.gateway_pool import PoolLimits
@@ -405,6 +406,36 @@ def test_a_body_the_gateway_never_takes_moves_on_within_the_connect_deadline(h2_
         assert answer.status == 200, answer.error
         assert b'"connection": 2' in answer.body and b'"body_length": 200000' in answer.body
         assert b'"connection": 2' in (await ask(pool)).body
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_upload_the_gateway_does_not_take_waits_for_it_instead_of_filling_memory(h2_gateway):
+    """The gateway's window never reopens: the pool holds at most UPLOAD_BACKLOG of the body
+    beyond it, and asks the client to wait (as the leg does after each read of the client);
+    once the stream gives up (connect_timeout), the wait ends too."""
+    gw, tls = h2_gateway
+    gw.every_fault = "window_closed"
+
+    async def main():
+        limits = PoolLimits(warm=0, silence=0.2, ping_timeout=0.4, connect_timeout=0.5)
+        pool = GatewayPool("localhost", gw.port, tls, limits)
+        answer = Answer()
+        stream = pool.request(post(body=None), answer)
+        accepted, chunk = 0, b"u" * 65536
+        for _ in range(400):  # a 25 MiB upload, read chunk by chunk as the client sends it
+            if stream.finished:
+                break
+            stream.send(chunk)
+            accepted += len(chunk)
+            while (waiting := stream.upload_backlog()) is not None:
+                await asyncio.wait_for(waiting, 5)
+            held = sum(len(b) for c in pool.connections for b in getattr(c, "outbox", {}).values())
+            assert held <= UPLOAD_BACKLOG + len(chunk)
+        assert accepted < 2 * 1024 * 1024  # not 25 MiB: the client was held back
+        await asyncio.wait_for(answer.done.wait(), 5)
+        assert "did not take the request body" in (answer.error or "")
         pool.close()
 
     asyncio.run(main())

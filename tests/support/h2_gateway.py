@@ -71,6 +71,7 @@ class H2Gateway:
         self.goaway_after: int | None = None  # after this many requests, GOAWAY (NO_ERROR)
         self.refuse_next = 0  # refuse this many new streams with REFUSED_STREAM
         self.next_fault: str | None = None  # the next connection's fault (FAULTS)
+        self.every_fault: str | None = None  # every new connection's fault
         self.raw_headers: list[list] = []  # each request's header fields as h2 decoded them
         self._numbers = itertools.count(1)
         self._loop = asyncio.new_event_loop()
@@ -127,7 +128,7 @@ class H2Gateway:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = _Conn(next(self._numbers), h2.connection.H2Connection(config=config), writer)
-        conn.fault, self.next_fault = self.next_fault, None
+        conn.fault, self.next_fault = self.next_fault or self.every_fault, None
         settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
         conn.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         conn.h2.initiate_connection()
