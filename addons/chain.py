@@ -64,6 +64,7 @@ from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import LIMIT_USAGE
 from addons.core.events import MCP_CALL
+from addons.core.events import MCP_TOOL_CHANGED
 from addons.core.events import TELEMETRY_DROPPED
 from addons.core.events import TOKEN_CHECKED
 from addons.core.events import EventBus
@@ -125,6 +126,8 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(MCP_CALL, recent.mcp_call)
     telemetry = Telemetry(events)
     events.subscribe(MCP_CALL, telemetry.mcp_call)
+    events.subscribe(MCP_TOOL_CHANGED, metrics.mcp_tool_changed)
+    events.subscribe(MCP_TOOL_CHANGED, telemetry.mcp_tool_changed)
     events.subscribe(TELEMETRY_DROPPED, metrics.telemetry_dropped)
     return [
         routing,

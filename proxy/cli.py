@@ -28,6 +28,7 @@ from proxy.server.commands import cmd_ca_init
 from proxy.server.commands import cmd_ca_show
 from proxy.server.commands import cmd_catalog
 from proxy.server.commands import cmd_explain
+from proxy.server.commands import cmd_mcp
 from proxy.server.commands import cmd_reload
 from proxy.server.commands import cmd_serve
 from proxy.server.commands import cmd_usage
@@ -169,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
 
+    mcp = sub.add_parser("mcp", help="governed MCP servers' approved tool definitions")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", help="YAML configuration file (env AIBRIDGE_PROXY_CONFIG)")
+    where.add_argument("--state-dir", help="the service's state_dir (default: the configuration's)")
+    mcp_sub = mcp.add_subparsers(dest="mcp_command", required=True)
+    mcp_sub.add_parser("pins", parents=[where],
+                       help="each server's pinned and changed tool definitions")  # fmt: skip
+    accept = mcp_sub.add_parser(
+        "accept", parents=[where],
+        help="approve what a server's changed tools now say (they are shown again)",
+    )  # fmt: skip
+    accept.add_argument("server", help="the server entry's name (mcp: [{name: ...}])")
+
     catalog = sub.add_parser("catalog", help="list the AI host catalog (entries for observe)")
     catalog.add_argument("--format", default="table", choices=("table", "markdown", "json"))
 
@@ -217,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": cmd_doctor,
         "usage": cmd_usage,
         "catalog": cmd_catalog,
+        "mcp": cmd_mcp,
     }
     if args.command == "ca":
         handler = cmd_ca_init if args.ca_command == "init" else cmd_ca_show

@@ -19,6 +19,7 @@ LIMIT_REFUSED = "limit_refused"  # (limit name: str, user: str | None)
 LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
 LIMIT_USAGE = "limit_usage"  # (limits.LimitUsage list): every limit's use now, sampled
 MCP_CALL = "mcp_call"  # (mcp_guard.McpCall): a JSON-RPC request to an MCP server, answered
+MCP_TOOL_CHANGED = "mcp_tool_changed"  # (server entry: str, tool: str): its definition changed
 TELEMETRY_DROPPED = "telemetry_dropped"  # (spans: int): not exported (queue full, collector down)
 GATEWAY_CONNECTION = "gateway_connection"  # (gateway origin, protocol, opened: bool): pooled
 DLP_VERDICT = "dlp_verdict"  # (prompt_dlp.Verdict): a request or message had findings or no scan

@@ -30,11 +30,13 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import replace
+from pathlib import Path
 
 from mitmproxy import ctx
 from mitmproxy import http
 
 from addons.core.events import MCP_CALL
+from addons.core.events import MCP_TOOL_CHANGED
 from addons.core.events import EventBus
 from addons.core.record import FlowRecord
 from addons.core.record import RejectReason
@@ -43,6 +45,7 @@ from addons.core.record import record
 from addons.core.responses import plain_response
 from addons.engine.body_limit import buffered_body_limit
 from addons.engine.body_limit import limit_buffered_body
+from addons.govern.mcp_pins import PinBook
 from addons.routing.snapshot import Routing
 from addons.rules.content_decoding import DECODE_ERRORS
 from addons.rules.content_decoding import BoundedDecoder
@@ -118,11 +121,30 @@ class McpGuard:
             collections.OrderedDict()
         )
         self.key = b"aibridge-proxy"  # of the arguments' digests: the audit trail's key
+        self.pins = PinBook(None)
+
+    def load(self, loader) -> None:
+        loader.add_option("aibridge_mcp_pins_file", str | None, None,
+                          "Where governed MCP servers' approved tool definitions are kept "
+                          "(serve: <state_dir>/mcp-pins.json; unset: in memory).")  # fmt: skip
 
     def configure(self, updated) -> None:
         # the deployment's digest key, declared by the audit trail (observe/telemetry.py)
         if "aibridge_telemetry_key" in updated:
             self.key = (ctx.options.aibridge_telemetry_key or "aibridge-proxy").encode()
+        if "aibridge_mcp_pins_file" in updated:
+            where = ctx.options.aibridge_mcp_pins_file
+            self.pins = PinBook(Path(where) if where else None)
+
+    def _review(self, server: McpServer, tools: list[dict]) -> list[str]:
+        """A listing's tools against their pins: first seen pinned, changes recorded once."""
+        differ, fresh = self.pins.observe(server.name, tools)
+        for name in fresh:
+            logger.warning("MCP server %s changed the definition of its tool %s after it was "
+                           "approved (%s until `aibridge-proxy mcp accept %s`)", server.name,
+                           name, server.on_tool_change, server.name)  # fmt: skip
+            self.events.emit(MCP_TOOL_CHANGED, server.name, name)
+        return differ
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -216,6 +238,10 @@ class McpGuard:
         assert call.tool is not None
         if (why := server.denial(call.tool)) is not None:
             return why, None
+        if server.on_tool_change == "hide" and self.pins.held(server.name, call.tool):
+            return (f"the tool {call.tool} of the MCP server {server.name} changed after it was "
+                    f"approved; an admin accepts it with `aibridge-proxy mcp accept "
+                    f"{server.name}`"), None  # fmt: skip
         policy = self.routing.current.policy
         if entry.facts is None or policy.empty:
             return None
@@ -281,7 +307,7 @@ class McpGuard:
         bytes if the policy changed it."""
         if not exchange.pending:
             return None
-        rewritten = rewrite_answers(data, exchange.pending, exchange.server)
+        rewritten = rewrite_answers(data, exchange.pending, exchange.server, self._review)
         for outcome in rewritten.outcomes:
             self._report(flow, entry, outcome)
         return rewritten.data

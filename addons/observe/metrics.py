@@ -240,6 +240,13 @@ class Metrics:
         )
         self._limit_series: set[str] = set()  # limits the gauges have a series for
         self._user_limit_series: set[tuple[str, str]] = set()
+        self.mcp_tool_changes = Counter(
+            PREFIX + "mcp_tool_changes",
+            "Tool definitions a governed MCP server changed after they were approved (pinned), "
+            "by server entry; `aibridge-proxy mcp accept` approves them.",
+            ["server"],
+            registry=r,
+        )
         self.mcp_calls = Counter(
             PREFIX + "mcp_calls",
             "Tool calls to governed MCP servers, by server entry, tool (the tools the entry "
@@ -365,6 +372,9 @@ class Metrics:
             return  # initialize, tools/list, ping...: on record in the log, not counted here
         tool = call.tool if call.known_tool else self._mcp_tool_label(call.tool)
         self.mcp_calls.labels(server=call.server, tool=tool, outcome=call.outcome).inc()
+
+    def mcp_tool_changed(self, server: str, _tool: str) -> None:
+        self.mcp_tool_changes.labels(server=server).inc()
 
     def telemetry_dropped(self, count: int) -> None:
         self.spans_dropped.inc(count)

@@ -427,6 +427,15 @@ class Telemetry:
             span.set_attribute("error.type", call.outcome)
         span.end(end_time=end)
 
+    def mcp_tool_changed(self, server: str, tool: str) -> None:
+        """A span on the audit trail: a governed server changed an approved tool definition."""
+        if self.tracer is None:
+            return
+        span = self.tracer.start_span(f"mcp tool changed {tool}"[:ATTRIBUTE_CHARS])
+        span.set_attributes(_capped({"aibridge.mcp.server": server, "gen_ai.tool.name": tool,
+                                     "aibridge.outcome": "tool_changed"}))  # fmt: skip
+        span.end()
+
 
 def _request_model(entry: FlowRecord) -> str | None:
     return entry.facts.model if entry.facts is not None else None

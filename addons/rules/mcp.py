@@ -7,6 +7,8 @@ agent may use, and how JSON-RPC 2.0 messages are read, answered and filtered on 
         url: https://api.githubcopilot.com/mcp/   # scheme, host (port) and path prefix
         allow_tools: ["*"]                        # globs; default all
         deny_tools: ["delete_*", "merge_*"]       # globs; deny wins over allow
+        on_tool_change: flag                      # pass | flag | hide (see rules/mcp_pins.py)
+        strip_hidden_text: true                   # zero-width text and HTML comments removed
 
 A listed server's host is decrypted; requests under its path prefix are read as MCP (Streamable
 HTTP: POST of one message or a batch, answered as JSON or an SSE stream, and its GET stream;
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +32,9 @@ from typing import Any
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
+from addons.rules.mcp_pins import CHANGED_NOTE
+from addons.rules.mcp_pins import ON_CHANGE
+from addons.rules.mcp_pins import visible_text
 from addons.rules.policy import PolicyError
 
 # JSON-RPC error codes the proxy answers with (-32000..-32099 are the implementation's own)
@@ -51,6 +57,8 @@ class McpServer:
     prefix: str  # the path prefix, without a trailing slash ("" for the whole host)
     allow_tools: tuple[str, ...] = ("*",)
     deny_tools: tuple[str, ...] = ()
+    on_tool_change: str = "flag"  # a tool whose definition changed after it was pinned
+    strip_hidden_text: bool = True  # descriptions lose what a person would not see
 
     def covers(self, host: str, port: int, path: str) -> bool:
         if host.lower() != self.host or port != self.port:
@@ -108,7 +116,8 @@ def parse_mcp_servers(raw: Any) -> McpServers:
         if name in names:
             raise PolicyError(f"{label}: the name is used twice")
         names.add(name)
-        unknown = set(entry) - {"name", "url", "allow_tools", "deny_tools"}
+        unknown = set(entry) - {"name", "url", "allow_tools", "deny_tools", "on_tool_change",
+                                "strip_hidden_text"}  # fmt: skip
         if unknown:
             raise PolicyError(f"{label}: unknown key {sorted(unknown)[0]!r}")
         url = entry.get("url")
@@ -128,8 +137,15 @@ def parse_mcp_servers(raw: Any) -> McpServers:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise PolicyError(f"{label}: {key} must be a list of tool name globs")
             tools[key] = tuple(value)
+        on_change = entry.get("on_tool_change", "flag")
+        if on_change not in ON_CHANGE:
+            raise PolicyError(f"{label}: on_tool_change must be one of {', '.join(ON_CHANGE)}")
+        strip = entry.get("strip_hidden_text", True)
+        if not isinstance(strip, bool):
+            raise PolicyError(f"{label}: strip_hidden_text must be true or false")
         prefix = parts.path.rstrip("/")
-        out.append(McpServer(name, "https", parts.hostname.lower(), port, prefix, **tools))
+        out.append(McpServer(name, "https", parts.hostname.lower(), port, prefix, **tools,
+                             on_tool_change=on_change, strip_hidden_text=strip))  # fmt: skip
     return McpServers(tuple(out))
 
 
@@ -297,9 +313,17 @@ class Rewrite:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
-def rewrite_answers(data: bytes, pending: dict[str, Pending], server: McpServer) -> Rewrite:
+# (server entry, the tools a listing offers) -> the names whose definition changed after it was
+# pinned (addons/govern/mcp_pins.py)
+Review = Callable[[McpServer, list[dict]], list[str]]
+
+
+def rewrite_answers(
+    data: bytes, pending: dict[str, Pending], server: McpServer, review: Review | None = None
+) -> Rewrite:
     """Answers to pending calls: denied ones replaced by their refusal, tools/list results
-    without the tools the server entry denies; everything else byte for byte."""
+    without the tools the server entry denies (and as it says for changed definitions and
+    hidden text); everything else byte for byte."""
     out = Rewrite()
     try:
         parsed = json.loads(data)
@@ -325,25 +349,41 @@ def rewrite_answers(data: bytes, pending: dict[str, Pending], server: McpServer)
         error = answer.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         out.outcomes.append(Outcome(found.call, found, code if isinstance(code, int) else None))
-        if found.call.method == "tools/list" and _filter_tools(answer, server):
+        if found.call.method == "tools/list" and _filter_tools(answer, server, review):
             changed = True
     if changed:
         out.data = encode(answers if batch else answers[0])
     return out
 
 
-def _filter_tools(answer: dict, server: McpServer) -> bool:
-    """Drop the tools the entry does not allow from a tools/list result; True if any went."""
+def _filter_tools(answer: dict, server: McpServer, review: Review | None) -> bool:
+    """A tools/list result as the entry lets the client see it: without the tools it does not
+    allow, changed definitions hidden or flagged (`on_tool_change`), descriptions without
+    hidden text; True if anything changed."""
     result = answer.get("result")
     tools = result.get("tools") if isinstance(result, dict) else None
     if not isinstance(tools, list):
         return False
     kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
             and server.denial(t["name"]) is None]  # fmt: skip
-    if len(kept) == len(tools):
-        return False
-    result["tools"] = kept
-    return True
+    changed = len(kept) != len(tools)
+    differ = set(review(server, kept)) if review is not None else set()
+    if differ and server.on_tool_change == "hide":
+        kept = [t for t in kept if t["name"] not in differ]
+        changed = True
+    for tool in kept:
+        text = tool.get("description")
+        if not isinstance(text, str):
+            continue
+        shown = visible_text(text) if server.strip_hidden_text else text
+        if tool["name"] in differ and server.on_tool_change == "flag":
+            shown = CHANGED_NOTE + shown
+        if shown != text:
+            tool["description"] = shown
+            changed = True
+    if changed:
+        result["tools"] = kept
+    return changed
 
 
 # -- Server-Sent Events ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from addons.chain import make_addons
 from addons.engine import EnginePatches
 from addons.engine.hook_table import HookTable
 from addons.engine.log_events import stop_log_redispatch
+from addons.govern.mcp_pins import PINS_FILE
 from addons.rules.policy import gateway_ca_files
 from addons.rules.profile_choices import CHOICES_FILE
 from certs import prepare as certs_prepare
@@ -93,6 +94,7 @@ def engine_options(
         "aibridge_telemetry_headers": json.dumps(settings.telemetry_headers or {}),
         "aibridge_telemetry_key": derived_key(settings.ca_key_path, b"telemetry content"),
         "aibridge_profile_store": settings.profile_store or str(settings.state_path / CHOICES_FILE),
+        "aibridge_mcp_pins_file": str(settings.state_path / PINS_FILE),
         "confdir": str(files.confdir),
         # eager: a tunnel's destination is dialled (and checked) before the CONNECT is answered;
         # routed CONNECTs are answered by InterceptPolicy first, so providers are never dialled

@@ -193,3 +193,30 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         for entry in catalog.entries.values():
             print(f"{entry.id:20} {entry.name}: {', '.join(catalog.hosts_of(entry.id))}")
     return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from addons.govern.mcp_pins import PINS_FILE
+    from addons.govern.mcp_pins import PinBook
+
+    settings = settings_from(args, require_gateway=False)
+    book = PinBook(settings.state_path / PINS_FILE)
+    names = {s.name for s in settings.mcp_servers.servers}
+    if args.mcp_command == "pins":
+        pins = book.summary()
+        for server in sorted(names | set(pins)):
+            entry = pins.get(server, {})
+            changed = sorted(entry.get("changed", {}))
+            gone = "" if server in names else " (no longer configured)"
+            print(f"{server}{gone}: {len(entry.get('pinned', {}))} tools pinned; changed: "
+                  f"{', '.join(changed) if changed else 'none'}")  # fmt: skip
+        return 0
+    if args.server not in names:
+        raise UsageError(f"mcp accept: no MCP server entry is named {args.server!r} "
+                         f"(mcp: in the configuration names {', '.join(sorted(names)) or 'none'})")  # fmt: skip
+    accepted = book.accept(args.server)
+    if accepted:
+        print(f"{args.server}: accepted the new definitions of {', '.join(accepted)}")
+    else:
+        print(f"{args.server}: no changed tool definition to accept")
+    return 0

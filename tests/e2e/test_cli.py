@@ -445,3 +445,26 @@ def test_env_refuses_a_proxy_url_that_is_not_one(tmp_path, url):
     result = cli("env", "--proxy-url", url, "--ca", str(ca))
     assert_one_line_error(result, "--proxy-url", "http://coder:$CODER_SESSION_TOKEN@")
     assert "export" not in result.stdout
+
+
+def test_mcp_accept_approves_a_servers_changed_tools(tmp_path):
+    from addons.govern.mcp_pins import PINS_FILE
+    from addons.govern.mcp_pins import PinBook
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp_path}\nmcp:\n  - {{name: github, url: 'https://mcp.example.com/mcp'}}\n"
+    )
+    book = PinBook(tmp_path / PINS_FILE)
+    book.observe("github", [{"name": "search", "description": "old"}])
+    book.observe("github", [{"name": "search", "description": "new"}])
+    r = cli("mcp", "pins", "--config", str(cfg))
+    assert r.returncode == 0 and "github: 1 tools pinned; changed: search" in r.stdout, r.stderr
+    r = cli("mcp", "accept", "github", "--config", str(cfg))
+    assert r.returncode == 0 and "accepted the new definitions of search" in r.stdout, r.stderr
+    assert not PinBook(tmp_path / PINS_FILE).held("github", "search")
+    assert (
+        "no changed tool definition" in cli("mcp", "accept", "github", "--config", str(cfg)).stdout
+    )
+    assert_one_line_error(cli("mcp", "accept", "gitlab", "--config", str(cfg)),
+                          "no MCP server entry is named 'gitlab'")  # fmt: skip

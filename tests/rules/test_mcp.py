@@ -200,3 +200,33 @@ def test_the_legacy_transports_session_id():
     assert legacy_session(b"/messages/?session_id=abc") == "abc"
     assert legacy_session("/message?sessionId=xyz") == "xyz"
     assert legacy_session("/mcp") is None
+
+
+def test_a_definition_is_its_name_description_and_schema():
+    from addons.rules.mcp_pins import changes
+    from addons.rules.mcp_pins import definition_digest
+
+    tool = {"name": "t", "description": "d", "inputSchema": {"type": "object"}, "title": "T"}
+    assert definition_digest(tool) == definition_digest({**tool, "title": "other"})
+    assert definition_digest(tool) != definition_digest({**tool, "description": "d2"})
+    assert definition_digest(tool) != definition_digest({**tool, "inputSchema": {}})
+    pinned = {"t": definition_digest(tool)}
+    new, differ, fresh = changes(pinned, {}, [{**tool, "description": "x"}, {"name": "u"}])
+    assert list(new) == ["u"] and differ == ["t"] and list(fresh) == ["t"]
+    assert changes(pinned, fresh, [{**tool, "description": "x"}])[2] == {}  # recorded once
+
+
+def test_visible_text_drops_what_a_person_does_not_see():
+    from addons.rules.mcp_pins import visible_text
+
+    assert visible_text("a\u200bb\u202ec\ufeff<!-- x -->d<!-- unterminated") == "abcd"
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [({"on_tool_change": "ignore"}, "on_tool_change must be one of pass, flag, hide"),
+     ({"strip_hidden_text": "yes"}, "strip_hidden_text must be true or false")],
+)  # fmt: skip
+def test_pinning_settings_are_checked(extra, problem):
+    with pytest.raises(PolicyError, match=problem):
+        parse_mcp_servers([{"name": "g", "url": "https://mcp.example.com/mcp", **extra}])

@@ -26,6 +26,7 @@ DERIVED = {
     "aibridge_telemetry_headers": "telemetry.headers, as JSON",
     "aibridge_telemetry_key": "derived from the CA key (the same in every replica)",
     "aibridge_dlp_mask_key": "derived from the CA key (the same in every replica)",
+    "aibridge_mcp_pins_file": "state_dir/mcp-pins.json",
 }
 
 
