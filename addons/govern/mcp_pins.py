@@ -26,7 +26,7 @@ class PinBook:
     def __init__(self, path: Path | None) -> None:
         self.path = path  # None: kept in memory only (a test, stock mitmdump without a state dir)
         self._memory: dict[str, Any] = {}
-        self._seen: tuple[float, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._cache: dict[str, Any] = {}
 
     def held(self, server: str, tool: str) -> bool:
@@ -69,7 +69,7 @@ class PinBook:
             stat = self.path.stat()
         except FileNotFoundError:
             return {}
-        seen = (stat.st_mtime, stat.st_size)
+        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)  # each write is a new file
         if seen != self._seen:  # re-read only when it changed (another worker, the CLI)
             try:
                 self._cache = json.loads(self.path.read_text())

@@ -219,11 +219,8 @@ async def test_a_body_over_max_bytes_follows_on_error(chain, caplog, status):
     assert line["dlp"] == ("block:unscanned" if status else "pass:unscanned")
 
 
-@pytest.mark.parametrize("is_text", [True, False], ids=["text-frame", "binary-frame"])
-@pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}, {}])
-async def test_codex_websocket_messages_are_masked_or_close_the_session(
-    chain, monkeypatch, options, is_text
-):
+async def _codex_session(chain, monkeypatch):
+    """A Codex WebSocket session's upgrade, and the closes the guard asks for in it."""
     guard = chain.addons["PromptGuard"]
     closes = []
     monkeypatch.setattr(
@@ -233,6 +230,15 @@ async def test_codex_websocket_messages_are_masked_or_close_the_session(
     flow = await chain.send(
         connect, method="GET", path="/v1/responses", headers=UPGRADE, content=b""
     )
+    return flow, closes
+
+
+@pytest.mark.parametrize("is_text", [True, False], ids=["text-frame", "binary-frame"])
+@pytest.mark.parametrize("options", [{"aibridge_dlp_action": "mask"}, {}])
+async def test_codex_websocket_messages_are_masked_or_close_the_session(
+    chain, monkeypatch, options, is_text
+):
+    flow, closes = await _codex_session(chain, monkeypatch)
     message = _websocket_message(flow, json.dumps({"type": "response.create", "model": "gpt-5",
                                                    "input": [{"role": "user", "content": f"k {GITHUB}"}]}).encode(),
                                  is_text=is_text)  # fmt: skip
@@ -251,15 +257,7 @@ async def test_codex_websocket_messages_are_masked_or_close_the_session(
 async def test_a_binary_websocket_message_that_is_not_text_is_a_decision(
     chain, monkeypatch, caplog, options, dropped
 ):
-    guard = chain.addons["PromptGuard"]
-    closes = []
-    monkeypatch.setattr(
-        guard.websocket_closer, "close", lambda c, code, why: closes.append((code, why))
-    )
-    connect = await chain.connect("api.openai.com")
-    flow = await chain.send(
-        connect, method="GET", path="/v1/responses", headers=UPGRADE, content=b""
-    )
+    flow, closes = await _codex_session(chain, monkeypatch)
     message = _websocket_message(flow, b"\x00\x01\xff binary " + GITHUB.encode(), is_text=False)
     await chain.hook(ws_layer.WebsocketMessageHook(flow))
     assert message.dropped == dropped and bool(closes) == dropped

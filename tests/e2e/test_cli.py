@@ -75,22 +75,18 @@ def test_unknown_key_in_config_file(tmp_path):
     )
 
 
+def serve_on(state_dir, listen: str, *more: str):
+    """`serve` in the foreground with a gateway it never reaches: for start-up errors."""
+    return cli("serve", "--gateway", "http://127.0.0.1:1", "--auth-mode", "presence",
+               "--state-dir", str(state_dir), "--listen", listen, *more)  # fmt: skip
+
+
 def test_port_in_use(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = cli(
-            "serve",
-            "--gateway",
-            "http://127.0.0.1:1",
-            "--auth-mode",
-            "presence",
-            "--state-dir",
-            str(tmp_path),
-            "--listen",
-            f"127.0.0.1:{port}",
-        )
+        r = serve_on(tmp_path, f"127.0.0.1:{port}")
     assert_one_line_error(r, f"listen: cannot bind 127.0.0.1:{port}")
 
 
@@ -119,21 +115,8 @@ def test_admin_port_in_use_stops_before_the_proxy_accepts(tmp_path, workers):
         prober = threading.Thread(target=probe)
         prober.start()
         try:
-            r = cli(
-                "serve",
-                "--gateway",
-                "http://127.0.0.1:1",
-                "--auth-mode",
-                "presence",
-                "--state-dir",
-                str(tmp_path),
-                "--listen",
-                f"127.0.0.1:{main_port}",
-                "--admin-listen",
-                f"127.0.0.1:{admin_port}",
-                "--workers",
-                workers,
-            )
+            r = serve_on(tmp_path, f"127.0.0.1:{main_port}",
+                         "--admin-listen", f"127.0.0.1:{admin_port}", "--workers", workers)  # fmt: skip
         finally:
             done.set()
             prober.join()
