@@ -62,6 +62,7 @@ class RejectReason(enum.StrEnum):
     LIMITED = "limited"
     DLP_BLOCKED = "dlp_blocked"
     DLP_UNSCANNED = "dlp_unscanned"
+    MCP_DENIED = "mcp_denied"  # every call the request carried is a tool the policy denies
 
     @property
     def is_denial(self) -> bool:
@@ -74,11 +75,13 @@ class RejectReason(enum.StrEnum):
 
 
 _DENIALS = frozenset({RejectReason.DENIED_HOST, RejectReason.RULE_DENIED, RejectReason.DLP_BLOCKED,
-                      RejectReason.DLP_UNSCANNED, RejectReason.LIMITED})  # fmt: skip
+                      RejectReason.DLP_UNSCANNED, RejectReason.LIMITED,
+                      RejectReason.MCP_DENIED})  # fmt: skip
 _ASK_ADMIN = "ask your administrator"
 _HINTS: dict[RejectReason, tuple[str, str]] = {
     RejectReason.DENIED_HOST: ("the proxy's egress policy denies this host", _ASK_ADMIN),
     RejectReason.RULE_DENIED: ("a routing rule denies this request", _ASK_ADMIN),
+    RejectReason.MCP_DENIED: ("the MCP server's entry or a rule denies this tool", _ASK_ADMIN),
     RejectReason.DOT_SEGMENTS: ("the path holds . or .. segments",
                                 "the tool sent a malformed path"),
     RejectReason.AMBIGUOUS_PATH: ("the path holds an encoded slash or an empty segment",

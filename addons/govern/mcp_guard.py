@@ -215,6 +215,7 @@ class McpGuard:
             return
         if all(i in denied for i in kept) and not exchange.legacy:
             # every message a denied call: answered here, never forwarded
+            entry.reject = RejectReason.MCP_DENIED
             answers = []
             for call in requests:
                 message, rule = denied[call.index]

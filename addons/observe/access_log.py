@@ -42,7 +42,8 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         "method": flow.request.method,
         "host": info.original_host,
         "path": info.original_path.split("?", 1)[0],
-        "upstream": info.upstream_url.split("?", 1)[0],
+        # a request the proxy refused itself never reached an upstream
+        "upstream": info.upstream_url.split("?", 1)[0] if entry.reject is None else None,
         "status": flow.response.status_code if flow.response else None,
         "error": flow.error.msg if flow.error else None,
         "bytes_in": info.bytes_in,

@@ -85,20 +85,31 @@ def _decide(
         problem = "the request target holds spaces, control or non-ASCII characters"
     if problem is not None and (route is not None or settings.mcp_servers.on_host(host)):
         return [f"answer:   400 {problem} (the proxy refuses such a path on {host})"]
-    if route is None and (
-        server := settings.mcp_servers.lookup(host, port, decoded_path(raw_path))
-    ):
-        return [f"{host}: MCP server {server.name}; decrypted, its tools governed "
-                f"(deny_tools: {', '.join(server.deny_tools) or 'none'}), sent on unchanged"]  # fmt: skip
-    if route is None and (seen := settings.observed_hosts.lookup(host)) is not None:
+    # what the host is: routed, observed, a governed MCP server's (any of them decrypted), or
+    # tunnelled; the rules then decide on every decrypted request, as in the proxy
+    server = settings.mcp_servers.lookup(host, port, decoded_path(raw_path))
+    seen = settings.observed_hosts.lookup(host) if route is None else None
+    head: list[str] = []  # a host that is not routed: what it is, first
+    tail: list[str] = []  # a routed one: its MCP entry, last
+    if server is not None:
+        what = (f"{host}: MCP server {server.name}; decrypted, its tools governed "
+                f"(deny_tools: {', '.join(server.deny_tools) or 'none'}; on_tool_change: "
+                f"{server.on_tool_change})")  # fmt: skip
+        (head if route is None else tail).append(
+            what + (", sent on unchanged" if route is None else ", then routed as above")
+        )
+    elif seen is not None:
         why = (
             "copilot_completions: observe; the gateway does not serve /v1/engines/*"
             if host in copilot_completion_hosts()
             else f"observe: {seen.entry or seen.pattern}"
         )
-        return [f"{host}: observed ({why}); decrypted, recorded (who, tool, tokens) and sent "
-                "to the original host unchanged"]  # fmt: skip
-    if route is None:
+        head.append(f"{host}: observed ({why}); decrypted, recorded (who, tool, tokens) and "
+                    "sent to the original host unchanged")  # fmt: skip
+    elif route is None and settings.mcp_servers.on_host(host):
+        head.append(f"{host}: a governed MCP server's host, outside its entries' paths; "
+                    "decrypted and sent on unchanged")  # fmt: skip
+    elif route is None:
         return [f"{host}: not routed; tunnelled untouched (never decrypted)"]
     model = model or model_in_path(path)
     facts = Facts(host, decoded_path(path or "/"), method.upper(), workspace, user, policy.groups_of(user),
@@ -106,7 +117,7 @@ def _decide(
     # the proxy's own decision: the profile in force, the rule, and what the rule does
     active, decision = decide(facts, policy, profile)
     assert decision != NEEDS_MODEL  # the model is known here (None: the request has none)
-    routed = table.route(host, path or "/")  # None outside the host's paths, as in the router
+    routed = table.route(host, path or "/") if route is not None else None  # as in the router
     planned = plan(decision, routed.provider if routed else None, policy)
     if profile and profile != active:
         in_force = f"{active} (default)" if active else "none"
@@ -115,20 +126,22 @@ def _decide(
         lines = [f"profile:  {active or 'none'}" + (" (default)" if not profile else "")]
     scan = _dlp_lines(settings, planned.decision) + _limit_lines(settings, facts)
     if planned.decision is None:
+        if route is None:  # observed or an MCP server's: no rule, as the host line says
+            return [*head, *scan]
         if planned.provider is None:
             return ["rule:     none (provider table)", *scan,
-                    f"upstream: {url} (outside {host}'s paths)"]  # fmt: skip
+                    f"upstream: {url} (outside {host}'s paths)", *tail]  # fmt: skip
         lines.insert(0, "rule:     none (provider table)")
     else:
         name = planned.decision.rule.name
         source = f"profile {decision.profile}" if decision.profile else "the admin's rules"
         lines.insert(0, f"rule:     {name} ({source})")
     if planned.deny is not None:
-        body = error_body(api_family(route.provider, host), planned.deny.status,
-                          planned.deny_message)  # fmt: skip
-        return [*lines, f"answer:   {planned.deny.status} {body.decode()}"]
+        family = api_family(route.provider if route is not None else None, host)
+        body = error_body(family, planned.deny.status, planned.deny_message)
+        return [*head, *lines, f"answer:   {planned.deny.status} {body.decode()}"]
     if planned.provider is None:
-        return [*lines, *scan, f"upstream: {url} (the original host, unchanged)"]
+        return [*head, *lines, *scan, f"upstream: {url} (the original host, unchanged)", *tail]
     target, provider = settings.routing_target or policy.gateway(None), planned.provider
     if names := planned.gateways:
         target = policy.gateway(names[0])
@@ -139,11 +152,11 @@ def _decide(
             )
     new_model = planned.model
     if target is None:
-        return [*lines, "answer:   502 no gateway is configured"]
+        return [*head, *lines, "answer:   502 no gateway is configured"]
     lines.append(f"provider: {provider}")
     if new_model:
         lines.append(f"model:    {model or '(none)'} -> {new_model}")
-    return [*lines, *scan, f"upstream: {target.url_for(provider, path or '/')}"]
+    return [*head, *lines, *scan, f"upstream: {target.url_for(provider, path or '/')}", *tail]
 
 
 def _limit_lines(settings: Settings, facts: Facts) -> list[str]:

@@ -79,6 +79,15 @@ async def test_a_denied_call_is_answered_by_the_proxy_and_never_sent(chain, capl
         "alice",
     )
     assert line["args_digest"] and "x" not in json.dumps(line["args_digest"])
+    # the request itself: denied by the MCP guard, never sent anywhere
+    (request,) = [
+        r.fields for r in caplog.records if r.name == "aibridge.access" and r.msg == "request"
+    ]
+    assert (request["outcome"], request["reason"], request["upstream"]) == (
+        "denied",
+        "mcp_denied",
+        None,
+    )
 
 
 async def test_a_rule_keeps_one_tool_from_one_group(chain, caplog):

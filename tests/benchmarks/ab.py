@@ -1,7 +1,7 @@
 """
 A/B of two checkouts: CPU per 1,000 routed requests of one optimised worker (`-O`, as the
-unit runs it), alternating the two trees round by round so that the machine's drift falls on
-both. For a refactor that must not cost CPU: check out the old commit in a worktree, then
+unit runs it), alternating the two trees round by round (and which goes first) so that the
+machine's drift falls on both. For a refactor that must not cost CPU: check out the old commit in a worktree, then
 
     git worktree add /tmp/old <commit>
     .venv/py3.13/bin/python -m tests.benchmarks.ab /tmp/old --rounds 7
@@ -78,7 +78,8 @@ def main() -> None:
     try:
         wait_port(gateway_port)
         for n in range(args.rounds):
-            for name in ("old", "new"):
+            # ABBA: the tree that runs second in a round (a warmer machine) alternates
+            for name in ("old", "new") if n % 2 == 0 else ("new", "old"):
                 runs[name].append(one_round(getattr(args, name), gateway_port, args.requests, env))
                 print(f"round {n}: {name} {runs[name][-1]:.3f} s CPU per 1k", flush=True)
     finally:

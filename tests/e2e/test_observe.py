@@ -21,6 +21,7 @@ from cryptography import x509
 from tests.support import ALICE
 from tests.support import BOB
 from tests.support import ROOT
+from tests.support import cli
 from tests.support import client_env
 from tests.support import connect_through
 from tests.support import metric
@@ -360,3 +361,21 @@ def test_each_leg_trusts_only_its_own_cas(vendor, tmp_path):
     finally:
         right.stop()
         gw.stop()
+
+
+def test_explain_says_what_the_proxy_does_on_an_observed_host(observing, vendor):
+    """A rule on an observed host: `explain` answers as the proxy does (it once said the
+    request went to the original host unchanged while the proxy refused it)."""
+    config = observing.state_dir.parent / "config.yaml"
+    url = f"https://{MISTRAL}:{vendor.port}/v1/chat/completions"
+    for model, expected in (("mistral-large-latest", 403), ("mistral-small", 200)):
+        said = cli("explain", "--config", str(config), "--model", model, url).stdout
+        with proxy_client(observing) as c:
+            got = c.post(url, json={"model": model}).status_code
+        assert got == expected, said
+        if expected == 403:
+            assert said.splitlines()[0].startswith(f"{MISTRAL}: observed (observe: mistral)")
+            assert "rule:     no-large-mistral (the admin's rules)" in said
+            assert "answer:   403 " in said and "mistral-large is not approved here" in said
+        else:
+            assert "answer:" not in said and "sent to the original host unchanged" in said

@@ -126,3 +126,16 @@ def test_explain_says_a_workspace_limit_rests_on_the_clients_claim(tmp_path):
     by_user = explain(settings(tmp_path, limits=[{**limits[0], "by": "user"}]),
                       "https://api.openai.com/v1/responses")  # fmt: skip
     assert not any("client's claim" in line for line in by_user)
+
+
+def test_explain_names_an_mcp_server_on_a_routed_host(tmp_path):
+    """The manual's own MCP example lives on a routed host: explain says it is governed."""
+    mcp = [{"name": "github", "url": "https://api.githubcopilot.com/mcp/",
+            "deny_tools": ["delete_*"]}]  # fmt: skip
+    lines = explain(settings(tmp_path, mcp=mcp), "https://api.githubcopilot.com/mcp/")
+    assert any("MCP server github" in line and "deny_tools: delete_*" in line for line in lines)
+    assert lines[0].startswith("rule:     none (provider table)")  # and still routed
+    elsewhere = explain(
+        settings(tmp_path, mcp=mcp), "https://api.githubcopilot.com/chat/completions"
+    )
+    assert not any("MCP server" in line for line in elsewhere)
