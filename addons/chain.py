@@ -78,6 +78,7 @@ from addons.govern.limits import Limits
 from addons.govern.mcp_guard import McpGuard
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
+from addons.observe.cost import RequestCost
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
 from addons.observe.recent_requests import RecentRequests
@@ -156,6 +157,7 @@ def make_addons(patches: EnginePatches) -> list:
         WebSocketFallback(patches.websocket_cap),
         ApiDump(),
         TokenUsage(),
+        RequestCost(),  # after token usage: it prices what the response reported
         LimitLedger(limits),  # after token usage: it counts what the response reported
         UpstreamErrors(patches.error_rendering, patches.gateway_leg),
         access_log,

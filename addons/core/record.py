@@ -21,6 +21,7 @@ from typing import Any
 
 if TYPE_CHECKING:
     from addons.rules.policy import Facts
+    from addons.rules.prices import Cost
     from addons.rules.prompt_dlp import Verdict
     from addons.rules.token_usage import Usage
     from addons.rules.token_usage import UsageReader
@@ -137,6 +138,7 @@ class RouteInfo:
     observed: str | None = None  # an observed host: its catalog entry, else the host pattern
     usage_reader: UsageReader | None = None  # while the response streams
     usage: Usage | None = None  # what the response reported, once it is over
+    cost: Cost | None = None  # what that cost (observe/cost.py), once it is over
     # Other addons may watch the bodies as they stream by (the dump and token usage do).
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)

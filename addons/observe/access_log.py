@@ -67,6 +67,9 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         fields.update(usage.token_fields())
         if usage.estimated:
             fields["tokens_estimated"] = True  # the stream reported none: characters / 4
+    if (cost := info.cost) is not None:
+        fields["cost_usd"] = cost.usd  # None: unpriced, never 0
+        fields["price_source"] = cost.source
     if entry.dlp is not None:  # kinds and places, never a value
         fields["dlp"] = dlp_field(entry.dlp)
     return fields

@@ -32,6 +32,7 @@ from addons.core.record import route_info
 from addons.routing.snapshot import Routing
 from addons.rules.limits import LimitUsage
 from addons.rules.prompt_dlp import Verdict
+from addons.rules.user_agents import tool_of
 
 PREFIX = "aibridge_proxy_"
 
@@ -43,6 +44,7 @@ TUNNEL_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
 MODEL_LABEL_VALUES = 100  # distinct model label values kept; the rest count as OTHER
+TOOL_LABEL_VALUES = 50  # distinct tool label values kept (cost); the rest count as OTHER
 MCP_TOOL_LABEL_VALUES = 50  # tool names a server chose (not the admin): kept, then OTHER
 OTHER = "other"
 
@@ -292,6 +294,26 @@ class Metrics:
             ["provider", "model", "kind"],
             registry=r,
         )
+        self.cost = Counter(
+            PREFIX + "cost_usd",
+            "What the requests cost in US dollars (prices: over the price database), by "
+            "provider (or observed tool), model and tool.",
+            ["provider", "model", "tool"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            PREFIX + "unpriced_requests",
+            "Requests whose model has no price (neither prices: nor the database): counted "
+            "here, never as $0.",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.user_cost = Counter(
+            PREFIX + "user_cost_usd",
+            "What each user's requests cost in US dollars (only with user labels on).",
+            ["user", "provider"],
+            registry=r,
+        )
         self.user_tokens = Counter(
             PREFIX + "user_tokens",
             "Tokens per user (only with user labels on).",
@@ -301,6 +323,7 @@ class Metrics:
         self._by_provider: dict[str, _ProviderSeries] = {}
         self._token_series: dict[tuple, Any] = {}  # (family, [user,] provider, model, kind)
         self._model_label = CappedLabel(MODEL_LABEL_VALUES)
+        self._tool_label = CappedLabel(TOOL_LABEL_VALUES)  # a User-Agent's product: bounded
         self._inflight: dict[str, str] = {}  # flow id -> provider label
         self._client_flows: weakref.WeakKeyDictionary[connection.Client, set[str]] = (
             weakref.WeakKeyDictionary()
@@ -466,6 +489,19 @@ class Metrics:
             self.user_requests.labels(user=user, provider=provider).inc()
         if info.usage is not None:
             self._count_tokens(info.provider or info.observed or ORIGIN, info, user)
+        if info.cost is not None:
+            self._count_cost(info.provider or info.observed or ORIGIN, info, flow, user)
+
+    def _count_cost(self, provider: str, info: RouteInfo, flow, user: str | None) -> None:
+        assert info.cost is not None and info.usage is not None
+        model = self._model_label((info.usage.model or info.model_sent or "")[:64])
+        if info.cost.usd is None:
+            self._token_counter(self.unpriced, provider=provider, model=model).inc()
+            return
+        tool = self._tool_label(tool_of(flow.request.headers.get("user-agent")) or "unknown")
+        self._token_counter(self.cost, provider=provider, model=model, tool=tool).inc(info.cost.usd)
+        if user:
+            self._token_counter(self.user_cost, user=user, provider=provider).inc(info.cost.usd)
 
     def _count_tokens(self, provider: str, info: RouteInfo, user: str | None) -> None:
         assert info.usage is not None

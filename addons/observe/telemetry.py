@@ -364,6 +364,9 @@ class Telemetry:
         }  # fmt: skip
         if entry.dlp is not None:
             attributes["aibridge.dlp"] = entry.dlp.action
+        if info.cost is not None:
+            attributes["aibridge.cost.usd"] = info.cost.usd
+            attributes["aibridge.cost.source"] = info.cost.source
         attributes.update(self._content(entry))
         span.set_attributes(_capped(attributes))
         if flow.error is not None:

@@ -88,6 +88,7 @@ def engine_options(
         "aibridge_policy": json.dumps(settings.policy_config),
         "aibridge_dlp_patterns": json.dumps(settings.dlp_patterns or []),
         "aibridge_limits": json.dumps(settings.limits or []),
+        "aibridge_prices": json.dumps(settings.prices or []),
         "aibridge_mcp": json.dumps(settings.mcp or []),
         "aibridge_observe": list(settings.observed_items(signable_by(ca))),
         "aibridge_dlp_mask_key": dlp_mask_key(settings.ca_key_path),

@@ -32,7 +32,7 @@ GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit", "
 KINDS = ("routed", "observed", "origin", "denied", "mcp")
 # the access line's own numbers, summed; COUNTS adds what each line counts as one
 SUMMED = ("input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out")
-COUNTS = ("requests", *SUMMED, "dlp_findings")
+COUNTS = ("requests", *SUMMED, "dlp_findings", "cost_usd", "unpriced")
 _SPAN = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -52,6 +52,8 @@ class Row:
     bytes_in: int = 0
     bytes_out: int = 0
     dlp_findings: int = 0  # requests in which the prompt scan found a credential
+    cost_usd: float = 0.0  # what the priced requests cost (the access line's cost_usd)
+    unpriced: int = 0  # requests with usage whose model has no price: not in cost_usd
 
 
 def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
@@ -163,6 +165,9 @@ def summarize(
                 continue
         group = dlp_group(record) if by == "dlp" else str(record.get(by) or "-")
         found = bool(_dlp_kinds(record))
+        cost = record.get("cost_usd")
+        priced = isinstance(cost, int | float) and not isinstance(cost, bool)
+        unpriced = record.get("price_source") == "unpriced"
         summed = {
             name: value
             for name in SUMMED
@@ -174,6 +179,8 @@ def summarize(
         ):
             target.requests += 1
             target.dlp_findings += found
+            target.cost_usd += cost if priced else 0.0
+            target.unpriced += unpriced
             for name, value in summed.items():
                 setattr(target, name, getattr(target, name) + value)
     order = {k: i for i, k in enumerate(KINDS)}
@@ -208,17 +215,24 @@ def spreadsheet_cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def _shown(row: Row, column: str):
+    value = getattr(row, column)
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
 def render(rows: list[Row], by: str, fmt: str) -> str:
     header = [by, "traffic", *COUNTS]
-    table = [[printable(r.group), r.traffic, *(getattr(r, c) for c in COUNTS)] for r in rows]
+    table = [[printable(r.group), r.traffic, *(_shown(r, c) for c in COUNTS)] for r in rows]
     if fmt == "json":
         return json.dumps(
             [
-                {by: r.group, "traffic": r.traffic, **{c: getattr(r, c) for c in COUNTS}}
+                {by: r.group, "traffic": r.traffic,
+                 **{c: round(v, 6) if isinstance(v := getattr(r, c), float) else v
+                    for c in COUNTS}}
                 for r in rows
             ],
             indent=2,
-        )
+        )  # fmt: skip
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

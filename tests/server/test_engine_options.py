@@ -21,6 +21,7 @@ DERIVED = {
     "aibridge_gateway_trusted_ca": "system roots + gateway_ca_file + gateways' ca_file",
     "aibridge_dlp_patterns": "dlp.patterns, as JSON",
     "aibridge_limits": "limits, as JSON",
+    "aibridge_prices": "prices, as JSON",
     "aibridge_mcp": "mcp, as JSON",
     "aibridge_observe": "observe + Copilot's completion hosts the CA can sign (copilot_completions)",
     "aibridge_telemetry_headers": "telemetry.headers, as JSON",

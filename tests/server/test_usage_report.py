@@ -86,13 +86,43 @@ def test_formats():
     rows = summarize(LINES[:2], "user")
     table = render(rows, "user", "table").splitlines()
     assert table[0].split() == ["user", "traffic", "requests", "input_tokens", "output_tokens",
-                                "cached_tokens", "bytes_in", "bytes_out", "dlp_findings"]  # fmt: skip
-    assert table[2].split() == ["alice", "routed", "1", "10", "2", "0", "5", "7", "0"]
-    assert render(rows, "user", "csv").splitlines()[1] == "alice,routed,1,10,2,0,5,7,0"
+                                "cached_tokens", "bytes_in", "bytes_out", "dlp_findings",
+                                "cost_usd", "unpriced"]  # fmt: skip
+    assert table[2].split() == [
+        "alice",
+        "routed",
+        "1",
+        "10",
+        "2",
+        "0",
+        "5",
+        "7",
+        "0",
+        "0.0000",
+        "0",
+    ]
+    assert render(rows, "user", "csv").splitlines()[1] == "alice,routed,1,10,2,0,5,7,0,0.0000,0"
     assert json.loads(render(rows, "user", "json"))[0] == {
         "user": "alice", "traffic": "routed", "requests": 1, "input_tokens": 10,
         "output_tokens": 2, "cached_tokens": 0, "bytes_in": 5, "bytes_out": 7, "dlp_findings": 0,
+        "cost_usd": 0.0, "unpriced": 0,
     }  # fmt: skip
+
+
+def test_cost_is_summed_and_unpriced_requests_counted_apart():
+    lines = [
+        line("2026-12-01T11:00:00+00:00", user="alice", outcome="routed", cost_usd=0.25,
+             price_source="database"),
+        line("2026-12-01T11:05:00+00:00", user="alice", outcome="routed", cost_usd=0.5,
+             price_source="override"),
+        line("2026-12-01T11:10:00+00:00", user="alice", outcome="routed", cost_usd=None,
+             price_source="unpriced"),
+        line("2026-12-01T11:15:00+00:00", user="bob", outcome="observed", cost_usd=1.0,
+             price_source="database"),
+    ]  # fmt: skip
+    got = {(r.group, r.traffic): (r.cost_usd, r.unpriced) for r in summarize(lines, "user")}
+    assert got[("alice", "routed")] == (0.75, 1) and got[("bob", "observed")] == (1.0, 0)
+    assert got[("total", "routed")] == (0.75, 1)
     assert render([], "user", "table") == "no usage in this period"
 
 

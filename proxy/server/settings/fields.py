@@ -28,6 +28,7 @@ from proxy.server.settings.parsers import parse_opt_str
 from proxy.server.settings.parsers import parse_opt_upstream
 from proxy.server.settings.parsers import parse_opt_url
 from proxy.server.settings.parsers import parse_presets
+from proxy.server.settings.parsers import parse_price_list
 from proxy.server.settings.parsers import parse_providers
 from proxy.server.settings.parsers import parse_str
 from proxy.server.settings.parsers import parse_str_list
@@ -500,6 +501,13 @@ FIELDS: tuple[Field, ...] = (
         parse_limit_list,
         None,
         "Limits and budgets: [{name, match, requests|tokens|concurrent: N, per, by}].",
+    ),
+    Field(
+        "prices",
+        parse_price_list,
+        None,
+        "What requests cost, over the price database: [{match: provider/model, input, output, "
+        "cache_read (US$ per million tokens) | per_request}], the first match wins.",
     ),
     Field(
         "limits_store",

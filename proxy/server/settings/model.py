@@ -94,6 +94,7 @@ class Settings:
     websocket_negative_ttl: int
     websocket_max_message: int
     limits: list | None
+    prices: list | None
     limits_store: str | None
     limits_on_store_error: str
     dlp_action: str

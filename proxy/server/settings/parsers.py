@@ -21,6 +21,7 @@ from addons.rules.gateway_target import parse_base_url
 from addons.rules.limits import parse_limits
 from addons.rules.mcp import parse_mcp_servers
 from addons.rules.policy import PolicyError
+from addons.rules.prices import parse_prices
 from addons.rules.prompt_dlp import parse_patterns
 from addons.rules.providers import PRESETS
 from addons.rules.providers import ProviderSpecError
@@ -193,6 +194,7 @@ def checked_list(check: Callable[[Any], Any]) -> Callable[[Any], list | None]:
 
 parse_limit_list = checked_list(parse_limits)
 parse_mcp_list = checked_list(parse_mcp_servers)
+parse_price_list = checked_list(parse_prices)
 
 
 def parse_header_map(value: Any) -> dict[str, str] | None:
