@@ -60,6 +60,8 @@ from addons.core.events import DLP_VERDICT
 from addons.core.events import GATEWAY_CONNECTION
 from addons.core.events import GATEWAY_FAILOVER
 from addons.core.events import HTTP2_FLOOD
+from addons.core.events import LIMIT_ALERT
+from addons.core.events import LIMIT_AUDITED
 from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import LIMIT_USAGE
@@ -118,6 +120,8 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(HTTP2_FLOOD, metrics.http2_flood)
     events.subscribe(DLP_VERDICT, metrics.dlp_verdict)
     events.subscribe(LIMIT_REFUSED, metrics.limit_refused)
+    events.subscribe(LIMIT_AUDITED, metrics.limit_audited)
+    events.subscribe(LIMIT_ALERT, metrics.limit_alert)
     events.subscribe(LIMIT_STORE_ERROR, metrics.limit_store_error)
     events.subscribe(LIMIT_USAGE, metrics.limit_usage)
     limits = Limits(events)  # the guard checks and takes, the ledger counts and releases

@@ -97,8 +97,8 @@ class LimitRow:
 
     name: str
     description: str
-    used: int
-    left: int
+    used: str  # "12", or "$3.20" for a budget in dollars
+    left: str
     resets: str  # "2026-12-03 14:03:00 UTC", or "" for open requests
 
 

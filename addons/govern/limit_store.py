@@ -110,12 +110,14 @@ class MemoryLimitStore:
         return Fit(None)
 
     async def settle(self, adds: list[tuple[str, int, float]], give_backs: list[str],
-                     releases: list[tuple[str, str]]) -> None:  # fmt: skip
-        """A request is over: tokens added, a refused request's counts given back, leases
-        released."""
+                     releases: list[tuple[str, str]]) -> dict[str, int]:  # fmt: skip
+        """A request is over: tokens (or micro-dollars) added, a refused request's counts
+        given back, leases released. The budgets' totals after the adds."""
         now = time.time()
+        totals = {}
         for key, amount, expires in adds:
             self._counters[key] = (self._live(key, now) + amount, expires)
+            totals[key] = self._counters[key][0]
         for key in give_backs:
             found = self._counters.get(key)
             if found is not None and found[0] > 0:
@@ -126,6 +128,7 @@ class MemoryLimitStore:
                 held.pop(lease, None)
                 if not held:
                     del self._leases[key]
+        return totals
 
     async def used(self, key: str) -> int:
         return self._live(key, time.time())
@@ -295,8 +298,9 @@ class RedisLimitStore:
         return Fit(int(index) - 1, int(used), int(first) / 1000 if first else None)
 
     async def settle(self, adds: list[tuple[str, int, float]], give_backs: list[str],
-                     releases: list[tuple[str, str]]) -> None:  # fmt: skip
-        """One round trip, once a request is over."""
+                     releases: list[tuple[str, str]]) -> dict[str, int]:  # fmt: skip
+        """One round trip, once a request is over; the budgets' totals after the adds (each
+        INCRBY's own answer: two replicas never see the same total)."""
         with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, amount, expires in adds:
@@ -306,7 +310,8 @@ class RedisLimitStore:
                     await self._give_back(keys=[KEY_PREFIX + key], client=pipe)
                 for key, lease in releases:
                     pipe.zrem(KEY_PREFIX + key, lease)
-                await pipe.execute()
+                answers = await pipe.execute()
+        return {key: _count(total) for (key, _, _), total in zip(adds, answers, strict=False)}
 
     async def used(self, key: str) -> int:
         with self._unavailable():

@@ -31,6 +31,8 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from addons.core.background import in_background
+from addons.core.events import LIMIT_ALERT
+from addons.core.events import LIMIT_AUDITED
 from addons.core.events import LIMIT_REFUSED
 from addons.core.events import LIMIT_STORE_ERROR
 from addons.core.events import LIMIT_USAGE
@@ -48,10 +50,13 @@ from addons.govern.limit_store import Ask
 from addons.govern.limit_store import MemoryLimitStore
 from addons.govern.limit_store import RedisLimitStore
 from addons.govern.limit_store import StoreUnavailable
+from addons.rules.limits import MICRO
+from addons.rules.limits import SPENT
 from addons.rules.limits import Limit
 from addons.rules.limits import LimitUsage
 from addons.rules.limits import Refusal
 from addons.rules.limits import applicable
+from addons.rules.limits import crossed
 from addons.rules.limits import needs_model
 from addons.rules.limits import parse_limits
 from addons.rules.model_field import ModelUnreadable
@@ -160,9 +165,10 @@ class LimitUse:
 
     name: str
     description: str
-    used: int
+    used: int  # (micro-dollars for a usd limit: limit.used_text says it)
     left: int
     resets_at: float | None  # None: open requests, no window
+    limit: Limit
 
 
 IDENTITY_CONDITIONS = ("user", "group", "workspace", "client")
@@ -187,7 +193,9 @@ async def uses_of(state: Limits, facts: Facts) -> list[LimitUse] | None:
                     used = await state.store.used(key)
                 label = limit.name if limit.by in ("user", "all") else f"{limit.name} ({subject})"
                 out.append(
-                    LimitUse(label, limit.describe(), used, max(0, limit.amount - used), expires)
+                    LimitUse(
+                        label, limit.describe(), used, max(0, limit.amount - used), expires, limit
+                    )  # fmt: skip
                 )
     except StoreUnavailable:
         return None
@@ -285,7 +293,9 @@ class LimitGuard:
         now = time.time()
         taken = Taken()
         refusal = None
-        limits = applicable(self.state.limits, facts)
+        found = applicable(self.state.limits, facts)
+        limits = [limit for limit in found if limit.mode == "enforce"]
+        audited = [limit for limit in found if limit.mode == "audit"]
         try:
             if is_websocket_upgrade(flow.request.headers):
                 # a session is not a request: each `response.create` in it counts
@@ -297,6 +307,8 @@ class LimitGuard:
                     refusal = await self._take_all(limits, facts, now, taken)
             else:
                 refusal = await self._take_all(limits, facts, now, taken)
+            if refusal is None and audited:
+                await self._audit(audited, facts, now, taken)
             self.state.store_ok()
         except StoreUnavailable as e:
             self.state.store_failed(str(e))
@@ -320,6 +332,15 @@ class LimitGuard:
             return
         if taken.limits or taken.leases:
             self.state.taken[id(flow)] = taken
+
+    async def _audit(self, limits: list[Limit], facts: Facts, now: float, taken: Taken) -> None:
+        """Limits in audit mode: taken as the others (so their use is counted), and the one
+        that would refuse recorded (a log line, a metric), never refused."""
+        would = await self._take_all(limits, facts, now, taken)
+        if would is not None:
+            self.state.events.emit(LIMIT_AUDITED, would.limit.name, facts.user)
+            logger.info("limit %s would refuse a request of %s (mode: audit): %s",
+                        would.limit.name, facts.user, would.message)  # fmt: skip
 
     async def _spent(self, limits: list[Limit], facts: Facts, now: float) -> Refusal | None:
         """The first of these request windows already spent, read without counting."""
@@ -453,23 +474,41 @@ class LimitLedger:
         entry = record(flow)
         info = entry.route
         usage = info.usage if info is not None else None
-        used = (usage.input_tokens or 0) + (usage.output_tokens or 0) if usage else 0
+        cost = info.cost if info is not None else None
+        spent = {
+            "tokens": (usage.input_tokens or 0) + (usage.output_tokens or 0) if usage else 0,
+            # what it cost (observe/cost.py) in micro-dollars; an unpriced model costs nothing
+            # here, and is counted as unpriced where costs are
+            "usd": round(cost.usd * MICRO) if cost is not None and cost.usd else 0,
+        }
         # refused by the proxy after the limits took their share (a rule's deny, a bad path):
         # it was never sent, so it never counts
         refused = entry.reject is not None
-        in_background(self._settle(taken, used, refused), self.state.background)
+        who = entry.facts.user if entry.facts is not None else None
+        in_background(self._settle(taken, spent, refused, who), self.state.background)
 
-    async def _settle(self, taken: Taken, used: int, refused: bool) -> None:
-        adds = [
-            (key, used, expires)
+    async def _settle(self, taken: Taken, spent: dict, refused: bool, who: str | None) -> None:
+        budgets = [
+            (limit, key, spent[limit.kind], expires)
             for limit, key, expires in taken.limits
-            if limit.kind == "tokens" and used and expires is not None and not refused
+            if limit.kind in SPENT and spent[limit.kind] and expires is not None and not refused
         ]
+        adds = [(key, amount, expires) for _, key, amount, expires in budgets]
         give_backs = [key for limit, key, _ in taken.limits if refused and limit.kind == "requests"]
         try:
-            await self.state.store.settle(adds, give_backs, taken.leases)
+            totals = await self.state.store.settle(adds, give_backs, taken.leases)
         except StoreUnavailable as e:
             self.state.store_failed(str(e))
+            return
+        for limit, key, amount, _ in budgets:
+            after = totals.get(key)
+            if after is None or not limit.alerts:
+                continue
+            for share in crossed(limit, after - amount, after):
+                subject = key.split(":")[2] if key.count(":") >= 3 else who
+                self.state.events.emit(LIMIT_ALERT, limit.name, share)
+                logger.warning("limit %s: %s reached %d%% of %s (%s used)", limit.name, subject,
+                               round(share * 100), limit.describe(), limit.used_text(after))  # fmt: skip
 
 
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused message

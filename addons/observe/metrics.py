@@ -197,6 +197,18 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.limit_audit_refusals = Counter(
+            PREFIX + "limit_audit_refusals",
+            "Requests a limit in audit mode would have refused (and let through), by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.limit_alerts = Counter(
+            PREFIX + "limit_alerts",
+            "Budgets that crossed one of their alert shares, once per subject and window.",
+            ["limit", "share"],
+            registry=r,
+        )
         self.user_limit_refusals = Counter(
             PREFIX + "user_limit_refusals",
             "Requests refused by a limit, per user (only with user labels on).",
@@ -361,6 +373,12 @@ class Metrics:
         self.limit_refusals.labels(limit=name).inc()  # names come from the configuration
         if user and ctx.options.aibridge_metrics_user_labels:
             self.user_limit_refusals.labels(user=user, limit=name).inc()
+
+    def limit_audited(self, name: str, _user: str | None) -> None:
+        self.limit_audit_refusals.labels(limit=name).inc()
+
+    def limit_alert(self, name: str, share: float) -> None:
+        self.limit_alerts.labels(limit=name, share=f"{share:g}").inc()
 
     def limit_store_error(self, action: str) -> None:
         self.limit_store_errors.labels(action=action).inc()

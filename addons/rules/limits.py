@@ -6,15 +6,19 @@ parsed once from the configuration; the counting lives in addons/govern/limit_st
     limits:
       - name: three-a-minute
         match: {host: [api.openai.com]}
-        requests: 3            # or tokens: N, or concurrent: N
-        per: 1m                # s, m, h, d (fixed windows, aligned to the epoch) or month
+        requests: 3            # or tokens: N, usd: 50 (US dollars), or concurrent: N
+        per: 1m                # s, m, h, d (fixed windows, aligned to the epoch), or the
+                               # calendar's day, week (from Monday) or month, in UTC
         by: user               # user (default), workspace, group, client, all
+        mode: enforce          # or audit: record what would be refused, refuse nothing
+        alerts: [0.85, 1.0]    # budgets: say so once per subject and window at these shares
 
 Windows are fixed: a limit of 3 per minute allows 3 in each clock minute (up to 6 across one
 minute boundary), and says exactly when the next window starts. `month` is the calendar month
 in UTC (30d is not a month). `tokens` are the input and output tokens the responses reported,
-checked before a request is sent and counted once its response is over: requests already in
-flight when a budget runs out overshoot it by their own size.
+`usd` what they cost (addons/rules/prices.py, counted in micro-dollars), both checked before a
+request is sent and counted once its response is over: requests already in flight when a
+budget runs out overshoot it by their own size.
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ from addons.rules.policy import Patterns
 from addons.rules.policy import PolicyError
 from addons.rules.policy import parse_conditions
 
-KINDS = ("requests", "tokens", "concurrent")
+KINDS = ("requests", "tokens", "usd", "concurrent")
+SPENT = ("tokens", "usd")  # counted once the response is over (budgets)
+MODES = ("enforce", "audit")
+MICRO = 1_000_000  # usd limits count micro-dollars
 SUBJECTS = ("user", "workspace", "group", "client", "all")
 _PERIOD = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+WEEK = 7 * 86400
+MONDAY_SHIFT = 3 * 86400  # from 1970-01-01 (a Thursday) back to Monday 1969-12-29
 # A window longer than this is a budget: once spent, clients are told to stop, not to retry.
 BUDGET_SECONDS = 300
 
@@ -51,13 +60,18 @@ class Period:
         text = str(raw).strip().lower() if isinstance(raw, str | int) else ""
         if text == "month":
             return cls(None, "month")
+        if text in ("day", "week"):  # the calendar's, in UTC
+            return cls(86400 if text == "day" else WEEK, text)
         m = _PERIOD.match(text)
         if not m:
-            raise PolicyError(f"{where}: per must be like 30s, 1m, 2h, 1d, or month")
+            raise PolicyError(f"{where}: per must be like 30s, 1m, 2h, 1d, or day, week, month")
         return cls(int(m.group(1)) * _SECONDS[m.group(2)], text)
 
     def window(self, now: float) -> tuple[int, float]:
         """The window `now` falls in: (its number, when it ends)."""
+        if self.text == "week":  # Monday to Monday (the epoch was a Thursday)
+            number = int((now + MONDAY_SHIFT) // WEEK)
+            return number, number * WEEK - MONDAY_SHIFT + WEEK
         if self.seconds is not None:
             number = int(now // self.seconds)
             return number, (number + 1) * self.seconds
@@ -76,10 +90,12 @@ class Period:
 class Limit:
     name: str
     conditions: Mapping[str, Patterns]
-    kind: str  # requests, tokens or concurrent
-    amount: int
+    kind: str  # requests, tokens, usd or concurrent
+    amount: int  # usd: micro-dollars
     per: Period | None  # None for concurrent
     by: str
+    mode: str = "enforce"  # audit: refusals are recorded, never made
+    alerts: tuple[float, ...] = ()  # shares of the amount said once per subject and window
 
     def matches(self, facts: Facts) -> bool:
         return all(p.matches(facts.values(k), k) for k, p in self.conditions.items())
@@ -123,7 +139,16 @@ class Limit:
     def describe(self) -> str:
         if self.per is None:
             return f"{self.amount} open requests at once by {self.by}"
+        if self.kind == "usd":
+            return f"{dollars(self.amount)} per {self.per.text} by {self.by}"
         return f"{self.amount} {self.kind} per {self.per.text} by {self.by}"
+
+    def used_text(self, used: int) -> str:
+        return dollars(used) if self.kind == "usd" else str(used)
+
+
+def dollars(micro: int) -> str:
+    return f"${micro / MICRO:,.2f}"
 
 
 def parse_limits(raw: Any) -> tuple[Limit, ...]:
@@ -143,16 +168,30 @@ def parse_limits(raw: Any) -> tuple[Limit, ...]:
         if name in names:
             raise PolicyError(f"{label}: the name is used twice")
         names.add(name)
-        unknown = set(entry) - {"name", "match", "per", "by", *KINDS}
+        unknown = set(entry) - {"name", "match", "per", "by", "mode", "alerts", *KINDS}
         if unknown:
             raise PolicyError(f"{label}: unknown key {sorted(unknown)[0]!r}")
         kinds = [k for k in KINDS if k in entry]
         if len(kinds) != 1:
-            raise PolicyError(f"{label}: needs exactly one of requests, tokens, concurrent")
+            raise PolicyError(f"{label}: needs exactly one of requests, tokens, usd, concurrent")
         kind = kinds[0]
         amount = entry[kind]
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+        if kind == "usd":
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or amount <= 0:
+                raise PolicyError(f"{label}: usd must be a number of US dollars above 0")
+            amount = round(amount * MICRO)
+        elif not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
             raise PolicyError(f"{label}: {kind} must be a whole number of at least 1")
+        mode = entry.get("mode", "enforce")
+        if mode not in MODES:
+            raise PolicyError(f"{label}: mode must be enforce or audit")
+        alerts = entry.get("alerts", [])
+        if not isinstance(alerts, list) or not all(
+            isinstance(a, int | float) and not isinstance(a, bool) and 0 < a <= 10 for a in alerts
+        ):
+            raise PolicyError(f"{label}: alerts must be a list of shares, e.g. [0.85, 1.0]")
+        if alerts and kind not in SPENT:
+            raise PolicyError(f"{label}: alerts are for budgets (tokens or usd)")
         if kind == "concurrent":
             if "per" in entry:
                 raise PolicyError(f"{label}: concurrent takes no per (it counts open requests)")
@@ -167,7 +206,8 @@ def parse_limits(raw: Any) -> tuple[Limit, ...]:
         conditions = parse_conditions(entry.get("match"), label)
         if mcp := [k for k in MCP_CONDITIONS if k in conditions]:
             raise PolicyError(f"{label}: match.{mcp[0]} is for rules that deny MCP tools")
-        out.append(Limit(name, conditions, kind, amount, per, by))
+        out.append(Limit(name, conditions, kind, amount, per, by, mode,
+                         tuple(sorted(float(a) for a in alerts))))  # fmt: skip
     return tuple(out)
 
 
@@ -206,7 +246,7 @@ class Refusal:
     def is_budget(self) -> bool:
         """Spent for a long while: clients must stop, not retry."""
         limit = self.limit
-        return limit.kind == "tokens" or (limit.per is not None and limit.per.is_budget)
+        return limit.kind in SPENT or (limit.per is not None and limit.per.is_budget)
 
     @property
     def status(self) -> int:
@@ -223,5 +263,11 @@ class Refusal:
         resets = when.strftime("%Y-%m-%d %H:%M:%S UTC")
         if limit.kind == "concurrent":
             return f"limit {limit.name}: {limit.describe()}; retry when one finishes"
-        return (f"limit {limit.name}: {limit.describe()} used ({self.used}); "
+        return (f"limit {limit.name}: {limit.describe()} used ({limit.used_text(self.used)}); "
                 f"resets at {resets} (in {self.retry_after} s)")  # fmt: skip
+
+
+def crossed(limit: Limit, before: int, after: int) -> list[float]:
+    """The alert shares a spend from `before` to `after` went past: each is crossed by exactly
+    one spend (the store adds atomically), so each alert is said once per subject and window."""
+    return [share for share in limit.alerts if before < share * limit.amount <= after]

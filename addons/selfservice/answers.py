@@ -221,7 +221,7 @@ class SelfService:
         if uses is None:
             return None
         return [
-            LimitRow(u.name, u.description, u.used, u.left,
+            LimitRow(u.name, u.description, u.limit.used_text(u.used), u.limit.used_text(u.left),
                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.resets_at)) if u.resets_at else "")
             for u in uses
         ]  # fmt: skip

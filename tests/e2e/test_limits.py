@@ -432,3 +432,44 @@ async def test_a_websocket_sessions_answers_spend_the_token_budget(limited, gate
     assert got[0][0] == "ok"
     kind, code, reason = got[1]
     assert (kind, code) == ("closed", 1008) and "ws-budget" in reason
+
+
+def test_a_dollar_budget_holds_across_two_replicas_with_alerts_once_and_an_audit(limited, gateway):
+    """Two replicas counting in one Redis: requests priced at $0.01 each (a `prices:`
+    override), a $0.03 budget per day refuses the fourth in the openai SDK's own shape, its
+    alerts at 50 % and 100 % are said once each across both replicas, and a $0.015 budget in
+    audit mode refuses nothing and records what it would have refused."""
+    redis = RedisServer().start()
+    try:
+        limits = [
+            {"name": "daily-dollars", "usd": 0.03, "per": "day", "alerts": [0.5, 1.0]},
+            {"name": "audit-dollars", "usd": 0.015, "per": "day", "mode": "audit"},
+        ]
+        extra = {"limits_store": redis.url, "prices": [{"match": "openai/*", "per_request": 0.01}]}
+        replicas = [limited(limits, **extra) for _ in range(2)]
+        statuses, errors = [], []
+        for i in range(4):
+            with proxy_client(replicas[i % 2], ALICE) as c:
+                r = c.post("https://api.openai.com/v1/chat/completions",
+                           json={"model": "gpt-4o", "messages": []})  # fmt: skip
+            statuses.append(r.status_code)
+            errors.append(r.json().get("error") if r.status_code != 200 else None)
+            time.sleep(0.3)  # the spend is settled once the answer is over
+        assert statuses == [200, 200, 200, 429]
+        assert errors[3]["code"] == "insufficient_quota" and "daily-dollars" in errors[3]["message"]
+        assert "$0.03 per day by user used ($0.03)" in errors[3]["message"]
+        assert len(gateway.records) == 3
+        said = [ln for p in replicas for ln in p.json_lines() if "reached" in ln.get("msg", "")]
+        assert sorted(ln["msg"].split(" reached ")[1].split(" of ")[0] for ln in said) == [
+            "100%", "50%"]  # fmt: skip
+        alerts = sum(metric(p.admin("/metrics").text, "aibridge_proxy_limit_alerts_total",
+                            limit="daily-dollars", share=share)
+                     for p in replicas for share in ("0.5", "1"))  # fmt: skip
+        assert alerts == 2
+        audited = sum(metric(p.admin("/metrics").text, "aibridge_proxy_limit_audit_refusals_total",
+                             limit="audit-dollars") for p in replicas)  # fmt: skip
+        # the third request (with $0.02 spent, past $0.015) would have been refused, and went
+        # through; the fourth was refused by the enforced budget before the audit was asked
+        assert audited == 1
+    finally:
+        redis.stop()

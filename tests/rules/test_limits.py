@@ -37,9 +37,9 @@ def test_a_limit_reads_like_a_rule():
     "entry, problem",
     [
         ({"requests": 3}, "limits[0] (l): requests needs per"),
-        ({"requests": 3, "tokens": 5, "per": "1m"}, "needs exactly one of requests, tokens, concurrent"),
+        ({"requests": 3, "tokens": 5, "per": "1m"}, "needs exactly one of requests, tokens, usd, concurrent"),
         ({"requests": 0, "per": "1m"}, "requests must be a whole number of at least 1"),
-        ({"requests": 3, "per": "30d!"}, "per must be like 30s, 1m, 2h, 1d, or month"),
+        ({"requests": 3, "per": "30d!"}, "per must be like 30s, 1m, 2h, 1d, or day, week, month"),
         ({"concurrent": 2, "per": "1m"}, "concurrent takes no per"),
         ({"requests": 3, "per": "1m", "by": "team"}, "by must be one of user, workspace, group"),
         ({"requests": 3, "per": "1m", "match": {"colour": ["red"]}}, "match.colour is not a condition"),
