@@ -56,6 +56,7 @@ from addons.connection.deadlines import ConnectionDeadlines
 from addons.connection.http2_clients import Http2Clients
 from addons.connection.listener_tls import ListenerTLS
 from addons.connection.request_limits import RequestLimits
+from addons.core.events import COPILOT_QUOTA
 from addons.core.events import DLP_VERDICT
 from addons.core.events import GATEWAY_CONNECTION
 from addons.core.events import GATEWAY_FAILOVER
@@ -80,6 +81,8 @@ from addons.govern.limits import Limits
 from addons.govern.mcp_guard import McpGuard
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
+from addons.observe.copilot_meter import CopilotMeter
+from addons.observe.copilot_meter import CopilotQuotas
 from addons.observe.cost import RequestCost
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
@@ -110,6 +113,7 @@ def make_addons(patches: EnginePatches) -> list:
     choices = ChoiceStore()  # the store itself comes with the options
     health = GatewayHealth(routing, events)
     recent = RecentRequests(who=auth.identity_of)
+    quotas = CopilotQuotas()  # Copilot's meter per user: the meter writes, the page reads
     egress = EgressPolicy(routing)  # InterceptPolicy checks tunnels' SNI against its hosts
     metrics = Metrics(routing)
     events.subscribe(TOKEN_CHECKED, metrics.token_checked)
@@ -122,6 +126,7 @@ def make_addons(patches: EnginePatches) -> list:
     events.subscribe(LIMIT_REFUSED, metrics.limit_refused)
     events.subscribe(LIMIT_AUDITED, metrics.limit_audited)
     events.subscribe(LIMIT_ALERT, metrics.limit_alert)
+    events.subscribe(COPILOT_QUOTA, metrics.copilot_quota)
     events.subscribe(LIMIT_STORE_ERROR, metrics.limit_store_error)
     events.subscribe(LIMIT_USAGE, metrics.limit_usage)
     limits = Limits(events)  # the guard checks and takes, the ledger counts and releases
@@ -141,7 +146,7 @@ def make_addons(patches: EnginePatches) -> list:
         ListenerTLS(),
         auth,
         caps,  # after auth: it counts connections against the user they name
-        SelfService(routing, choices, recent, limits),
+        SelfService(routing, choices, recent, limits, quotas),
         egress,
         InterceptPolicy(routing, deadlines, egress),
         RoutingRules(routing, choices, patches.websocket_cap),
@@ -153,6 +158,7 @@ def make_addons(patches: EnginePatches) -> list:
         McpGuard(routing, events),
         LimitGuard(limits, patches.websocket_cap),  # after the scan: what it blocks is not counted
         GatewayRouter(routing, health),
+        CopilotMeter(quotas, events),  # after the router: it writes the route's record
         GatewayTrust(routing),
         GatewayPooling(routing, patches.gateway_leg, events),
         health,

@@ -17,6 +17,7 @@ GATEWAY_FAILOVER = "gateway_failover"  # (gateway name: str)
 HTTP2_FLOOD = "http2_flood"  # (client connection, what: str): closed with GOAWAY
 LIMIT_REFUSED = "limit_refused"  # (limit name: str, user: str | None)
 LIMIT_AUDITED = "limit_audited"  # (limit name: str, user: str | None): would have refused
+COPILOT_QUOTA = "copilot_quota"  # (user: str, copilot_quota.QuotaSnapshot list): the latest
 LIMIT_ALERT = "limit_alert"  # (limit name: str, share: float): a budget crossed an alert share
 LIMIT_STORE_ERROR = "limit_store_error"  # (what was done: allow or refuse)
 LIMIT_USAGE = "limit_usage"  # (limits.LimitUsage list): every limit's use now, sampled

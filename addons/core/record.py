@@ -139,6 +139,8 @@ class RouteInfo:
     usage_reader: UsageReader | None = None  # while the response streams
     usage: Usage | None = None  # what the response reported, once it is over
     cost: Cost | None = None  # what that cost (observe/cost.py), once it is over
+    initiator: str | None = None  # Copilot's X-Initiator: user or agent (observe/copilot_meter)
+    copilot_quotas: list | None = None  # the quota snapshots a Copilot answer carried
     # Other addons may watch the bodies as they stream by (the dump and token usage do).
     request_taps: list = field(default_factory=list)
     response_taps: list = field(default_factory=list)

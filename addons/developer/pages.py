@@ -114,6 +114,7 @@ class DeveloperPage:
     check_url: str | None = None  # a routed host's check path; None: no routed host
     recent: list[RecentRow] | None = None
     limits: list[LimitRow] | None = None  # None: no limit applies (or the store cannot say)
+    copilot: list[str] | None = None  # "Copilot premium interactions: 212 of 300 left, ..."
     profiles: ProfileView | None = None
     notice: str | None = None  # e.g. "switched to profile fast"
     # the CA downloads, relative to the page (the same paths on both listeners)

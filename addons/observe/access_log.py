@@ -67,6 +67,8 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         fields.update(usage.token_fields())
         if usage.estimated:
             fields["tokens_estimated"] = True  # the stream reported none: characters / 4
+    if info.initiator is not None:
+        fields["initiator"] = info.initiator  # a person, or an agent's follow-up (Copilot)
     if (cost := info.cost) is not None:
         fields["cost_usd"] = cost.usd  # None: unpriced, never 0
         fields["price_source"] = cost.source

@@ -203,6 +203,19 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.copilot_remaining = Gauge(
+            PREFIX + "copilot_quota_remaining",
+            "What is left of each user's Copilot quota, as Copilot's last answer said (only "
+            "with user labels on).",
+            ["user", "quota"],
+            registry=r,
+        )
+        self.copilot_entitlement = Gauge(
+            PREFIX + "copilot_quota_entitlement",
+            "Each user's Copilot quota entitlement (-1: unlimited; only with user labels on).",
+            ["user", "quota"],
+            registry=r,
+        )
         self.limit_alerts = Counter(
             PREFIX + "limit_alerts",
             "Budgets that crossed one of their alert shares, once per subject and window.",
@@ -373,6 +386,19 @@ class Metrics:
         self.limit_refusals.labels(limit=name).inc()  # names come from the configuration
         if user and ctx.options.aibridge_metrics_user_labels:
             self.user_limit_refusals.labels(user=user, limit=name).inc()
+
+    def copilot_quota(self, user: str, snapshots) -> None:
+        if not ctx.options.aibridge_metrics_user_labels:
+            return
+        for snapshot in snapshots:
+            if snapshot.remaining is not None:
+                self.copilot_remaining.labels(user=user, quota=snapshot.quota).set(
+                    snapshot.remaining
+                )
+            if snapshot.entitlement is not None:
+                self.copilot_entitlement.labels(user=user, quota=snapshot.quota).set(
+                    snapshot.entitlement
+                )
 
     def limit_audited(self, name: str, _user: str | None) -> None:
         self.limit_audit_refusals.labels(limit=name).inc()

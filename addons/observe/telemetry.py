@@ -364,6 +364,8 @@ class Telemetry:
         }  # fmt: skip
         if entry.dlp is not None:
             attributes["aibridge.dlp"] = entry.dlp.action
+        if info.initiator is not None:
+            attributes["aibridge.initiator"] = info.initiator
         if info.cost is not None:
             attributes["aibridge.cost.usd"] = info.cost.usd
             attributes["aibridge.cost.source"] = info.cost.source

@@ -47,6 +47,7 @@ from addons.developer.pages import render_developer
 from addons.developer.verdicts import CONNECT_VERDICTS
 from addons.govern.limits import Limits
 from addons.govern.limits import uses_of
+from addons.observe.copilot_meter import CopilotQuotas
 from addons.observe.recent_requests import RecentRequest
 from addons.observe.recent_requests import RecentRequests
 from addons.routing.rules import ChoiceStore
@@ -106,11 +107,13 @@ class SelfService:
         choices: ChoiceStore,
         recent: RecentRequests | None = None,
         limits: Limits | None = None,
+        quotas: CopilotQuotas | None = None,
     ):
         self.routing = routing
         self.choices = choices
         self.recent = recent
         self.limits = limits
+        self.quotas = quotas
         self.ca_pem: bytes | None = None
         self.ca_fingerprint = ""
 
@@ -257,6 +260,7 @@ class SelfService:
             check_url=check,
             recent=recent_rows(self.recent.of(user)) if self.recent and user else None,
             limits=limits,
+            copilot=[s.describe() for s in self.quotas.of(user)] if self.quotas and user else None,
             profiles=self._profiles(identity) if identity and user else None,
             notice=notice,
         )

@@ -28,7 +28,7 @@ from typing import TextIO
 from proxy.server.logs import printable
 
 GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit", "mcp_server",
-             "mcp_tool")  # fmt: skip
+             "mcp_tool", "initiator")  # fmt: skip
 KINDS = ("routed", "observed", "origin", "denied", "mcp")
 # the access line's own numbers, summed; COUNTS adds what each line counts as one
 SUMMED = ("input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out")
