@@ -87,6 +87,7 @@ from addons.observe.cost import RequestCost
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
 from addons.observe.recent_requests import RecentRequests
+from addons.observe.request_model import RequestModel
 from addons.observe.telemetry import Telemetry
 from addons.observe.token_usage import TokenUsage
 from addons.routing.gateway import GatewayRouter
@@ -159,6 +160,7 @@ def make_addons(patches: EnginePatches) -> list:
         LimitGuard(limits, patches.websocket_cap),  # after the scan: what it blocks is not counted
         GatewayRouter(routing, health),
         CopilotMeter(quotas, events),  # after the router: it writes the route's record
+        RequestModel(),
         GatewayTrust(routing),
         GatewayPooling(routing, patches.gateway_leg, events),
         health,

@@ -140,6 +140,7 @@ class RouteInfo:
     usage: Usage | None = None  # what the response reported, once it is over
     cost: Cost | None = None  # what that cost (observe/cost.py), once it is over
     initiator: str | None = None  # Copilot's X-Initiator: user or agent (observe/copilot_meter)
+    request_model: str | None = None  # the body's model, read as it passed (observe/request_model)
     copilot_quotas: list | None = None  # the quota snapshots a Copilot answer carried
     # Other addons may watch the bodies as they stream by (the dump and token usage do).
     request_taps: list = field(default_factory=list)

@@ -54,7 +54,9 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         "rule": info.rule,
         "profile": info.profile,
         "gateway": info.gateway,
-        "model": recorded_model(info.model or (usage.model if usage else None)),
+        "model": recorded_model(
+            info.model or (usage.model if usage else None) or info.request_model
+        ),
         "model_sent": info.model_sent,
         "outcome": outcome(entry.reject, info),
         "reason": entry.reject,  # the proxy's own refusal, if it refused

@@ -443,7 +443,9 @@ class Telemetry:
 
 
 def _request_model(entry: FlowRecord) -> str | None:
-    return entry.facts.model if entry.facts is not None else None
+    """What the client asked for: as a rule read it, else as the body said it in passing."""
+    asked = entry.facts.model if entry.facts is not None else None
+    return asked or (entry.route.request_model if entry.route is not None else None)
 
 
 def session_of(headers, entry: FlowRecord) -> str | None:

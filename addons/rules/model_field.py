@@ -104,6 +104,42 @@ def model_span(body: bytes) -> tuple[str | None, tuple[int, int] | None]:
     return value, span  # type: ignore[return-value]
 
 
+def model_in_prefix(prefix: bytes) -> str | None:
+    """The top-level `model` of a JSON object from the first bytes of its body, read key by
+    key and stopping at `model` (a request seen as it streams: what it asked for, for the
+    record; never a decision, which model_span makes on the whole body). None when the prefix
+    ends first, or the body is not a JSON object."""
+    text = prefix.decode("utf-8", "ignore")
+    i = _skip(text, 0)
+    if not text.startswith("{", i):
+        return None
+    i += 1
+    try:
+        while True:
+            i = _skip(text, i)
+            if text.startswith("}", i) or not text.startswith('"', i):
+                return None
+            key, i = _DECODER.raw_decode(text, i)
+            i = _skip(text, i)
+            if not text.startswith(":", i):
+                return None
+            value, i = _DECODER.raw_decode(text, _skip(text, i + 1))
+            if key == "model":
+                return value if isinstance(value, str) else None
+            i = _skip(text, i)
+            if not text.startswith(",", i):
+                return None
+            i += 1
+    except (ValueError, RecursionError):  # the prefix ends inside a value, or bad JSON
+        return None
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
 def replace_model(body: bytes, model: str) -> bytes:
     """The body with only its top-level `model` value replaced (added when absent)."""
     text = body.decode("utf-8")

@@ -191,3 +191,30 @@ def test_the_export_queue_is_bounded_in_bytes_as_well_as_spans(monkeypatch):
     assert sum(dropped) == 8
     processor._batch_processor._queue.clear()  # (nothing to flush at shutdown)
     processor.shutdown()
+
+
+async def test_the_request_model_is_known_without_a_rule_reading_the_body():
+    """No rule holds the body: the model is read from its first bytes as they stream by (a
+    large prompt after it), for the span and the access line."""
+    from mitmproxy.proxy.layers import http as http_layer
+
+    from tests.addons.chain import request_in_tunnel
+
+    with full_chain(aibridge_telemetry_endpoint="http://127.0.0.1:9") as chain:
+        chain.addons["TokenAuth"].cache = TokenCache(CountingValidator())
+        spans = catching(chain)
+        connect = await chain.connect("api.openai.com")
+        body = json.dumps(
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 200_000}]}
+        ).encode()
+        flow = request_in_tunnel(connect, content=b"", headers=[JSON])
+        await chain.hook(http_layer.HttpRequestHeadersHook(flow))
+        assert callable(flow.request.stream)  # streamed on, never held
+        for i in range(0, len(body), 16384):
+            flow.request.stream(body[i : i + 16384])
+        flow.request.stream(b"")
+        flow.request.data.content = None  # (a streamed body is not kept)
+        await chain.hook(http_layer.HttpRequestHook(flow))
+        await chain.answer(flow, body=b"{}", headers=[JSON])  # an answer that names no model
+        (span,) = spans.get_finished_spans()
+        assert span.attributes["gen_ai.request.model"] == "gpt-4o"
