@@ -57,3 +57,12 @@ def test_a_body_nested_past_the_decoders_depth_is_unreadable_not_an_escape():
         model_span(deep)
     with pytest.raises(ModelUnreadable):
         replace_model(deep, "gpt-4o")
+
+
+def test_the_model_is_read_from_the_first_bytes_of_a_body():
+    from addons.rules.model_field import model_in_prefix
+
+    assert model_in_prefix(b'{"model": "gpt-4o", "messages": [{"content": "unfinished') == "gpt-4o"
+    assert model_in_prefix(b' {"stream": true, "messages": [{"a": 1}], "model": "x"}') == "x"
+    assert model_in_prefix(b'{"messages": [{"content": "the prefix ends') is None
+    assert model_in_prefix(b"[1, 2]") is None and model_in_prefix(b'{"model": 3}') is None

@@ -77,12 +77,3 @@ def test_an_observed_tool_is_priced_by_its_model_where_the_vendor_has_no_price()
 def test_a_broken_entry_names_itself(raw, problem):
     with pytest.raises(PriceError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         parse_prices(raw)
-
-
-def test_the_model_is_read_from_the_first_bytes_of_a_body():
-    from addons.rules.model_field import model_in_prefix
-
-    assert model_in_prefix(b'{"model": "gpt-4o", "messages": [{"content": "unfinished') == "gpt-4o"
-    assert model_in_prefix(b' {"stream": true, "messages": [{"a": 1}], "model": "x"}') == "x"
-    assert model_in_prefix(b'{"messages": [{"content": "the prefix ends') is None
-    assert model_in_prefix(b"[1, 2]") is None and model_in_prefix(b'{"model": 3}') is None
