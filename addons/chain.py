@@ -81,6 +81,7 @@ from addons.govern.limits import Limits
 from addons.govern.mcp_guard import McpGuard
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
+from addons.observe.attribution import Attribution
 from addons.observe.copilot_meter import CopilotMeter
 from addons.observe.copilot_meter import CopilotQuotas
 from addons.observe.cost import RequestCost
@@ -161,6 +162,7 @@ def make_addons(patches: EnginePatches) -> list:
         GatewayRouter(routing, health),
         CopilotMeter(quotas, events),  # after the router: it writes the route's record
         RequestModel(),
+        Attribution(),
         GatewayTrust(routing),
         GatewayPooling(routing, patches.gateway_leg, events),
         health,

@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument(
         "--by",
         default="user",
-        help="user, tool, model, workspace, provider, dlp, limit, mcp_server, mcp_tool or "
-        "initiator (Copilot: user or agent)",
+        help="user, tool, model, workspace, provider, dlp, limit, mcp_server, mcp_tool, "
+        "initiator (Copilot: user or agent), session or repo",
     )
     usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
 

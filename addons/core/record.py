@@ -141,6 +141,8 @@ class RouteInfo:
     cost: Cost | None = None  # what that cost (observe/cost.py), once it is over
     initiator: str | None = None  # Copilot's X-Initiator: user or agent (observe/copilot_meter)
     request_model: str | None = None  # the body's model, read as it passed (observe/request_model)
+    session: str | None = None  # the client's own session key (observe/attribution)
+    repo: str | None = None  # host/owner/name, where the client says it (Codex)
     copilot_quotas: list | None = None  # the quota snapshots a Copilot answer carried
     # Other addons may watch the bodies as they stream by (the dump and token usage do).
     request_taps: list = field(default_factory=list)

@@ -16,6 +16,7 @@ from addons.core.record import RejectReason
 from addons.core.record import RouteInfo
 from addons.core.record import existing_record
 from addons.rules.ai_catalog import load_catalog
+from addons.rules.attribution import shown_session
 from addons.rules.genai import recorded_model
 from addons.rules.user_agents import tool_of
 
@@ -69,6 +70,10 @@ def access_fields(flow: http.HTTPFlow) -> dict | None:
         fields.update(usage.token_fields())
         if usage.estimated:
             fields["tokens_estimated"] = True  # the stream reported none: characters / 4
+    if info.session is not None:
+        fields["session"] = shown_session(info.session)
+    if info.repo is not None:
+        fields["repo"] = info.repo
     if info.initiator is not None:
         fields["initiator"] = info.initiator  # a person, or an agent's follow-up (Copilot)
     if (cost := info.cost) is not None:
@@ -125,6 +130,26 @@ class AccessLog:
             "tool": self._catalog_tool(flow.request.host),
         }
         logger.info("connect refused", extra={"fields": fields})
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket session's own line when it ends: what only its messages said (Codex
+        names its repository in each response.create), and how long it lasted."""
+        entry = existing_record(flow)
+        info = entry.route if entry is not None else None
+        if info is None or flow.websocket is None or not logger.isEnabledFor(logging.INFO):
+            return
+        identity = entry.identity
+        fields = {
+            "request_id": info.request_id,
+            "user": identity.user if identity else None,
+            "host": info.original_host,
+            "path": info.original_path.split("?", 1)[0],
+            "session": shown_session(info.session),
+            "repo": info.repo,
+            "close_code": flow.websocket.close_code,
+            "duration_ms": round((time.monotonic() - info.started) * 1000, 2),
+        }
+        logger.info("websocket session", extra={"fields": fields})
 
     @staticmethod
     def _catalog_tool(host: str) -> str | None:

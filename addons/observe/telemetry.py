@@ -70,10 +70,6 @@ QUEUE_BYTES = 64 * 1024 * 1024
 ATTRIBUTE_CHARS = 256  # any attribute but the content ones (a model a gateway echoes, a path)
 EXPORT_TIMEOUT = 5.0  # seconds one export may take (the SDK's retries included)
 PROPAGATOR = TraceContextTextMapPropagator()
-# clients' own session keys, first found wins: Claude Code's, Codex's (tests/e2e/test_telemetry.py
-# reads them from the real clients), then names other clients use (the manual, Audit trail: "Sessions")
-SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "session_id", "x-session-id",
-                   "vscode-sessionid")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -360,7 +356,9 @@ class Telemetry:
             "aibridge.request_id": info.request_id,
             "aibridge.time_to_first_byte_ms": round((info.first_byte - info.started) * 1000, 2)
             if info.first_byte else None,
-            "session.id": recorded_session(self.key, session_of(request.headers, entry)),
+            "session.id": (session := recorded_session(self.key, session_of(entry))),
+            "gen_ai.conversation.id": session,
+            "aibridge.repo": info.repo,
         }  # fmt: skip
         if entry.dlp is not None:
             attributes["aibridge.dlp"] = entry.dlp.action
@@ -448,17 +446,11 @@ def _request_model(entry: FlowRecord) -> str | None:
     return asked or (entry.route.request_model if entry.route is not None else None)
 
 
-def session_of(headers, entry: FlowRecord) -> str | None:
-    """The client's own session key: a header some clients send (SESSION_HEADERS); else
-    Claude Code's `metadata.user_id` in the body (`..._session_<id>`)."""
-    found = {}
-    for name, value in headers.fields:  # one pass (each `get` would walk them all again)
-        key = name.decode("latin-1").lower()
-        if key in SESSION_HEADERS and value:
-            found[key] = value.decode("utf-8", "replace")
-    for name in SESSION_HEADERS:
-        if name in found:
-            return found[name][:128]
+def session_of(entry: FlowRecord) -> str | None:
+    """The client's own session key: its header (observe/attribution.py, read on the record);
+    else Claude Code's `metadata.user_id` in the body (`..._session_<id>`)."""
+    if entry.route is not None and entry.route.session:
+        return entry.route.session
     body = bytes(entry.span_body or b"")
     if b"_session_" in body:
         try:

@@ -28,7 +28,7 @@ from typing import TextIO
 from proxy.server.logs import printable
 
 GROUPINGS = ("user", "tool", "model", "workspace", "provider", "dlp", "limit", "mcp_server",
-             "mcp_tool", "initiator")  # fmt: skip
+             "mcp_tool", "initiator", "session", "repo")  # fmt: skip
 KINDS = ("routed", "observed", "origin", "denied", "mcp")
 # the access line's own numbers, summed; COUNTS adds what each line counts as one
 SUMMED = ("input_tokens", "output_tokens", "cached_tokens", "bytes_in", "bytes_out")
@@ -155,6 +155,9 @@ def summarize(
         raise ReportError(f"--by {by!r}: choose one of {', '.join(GROUPINGS)}")
     rows: dict[tuple[str, str], Row] = {}
     totals: dict[str, Row] = {}
+    records = list(records)
+    # what a WebSocket session's messages said (its repository) is on its own closing line
+    late = {r.get("request_id"): r for r in records if r.get("msg") == "websocket session"}
     for record in records:
         kind = traffic_of(record)
         if kind is None:
@@ -163,7 +166,8 @@ def summarize(
             when = _time_of(record)
             if when is None or (since and when < since) or (until and when >= until):
                 continue
-        group = dlp_group(record) if by == "dlp" else str(record.get(by) or "-")
+        value = record.get(by) or late.get(record.get("request_id"), {}).get(by)
+        group = dlp_group(record) if by == "dlp" else str(value or "-")
         found = bool(_dlp_kinds(record))
         cost = record.get("cost_usd")
         priced = isinstance(cost, int | float) and not isinstance(cost, bool)

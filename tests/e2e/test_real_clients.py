@@ -63,6 +63,35 @@ def test_codex_cli_over_websocket(proxy, gateway, tmp_path):
     assert upgrades[-1].header("X-Coder-AI-Governance-Token") == ALICE
 
 
+@pytest.mark.skipif(not CODEX.exists(), reason="Codex CLI not installed (./run setup)")
+def test_codex_in_a_git_repository_is_attributed_to_it_and_its_session(proxy, gateway, tmp_path):
+    """Codex names its workspace's remote in its turn metadata (in each response.create of a
+    WebSocket session) and its session in a header: the access line carries both, the remote
+    as host/owner/name without its credentials."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "remote", "add", "origin",
+                    "https://dev:s3cret@github.com/acme/widgets.git"], cwd=repo, check=True)  # fmt: skip
+    (repo / "README").write_text("widgets\n")
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], cwd=repo, check=True)
+    env = tool_env(proxy, tmp_path, CODEX_CA_CERTIFICATE=str(proxy.ca_path), OPENAI_API_KEY=ALICE)
+    r, _ = run([str(CODEX), "exec", "say hi"], env, repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    session = next(rec.header("session-id") for rec in gateway.records if rec.header("session-id"))
+    # a WebSocket session's messages name the repository: its closing line says it
+    line = proxy.wait_for_line(
+        lambda rec: rec.get("msg") == "websocket session" and rec.get("repo")
+    )
+    assert line["repo"] == "github.com/acme/widgets" and line["session"] == session
+    upgrade = next(rec for rec in proxy.access_lines() if rec.get("request_id") == line["request_id"]
+                   and rec.get("msg") == "request")  # fmt: skip
+    assert upgrade["status"] == 101 and upgrade["session"] == session
+    assert "s3cret" not in proxy.output
+
+
 @pytest.fixture
 def gateway_without_websocket():
     gw = ThreadedGateway(websocket=False).start()

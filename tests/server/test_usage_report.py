@@ -227,3 +227,16 @@ def test_unreadable_lines_are_skipped_and_counted(tmp_path):
     assert "alice" in result.stdout
     assert "skipped 2 unreadable log lines" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_websocket_sessions_repository_comes_from_its_closing_line():
+    lines = [
+        line("2026-12-01T11:00:00+00:00", user="alice", outcome="routed", request_id="r1",
+             status=101, session="s1"),
+        {"time": "2026-12-01T11:09:00+00:00", "logger": "aibridge.access", "msg": "websocket session",
+         "request_id": "r1", "repo": "github.com/acme/widgets", "session": "s1"},
+        line("2026-12-01T11:10:00+00:00", user="bob", outcome="routed", request_id="r2",
+             repo="github.com/acme/other"),
+    ]  # fmt: skip
+    got = {(r.group, r.traffic): r.requests for r in summarize(lines, "repo") if r.group != "total"}
+    assert got == {("github.com/acme/widgets", "routed"): 1, ("github.com/acme/other", "routed"): 1}
