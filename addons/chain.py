@@ -81,14 +81,12 @@ from addons.govern.limits import Limits
 from addons.govern.mcp_guard import McpGuard
 from addons.govern.prompt_guard import PromptGuard
 from addons.observe.access_log import AccessLog
-from addons.observe.attribution import Attribution
-from addons.observe.copilot_meter import CopilotMeter
-from addons.observe.copilot_meter import CopilotQuotas
 from addons.observe.cost import RequestCost
 from addons.observe.dump import ApiDump
 from addons.observe.metrics import Metrics
 from addons.observe.recent_requests import RecentRequests
-from addons.observe.request_model import RequestModel
+from addons.observe.request_context import CopilotQuotas
+from addons.observe.request_context import RequestContext
 from addons.observe.telemetry import Telemetry
 from addons.observe.token_usage import TokenUsage
 from addons.routing.gateway import GatewayRouter
@@ -160,9 +158,7 @@ def make_addons(patches: EnginePatches) -> list:
         McpGuard(routing, events),
         LimitGuard(limits, patches.websocket_cap),  # after the scan: what it blocks is not counted
         GatewayRouter(routing, health),
-        CopilotMeter(quotas, events),  # after the router: it writes the route's record
-        RequestModel(),
-        Attribution(),
+        RequestContext(quotas, events),  # after the router: it writes the route's record
         GatewayTrust(routing),
         GatewayPooling(routing, patches.gateway_leg, events),
         health,

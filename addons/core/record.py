@@ -139,9 +139,10 @@ class RouteInfo:
     usage_reader: UsageReader | None = None  # while the response streams
     usage: Usage | None = None  # what the response reported, once it is over
     cost: Cost | None = None  # what that cost (observe/cost.py), once it is over
-    initiator: str | None = None  # Copilot's X-Initiator: user or agent (observe/copilot_meter)
-    request_model: str | None = None  # the body's model, read as it passed (observe/request_model)
-    session: str | None = None  # the client's own session key (observe/attribution)
+    initiator: str | None = None  # Copilot's X-Initiator: user or agent (observe/request_context)
+    request_model: str | None = None  # the body's model, read as it passed (request_context)
+    request_prefix: bytearray | None = None  # the body's first bytes, while it streams
+    session: str | None = None  # the client's own session key (observe/request_context)
     repo: str | None = None  # host/owner/name, where the client says it (Codex)
     copilot_quotas: list | None = None  # the quota snapshots a Copilot answer carried
     # Other addons may watch the bodies as they stream by (the dump and token usage do).

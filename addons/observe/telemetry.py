@@ -447,7 +447,7 @@ def _request_model(entry: FlowRecord) -> str | None:
 
 
 def session_of(entry: FlowRecord) -> str | None:
-    """The client's own session key: its header (observe/attribution.py, read on the record);
+    """The client's own session key: its header (observe/request_context.py, on the record);
     else Claude Code's `metadata.user_id` in the body (`..._session_<id>`)."""
     if entry.route is not None and entry.route.session:
         return entry.route.session

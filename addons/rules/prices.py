@@ -16,6 +16,7 @@ routed provider or the observed tool's catalog entry (cursor, windsurf, ...).
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -116,7 +117,7 @@ class PriceBook:
     def __init__(self, overrides: tuple[PriceOverride, ...] = ()) -> None:
         self.overrides = overrides
         self._found: dict[tuple[str, str], tuple[Any, Any] | None] = {}
-        self._rates: dict[tuple[str, str, str], _Rates] = {}
+        self._rates: dict[tuple[str, str, int], _Rates] = {}
 
     def cost(self, provider: str | None, model: str | None, usage: Usage) -> Cost:
         provider, model = provider or "", model or ""
@@ -125,10 +126,10 @@ class PriceBook:
                 return Cost(round(override.cost(usage), 9), OVERRIDE)
         if not model or not usage.known:
             return Cost(None, UNPRICED)
-        now = datetime.now(UTC)
-        key = (provider, model, now.strftime("%Y-%m-%d"))
+        key = (provider, model, int(time.time() // 86400))  # the UTC day: prices are dated
         rates = self._rates.get(key)
         if rates is None:
+            now = datetime.now(UTC)
             found = self._found.get((provider, model), False)
             if found is False:
                 found = self._found[(provider, model)] = _find(

@@ -47,9 +47,9 @@ from addons.developer.pages import render_developer
 from addons.developer.verdicts import CONNECT_VERDICTS
 from addons.govern.limits import Limits
 from addons.govern.limits import uses_of
-from addons.observe.copilot_meter import CopilotQuotas
 from addons.observe.recent_requests import RecentRequest
 from addons.observe.recent_requests import RecentRequests
+from addons.observe.request_context import CopilotQuotas
 from addons.routing.rules import ChoiceStore
 from addons.routing.snapshot import Routing
 from addons.rules.policy import Facts

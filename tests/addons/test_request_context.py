@@ -1,6 +1,6 @@
-"""Copilot's own meter in-process: the quota snapshots a Copilot answer carries are each user's
-latest on the developer page and in the metrics, and the request's X-Initiator is on its
-access line (a person's prompt, or an agent's follow-up)."""
+"""What a request says about itself, in-process: Copilot's own meter (the quota snapshots a
+Copilot answer carries are each user's latest on the developer page and in the metrics) and
+the request's X-Initiator on its access line (a person's prompt, or an agent's follow-up)."""
 
 from __future__ import annotations
 
