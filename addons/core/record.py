@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from addons.rules.token_usage import UsageReader
 
 
+PREFIX_BYTES = 64 * 1024  # a request body's first bytes kept for its model (clients put it first)
+
+
 class RejectReason(enum.StrEnum):
     """Why the proxy refused a request or CONNECT itself. The value is the label the access
     log, the metrics and `connect refused` lines carry; `hint` is what the developer page's
@@ -156,6 +159,9 @@ class RouteInfo:
         """`chunk` is sent on; the taps see `shown` instead where a concern said so (a flagged
         credential is sent, but never written to the dump)."""
         self.bytes_in += len(chunk)
+        prefix = self.request_prefix  # the body's first bytes, for its model (request_context)
+        if prefix is not None and len(prefix) < PREFIX_BYTES:
+            prefix += chunk[: PREFIX_BYTES - len(prefix)]
         for tap in self.request_taps:
             tap(chunk if shown is None else shown)
         return chunk

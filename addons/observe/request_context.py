@@ -21,6 +21,7 @@ from mitmproxy import http
 
 from addons.core.events import COPILOT_QUOTA
 from addons.core.events import EventBus
+from addons.core.record import PREFIX_BYTES
 from addons.core.record import existing_record
 from addons.rules.attribution import SESSION_HEADERS
 from addons.rules.attribution import SESSION_LIMIT
@@ -33,7 +34,6 @@ from addons.rules.copilot_quota import quota_snapshots
 from addons.rules.model_field import model_in_prefix
 
 USERS = 10_000  # users whose latest Copilot snapshots are kept (the longest unseen forgotten)
-PREFIX_BYTES = 64 * 1024  # clients put `model` first or near it
 _SESSION_RANK = {name.encode(): i for i, name in enumerate(SESSION_HEADERS)}
 _TURN_METADATA = TURN_METADATA.encode()
 _WANTED = {b"content-type", b"content-encoding", b"x-initiator", _TURN_METADATA}
@@ -91,13 +91,7 @@ class RequestContext:
             and b"json" in seen.get(b"content-type", b"").lower()
             and seen.get(b"content-encoding", b"identity").lower() == b"identity"
         ):
-            prefix = info.request_prefix = bytearray()
-
-            def keep(chunk: bytes, prefix=prefix) -> None:
-                if len(prefix) < PREFIX_BYTES:
-                    prefix += chunk[: PREFIX_BYTES - len(prefix)]
-
-            info.request_taps.append(keep)
+            info.request_prefix = bytearray()  # filled as the body streams (RouteInfo.count_in)
 
     def request(self, flow: http.HTTPFlow) -> None:
         entry = existing_record(flow)
