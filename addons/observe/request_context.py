@@ -1,6 +1,6 @@
 """
-What a request says about itself, put on its record as it passes, in one pass over its headers
-(a routed request runs this on every request: one addon, one walk of the fields):
+What a request says about itself, put on its record as it passes (a routed request runs this
+on every request: one addon, its headers walked once for the session and once for the rest):
 
 - the client's own session key and, from Codex's turn metadata, its repository (in a header,
   or in each `response.create` of a WebSocket session): addons/rules/attribution.py;
@@ -23,18 +23,16 @@ from addons.core.events import COPILOT_QUOTA
 from addons.core.events import EventBus
 from addons.core.record import PREFIX_BYTES
 from addons.core.record import existing_record
-from addons.rules.attribution import SESSION_HEADERS
-from addons.rules.attribution import SESSION_LIMIT
 from addons.rules.attribution import TURN_METADATA
 from addons.rules.attribution import repo_from_message
 from addons.rules.attribution import repo_from_turn_metadata
+from addons.rules.attribution import session_from
 from addons.rules.copilot_quota import QuotaSnapshot
 from addons.rules.copilot_quota import initiator_of
 from addons.rules.copilot_quota import quota_snapshots
 from addons.rules.model_field import model_in_prefix
 
 USERS = 10_000  # users whose latest Copilot snapshots are kept (the longest unseen forgotten)
-_SESSION_RANK = {name.encode(): i for i, name in enumerate(SESSION_HEADERS)}
 _TURN_METADATA = TURN_METADATA.encode()
 _WANTED = {b"content-type", b"content-encoding", b"x-initiator", _TURN_METADATA}
 _COPILOT_HOSTS = (".githubcopilot.com",)
@@ -70,16 +68,9 @@ class RequestContext:
         info = entry.route if entry is not None else None
         if info is None:
             return
-        seen: dict[bytes, bytes] = {}
-        session, rank = None, len(_SESSION_RANK)
-        for name, value in flow.request.headers.fields:  # one walk of the fields
-            key = name.lower()
-            if key in _WANTED:
-                seen[key] = value
-            elif (r := _SESSION_RANK.get(key)) is not None and r < rank and value.strip():
-                session, rank = value, r
-        if session is not None:
-            info.session = session.decode("utf-8", "replace").strip()[:SESSION_LIMIT]
+        fields = flow.request.headers.fields
+        info.session = session_from(fields)
+        seen = {key: value for name, value in fields if (key := name.lower()) in _WANTED}
         if metadata := seen.get(_TURN_METADATA):
             info.repo = repo_from_turn_metadata(metadata)
         if initiator := seen.get(b"x-initiator"):

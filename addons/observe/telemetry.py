@@ -49,6 +49,7 @@ from addons.core.record import FlowRecord
 from addons.core.record import existing_record
 from addons.observe.access_log import outcome
 from addons.observe.access_log import tool_name
+from addons.rules.attribution import shown_session
 from addons.rules.genai import BODY_LIMIT
 from addons.rules.genai import CONTENT_POLICIES
 from addons.rules.genai import SEMCONV
@@ -58,7 +59,6 @@ from addons.rules.genai import input_messages
 from addons.rules.genai import operation_of
 from addons.rules.genai import provider_name
 from addons.rules.genai import recorded_model
-from addons.rules.genai import recorded_session
 from addons.rules.user_agents import tool_of
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ class Telemetry:
             "aibridge.request_id": info.request_id,
             "aibridge.time_to_first_byte_ms": round((info.first_byte - info.started) * 1000, 2)
             if info.first_byte else None,
-            "session.id": (session := recorded_session(self.key, session_of(entry))),
+            "session.id": (session := shown_session(session_of(entry), self.key)),
             "gen_ai.conversation.id": session,
             "aibridge.repo": info.repo,
         }  # fmt: skip

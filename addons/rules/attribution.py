@@ -12,6 +12,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from addons.rules.genai import digest
+
 # Each client's session header, first found wins: Claude Code, Codex, then the others
 # (Copilot in VS Code and its CLI, OpenCode, Kilo, Goose, older VS Code)
 SESSION_HEADERS = (
@@ -21,29 +23,31 @@ SESSION_HEADERS = (
 )  # fmt: skip
 SESSION_LIMIT = 128
 TURN_METADATA = "x-codex-turn-metadata"
+_SESSION_RANK = {name.encode(): i for i, name in enumerate(SESSION_HEADERS)}
+# A client's session key as the known clients spell it (a UUID, or hex and dashes)
 _SESSION_SHAPE = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
 _SCP_LIKE = re.compile(r"^[\w.-]+@([\w.-]+):(.+)$")  # git@github.com:owner/name.git
 _SEGMENT = re.compile(r"[\w.-]{1,100}")
 
 
 def session_from(fields: list[tuple[bytes, bytes]]) -> str | None:
-    """The client's own session key from its headers (SESSION_HEADERS), or None."""
-    found = {}
-    for name, value in fields:  # one pass over the fields
-        key = name.decode("latin-1").lower()
-        if key in SESSION_HEADERS and value:
-            found[key] = value.decode("utf-8", "replace").strip()
-    for name in SESSION_HEADERS:
-        if found.get(name):
-            return found[name][:SESSION_LIMIT]
-    return None
+    """The client's own session key from its headers (the first of SESSION_HEADERS it sends,
+    in one walk of the fields), or None."""
+    session, rank = None, len(_SESSION_RANK)
+    for name, value in fields:
+        if (r := _SESSION_RANK.get(name.lower())) is not None and r < rank and value.strip():
+            session, rank = value, r
+    return None if session is None else session.decode("utf-8", "replace").strip()[:SESSION_LIMIT]
 
 
-def shown_session(session: str | None) -> str | None:
-    """A session key as a log may carry it: itself in the clients' shape (a UUID), else a
-    digest (a client may put anything in a header, a token too)."""
+def shown_session(session: str | None, key: bytes | None = None) -> str | None:
+    """A session key as a log or a span may carry it: itself in the clients' shape (a UUID),
+    else a digest (a client may put anything in a header, a token too): keyed with `key`
+    (the audit trail's, so nobody without it can test a guess), else a plain one."""
     if session is None or _SESSION_SHAPE.fullmatch(session):
         return session
+    if key is not None:
+        return "h:" + digest(key, session)
     return "h:" + hashlib.sha256(session.encode("utf-8", "replace")).hexdigest()[:16]
 
 

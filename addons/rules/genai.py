@@ -108,8 +108,6 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _CREDENTIAL = re.compile(
     r"(gh[oprsu]_|github_pat_|sk-|sk_|xox[abeprs]-|A[KS]IA[0-9A-Z]{12}|AIza|glpat-|hf_|eyJ)"
 )
-# A client's session key as the known clients spell it (a UUID, or hex and dashes)
-_SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
 
 
 def recorded_model(model: str | None) -> str | None:
@@ -118,14 +116,6 @@ def recorded_model(model: str | None) -> str | None:
     if model is None or (_MODEL_NAME.fullmatch(model) and not _CREDENTIAL.match(model)):
         return model
     return "unrecognised-model:" + hashlib.sha256(model.encode("utf-8", "replace")).hexdigest()[:16]
-
-
-def recorded_session(key: bytes, session: str | None) -> str | None:
-    """A client's session key: itself in the known clients' shape, else a keyed digest (a
-    token a client put in a session header never leaves in clear)."""
-    if session is None or _SESSION_ID.fullmatch(session):
-        return session
-    return "h:" + digest(key, session)
 
 
 def digest(key: bytes, text: str) -> str:
