@@ -109,6 +109,29 @@ class Limits:
             self._store_down = False
             logger.warning("the limits store is back: counting resumes")
 
+    async def settle(self, budgets: list[tuple[Limit, str, int, float]], give_backs: list[str],
+                     leases: list[tuple[str, str]], who: str | None) -> None:  # fmt: skip
+        """What requests spent on budgets (limit, key, amount, window end) added, counts
+        given back, leases released; then each budget's alert shares crossed said once (each
+        crossing is one atomic add in the store). Shared by a request's end and a WebSocket
+        session's answers."""
+        adds = [(key, amount, expires) for _, key, amount, expires in budgets]
+        try:
+            totals = await self.store.settle(adds, give_backs, leases)
+        except StoreUnavailable as e:
+            self.store_failed(str(e))
+            return
+        now = time.time()
+        for limit, key, amount, _ in budgets:
+            after = totals.get(key)
+            if after is None or not limit.alerts:
+                continue
+            for share in crossed(limit, after - amount, after):
+                subject = limit.subject_of(key, now) or who
+                self.events.emit(LIMIT_ALERT, limit.name, share)
+                logger.warning("limit %s: %s reached %d%% of %s (%s used)", limit.name, subject,
+                               round(share * 100), limit.describe(), limit.used_text(after))  # fmt: skip
+
     def replace_store(self, store) -> None:
         old, self.store = self.store, store
         in_background(old.close(), self.background)
@@ -388,6 +411,9 @@ class LimitGuard:
         message = flow.websocket.messages[-1]
         if entry is None or entry.facts is None or not self.state.limits or message.dropped:
             return
+        wanted = b'"response.create"' if message.from_client else b'"response.completed"'
+        if wanted not in message.content:
+            return  # (the stream's deltas: no parse)
         event = _responses_event(message.content)
         if event is None:
             return
@@ -396,7 +422,16 @@ class LimitGuard:
             if event.get("type") == "response.completed":
                 usage = usage_of_message(event)
                 used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
-                await self._spend(limits, entry.facts, used)
+                now, budgets = time.time(), []
+                for limit in limits:
+                    if limit.kind != "tokens" or not used:
+                        continue
+                    for subject in limit.subjects(entry.facts):
+                        key, expires = limit.key(subject, now)
+                        if expires is not None:
+                            budgets.append((limit, key, used, expires))
+                if budgets:
+                    await self.state.settle(budgets, [], [], entry.facts.user)
             return
         if event.get("type") != "response.create":
             return
@@ -421,23 +456,6 @@ class LimitGuard:
         message.drop()
         logger.info("closing a WebSocket session (%s): %s", code, refusal_message)
         self.websocket_closer.close(flow.client_conn, POLICY_VIOLATION, refusal_message[:120])
-
-    async def _spend(self, limits: list[Limit], facts: Facts, used: int) -> None:
-        now = time.time()
-        adds = []
-        for limit in limits:
-            if limit.kind != "tokens" or not used:
-                continue
-            for subject in limit.subjects(facts):
-                key, expires = limit.key(subject, now)
-                if expires is not None:
-                    adds.append((key, used, expires))
-        if not adds:
-            return
-        try:
-            await self.state.store.settle(adds, [], [])
-        except StoreUnavailable as e:
-            self.state.store_failed(str(e))
 
     @staticmethod
     def _refuse(flow, entry, in_request, status, message, headers, code) -> None:
@@ -485,30 +503,14 @@ class LimitLedger:
         # it was never sent, so it never counts
         refused = entry.reject is not None
         who = entry.facts.user if entry.facts is not None else None
-        in_background(self._settle(taken, spent, refused, who), self.state.background)
-
-    async def _settle(self, taken: Taken, spent: dict, refused: bool, who: str | None) -> None:
         budgets = [
             (limit, key, spent[limit.kind], expires)
             for limit, key, expires in taken.limits
             if limit.kind in SPENT and spent[limit.kind] and expires is not None and not refused
         ]
-        adds = [(key, amount, expires) for _, key, amount, expires in budgets]
         give_backs = [key for limit, key, _ in taken.limits if refused and limit.kind == "requests"]
-        try:
-            totals = await self.state.store.settle(adds, give_backs, taken.leases)
-        except StoreUnavailable as e:
-            self.state.store_failed(str(e))
-            return
-        for limit, key, amount, _ in budgets:
-            after = totals.get(key)
-            if after is None or not limit.alerts:
-                continue
-            for share in crossed(limit, after - amount, after):
-                subject = key.split(":")[2] if key.count(":") >= 3 else who
-                self.state.events.emit(LIMIT_ALERT, limit.name, share)
-                logger.warning("limit %s: %s reached %d%% of %s (%s used)", limit.name, subject,
-                               round(share * 100), limit.describe(), limit.used_text(after))  # fmt: skip
+        settled = self.state.settle(budgets, give_backs, taken.leases, who)
+        in_background(settled, self.state.background)
 
 
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused message
