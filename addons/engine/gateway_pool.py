@@ -26,7 +26,7 @@ What it promises:
 - GOAWAY: no new stream on that connection; the streams it said it will finish, finish.
 - A silent HTTP/2 connection is found out within `silence` + `ping_timeout` seconds, under
   traffic too: it is dropped, and the requests it had not answered at all go to a fresh one
-  when their whole body is held (a streamed body fails instead). A stream that times out, or
+  when their whole body is held (a streamed one up to REPLAY_LIMIT; a larger one fails). A stream that times out, or
   whose body the gateway does not take within `connect_timeout`, retires its connection.
 - Backpressure per stream: HTTP/2 data is acknowledged (the window reopened) once the client
   has taken it, so one slow client never stalls the connection's other streams.
@@ -713,6 +713,13 @@ class _Http2Connection(_Connection):
             waiting = self.drained[stream.stream_id] = asyncio.get_running_loop().create_future()
         return waiting
 
+    def _release_uploads(self) -> None:
+        """The connection is gone: no body waits here, no client is held back for it."""
+        self.outbox.clear()
+        self.blocked.clear()
+        for stream_id in list(self.drained):
+            self._drained(stream_id)
+
     def _drained(self, stream_id: int) -> None:
         waiting = self.drained.pop(stream_id, None)
         if waiting is not None and not waiting.done():
@@ -791,10 +798,7 @@ class _Http2Connection(_Connection):
         """Dropped at once (no flush: a gateway that stopped reading would hold it); what it
         had not answered at all goes to a fresh connection when its whole body is held."""
         streams, self.streams = self.streams, {}
-        self.outbox.clear()
-        self.blocked.clear()
-        for stream_id in list(self.drained):
-            self._drained(stream_id)
+        self._release_uploads()
         logger.warning("gateway %s:%s: %s; dropping the connection (%d streams)",
                        self.pool.host, self.pool.port, reason, len(streams))  # fmt: skip
         self.closed = True
@@ -834,8 +838,7 @@ class _Http2Connection(_Connection):
             if self._watch is not None:
                 self._watch.cancel()
                 self._watch = None
-            for stream_id in list(self.drained):
-                self._drained(stream_id)
+            self._release_uploads()
             streams, self.streams = self.streams, {}
             for stream in streams.values():
                 await stream.fail(reason)
